@@ -1,0 +1,26 @@
+# Two commands a newcomer needs: `make run` (the whole method on digits, CPU) and `make test`.
+# Each creates .venv and installs the project on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+OUT    ?= runs/quickstart
+CONFIG ?= configs/quickstart.yaml
+ARGS   ?=
+
+.PHONY: run test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/infer-distill run --config $(CONFIG) --out $(OUT) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

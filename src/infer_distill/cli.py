@@ -1,0 +1,224 @@
+"""`infer-distill`: run the whole pipeline, one stage (what containers call), or show an artifact.
+
+    infer-distill run --config configs/quickstart.yaml --out runs/quickstart [--set synthesis.iterations=50]
+    infer-distill stage train-teacher --config C --root s3://bucket/run1 --arch resnet18
+    infer-distill show runs/quickstart/report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from . import stages
+from .config import STAGES, Config, ConfigError, dump_config, load_config
+from .data import DataError
+from .stages import Layout, StageError
+from .store import ArtifactError, open_artifact
+
+console = Console(stderr=True)
+USER_ERRORS = (ConfigError, DataError, ArtifactError, StageError)
+
+
+# ----------------------------------------------------------------------------------------
+# run: every stage in order, in this process, skipping artifacts that are already current
+# ----------------------------------------------------------------------------------------
+
+
+def run_pipeline(cfg: Config, out: str, progress: bool = True) -> dict:
+    """Run (or resume) the whole pipeline under `out`; returns the report manifest."""
+    layout = Layout(out)
+    stages.preflight(cfg, [out])
+
+    def step(name: str, uri: str, fn, *, label: str = "", **keys):
+        full = f"{name} {label}".strip()
+        if stages.is_current(uri, cfg, name, **keys):
+            console.print(f"[dim]✓ {full}: up to date, skipped[/dim]")
+            return open_artifact(uri).read_manifest()
+        started = time.perf_counter()
+        manifest = fn()
+        seconds = time.perf_counter() - started
+        console.print(f"[green]✓[/green] {full}: {seconds:.1f}s")
+        return manifest
+
+    dm = step("prepare-data", layout.data, lambda: stages.prepare_data(cfg, layout.data))
+    teachers = layout.teachers(cfg)
+    for arch, uri in zip(cfg.teachers.archs, teachers):
+        step("train-teacher", uri, lambda a=arch, u=uri: stages.train_teacher(cfg, a, layout.data, u, progress), label=arch, arch=arch)
+    step("select-subsets", layout.subsets, lambda: stages.select_subsets(cfg, layout.data, layout.subsets))
+    shards = cfg.shard_plan(dm["metrics"]["num_classes"])
+    for ids in shards:
+        uri = layout.ufc(ids)
+        step("synthesize-ufc", uri,
+             lambda i=ids, u=uri: stages.synthesize_ufc(cfg, i, layout.data, layout.subsets, teachers, u, progress),
+             label=f"subsets {ids[0]}..{ids[-1]}", subset_ids=ids)
+    ufc = [layout.ufc(ids) for ids in shards]
+    step("soft-label", layout.distilled, lambda: stages.soft_label(cfg, layout.data, layout.subsets, teachers, ufc, layout.distilled))
+    for mode in cfg.labels.modes:
+        for arch in cfg.students.archs:
+            for seed in cfg.students.seeds:
+                uri = layout.student(arch, seed, mode)
+                step("evaluate-student", uri,
+                     lambda a=arch, s=seed, m=mode, u=uri: stages.evaluate_student(cfg, a, s, m, layout.data, layout.distilled,
+                                                                                  teachers, u, progress),
+                     label=f"{arch} {mode} seed {seed}", arch=arch, seed=seed, label_mode=mode)
+    # The report is cheap: always rebuilt, so it reflects exactly the artifacts above.
+    return stages.report(cfg, layout.data, teachers, ufc, layout.distilled, layout.students(cfg), layout.report)
+
+
+def print_summary(report: dict) -> None:
+    r = report["metrics"]["report"]
+    table = Table(title="INFER students (top-1 on the real test set)")
+    for col in ("student", "labels", "seeds", "final acc (headline)", "best acc (secondary)"):
+        table.add_column(col)
+    for a in r["student_summary"]:
+        table.add_row(a["arch"], a["label_mode"], str(len(a["seeds"])),
+                      f"{100 * a['final_acc_mean']:.2f} ± {100 * a['final_acc_std']:.2f}",
+                      f"{100 * a['best_acc_mean']:.2f} ± {100 * a['best_acc_std']:.2f}")
+    Console().print(table)
+    teachers = Table(title="Teachers")
+    teachers.add_column("teacher"), teachers.add_column("test acc")
+    for t in r["teachers"]:
+        teachers.add_row(t["arch"], f"{100 * t['test_acc']:.2f}")
+    Console().print(teachers)
+    b = r["budget"]
+    Console().print(f"Distilled set: K={b['num_subsets']} subsets, {b['num_ufcs']} UFCs, {b['num_instances']} instances, "
+                    f"{b['stored_bytes']:,} bytes stored, compression ratio {b['compression_ratio']:.5f}")
+    Console().print("Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["timings_s"].items()))
+
+
+# ----------------------------------------------------------------------------------------
+# stage: one stage, inputs as URIs (explicit, or derived from --root)
+# ----------------------------------------------------------------------------------------
+
+
+def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
+    layout = Layout(args.root) if args.root else None
+
+    def uri(value, default_fn, flag):
+        if value:
+            return value
+        if layout is None:
+            raise StageError(f"stage {args.name} needs {flag} (or --root to derive every location)")
+        return default_fn()
+
+    name = args.name
+    data = lambda: uri(args.data, lambda: layout.data, "--data")  # noqa: E731
+    teachers = lambda: uri(args.teachers, lambda: layout.teachers(cfg), "--teachers")  # noqa: E731
+    subsets = lambda: uri(args.subsets, lambda: layout.subsets, "--subsets")  # noqa: E731
+    if name == "prepare-data":
+        return stages.prepare_data(cfg, uri(args.out, lambda: layout.data, "--out"))
+    if name == "train-teacher":
+        arch = _need(args.arch, "--arch", name)
+        return stages.train_teacher(cfg, arch, data(), uri(args.out, lambda: layout.teacher(arch), "--out"))
+    if name == "select-subsets":
+        return stages.select_subsets(cfg, data(), uri(args.out, lambda: layout.subsets, "--out"))
+    if name == "synthesize-ufc":
+        ids = [int(i) for i in _need(args.subset_ids, "--subset-ids", name).split(",") if i.strip()]
+        return stages.synthesize_ufc(cfg, ids, data(), subsets(), teachers(), uri(args.out, lambda: layout.ufc(ids), "--out"))
+    if name == "soft-label":
+        ufc = args.ufc or _ufc_from_plan(cfg, layout, data())
+        return stages.soft_label(cfg, data(), subsets(), teachers(), ufc, uri(args.out, lambda: layout.distilled, "--out"))
+    if name == "evaluate-student":
+        arch, mode = _need(args.arch, "--arch", name), args.label_mode
+        seed = args.seed if args.seed is not None else cfg.students.seeds[0]
+        distilled = uri(args.distilled, lambda: layout.distilled, "--distilled")
+        return stages.evaluate_student(cfg, arch, seed, mode, data(), distilled, teachers(),
+                                       uri(args.out, lambda: layout.student(arch, seed, mode), "--out"))
+    if name == "report":
+        ufc = args.ufc or _ufc_from_plan(cfg, layout, data())
+        return stages.report(cfg, data(), teachers(), ufc, uri(args.distilled, lambda: layout.distilled, "--distilled"),
+                             uri(args.students, lambda: layout.students(cfg), "--students"), uri(args.out, lambda: layout.report, "--out"))
+    raise StageError(f"unknown stage {name!r}")
+
+
+def _need(value, flag: str, stage: str):
+    if value is None:
+        raise StageError(f"stage {stage} needs {flag}")
+    return value
+
+
+def _ufc_from_plan(cfg: Config, layout: Layout | None, data: str) -> list[str]:
+    if layout is None:
+        raise StageError("give the UFC shard artifacts with --ufc URI [URI ...] (or --root)")
+    num_classes = open_artifact(data).read_manifest()["metrics"]["num_classes"]
+    return [layout.ufc(ids) for ids in cfg.shard_plan(num_classes)]
+
+
+# ----------------------------------------------------------------------------------------
+# show and main
+# ----------------------------------------------------------------------------------------
+
+
+def show(uri: str) -> None:
+    art = open_artifact(uri)
+    manifest = art.read_manifest()
+    if manifest.get("stage") == "report":
+        print(art.read_text("report.md"))
+        return
+    brief = {k: manifest[k] for k in ("stage", "fingerprint", "seed", "elapsed_s", "created_at", "inputs") if k in manifest}
+    brief["files"] = manifest["files"]
+    brief["metrics"] = {k: v for k, v in manifest.get("metrics", {}).items() if not (isinstance(v, list) and len(v) > 20)}
+    print(json.dumps(brief, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infer-distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_config(sp):
+        sp.add_argument("--config", help="YAML config (default: the embedded quickstart defaults)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. synthesis.iterations=50")
+
+    r = sub.add_parser("run", help="run every stage in order, in this process (resumes: current artifacts are skipped)")
+    add_config(r)
+    r.add_argument("--out", default="runs/default", help="local directory or s3://bucket/prefix")
+    r.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("stage", help="run one stage (the entry point of every container)")
+    s.add_argument("name", choices=STAGES)
+    add_config(s)
+    s.add_argument("--root", help="derive every input/output location from this run root (as `run --out` lays them out)")
+    s.add_argument("--out", help="output artifact URI")
+    s.add_argument("--data"), s.add_argument("--subsets"), s.add_argument("--distilled")
+    s.add_argument("--teachers", nargs="+"), s.add_argument("--ufc", nargs="+"), s.add_argument("--students", nargs="+")
+    s.add_argument("--arch"), s.add_argument("--seed", type=int)
+    s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
+    s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")
+
+    sh = sub.add_parser("show", help="print an artifact's manifest, or a report")
+    sh.add_argument("uri")
+
+    c = sub.add_parser("config", help="print the resolved config")
+    add_config(c)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "show":
+            show(args.uri)
+            return 0
+        cfg = load_config(args.config, args.set)
+        if args.command == "config":
+            print(dump_config(cfg), end="")
+        elif args.command == "run":
+            started = time.perf_counter()
+            print_summary(run_pipeline(cfg, args.out, progress=not args.no_progress))
+            console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {Layout(args.out).report}/report.md")
+        else:
+            manifest = run_stage(args, cfg)
+            console.print(f"✓ {args.name}: {manifest['elapsed_s']:.1f}s, fingerprint {manifest['fingerprint']}")
+        return 0
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""One validated config for the whole pipeline.
+
+Every setting of every stage lives here, loaded from YAML with `--set a.b=value` overrides.
+Unknown keys are rejected (a typo must not silently fall back to a default). The embedded
+defaults are the quickstart (configs/quickstart.yaml: digits, small nets, 2 CPU cores); the
+full-scale configs in configs/ set the official values explicitly.
+
+Each stage's artifact records the slice of this config it depends on (`stage_config`), so
+that a later stage, or a resumed run, can tell an artifact made with other settings from a
+valid one and say which setting differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the field and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------
+
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "tiny-imagenet", "imagenet"]
+
+
+class DatasetConfig(_Strict):
+    name: DatasetName = "digits"
+    root: str | None = Field(None, description="data directory or .zip (not used by digits)")
+    download: bool = Field(False, description="cifar10/cifar100: let torchvision download")
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int | None = Field(None, ge=8, description="resize to this square size; None keeps the source size")
+    train_per_class: int | None = Field(None, ge=1, description="keep only the first N training images per class")
+    test_per_class: int | None = Field(None, ge=1, description="keep only the first N test images per class")
+    hflip: bool | None = Field(None, description="horizontal flips in augmentation; None: the dataset's default")
+    crop_padding: int | None = Field(None, ge=0, description="random-crop padding; None: the dataset's default")
+
+
+class BudgetConfig(_Strict):
+    ipc: int = Field(10, ge=1, description="stored images per class (natural images plus a share of the UFCs)")
+
+
+class TeacherConfig(_Strict):
+    archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32", "convnet_d2_w64", "resnet_tiny"], min_length=1)
+    epochs: int = Field(15, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    pretrained: dict[str, str] = Field(
+        default_factory=dict,
+        description="arch -> weights to import instead of training: a .safetensors path, or 'torchvision' (ImageNet weights)",
+    )
+
+    @field_validator("archs")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"teacher architectures must be distinct, got {v}")
+        return v
+
+
+class SynthesisConfig(_Strict):
+    iterations: int = Field(200, ge=1, description="official: 1000 (CIFAR), 2000 (ImageNet)")
+    lr: float = Field(0.25, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    r_bn: float = Field(1.0, ge=0)
+    first_bn_multiplier: float = Field(10.0, ge=0)
+    jitter: int = Field(1, ge=0, description="random roll of up to this many pixels (official CIFAR: 4)")
+    random_resized_crop: bool = Field(False, description="ImageNet-style RandomResizedCrop + flip during synthesis")
+    classes_per_ufc: int | None = Field(None, ge=1, description="classes one UFC covers; None: all classes")
+    subsets_per_shard: int = Field(0, ge=0, description="subsets synthesised together (one pod in the DAG); 0: all")
+
+
+class LabelConfig(_Strict):
+    modes: list[Literal["static", "dynamic"]] = Field(default_factory=lambda: ["static"], min_length=1)
+    temperature: float = Field(30.0, gt=0)
+    static_on_augmented: Literal[False] = Field(
+        False, description="static labels are computed once on un-augmented images and reused under crop/flip/MixUp (as in the paper)"
+    )
+
+
+class StudentConfig(_Strict):
+    archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    epochs: int = Field(60, ge=1, description="epochs with static labels")
+    epochs_dynamic: int | None = Field(None, ge=1, description="epochs with dynamic labels; None: same as epochs")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    mixup_alpha: float = Field(0.8, ge=0)
+    eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and always after the last)")
+
+    def epochs_for(self, label_mode: str) -> int:
+        return self.epochs_dynamic if label_mode == "dynamic" and self.epochs_dynamic else self.epochs
+
+
+class Config(_Strict):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    teachers: TeacherConfig = Field(default_factory=TeacherConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    students: StudentConfig = Field(default_factory=StudentConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_archs(self) -> "Config":
+        from .models import MODEL_REGISTRY
+
+        for section, archs in (("teachers.archs", self.teachers.archs), ("students.archs", self.students.archs)):
+            for arch in archs:
+                if arch not in MODEL_REGISTRY:
+                    raise ValueError(f"{section}: unknown architecture {arch!r}; known: {', '.join(sorted(MODEL_REGISTRY))}")
+        for arch in self.teachers.pretrained:
+            if arch not in self.teachers.archs:
+                raise ValueError(f"teachers.pretrained names {arch!r}, which is not in teachers.archs {self.teachers.archs}")
+        return self
+
+    # ---- derived quantities ---------------------------------------------------------------
+
+    def class_batches(self, num_classes: int) -> int:
+        """How many UFCs one (subset, teacher) pair needs: one per batch of classes."""
+        per = self.synthesis.classes_per_ufc or num_classes
+        return math.ceil(num_classes / per)
+
+    def num_subsets(self, num_classes: int) -> int:
+        return num_subsets(self.budget.ipc, len(self.teachers.archs), num_classes, self.class_batches(num_classes))
+
+    def shard_plan(self, num_classes: int) -> list[list[int]]:
+        """Subset ids grouped into synthesis shards (one DAG pod each); same plan for every engine."""
+        k = self.num_subsets(num_classes)
+        per = self.synthesis.subsets_per_shard or k
+        return [list(range(i, min(i + per, k))) for i in range(0, k, per)]
+
+    def resolve_device(self) -> str:
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device: 'cuda' was asked for but no CUDA device is visible; use device=auto or device=cpu")
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: int = 1) -> int:
+    """K = floor(ipc / (1 + M * B / C)): K natural images plus K*M*B UFCs shared by C classes fit in ipc.
+
+    B (class batches per UFC) is 1 when one UFC covers all classes, as in the paper's formula.
+    Integer arithmetic, so K*(C + M*B) <= ipc*C holds exactly.
+    """
+    return (ipc * num_classes) // (num_classes + num_teachers * class_batches)
+
+
+# ----------------------------------------------------------------------------------------
+# Which settings each stage depends on (cumulative over its inputs)
+# ----------------------------------------------------------------------------------------
+
+STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "report")
+
+
+def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
+    """The settings an artifact of `stage` depends on; equal dicts mean interchangeable artifacts."""
+    data = {"dataset": cfg.dataset.model_dump(mode="json")}
+    teacher_common = cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained"})
+
+    def teacher(arch: str) -> dict:
+        return {**data, "teacher": {"arch": arch, **teacher_common, "pretrained": cfg.teachers.pretrained.get(arch)}, "seed": cfg.seed}
+
+    def subsets() -> dict:
+        return {**data, "budget": cfg.budget.model_dump(mode="json"), "num_teachers": len(cfg.teachers.archs),
+                "classes_per_ufc": cfg.synthesis.classes_per_ufc, "seed": cfg.seed}
+
+    def synthesis() -> dict:
+        return {**subsets(), "teachers": [teacher(a)["teacher"] for a in cfg.teachers.archs],
+                "synthesis": cfg.synthesis.model_dump(mode="json")}
+
+    def labels() -> dict:
+        return {**synthesis(), "labels": {"temperature": cfg.labels.temperature, "static_on_augmented": cfg.labels.static_on_augmented}}
+
+    if stage == "prepare-data":
+        return data
+    if stage == "train-teacher":
+        return teacher(keys["arch"])
+    if stage == "select-subsets":
+        return subsets()
+    if stage == "synthesize-ufc":
+        return {**synthesis(), "subset_ids": list(keys["subset_ids"])}
+    if stage == "soft-label":
+        return labels()
+    if stage == "evaluate-student":
+        common = cfg.students.model_dump(mode="json", exclude={"archs", "seeds"})
+        return {**labels(), "student": {"arch": keys["arch"], "seed": keys["seed"], "label_mode": keys["label_mode"], **common}}
+    if stage == "report":
+        return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes}
+    raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: Config) -> str:
+    return fingerprint(cfg.model_dump(mode="json"))
+
+
+def diff_settings(expected: dict, found: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two stage_config dicts (first few)."""
+    out: list[str] = []
+    for key in sorted(set(expected) | set(found)):
+        path = f"{prefix}{key}"
+        a, b = expected.get(key, "<absent>"), found.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_settings(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path}: artifact has {b!r}, config has {a!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Loading: YAML + --set overrides
+# ----------------------------------------------------------------------------------------
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars or flow lists: 5, 0.1, true, cpu, [a, b]."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set synthesis.iterations=100")
+        path, value = item.split("=", 1)
+        node = raw
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (dataset:, budget:, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source=str(path) if path else "config")
+
+
+def validate_config(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see configs/quickstart.yaml for every key)"
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

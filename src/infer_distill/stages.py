@@ -1,0 +1,436 @@
+"""The pipeline's stages: each one plain function over a config, input artifact URIs and an output URI.
+
+    prepare-data -> train-teacher (per architecture) -> select-subsets -> synthesize-ufc (per shard)
+                 -> soft-label -> evaluate-student (per architecture x seed x label mode) -> report
+
+The CLI, the KFP components, the compose services and the Helm templates all call these
+functions (through `infer-distill stage NAME`); none re-implements a stage.
+
+Every output is an artifact (store.py): safetensors + manifest.json recording the slice of the
+config it depends on (config.stage_config). Reading an input checks that slice against the
+current config, so an artifact made with other settings is refused with the differing keys.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import Config, ConfigError, diff_settings, fingerprint, stage_config
+from .data import DataError, augmentation, load_dataset
+from .models import create_model, require_batchnorm
+from .store import Artifact, ArtifactError, open_artifact
+from .synthesis import class_batch_index, compose, synthesize_ufcs
+from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
+
+
+class StageError(RuntimeError):
+    """A stage cannot run with these inputs; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------------------
+# Artifact helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _write(out: str, cfg: Config, stage: str, files: dict, metrics: dict, started: float, inputs: dict[str, str], **keys) -> dict:
+    settings = stage_config(cfg, stage, **keys)
+    manifest = {
+        "stage": stage,
+        "fingerprint": fingerprint(settings),
+        "settings": settings,
+        "seed": cfg.seed,
+        "inputs": inputs,
+        "metrics": metrics,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "infer_distill_version": __version__,
+    }
+    return open_artifact(out).write(files, manifest)
+
+
+def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dict]:
+    """Open an input artifact and check it was made by `stage` with the settings `cfg` implies."""
+    art = open_artifact(uri)
+    manifest = art.read_manifest()
+    if manifest.get("stage") != stage:
+        raise ArtifactError(f"{uri} is a {manifest.get('stage')!r} artifact, but a {stage!r} artifact is needed here")
+    expected = stage_config(cfg, stage, **keys)
+    if manifest.get("settings") != expected:
+        diffs = diff_settings(expected, manifest.get("settings", {}))
+        raise ArtifactError(
+            f"{uri} was made with a different config:\n  " + "\n  ".join(diffs[:8])
+            + f"\nRerun stage {stage!r} with this config, or point --out at a fresh location."
+        )
+    return art, manifest
+
+
+def is_current(uri: str, cfg: Config, stage: str, **keys) -> bool:
+    """True if a valid artifact with exactly these settings already exists (a resumed run skips it)."""
+    try:
+        load_input(uri, cfg, stage, **keys)
+        return True
+    except ArtifactError:
+        return False
+
+
+def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    art, manifest = load_input(uri, cfg, "prepare-data")
+    t = art.read_tensors(f"{split}.safetensors")
+    return t["x"], t["y"], manifest
+
+
+def _model(arch: str, data_manifest: dict) -> nn.Module:
+    m = data_manifest["metrics"]
+    return create_model(arch, num_classes=m["num_classes"], in_chans=m["in_chans"], image_size=m["image_size"],
+                        mean=m["mean"], std=m["std"])
+
+
+def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str) -> list[nn.Module]:
+    if len(uris) != len(cfg.teachers.archs):
+        raise StageError(f"{len(uris)} teacher artifacts given, but teachers.archs lists {len(cfg.teachers.archs)}: {cfg.teachers.archs}")
+    models = []
+    for arch, uri in zip(cfg.teachers.archs, uris):
+        art, _ = load_input(uri, cfg, "train-teacher", arch=arch)
+        model = _model(arch, data_manifest)
+        model.load_state_dict(art.read_tensors("weights.safetensors"))
+        models.append(model.to(device).eval().requires_grad_(False))
+    return models
+
+
+# ----------------------------------------------------------------------------------------
+# Checks that run before any expensive work
+# ----------------------------------------------------------------------------------------
+
+KNOWN_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+
+
+def check_budget(cfg: Config, num_classes: int) -> int:
+    k = cfg.num_subsets(num_classes)
+    if k < 1:
+        m, b = len(cfg.teachers.archs), cfg.class_batches(num_classes)
+        need = -(-(num_classes + m * b) // num_classes)
+        raise ConfigError(
+            f"budget.ipc={cfg.budget.ipc} is too small for {m} teachers and {num_classes} classes: "
+            f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least {need} or use fewer teachers."
+        )
+    return k
+
+
+def _require_teacher(model: nn.Module, arch: str) -> None:
+    try:
+        require_batchnorm(model, arch)
+    except ValueError as e:
+        raise ConfigError(f"teachers.archs: {e}") from None
+
+
+def preflight(cfg: Config, out_uris: list[str]) -> None:
+    """Cheap checks of everything a run needs, so bad input fails in seconds, not after training."""
+    for uri in out_uris:
+        open_artifact(uri).check_writable()
+    if cfg.dataset.name in KNOWN_NUM_CLASSES:
+        check_budget(cfg, KNOWN_NUM_CLASSES[cfg.dataset.name])
+    elif cfg.dataset.root is None:
+        raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
+    elif not Path(cfg.dataset.root).exists():
+        raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
+    for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
+        _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
+    cfg.resolve_device()
+
+
+# ----------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: Config, out: str) -> dict:
+    """Materialise the train/test split once, as uint8 tensors, so later stages never touch the source."""
+    started = time.perf_counter()
+    open_artifact(out).check_writable()
+    data = load_dataset(cfg.dataset)
+    k = check_budget(cfg, data.num_classes)
+    counts = torch.bincount(data.train_y, minlength=data.num_classes)
+    if int(counts.min()) < k:  # select-subsets would fail only after the teachers trained
+        c = int(counts.argmin())
+        raise DataError(f"class {data.classes[c]!r} has {int(counts[c])} training images, but K={k} disjoint subsets need {k} "
+                        "per class; lower budget.ipc or raise dataset.train_per_class")
+    padding, hflip = augmentation(cfg.dataset, data.image_size)
+    metrics = {
+        "num_classes": data.num_classes, "classes": data.classes, "in_chans": data.in_chans, "image_size": data.image_size,
+        "mean": list(data.mean), "std": list(data.std), "num_train": len(data.train_y), "num_test": len(data.test_y),
+        "min_train_per_class": int(counts.min()), "crop_padding": padding, "hflip": hflip,
+    }
+    files = {"train.safetensors": {"x": data.train_x, "y": data.train_y}, "test.safetensors": {"x": data.test_x, "y": data.test_y}}
+    return _write(out, cfg, "prepare-data", files, metrics, started, {})
+
+
+def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
+    """Train one teacher architecture on the real training set (or import given weights); record its test accuracy."""
+    started = time.perf_counter()
+    if arch not in cfg.teachers.archs:
+        raise StageError(f"teacher {arch!r} is not in teachers.archs {cfg.teachers.archs}")
+    open_artifact(out).check_writable()
+    train_x, train_y, dm = _data(cfg, data, "train")
+    test_x, test_y, _ = _data(cfg, data, "test")
+    device = cfg.resolve_device()
+    torch.manual_seed(cfg.seed)
+    model = _model(arch, dm)
+    _require_teacher(model, arch)
+    source = cfg.teachers.pretrained.get(arch)
+    losses: list[float] = []
+    if source:
+        _import_weights(model, arch, source)
+    else:
+        model.to(device)
+        losses = train_teacher_model(model, train_x, train_y, cfg.teachers, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]),
+                                     device, cfg.seed, desc=f"teacher {arch}", progress=progress)
+    model.to(device)
+    acc = evaluate(model, test_x, test_y, device)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
+               "num_params": sum(p.numel() for p in model.parameters())}
+    return _write(out, cfg, "train-teacher", {"weights.safetensors": state}, metrics, started, {"data": data}, arch=arch)
+
+
+def _import_weights(model: nn.Module, arch: str, source: str) -> None:
+    net = model[1] if isinstance(model, nn.Sequential) else model
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_model_weights(arch).DEFAULT
+            state = weights.get_state_dict(progress=False)
+        except Exception as e:  # noqa: BLE001 - any failure here means: weights unavailable
+            raise StageError(f"teachers.pretrained.{arch}=torchvision: could not get torchvision's ImageNet weights ({e}); "
+                             "download them where there is internet and pass a .safetensors path instead") from None
+    else:
+        from safetensors.torch import load_file
+
+        if not Path(source).is_file():
+            raise StageError(f"teachers.pretrained.{arch}: {source} is not a file; give a .safetensors state dict")
+        state = load_file(source)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise StageError(f"teachers.pretrained.{arch}: weights do not fit {arch} "
+                         f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+
+
+def select_subsets(cfg: Config, data: str, out: str) -> dict:
+    """K disjoint seeded subsets, each one real training image per class: indices [K, C]."""
+    started = time.perf_counter()
+    open_artifact(out).check_writable()
+    _, train_y, dm = _data(cfg, data, "train")
+    C = dm["metrics"]["num_classes"]
+    K = check_budget(cfg, C)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    columns = []
+    for c in range(C):
+        pool = (train_y == c).nonzero().flatten()
+        if len(pool) < K:
+            raise StageError(f"class {dm['metrics']['classes'][c]!r} has {len(pool)} training images, but K={K} disjoint "
+                             f"subsets need {K}; lower budget.ipc or raise dataset.train_per_class")
+        columns.append(pool[torch.randperm(len(pool), generator=gen)[:K]])
+    indices = torch.stack(columns, 1)
+    metrics = {"num_subsets": K, "num_classes": C, "num_teachers": len(cfg.teachers.archs),
+               "class_batches": cfg.class_batches(C), "shards": cfg.shard_plan(C)}
+    return _write(out, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics, started, {"data": data})
+
+
+def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, teachers: list[str], out: str,
+                   progress: bool = True) -> dict:
+    """Optimise the UFCs of the given subsets against every teacher, grouped into one batch per teacher."""
+    started = time.perf_counter()
+    subset_ids = sorted(subset_ids)
+    open_artifact(out).check_writable()
+    train_x, _, dm = _data(cfg, data, "train")
+    sub_art, sub_manifest = load_input(subsets, cfg, "select-subsets")
+    indices = sub_art.read_tensors("subsets.safetensors")["indices"]
+    K = len(indices)
+    if not subset_ids or len(set(subset_ids)) != len(subset_ids) or subset_ids[0] < 0 or subset_ids[-1] >= K:
+        raise StageError(f"subset ids {subset_ids} must be distinct and within 0..{K - 1} (K={K})")
+    device = cfg.resolve_device()
+    models = load_teachers(cfg, teachers, dm, device)
+    natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
+    result = synthesize_ufcs(models, natural, subset_ids, cfg.synthesis, cfg.seed, device, progress)
+    ufc_iters = result.ufc.shape[0] * result.ufc.shape[1] * result.ufc.shape[2] * cfg.synthesis.iterations
+    metrics = {
+        "subset_ids": subset_ids, "ufc_shape": list(result.ufc.shape), "synthesis_s": round(result.seconds, 3),
+        "ufc_iterations_per_s": ufc_iters / max(result.seconds, 1e-9),
+        "images_per_s": ufc_iters / max(result.seconds, 1e-9) * natural.shape[1] / result.ufc.shape[2],
+        "initial_loss": result.initial_loss.tolist(), "final_loss": result.final_loss.tolist(),
+        "final_ce": result.final_ce.tolist(), "final_bn": result.final_bn.tolist(),
+    }
+    files = {"ufc.safetensors": {"ufc": result.ufc, "subset_ids": torch.tensor(subset_ids)}}
+    return _write(out, cfg, "synthesize-ufc", files, metrics, started,
+                  {"data": data, "subsets": subsets, "teachers": teachers}, subset_ids=subset_ids)
+
+
+def distilled_instances(natural: torch.Tensor, ufc: torch.Tensor, classes_per_ufc: int | None) -> torch.Tensor:
+    """All K*(M+1)*C training instances, float [0,1]: per subset k, P_k then P_k + U_{k,m} for every m.
+
+    natural: uint8 [K, C, ch, H, W]; ufc: [K, M, B, ch, H, W].
+    """
+    nat = natural.float() / 255.0
+    batch_of_class = class_batch_index(natural.shape[1], classes_per_ufc)
+    composed = compose(nat.unsqueeze(1), ufc, batch_of_class)                # [K, M, C, ch, H, W]
+    return torch.cat([nat.unsqueeze(1), composed], 1).flatten(0, 2)
+
+
+@torch.no_grad()
+def _ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
+    return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+
+def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
+    """Collect every UFC shard; static labels = the teachers' mean logits on every (un-augmented) instance."""
+    started = time.perf_counter()
+    open_artifact(out).check_writable()
+    train_x, _, dm = _data(cfg, data, "train")
+    sub_art, _ = load_input(subsets, cfg, "select-subsets")
+    indices = sub_art.read_tensors("subsets.safetensors")["indices"]
+    K, C = indices.shape
+    shards: dict[int, torch.Tensor] = {}
+    for uri in ufc:
+        art, manifest = open_artifact(uri), open_artifact(uri).read_manifest()
+        ids = manifest.get("metrics", {}).get("subset_ids", [])
+        load_input(uri, cfg, "synthesize-ufc", subset_ids=ids)
+        tensors = art.read_tensors("ufc.safetensors")
+        for row, k in enumerate(tensors["subset_ids"].tolist()):
+            if k in shards:
+                raise StageError(f"subset {k} appears in two UFC shards (second: {uri}); give each shard once")
+            shards[k] = tensors["ufc"][row]
+    missing = sorted(set(range(K)) - set(shards))
+    if missing:
+        raise StageError(f"UFC shards cover {len(shards)} of K={K} subsets; missing subsets {missing[:10]}: run synthesize-ufc for them")
+    ufcs = torch.stack([shards[k] for k in range(K)])                        # [K, M, B, ch, H, W]
+    natural = train_x[indices]                                               # [K, C, ch, H, W]
+    device = cfg.resolve_device()
+    ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
+    instances = distilled_instances(natural, ufcs, cfg.synthesis.classes_per_ufc)
+    labels = _ensemble_logits(ensemble, instances, device)
+
+    M, B = ufcs.shape[1], ufcs.shape[2]
+    stored = natural.numel() * natural.element_size() + ufcs.numel() * ufcs.element_size() + labels.numel() * labels.element_size()
+    train_bytes = train_x.numel() * train_x.element_size()
+    budget = {
+        "ipc": cfg.budget.ipc, "num_subsets": K, "num_teachers": M, "num_classes": C, "class_batches": B,
+        "num_natural": K * C, "num_ufcs": K * M * B, "num_instances": len(instances),
+        "stored_bytes": stored, "train_bytes": train_bytes, "compression_ratio": stored / train_bytes,
+        "images_per_class_equivalent": K * (1 + M * B / C),
+    }
+    metrics = {"budget": budget, "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
+    files = {"distilled.safetensors": {"natural": natural, "ufc": ufcs, "soft_labels": labels}}
+    return _write(out, cfg, "soft-label", files, metrics, started, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
+
+
+def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: str, distilled: str, teachers: list[str],
+                     out: str, progress: bool = True) -> dict:
+    """Train a fresh student on the distilled set (MixUp + KL at temperature T) and test it on the real test set."""
+    started = time.perf_counter()
+    if label_mode not in ("static", "dynamic"):
+        raise StageError(f"label mode {label_mode!r}: use 'static' or 'dynamic'")
+    open_artifact(out).check_writable()
+    test_x, test_y, dm = _data(cfg, data, "test")
+    art, _ = load_input(distilled, cfg, "soft-label")
+    t = art.read_tensors("distilled.safetensors")
+    images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
+    device = cfg.resolve_device()
+    ensemble = Ensemble(load_teachers(cfg, teachers, dm, device)) if label_mode == "dynamic" else None
+    torch.manual_seed(seed)
+    student = _model(arch, dm).to(device)
+    result: StudentResult = train_student_model(
+        student, images, t["soft_labels"] if ensemble is None else None, ensemble, test_x, test_y, cfg.students,
+        cfg.students.epochs_for(label_mode), cfg.labels.temperature, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed,
+        desc=f"student {arch} {label_mode} seed {seed}", progress=progress)
+    best_epoch, best_acc = result.best
+    metrics = {"arch": arch, "seed": seed, "label_mode": label_mode, "final_acc": result.final_acc, "best_acc": best_acc,
+               "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses}
+    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    return _write(out, cfg, "evaluate-student", {"weights.safetensors": state}, metrics, started,
+                  {"data": data, "distilled": distilled, "teachers": teachers if ensemble else []},
+                  arch=arch, seed=seed, label_mode=label_mode)
+
+
+def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
+           extra_timings: dict[str, float] | None = None) -> dict:
+    """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
+    from . import report as rep
+
+    started = time.perf_counter()
+    open_artifact(out).check_writable()
+    _, dm = load_input(data, cfg, "prepare-data")
+    teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
+    ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
+    dist_art, dist_manifest = load_input(distilled, cfg, "soft-label")
+    student_manifests = []
+    for uri in students:
+        m = open_artifact(uri).read_manifest()["metrics"]
+        student_manifests.append(load_input(uri, cfg, "evaluate-student", arch=m["arch"], seed=m["seed"], label_mode=m["label_mode"])[1])
+
+    timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
+    for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
+                            ("soft-label", [dist_manifest]), ("evaluate-student", student_manifests)):
+        timings[name] = sum(m["elapsed_s"] for m in manifests)
+    timings.update(extra_timings or {})
+    rows = [{k: m["metrics"][k] for k in ("arch", "seed", "label_mode", "final_acc", "best_acc", "best_epoch", "curve")}
+            for m in student_manifests]
+    teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
+    summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings)
+    t = dist_art.read_tensors("distilled.safetensors")
+    files = {
+        "report.json": rep.json_bytes(summary),
+        "report.md": rep.markdown(summary).encode(),
+        "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
+                                                 cfg.synthesis.classes_per_ufc),
+        "student_curves.png": rep.student_curves_png(rows),
+    }
+    inputs = {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students}
+    return _write(out, cfg, "report", files, {"report": summary}, started, inputs)
+
+
+# ----------------------------------------------------------------------------------------
+# Where each artifact lives under one root (the CLI's --out; the DAG passes URIs explicitly)
+# ----------------------------------------------------------------------------------------
+
+
+class Layout:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    @property
+    def data(self) -> str:
+        return self._join("data")
+
+    def teacher(self, arch: str) -> str:
+        return self._join("teachers", arch)
+
+    def teachers(self, cfg: Config) -> list[str]:
+        return [self.teacher(a) for a in cfg.teachers.archs]
+
+    @property
+    def subsets(self) -> str:
+        return self._join("subsets")
+
+    def ufc(self, subset_ids: list[int]) -> str:
+        return self._join("ufc", f"subsets-{min(subset_ids):04d}-{max(subset_ids):04d}")
+
+    @property
+    def distilled(self) -> str:
+        return self._join("distilled")
+
+    def student(self, arch: str, seed: int, label_mode: str) -> str:
+        return self._join("students", f"{arch}-{label_mode}-seed{seed}")
+
+    def students(self, cfg: Config) -> list[str]:
+        return [self.student(a, s, mode) for mode in cfg.labels.modes for a in cfg.students.archs for s in cfg.students.seeds]
+
+    @property
+    def report(self) -> str:
+        return self._join("report")

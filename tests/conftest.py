@@ -1,0 +1,100 @@
+"""Shared fixtures. S3 tests run against a real moto S3 server in a subprocess (real HTTP,
+real boto3 client, real multipart uploads), not an in-process mock."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer means the server is up
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"moto S3 server did not start at {endpoint} (exit code {proc.poll()}):\n"
+                        + log_path.read_text(errors="replace")
+                    ) from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    yield s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: str) -> Iterator[str]:
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    boto3.session.Session().client("s3", endpoint_url=s3_env, region_name="us-east-1").create_bucket(Bucket=name)
+    yield name
+
+
+# ---- pipeline fixtures -------------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+# The quickstart at test size: every stage runs, in seconds.
+TINY = [
+    "teachers.archs=[convnet_d2_w32, resnet_tiny]",
+    "teachers.epochs=1",
+    "synthesis.iterations=3",
+    "students.epochs=2",
+    "device=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> "__import__('pathlib').Path":
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("INFER_DATASETS", REPO.parent / "shared" / "datasets"))
+    if not (path / "cifar10" / "cifar10-test-png.zip").is_file():
+        raise RuntimeError(f"CIFAR-10 archives not found under {path}; set INFER_DATASETS to the shared datasets folder")
+    return path

@@ -1,0 +1,84 @@
+import pytest
+
+from infer_distill.config import ConfigError, load_config, num_subsets, stage_config, validate_config
+
+
+@pytest.mark.parametrize(
+    "ipc, teachers, classes, expected",
+    [(10, 4, 10, 7), (10, 4, 100, 9), (50, 4, 100, 48), (50, 4, 10, 35), (10, 3, 1000, 9), (1, 3, 10, 0)],
+)
+def test_budget_matches_the_official_examples(ipc, teachers, classes, expected):
+    k = num_subsets(ipc, teachers, classes)
+    assert k == expected
+    assert k * (classes + teachers) <= ipc * classes  # K * (1 + M/C) <= ipc, exactly
+
+
+def test_budget_counts_one_ufc_per_class_batch():
+    # 200 classes in batches of 100: 2 UFCs per (subset, teacher)
+    assert num_subsets(50, 4, 200, class_batches=2) == 48
+    cfg = validate_config({"budget": {"ipc": 50}, "synthesis": {"classes_per_ufc": 100},
+                           "teachers": {"archs": ["resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"]}})
+    assert cfg.class_batches(200) == 2 and cfg.num_subsets(200) == 48
+
+
+def test_quickstart_file_is_the_embedded_default():
+    assert load_config("configs/quickstart.yaml") == load_config(None)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "cifar10-ipc10", "cifar10-ipc50", "cifar100-ipc10", "cifar100-ipc50",
+                                  "tiny-imagenet-ipc50", "imagenet-ipc10"])
+def test_shipped_configs_validate(name):
+    load_config(f"configs/{name}.yaml")
+
+
+def test_set_overrides_parse_yaml_scalars_and_lists():
+    cfg = load_config(None, ["synthesis.iterations=7", "teachers.archs=[resnet_tiny, convnet_d2_w32]", "device=cpu",
+                             "synthesis.r_bn=0.5"])
+    assert cfg.synthesis.iterations == 7 and cfg.synthesis.r_bn == 0.5
+    assert cfg.teachers.archs == ["resnet_tiny", "convnet_d2_w32"] and cfg.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["synthesis.iteratons=5"], "synthesis.iteratons: unknown key"),
+        (["dataset.name=mnist"], "dataset.name"),
+        (["teachers.archs=[resnet18, vgg99]"], "unknown architecture 'vgg99'"),
+        (["students.archs=[nope]"], "students.archs"),
+        (["teachers.archs=[resnet18, resnet18]"], "distinct"),
+        (["teachers.pretrained={resnet50: torchvision}"], "not in teachers.archs"),
+        (["synthesis.lr=-1"], "synthesis.lr"),
+    ],
+)
+def test_bad_config_names_the_field(overrides, needle):
+    with pytest.raises(ConfigError, match="invalid") as info:
+        load_config(None, overrides)
+    assert needle in str(info.value)
+
+
+def test_bad_set_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["synthesis.iterations"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_stage_settings_are_cumulative_and_scoped():
+    a = load_config(None)
+    b = load_config(None, ["students.epochs=3"])
+    c = load_config(None, ["teachers.epochs=3"])
+    # student settings do not touch the teacher, UFC or label artifacts
+    for stage, keys in [("train-teacher", {"arch": "resnet_tiny"}), ("synthesize-ufc", {"subset_ids": [0]}), ("soft-label", {})]:
+        assert stage_config(a, stage, **keys) == stage_config(b, stage, **keys)
+    # teacher settings flow into everything downstream of the teachers
+    assert stage_config(a, "select-subsets") == stage_config(c, "select-subsets")
+    assert stage_config(a, "synthesize-ufc", subset_ids=[0]) != stage_config(c, "synthesize-ufc", subset_ids=[0])
+    assert stage_config(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
+        stage_config(c, "evaluate-student", arch="x", seed=0, label_mode="static")
+
+
+def test_shard_plan_covers_every_subset_once():
+    cfg = load_config(None, ["synthesis.subsets_per_shard=3"])
+    plan = cfg.shard_plan(10)  # K = 7
+    assert plan == [[0, 1, 2], [3, 4, 5], [6]]
+    assert load_config(None).shard_plan(10) == [list(range(7))]

@@ -1,0 +1,119 @@
+"""Bad input: a clear error naming the field or file, before any expensive work, and no half artifact."""
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from infer_distill.cli import main
+from infer_distill.store import open_artifact
+
+
+def _sets(extra):
+    return sum((["--set", s] for s in TINY + extra), [])
+
+
+def _run(capsys, out, extra=(), *args):
+    code = main(["run", "--out", str(out), "--no-progress", *_sets(list(extra)), *args])
+    return code, capsys.readouterr().err
+
+
+def _image_dir(root, per_class, classes=("a", "b", "c"), size=8):
+    for split in ("train", "test"):
+        for i, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for j in range(per_class):
+                Image.fromarray(np.full((size, size, 3), 40 * i + j, np.uint8)).save(d / f"{j}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["dataset.name=mnist"], "dataset.name"),
+        (["teachers.archs=[resnet_tiny, vgg99]"], "unknown architecture 'vgg99'"),
+        (["budget.ipc=1"], "budget.ipc=1 is too small for 2 teachers and 10 classes"),
+        (["teachers.archs=[convnet_d3_w32_nonorm, resnet_tiny]"], "no BatchNorm2d layers"),
+        (["dataset.name=imagefolder", "dataset.root=/no/such/data"], "/no/such/data does not exist"),
+        (["dataset.name=imagefolder"], "dataset.root must be set"),
+    ],
+)
+def test_bad_config_fails_before_any_artifact(tmp_path, capsys, extra, needle):
+    code, err = _run(capsys, tmp_path / "out", extra)
+    assert code == 2
+    assert needle in err
+    assert not list((tmp_path / "out").rglob("manifest.json"))
+
+
+def test_zip_with_the_wrong_layout(tmp_path, capsys):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("images/cat/0.png", b"not read")
+    code, err = _run(capsys, tmp_path / "out", ["dataset.name=imagefolder", f"dataset.root={archive}"])
+    assert code == 2 and "bad.zip" in err and "train/<class>/<file>" in err and "[images]" in err
+
+
+def test_class_with_fewer_images_than_subsets_fails_before_training(tmp_path, capsys):
+    root = _image_dir(tmp_path / "imgs", per_class=2)
+    # ipc 10, M=2, C=3: K = floor(30/5) = 6 subsets need 6 images per class
+    code, err = _run(capsys, tmp_path / "out", ["dataset.name=imagefolder", f"dataset.root={root}"])
+    assert code == 2 and "has 2 training images, but K=6" in err
+    assert not (tmp_path / "out" / "teachers").exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = _run(capsys, blocker / "out")
+    assert code == 2 and "not writable" in err
+
+
+def test_missing_s3_bucket(s3_env, capsys):
+    code, err = _run(capsys, "s3://no-such-bucket-xyz/run")
+    assert code == 2 and "no-such-bucket-xyz" in err and "does not exist" in err
+
+
+def test_missing_s3_credentials(s3_bucket, monkeypatch, capsys, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    code, err = _run(capsys, f"s3://{s3_bucket}/run")
+    assert code == 2 and "credentials" in err and "AWS_ACCESS_KEY_ID" in err
+
+
+def test_truncated_and_altered_artifacts_are_refused(tmp_path, capsys):
+    root = tmp_path / "r"
+    assert main(["stage", "prepare-data", "--root", str(root), *_sets([])]) == 0
+    data_file = root / "data" / "train.safetensors"
+    original = data_file.read_bytes()
+
+    data_file.write_bytes(original[:-10])
+    assert main(["stage", "select-subsets", "--root", str(root), *_sets([])]) == 2
+    assert "train.safetensors" in capsys.readouterr().err
+
+    altered = bytearray(original)
+    altered[-1] ^= 0xFF
+    data_file.write_bytes(bytes(altered))
+    assert main(["stage", "select-subsets", "--root", str(root), *_sets([])]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not open_artifact(root / "subsets").exists()
+
+
+def test_artifact_from_a_different_config_is_refused(tmp_path, capsys):
+    root = tmp_path / "r"
+    assert main(["stage", "prepare-data", "--root", str(root), *_sets(["dataset.test_per_class=5"])]) == 0
+    capsys.readouterr()
+    assert main(["stage", "select-subsets", "--root", str(root), *_sets([])]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "dataset.test_per_class: artifact has 5, config has None" in err
+
+
+def test_unknown_stage_input_kind_is_refused(tmp_path, capsys):
+    root = tmp_path / "r"
+    assert main(["stage", "prepare-data", "--root", str(root), *_sets([])]) == 0
+    capsys.readouterr()
+    assert main(["stage", "select-subsets", "--data", str(root / "nothing"), "--out", str(root / "s"), *_sets([])]) == 2
+    assert "manifest.json missing" in capsys.readouterr().err

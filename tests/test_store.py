@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+
+from infer_distill.store import SCHEMA_VERSION, ArtifactError, Artifact, open_artifact, sha256_bytes
+
+
+def _s3(endpoint: str):
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Artifact:
+    """An empty location to write artifacts under, on each backend."""
+    if request.param == "local":
+        return open_artifact(str(tmp_path / "runs"))
+    return open_artifact(f"s3://{request.getfixturevalue('s3_bucket')}/runs/r1")
+
+
+def _overwrite_file(art: Artifact, name: str, data: bytes) -> None:
+    """Tamper with a stored file behind the store's back."""
+    path = art.local_path()
+    if path is not None:
+        (path / name).write_bytes(data)
+    else:
+        bucket, _, prefix = art.uri[len("s3://"):].partition("/")
+        _s3(os.environ["AWS_ENDPOINT_URL"]).put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    return {
+        "w": torch.randn(3, 4),
+        "wt": torch.randn(4, 3).t(),  # non-contiguous: must be packed, not rejected
+        "idx": torch.arange(5, dtype=torch.int64),
+        "h": torch.randn(2, 2).to(torch.bfloat16),
+    }
+
+
+def test_round_trip(root: Artifact) -> None:
+    art = root.child("teacher")
+    assert art.uri == root.uri + "/teacher"
+    assert not art.exists()
+    tensors = _tensors()
+    written = art.write({"model.safetensors": tensors, "notes.txt": b"hello"}, {"stage": "teacher", "acc": 0.5})
+    assert art.exists()
+
+    manifest = art.read_manifest()
+    assert manifest == written
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert manifest["stage"] == "teacher" and manifest["acc"] == 0.5
+    assert manifest["files"]["notes.txt"] == {"sha256": sha256_bytes(b"hello"), "bytes": 5}
+    assert manifest["files"]["model.safetensors"]["tensors"] == {
+        "w": {"dtype": "float32", "shape": [3, 4]},
+        "wt": {"dtype": "float32", "shape": [3, 4]},
+        "idx": {"dtype": "int64", "shape": [5]},
+        "h": {"dtype": "bfloat16", "shape": [2, 2]},
+    }
+
+    assert art.read_bytes("notes.txt") == b"hello"
+    assert art.read_text("notes.txt") == "hello"
+    loaded = art.read_tensors("model.safetensors")
+    assert loaded.keys() == tensors.keys()
+    for key, t in tensors.items():
+        assert loaded[key].dtype == t.dtype and torch.equal(loaded[key], t)
+
+
+def test_manifest_written_last_and_sorted(tmp_path: Path) -> None:
+    art = open_artifact(f"file://{tmp_path}/a")
+    art.write({"x.bin": b"1"}, {"b": 1, "a": 2})
+    text = (tmp_path / "a" / "manifest.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
+    assert art.local_path() == tmp_path / "a"
+
+
+def test_overwrite_replaces(root: Artifact) -> None:
+    art = root.child("stage")
+    art.write({"a.bin": b"old-a", "b.bin": b"old-b"}, {"version": 1})
+    art.write({"a.bin": b"new-a"}, {"version": 2})
+    manifest = art.read_manifest()
+    assert manifest["version"] == 2 and set(manifest["files"]) == {"a.bin"}
+    assert art.read_bytes("a.bin") == b"new-a"
+    with pytest.raises(ArtifactError, match="no file 'b.bin'"):
+        art.read_bytes("b.bin")
+    path = art.local_path()
+    if path is not None:
+        assert sorted(os.listdir(path)) == ["a.bin", "manifest.json"]
+        assert os.listdir(path.parent) == ["stage"]  # no temp or old dirs left behind
+
+
+@pytest.mark.parametrize("tamper", ["truncated", "altered"])
+def test_corruption_detected(root: Artifact, tamper: str) -> None:
+    art = root.child("stage")
+    payload = bytes(range(256)) * 4
+    art.write({"data.bin": payload, "t.safetensors": _tensors()}, {})
+    bad = payload[:-10] if tamper == "truncated" else payload[:100] + bytes([payload[100] ^ 1]) + payload[101:]
+    _overwrite_file(art, "data.bin", bad)
+    with pytest.raises(ArtifactError) as info:
+        art.read_bytes("data.bin")
+    assert art.uri in str(info.value) and "'data.bin'" in str(info.value)
+    assert ("truncated" if tamper == "truncated" else "sha256") in str(info.value)
+
+    raw = art.read_bytes("t.safetensors")
+    _overwrite_file(art, "t.safetensors", raw[:-4] if tamper == "truncated" else raw[:-1] + b"\0")
+    with pytest.raises(ArtifactError, match="t.safetensors"):
+        art.read_tensors("t.safetensors")
+
+
+def test_missing_artifact(root: Artifact) -> None:
+    art = root.child("never-written")
+    assert not art.exists()
+    for read in (art.read_manifest, lambda: art.read_bytes("x"), lambda: art.read_tensors("x")):
+        with pytest.raises(ArtifactError, match="manifest.json missing") as info:
+            read()
+        assert art.uri in str(info.value)
+
+
+def test_missing_data_file(root: Artifact) -> None:
+    art = root.child("stage")
+    art.write({"a.bin": b"a"}, {})
+    path = art.local_path()
+    if path is not None:
+        (path / "a.bin").unlink()
+    else:
+        bucket, _, prefix = art.uri[len("s3://"):].partition("/")
+        _s3(os.environ["AWS_ENDPOINT_URL"]).delete_object(Bucket=bucket, Key=f"{prefix}/a.bin")
+    with pytest.raises(ArtifactError, match="'a.bin' listed in manifest.json is missing"):
+        art.read_bytes("a.bin")
+
+
+def test_bad_manifest(tmp_path: Path) -> None:
+    art = open_artifact(tmp_path / "a")
+    art.write({}, {})
+    manifest_path = tmp_path / "a" / "manifest.json"
+    manifest_path.write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        art.read_manifest()
+    manifest_path.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "files": {}}))
+    with pytest.raises(ArtifactError, match=f"schema_version {SCHEMA_VERSION + 1}"):
+        art.read_manifest()
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "a/b", "..", ""])
+def test_invalid_file_names_rejected(tmp_path: Path, name: str) -> None:
+    art = open_artifact(tmp_path / "a")
+    with pytest.raises(ArtifactError, match="invalid file name"):
+        art.write({name: b"x"}, {})
+    assert not art.exists()
+
+
+def test_failed_local_write_leaves_nothing(tmp_path: Path) -> None:
+    art = open_artifact(tmp_path / "a")
+    # The bad value comes after a good one, so the failure happens mid-write.
+    with pytest.raises(ArtifactError, match="'bad'.*must be bytes"):
+        art.write({"good.bin": b"x" * 1000, "bad": 42}, {})  # type: ignore[dict-item]
+    assert not art.exists()
+    assert os.listdir(tmp_path) == []
+
+    art.write({"good.bin": b"v1"}, {"version": 1})
+    with pytest.raises(ArtifactError):
+        art.write({"good.bin": b"v2", "bad": [1, 2]}, {"version": 2})  # type: ignore[dict-item]
+    assert art.read_manifest()["version"] == 1 and art.read_bytes("good.bin") == b"v1"
+    assert os.listdir(tmp_path) == ["a"]
+
+
+def test_failed_s3_rewrite_is_not_valid(s3_bucket: str) -> None:
+    art = open_artifact(f"s3://{s3_bucket}/stage")
+    art.write({"good.bin": b"v1"}, {"version": 1})
+    with pytest.raises(ArtifactError):
+        art.write({"good.bin": b"v2", "bad": 42}, {"version": 2})  # type: ignore[dict-item]
+    assert not art.exists()  # half-rewritten: the old manifest is gone, the new one never came
+
+
+def test_s3_multipart_upload(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFER_S3_MULTIPART_THRESHOLD", str(5 * 1024 * 1024))
+    art = open_artifact(f"s3://{s3_bucket}/big")
+    payload = os.urandom(11 * 1024 * 1024)
+    art.write({"big.bin": payload, "small.bin": b"s"}, {})
+    client = _s3(os.environ["AWS_ENDPOINT_URL"])
+    assert client.head_object(Bucket=s3_bucket, Key="big/big.bin")["ETag"].strip('"').endswith("-3")
+    assert "-" not in client.head_object(Bucket=s3_bucket, Key="big/small.bin")["ETag"]
+    assert art.read_bytes("big.bin") == payload
+
+
+def test_s3_bad_multipart_threshold(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFER_S3_MULTIPART_THRESHOLD", "64MB")
+    with pytest.raises(ArtifactError, match="INFER_S3_MULTIPART_THRESHOLD"):
+        open_artifact(f"s3://{s3_bucket}/a").write({"a": b"a"}, {})
+
+
+def test_s3_check_writable_ok(s3_bucket: str) -> None:
+    open_artifact(f"s3://{s3_bucket}/out").check_writable()
+
+
+def test_s3_check_writable_missing_bucket(s3_env: str) -> None:
+    with pytest.raises(ArtifactError) as info:
+        open_artifact("s3://no-such-bucket-xyz/out").check_writable()
+    msg = str(info.value)
+    assert "S3 bucket 'no-such-bucket-xyz' does not exist at endpoint " + s3_env in msg
+    assert "aws s3 mb s3://no-such-bucket-xyz" in msg
+
+
+def test_s3_check_writable_no_credentials(s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "nope-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "nope-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # don't wait on an instance-metadata lookup
+    with pytest.raises(ArtifactError, match="no valid S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        open_artifact(f"s3://{s3_bucket}/out").check_writable()
+
+
+def test_s3_unreachable_endpoint(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    with pytest.raises(ArtifactError, match=r"endpoint http://127\.0\.0\.1:1 is unreachable"):
+        open_artifact("s3://b/out").check_writable()
+
+
+def test_local_check_writable(tmp_path: Path) -> None:
+    art = open_artifact(tmp_path / "deep" / "out")
+    art.check_writable()
+    assert (tmp_path / "deep" / "out").is_dir()
+    assert sorted(os.listdir(tmp_path / "deep")) == ["out"]  # probe removed
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # A path under a regular file cannot be created, even by root (which ignores chmod).
+    with pytest.raises(ArtifactError, match=r"output location .*a-file/sub is not writable: .*; choose another --out"):
+        open_artifact(blocker / "sub").check_writable()
+
+
+def test_open_artifact_uris(tmp_path: Path) -> None:
+    local = open_artifact(f"file://{tmp_path}/x/")
+    assert local.uri == f"file://{tmp_path}/x" and local.local_path() == tmp_path / "x"
+    assert local.child("y").local_path() == tmp_path / "x" / "y"
+    s3 = open_artifact("s3://bucket/a/b/")
+    assert s3.uri == "s3://bucket/a/b" and s3.local_path() is None
+    assert s3.child("c").uri == "s3://bucket/a/b/c"
+    for bad in ("gs://bucket/x", "s3://", ""):
+        with pytest.raises(ArtifactError):
+            open_artifact(bad)

@@ -1,0 +1,115 @@
+"""The grouped synthesis is the one-UFC-at-a-time synthesis, run in parallel."""
+import torch
+
+from infer_distill.config import SynthesisConfig
+from infer_distill.models import create_model
+from infer_distill.synthesis import class_batch_index, compose, group_losses, recorded_bn_inputs, synthesize_ufcs
+
+
+def _teacher(arch="convnet_d3_w32", seed=0, chans=3, size=16, classes=5):
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=classes, in_chans=chans, image_size=size, mean=[0.5] * chans, std=[0.25] * chans)
+    # non-trivial running statistics, as a trained teacher has
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, chans, size, size))
+    return model.eval().requires_grad_(False)
+
+
+def test_grouped_loss_equals_per_ufc_loss_values_and_gradients():
+    teacher = _teacher()
+    G, C = 3, 5
+    natural = torch.rand(G, C, 3, 16, 16)
+    labels = torch.arange(C)
+    ufc = (0.1 * torch.randn(G, 1, 3, 16, 16)).requires_grad_(True)
+
+    batch = compose(natural, ufc, class_batch_index(C, None)).flatten(0, 1)
+    group_ids = torch.arange(G).repeat_interleave(C)
+    total, ce, bn = group_losses(teacher, batch, labels.repeat(G), group_ids, G, r_bn=1.0, first_bn_multiplier=10.0)
+    total.sum().backward()
+    grouped_grad = ufc.grad.clone()
+
+    for g in range(G):
+        u = ufc[g].detach().clone().requires_grad_(True)
+        x = compose(natural[g], u, class_batch_index(C, None))
+        t1, ce1, bn1 = group_losses(teacher, x, labels, torch.zeros(C, dtype=torch.long), 1, 1.0, 10.0)
+        t1.sum().backward()
+        torch.testing.assert_close(total[g], t1[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ce[g], ce1[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn[g], bn1[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grouped_grad[g], u.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_bn_term_matches_a_direct_computation():
+    teacher = _teacher()
+    x = torch.rand(5, 3, 16, 16)
+    with recorded_bn_inputs(teacher) as inputs:
+        teacher(x)
+    from infer_distill.models import batchnorm_layers
+
+    expected = 0.0
+    for i, (inp, layer) in enumerate(zip(inputs, batchnorm_layers(teacher))):
+        mean = inp.mean((0, 2, 3))
+        var = inp.permute(1, 0, 2, 3).reshape(inp.shape[1], -1).var(1, unbiased=False)
+        expected += (10.0 if i == 0 else 1.0) * (torch.norm(mean - layer.running_mean) + torch.norm(var - layer.running_var))
+    _, _, bn = group_losses(teacher, x, torch.arange(5), torch.zeros(5, dtype=torch.long), 1, 1.0, 10.0)
+    torch.testing.assert_close(bn[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_live_only_as_long_as_the_block():
+    teacher = _teacher()
+    with recorded_bn_inputs(teacher) as inputs:
+        teacher(torch.rand(2, 3, 16, 16))
+    n = len(inputs)
+    assert n == 3
+    teacher(torch.rand(2, 3, 16, 16))
+    assert len(inputs) == n  # nothing recorded after the block: hooks removed
+    assert all(not m._forward_hooks for m in teacher.modules())
+
+
+def test_gradients_reach_only_the_ufc_and_images_stay_valid():
+    teacher = _teacher()
+    natural = (torch.rand(2, 5, 3, 16, 16) * 255).to(torch.uint8)
+    cfg = SynthesisConfig(iterations=5, lr=0.5, jitter=2)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    result = synthesize_ufcs([teacher], natural, [0, 1], cfg, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
+    assert all(p.grad is None for p in teacher.parameters())
+    assert result.ufc.abs().sum() > 0 and not result.ufc.requires_grad
+    composed = compose(natural.float() / 255, result.ufc[:, 0], class_batch_index(5, None))
+    assert composed.min() >= 0 and composed.max() <= 1
+    assert (result.final_loss < result.initial_loss).all()
+
+
+def test_same_seed_gives_byte_identical_ufcs_and_other_seed_differs():
+    teachers = [_teacher(), _teacher("resnet_tiny", seed=1)]
+    natural = (torch.rand(2, 5, 3, 16, 16) * 255).to(torch.uint8)
+    cfg = SynthesisConfig(iterations=4, jitter=3)
+    a = synthesize_ufcs(teachers, natural, [0, 1], cfg, seed=0, progress=False).ufc
+    b = synthesize_ufcs(teachers, natural, [0, 1], cfg, seed=0, progress=False).ufc
+    c = synthesize_ufcs(teachers, natural, [0, 1], cfg, seed=1, progress=False).ufc
+    assert a.shape == (2, 2, 1, 3, 16, 16)
+    assert a.numpy().tobytes() == b.numpy().tobytes()
+    assert not torch.equal(a, c)
+
+
+def test_grouped_optimisation_equals_one_subset_at_a_time():
+    teachers = [_teacher()]
+    natural = (torch.rand(3, 5, 3, 16, 16) * 255).to(torch.uint8)
+    cfg = SynthesisConfig(iterations=6, jitter=2)
+    together = synthesize_ufcs(teachers, natural, [0, 1, 2], cfg, seed=3, progress=False).ufc
+    for s in range(3):
+        alone = synthesize_ufcs(teachers, natural[s : s + 1], [s], cfg, seed=3, progress=False).ufc
+        torch.testing.assert_close(together[s], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_class_batches_give_one_ufc_per_batch_of_classes():
+    teacher = _teacher(classes=5)
+    natural = (torch.rand(1, 5, 3, 16, 16) * 255).to(torch.uint8)
+    cfg = SynthesisConfig(iterations=3, jitter=1, classes_per_ufc=2)  # batches {0,1}, {2,3}, {4}
+    result = synthesize_ufcs([teacher], natural, [0], cfg, seed=0, progress=False)
+    assert result.ufc.shape == (1, 1, 3, 3, 16, 16)
+    assert class_batch_index(5, 2).tolist() == [0, 0, 1, 1, 2]
+    # the last batch (one class) is optimised on its own: its loss is that class's loss alone
+    assert result.final_loss.shape == (1, 1, 3)
