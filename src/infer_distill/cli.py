@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -116,7 +117,11 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         arch = _need(args.arch, "--arch", name)
         return stages.train_teacher(cfg, arch, data(), uri(args.out, lambda: layout.teacher(arch), "--out"))
     if name == "select-subsets":
-        return stages.select_subsets(cfg, data(), uri(args.out, lambda: layout.subsets, "--out"))
+        manifest = stages.select_subsets(cfg, data(), uri(args.out, lambda: layout.subsets, "--out"))
+        if args.shards_output:  # for workflow engines that fan out over the plan (Argo withParam, KFP ParallelFor)
+            Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.shards_output).write_text(json.dumps([",".join(map(str, ids)) for ids in manifest["metrics"]["shards"]]))
+        return manifest
     if name == "synthesize-ufc":
         ids = [int(i) for i in _need(args.subset_ids, "--subset-ids", name).split(",") if i.strip()]
         return stages.synthesize_ufc(cfg, ids, data(), subsets(), teachers(), uri(args.out, lambda: layout.ufc(ids), "--out"))
@@ -189,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch"), s.add_argument("--seed", type=int)
     s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
     s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")
+    s.add_argument("--shards-output", metavar="FILE",
+                   help="select-subsets: also write the shard plan as a JSON list of id strings, e.g. [\"0,1\", \"2\"]")
 
     sh = sub.add_parser("show", help="print an artifact's manifest, or a report")
     sh.add_argument("uri")
