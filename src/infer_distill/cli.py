@@ -159,6 +159,19 @@ def _ufc_from_plan(cfg: Config, layout: Layout | None, data: str) -> list[str]:
 # ----------------------------------------------------------------------------------------
 
 
+def _kfp_dag():
+    """pipelines/infer_dag.py of the checkout this package is installed from (src layout)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "pipelines" / "infer_dag.py"
+    if not path.is_file():
+        raise StageError(f"--engine kfp-local needs the repository checkout ({path} not found); run from a clone")
+    spec = importlib.util.spec_from_file_location("infer_dag", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def show(uri: str) -> None:
     art = open_artifact(uri)
     manifest = art.read_manifest()
@@ -183,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(r)
     r.add_argument("--out", default="runs/default", help="local directory or s3://bucket/prefix")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--engine", choices=["local", "kfp-local"], default="local",
+                   help="local: every stage in this process; kfp-local: the Kubeflow DAG under KFP's local runner")
 
     s = sub.add_parser("stage", help="run one stage (the entry point of every container)")
     s.add_argument("name", choices=STAGES)
@@ -216,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(cfg), end="")
         elif args.command == "run":
             started = time.perf_counter()
+            if args.engine == "kfp-local":
+                print_summary(open_artifact(_kfp_dag().run_local(cfg, args.out)).read_manifest())
+                return 0
             print_summary(run_pipeline(cfg, args.out, progress=not args.no_progress))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {Layout(args.out).report}/report.md")
         else:

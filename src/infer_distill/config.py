@@ -291,3 +291,50 @@ def validate_config(raw: dict, source: str = "config") -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Pipeline parameters: the config keys a Kubeflow run can override (pipelines/infer_dag.py)
+# ----------------------------------------------------------------------------------------
+
+PIPELINE_PARAMETERS: dict[str, str] = {
+    "dataset": "dataset.name",
+    "dataset_root": "dataset.root",
+    "ipc": "budget.ipc",
+    "teacher_archs": "teachers.archs",
+    "teacher_epochs": "teachers.epochs",
+    "synthesis_iterations": "synthesis.iterations",
+    "synthesis_lr": "synthesis.lr",
+    "r_bn": "synthesis.r_bn",
+    "subsets_per_pod": "synthesis.subsets_per_shard",
+    "label_modes": "labels.modes",
+    "student_archs": "students.archs",
+    "student_epochs": "students.epochs",
+    "seeds": "students.seeds",
+    "seed": "seed",
+    "device": "device",
+}
+
+
+def pipeline_defaults(cfg: Config) -> dict[str, Any]:
+    """The value of every pipeline parameter in `cfg` (dataset_root None becomes "")."""
+    dumped = cfg.model_dump(mode="json")
+    out = {}
+    for param, path in PIPELINE_PARAMETERS.items():
+        node: Any = dumped
+        for part in path.split("."):
+            node = node[part]
+        out[param] = "" if node is None else node
+    return out
+
+
+def apply_pipeline_parameters(config_yaml: str, params: dict[str, Any]) -> Config:
+    """The run's config: the base YAML with every pipeline parameter written over its key."""
+    raw = yaml.safe_load(config_yaml) or {}
+    for param, value in params.items():
+        *sections, key = PIPELINE_PARAMETERS[param].split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = None if (param == "dataset_root" and value == "") else value
+    return validate_config(raw, source="pipeline parameters")

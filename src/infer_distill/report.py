@@ -5,6 +5,8 @@ the paper and its code report) is shown beside it, labelled as such.
 """
 from __future__ import annotations
 
+import base64
+import html as html_lib
 import io
 import json
 import statistics
@@ -104,3 +106,30 @@ def student_curves_png(students: list[dict]) -> bytes:
 
 def json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+def html(report: dict, pngs: dict[str, bytes]) -> str:
+    """One self-contained page (tables + embedded plots): what the Kubeflow UI shows."""
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{html_lib.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html_lib.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    b = report["budget"]
+    students = [[a["arch"], a["label_mode"], len(a["seeds"]), f"{100 * a['final_acc_mean']:.2f} ± {100 * a['final_acc_std']:.2f}",
+                 f"{100 * a['best_acc_mean']:.2f} ± {100 * a['best_acc_std']:.2f}"] for a in report["student_summary"]]
+    teachers = [[t["arch"], f"{100 * t['test_acc']:.2f}"] for t in report["teachers"]]
+    images = "".join(f'<p><img alt="{html_lib.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></p>'
+                     for name, data in pngs.items())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>INFER report</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>"
+        "</head><body><h1>INFER distillation report</h1>"
+        "<h2>Students (top-1 on the real test set)</h2><p>Headline: final-epoch accuracy, mean ± std over seeds; "
+        "best-over-epochs beside it.</p>"
+        + table(["student", "labels", "seeds", "final acc", "best acc (secondary)"], students)
+        + "<h2>Teachers</h2>" + table(["teacher", "test acc"], teachers)
+        + f"<h2>Distilled set</h2><p>K = {b['num_subsets']} subsets, {b['num_ufcs']} UFCs, {b['num_instances']} instances; "
+        f"{b['stored_bytes']:,} bytes stored vs {b['train_bytes']:,} (compression ratio {b['compression_ratio']:.6f}).</p>"
+        + images + "</body></html>"
+    )

@@ -381,13 +381,13 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
     summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings)
     t = dist_art.read_tensors("distilled.safetensors")
-    files = {
-        "report.json": rep.json_bytes(summary),
-        "report.md": rep.markdown(summary).encode(),
+    pngs = {
         "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
                                                  cfg.synthesis.classes_per_ufc),
         "student_curves.png": rep.student_curves_png(rows),
     }
+    files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
+             "report.html": rep.html(summary, pngs).encode(), **pngs}
     inputs = {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students}
     return _write(out, cfg, "report", files, {"report": summary}, started, inputs)
 
