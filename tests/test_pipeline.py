@@ -140,3 +140,30 @@ def test_stage_cli_with_explicit_uris(tmp_path):
     m = open_artifact(f"{root}/t").read_manifest()
     assert m["stage"] == "train-teacher" and m["metrics"]["arch"] == "resnet_tiny"
     assert main(["stage", "train-teacher", "--data", f"{root}/d", "--out", f"{root}/t2", *sets]) == 2  # no --arch
+    assert main(["stage", "select-subsets", "--data", f"{root}/d", "--out", f"{root}/s", "--shards-output", f"{root}/plan.json",
+                 *sets, "--set", "synthesis.subsets_per_shard=3"]) == 0
+    assert json.loads(open(f"{root}/plan.json").read()) == ["0,1,2", "3,4,5", "6,7"]
+
+
+def test_teacher_weights_can_be_imported_instead_of_trained(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from infer_distill.models import create_model
+
+    torch.manual_seed(5)
+    net = create_model("resnet_tiny", num_classes=10, in_chans=1, image_size=8)
+    save_file(net.state_dict(), tmp_path / "w.safetensors")
+    sets = sum((["--set", s] for s in TINY + [f"teachers.pretrained={{resnet_tiny: {tmp_path / 'w.safetensors'}}}"]), [])
+    root = str(tmp_path / "r")
+    assert main(["stage", "prepare-data", "--root", root, *sets]) == 0
+    assert main(["stage", "train-teacher", "--root", root, "--arch", "resnet_tiny", *sets]) == 0
+    manifest = open_artifact(f"{root}/teachers/resnet_tiny").read_manifest()
+    assert manifest["metrics"]["imported_from"].endswith("w.safetensors") and manifest["metrics"]["train_losses"] == []
+    weights = open_artifact(f"{root}/teachers/resnet_tiny").read_tensors("weights.safetensors")
+    for key, value in net.state_dict().items():
+        assert torch.equal(weights[f"1.{key}"], value)
+
+    bad = sum((["--set", s] for s in TINY + ["teachers.pretrained={resnet_tiny: /no/such.safetensors}"]), [])
+    capsys.readouterr()
+    assert main(["stage", "train-teacher", "--root", root, "--arch", "resnet_tiny", "--out", str(tmp_path / "t2"), *bad]) == 2
+    assert "/no/such.safetensors is not a file" in capsys.readouterr().err

@@ -196,13 +196,19 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     return _write(out, cfg, "train-teacher", {"weights.safetensors": state}, metrics, started, {"data": data}, arch=arch)
 
 
+TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "shufflenetv2": "shufflenet_v2_x1_0"}
+
+
 def _import_weights(model: nn.Module, arch: str, source: str) -> None:
     net = model[1] if isinstance(model, nn.Sequential) else model
     if source == "torchvision":
         import torchvision
 
+        if arch not in TORCHVISION_NAMES:
+            raise StageError(f"teachers.pretrained.{arch}=torchvision: torchvision has no weights for our {arch}; "
+                             f"use one of {sorted(TORCHVISION_NAMES)} or a .safetensors path")
         try:
-            weights = torchvision.models.get_model_weights(arch).DEFAULT
+            weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[arch]).DEFAULT
             state = weights.get_state_dict(progress=False)
         except Exception as e:  # noqa: BLE001 - any failure here means: weights unavailable
             raise StageError(f"teachers.pretrained.{arch}=torchvision: could not get torchvision's ImageNet weights ({e}); "
