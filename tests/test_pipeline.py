@@ -167,3 +167,16 @@ def test_teacher_weights_can_be_imported_instead_of_trained(tmp_path, capsys):
     capsys.readouterr()
     assert main(["stage", "train-teacher", "--root", root, "--arch", "resnet_tiny", "--out", str(tmp_path / "t2"), *bad]) == 2
     assert "/no/such.safetensors is not a file" in capsys.readouterr().err
+
+
+def test_every_stage_through_the_cli_with_a_run_root(tmp_path):
+    """What the compose services and Argo steps run: `infer-distill stage NAME --root ...` in DAG order."""
+    sets = sum((["--set", s] for s in TINY + ["synthesis.subsets_per_shard=5"]), [])
+    root = str(tmp_path / "r")
+    steps = [["prepare-data"], ["train-teacher", "--arch", "convnet_d2_w32"], ["train-teacher", "--arch", "resnet_tiny"],
+             ["select-subsets"], ["synthesize-ufc", "--subset-ids", "0,1,2,3,4"], ["synthesize-ufc", "--subset-ids", "5,6,7"],
+             ["soft-label"], ["evaluate-student", "--arch", "convnet_d3_w32", "--seed", "0"], ["report"]]
+    for step in steps:
+        assert main(["stage", step[0], "--root", root, *step[1:], *sets]) == 0, step
+    report = json.loads(open_artifact(f"{root}/report").read_text("report.json"))
+    assert report["budget"]["num_subsets"] == 8 and len(report["students"]) == 1

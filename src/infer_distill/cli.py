@@ -99,46 +99,45 @@ def print_summary(report: dict) -> None:
 
 def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
     layout = Layout(args.root) if args.root else None
+    name = args.name
 
-    def uri(value, default_fn, flag):
+    def uri(flag: str, derive):
+        """The location given with --flag, else derived from --root."""
+        value = getattr(args, flag[2:].replace("-", "_"))
         if value:
             return value
         if layout is None:
-            raise StageError(f"stage {args.name} needs {flag} (or --root to derive every location)")
-        return default_fn()
+            raise StageError(f"stage {name} needs {flag} (or --root to derive every location)")
+        return derive(layout)
 
-    name = args.name
-    data = lambda: uri(args.data, lambda: layout.data, "--data")  # noqa: E731
-    teachers = lambda: uri(args.teachers, lambda: layout.teachers(cfg), "--teachers")  # noqa: E731
-    subsets = lambda: uri(args.subsets, lambda: layout.subsets, "--subsets")  # noqa: E731
+    data = lambda: uri("--data", lambda l: l.data)  # noqa: E731
+    teachers = lambda: uri("--teachers", lambda l: l.teachers(cfg))  # noqa: E731
+    ufc = lambda: uri("--ufc", lambda l: [l.ufc(ids) for ids in cfg.shard_plan(_num_classes(data()))])  # noqa: E731
     if name == "prepare-data":
-        return stages.prepare_data(cfg, uri(args.out, lambda: layout.data, "--out"))
+        return stages.prepare_data(cfg, uri("--out", lambda l: l.data))
     if name == "train-teacher":
         arch = _need(args.arch, "--arch", name)
-        return stages.train_teacher(cfg, arch, data(), uri(args.out, lambda: layout.teacher(arch), "--out"))
+        return stages.train_teacher(cfg, arch, data(), uri("--out", lambda l: l.teacher(arch)))
     if name == "select-subsets":
-        manifest = stages.select_subsets(cfg, data(), uri(args.out, lambda: layout.subsets, "--out"))
-        if args.shards_output:  # for workflow engines that fan out over the plan (Argo withParam, KFP ParallelFor)
+        manifest = stages.select_subsets(cfg, data(), uri("--out", lambda l: l.subsets))
+        if args.shards_output:  # for workflow engines that fan out over the plan (Argo withParam)
             Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.shards_output).write_text(json.dumps([",".join(map(str, ids)) for ids in manifest["metrics"]["shards"]]))
         return manifest
+    subsets = uri("--subsets", lambda l: l.subsets)
     if name == "synthesize-ufc":
         ids = [int(i) for i in _need(args.subset_ids, "--subset-ids", name).split(",") if i.strip()]
-        return stages.synthesize_ufc(cfg, ids, data(), subsets(), teachers(), uri(args.out, lambda: layout.ufc(ids), "--out"))
+        return stages.synthesize_ufc(cfg, ids, data(), subsets, teachers(), uri("--out", lambda l: l.ufc(ids)))
     if name == "soft-label":
-        ufc = args.ufc or _ufc_from_plan(cfg, layout, data())
-        return stages.soft_label(cfg, data(), subsets(), teachers(), ufc, uri(args.out, lambda: layout.distilled, "--out"))
+        return stages.soft_label(cfg, data(), subsets, teachers(), ufc(), uri("--out", lambda l: l.distilled))
+    distilled = uri("--distilled", lambda l: l.distilled)
     if name == "evaluate-student":
         arch, mode = _need(args.arch, "--arch", name), args.label_mode
         seed = args.seed if args.seed is not None else cfg.students.seeds[0]
-        distilled = uri(args.distilled, lambda: layout.distilled, "--distilled")
         return stages.evaluate_student(cfg, arch, seed, mode, data(), distilled, teachers(),
-                                       uri(args.out, lambda: layout.student(arch, seed, mode), "--out"))
-    if name == "report":
-        ufc = args.ufc or _ufc_from_plan(cfg, layout, data())
-        return stages.report(cfg, data(), teachers(), ufc, uri(args.distilled, lambda: layout.distilled, "--distilled"),
-                             uri(args.students, lambda: layout.students(cfg), "--students"), uri(args.out, lambda: layout.report, "--out"))
-    raise StageError(f"unknown stage {name!r}")
+                                       uri("--out", lambda l: l.student(arch, seed, mode)))
+    return stages.report(cfg, data(), teachers(), ufc(), distilled, uri("--students", lambda l: l.students(cfg)),
+                         uri("--out", lambda l: l.report))
 
 
 def _need(value, flag: str, stage: str):
@@ -147,11 +146,8 @@ def _need(value, flag: str, stage: str):
     return value
 
 
-def _ufc_from_plan(cfg: Config, layout: Layout | None, data: str) -> list[str]:
-    if layout is None:
-        raise StageError("give the UFC shard artifacts with --ufc URI [URI ...] (or --root)")
-    num_classes = open_artifact(data).read_manifest()["metrics"]["num_classes"]
-    return [layout.ufc(ids) for ids in cfg.shard_plan(num_classes)]
+def _num_classes(data: str) -> int:
+    return open_artifact(data).read_manifest()["metrics"]["num_classes"]
 
 
 # ----------------------------------------------------------------------------------------
