@@ -24,3 +24,9 @@ test: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The CPU benchmark on CIFAR-10 (BENCHMARKS.md): `make bench`, `make bench ARGS=--quick`,
+# `make bench ARGS=--fresh` (from nothing), `make bench ARGS=--reuse-teachers`.
+.PHONY: bench
+bench: install
+	$(PY) -m benchmarks.run $(ARGS)

@@ -111,6 +111,46 @@ class StudentResult:
         return max(self.curve, key=lambda p: p[1])
 
 
+def _fit_student(
+    model: nn.Module,
+    num_images: int,
+    batch_loss: Callable[[torch.Tensor, torch.Generator, random.Random], torch.Tensor],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    cfg: StudentConfig,
+    epochs: int,
+    device: str,
+    seed: int,
+    desc: str,
+    progress: bool,
+) -> StudentResult:
+    """The student recipe shared by every label kind: AdamW, cosine schedule, seeded batches, test curve."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    steps = epochs * math.ceil(num_images / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    result = StudentResult()
+    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(num_images, generator=gen).to(device)
+        total = 0.0
+        for i in range(0, num_images, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            loss = batch_loss(idx, gen, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        result.losses.append(total / num_images)
+        if epoch % cfg.eval_every == 0 or epoch == epochs:
+            result.curve.append((epoch, evaluate(model, test_x, test_y, device)))
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}", acc=f"{result.curve[-1][1]:.3f}")
+    return result
+
+
 def train_student_model(
     model: nn.Module,
     images: torch.Tensor,
@@ -127,49 +167,29 @@ def train_student_model(
     desc: str = "student",
     progress: bool = True,
 ) -> StudentResult:
-    """Train on float images [N, ch, H, W] in [0,1].
+    """Train on float images [N, ch, H, W] in [0,1] with MixUp + KL(T).
 
     Static labels: `soft_logits` [N, C], mixed with the images. Dynamic labels: `ensemble(x)`
     gives the teachers' averaged logits of every augmented, mixed batch.
     """
     if (soft_logits is None) == (ensemble is None):
         raise ValueError("give exactly one of soft_logits (static labels) or ensemble (dynamic labels)")
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
     x_all = images.to(device)
     z_all = soft_logits.to(device) if soft_logits is not None else None
-    n = len(x_all)
-    steps = epochs * math.ceil(n / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    result = StudentResult()
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            x = random_crop_flip(x_all[idx], *augment, generator=gen)
-            lam = rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else 1.0
-            perm = torch.randperm(len(idx), generator=gen).to(device)
-            if z_all is not None:
-                x, z = mixup(x, z_all[idx], lam, perm)
-            else:
-                x = lam * x + (1 - lam) * x[perm]
-                with torch.no_grad():
-                    z = ensemble(x)
-            loss = kd_loss(model(x), z, temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        result.losses.append(total / n)
-        if epoch % cfg.eval_every == 0 or epoch == epochs:
-            result.curve.append((epoch, evaluate(model, test_x, test_y, device)))
-            bar.set_postfix(loss=f"{result.losses[-1]:.4f}", acc=f"{result.curve[-1][1]:.3f}")
-    return result
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator, rng: random.Random) -> torch.Tensor:
+        x = random_crop_flip(x_all[idx], *augment, generator=gen)
+        lam = rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else 1.0
+        perm = torch.randperm(len(idx), generator=gen).to(device)
+        if z_all is not None:
+            x, z = mixup(x, z_all[idx], lam, perm)
+        else:
+            x = lam * x + (1 - lam) * x[perm]
+            with torch.no_grad():
+                z = ensemble(x)
+        return kd_loss(model(x), z, temperature)
+
+    return _fit_student(model, len(x_all), batch_loss, test_x, test_y, cfg, epochs, device, seed, desc, progress)
 
 
 class Ensemble(nn.Module):
@@ -185,3 +205,30 @@ class Ensemble(nn.Module):
 
     def train(self, mode: bool = True) -> "Ensemble":  # teachers stay in eval mode whatever the caller does
         return super().train(False)
+
+
+def train_student_hard(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    cfg: StudentConfig,
+    epochs: int,
+    augment: tuple[int, bool],
+    device: str,
+    seed: int,
+    desc: str = "student (hard labels)",
+    progress: bool = True,
+) -> StudentResult:
+    """The hard-label baseline: plain cross-entropy on class indices, no MixUp, no teacher.
+
+    Everything else is the student recipe of `train_student_model` (crop/flip, AdamW, cosine
+    schedule, batch size, evaluation schedule), so only the labels and the loss differ.
+    """
+    x_all, y_all = images.to(device), labels.to(device)
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator, _rng: random.Random) -> torch.Tensor:
+        return F.cross_entropy(model(random_crop_flip(x_all[idx], *augment, generator=gen)), y_all[idx])
+
+    return _fit_student(model, len(x_all), batch_loss, test_x, test_y, cfg, epochs, device, seed, desc, progress)
