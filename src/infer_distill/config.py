@@ -75,7 +75,7 @@ class TeacherConfig(_Strict):
 
 
 class SynthesisConfig(_Strict):
-    iterations: int = Field(200, ge=1, description="official: 1000 (CIFAR), 2000 (ImageNet)")
+    iterations: int = Field(1000, ge=1, description="official: 1000 (CIFAR), 2000 (ImageNet)")
     lr: float = Field(0.25, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
     r_bn: float = Field(1.0, ge=0)
@@ -97,7 +97,7 @@ class LabelConfig(_Strict):
 class StudentConfig(_Strict):
     archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    epochs: int = Field(60, ge=1, description="epochs with static labels")
+    epochs: int = Field(100, ge=1, description="epochs with static labels")
     epochs_dynamic: int | None = Field(None, ge=1, description="epochs with dynamic labels; None: same as epochs")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
