@@ -113,3 +113,14 @@ def test_class_batches_give_one_ufc_per_batch_of_classes():
     assert class_batch_index(5, 2).tolist() == [0, 0, 1, 1, 2]
     # the last batch (one class) is optimised on its own: its loss is that class's loss alone
     assert result.final_loss.shape == (1, 1, 3)
+
+
+def test_ufc_steps_are_taken_in_normalised_units_like_the_official_code():
+    """Adam's first step moves every element by about lr; in pixels that is lr * std (official: normalised space)."""
+    teacher = _teacher()
+    natural = (64 + 128 * torch.rand(1, 5, 3, 16, 16)).to(torch.uint8)  # away from the clip bounds
+    cfg = SynthesisConfig(iterations=1, lr=0.01, jitter=0)
+    std = [0.2, 0.3, 0.4]
+    ufc = synthesize_ufcs([teacher], natural, [0], cfg, seed=0, progress=False, pixel_std=std).ufc[0, 0, 0]
+    moved = ufc.abs().flatten(1).max(1).values
+    torch.testing.assert_close(moved, 0.01 * torch.tensor(std), rtol=1e-3, atol=1e-6)

@@ -261,7 +261,8 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     device = cfg.resolve_device()
     models = load_teachers(cfg, teachers, dm, device)
     natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
-    result = synthesize_ufcs(models, natural, subset_ids, cfg.synthesis, cfg.seed, device, progress)
+    result = synthesize_ufcs(models, natural, subset_ids, cfg.synthesis, cfg.seed, device, progress,
+                             pixel_std=dm["metrics"]["std"])
     ufc_iters = result.ufc.shape[0] * result.ufc.shape[1] * result.ufc.shape[2] * cfg.synthesis.iterations
     metrics = {
         "subset_ids": subset_ids, "ufc_shape": list(result.ufc.shape), "synthesis_s": round(result.seconds, 3),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -159,10 +160,14 @@ def synthesize_ufcs(
     seed: int,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    pixel_std: Sequence[float] | None = None,
 ) -> SynthesisResult:
     """Optimise every UFC U_{s,m,b} for the S subsets in `natural` (uint8 [S, C, ch, H, W]).
 
     Class c of every subset has label c; subset s has id subset_ids[s] (it seeds the jitter).
+    The official code optimises the UFC in normalised units (pixel / std), so its learning rate
+    means a step of lr * std in pixels: Adam runs on U / pixel_std here for the same steps. The
+    result is returned in pixel units ([0, 1] scale), the units of `compose`.
     """
     S, C = natural.shape[:2]
     M = len(teachers)
@@ -178,8 +183,9 @@ def synthesize_ufcs(
 
     for t in teachers:
         t.eval().requires_grad_(False)
-    ufc = torch.zeros(S, M, B, *natural.shape[2:], device=device, requires_grad=True)
-    opt = torch.optim.Adam([ufc], lr=cfg.lr, betas=cfg.betas)
+    std = torch.tensor(pixel_std or [1.0] * natural.shape[2], device=device).view(-1, 1, 1)
+    normalised = torch.zeros(S, M, B, *natural.shape[2:], device=device, requires_grad=True)
+    opt = torch.optim.Adam([normalised], lr=cfg.lr, betas=cfg.betas)
 
     initial = torch.zeros(S, M, B)
     last = (torch.zeros(S, M, B),) * 3
@@ -190,7 +196,7 @@ def synthesize_ufcs(
         opt.zero_grad(set_to_none=True)
         step_losses = []
         for m, teacher in enumerate(teachers):
-            composed = compose(natural_f, ufc[:, m], batch_of_class)            # [S, C, ch, H, W]
+            composed = compose(natural_f, normalised[:, m] * std, batch_of_class)   # [S, C, ch, H, W]
             jittered = torch.stack([
                 torch.cat([_jitter(composed[s, batch_of_class == b], cfg, gens[s]) for b in range(B)])
                 for s in range(S)
@@ -204,4 +210,4 @@ def synthesize_ufcs(
             initial = stacked[0]
         last = stacked
     seconds = time.perf_counter() - start
-    return SynthesisResult(ufc.detach().cpu(), initial, last[0], last[1], last[2], seconds)
+    return SynthesisResult((normalised * std).detach().cpu(), initial, last[0], last[1], last[2], seconds)
