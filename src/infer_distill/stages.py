@@ -302,9 +302,8 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     K, C = indices.shape
     shards: dict[int, torch.Tensor] = {}
     for uri in ufc:
-        art, manifest = open_artifact(uri), open_artifact(uri).read_manifest()
-        ids = manifest.get("metrics", {}).get("subset_ids", [])
-        load_input(uri, cfg, "synthesize-ufc", subset_ids=ids)
+        ids = open_artifact(uri).read_manifest().get("metrics", {}).get("subset_ids", [])  # which shard, then check it
+        art, _ = load_input(uri, cfg, "synthesize-ufc", subset_ids=ids)
         tensors = art.read_tensors("ufc.safetensors")
         for row, k in enumerate(tensors["subset_ids"].tolist()):
             if k in shards:
