@@ -36,7 +36,6 @@ import torch
 
 from infer_distill import __version__, stages
 from infer_distill.config import Config, fingerprint, stage_config
-from infer_distill.models import create_model
 from infer_distill.stages import Layout
 from infer_distill.store import ArtifactError, open_artifact
 from infer_distill.synthesis import synthesize_ufcs
@@ -145,12 +144,6 @@ def random_real_indices(train_y: torch.Tensor, per_class: int, num_classes: int,
     return torch.stack(columns, 1)
 
 
-def _student_model(arch: str, dm: dict) -> torch.nn.Module:
-    m = dm["metrics"]
-    return create_model(arch, num_classes=m["num_classes"], in_chans=m["in_chans"], image_size=m["image_size"],
-                        mean=m["mean"], std=m["std"])
-
-
 def _result_metrics(result: StudentResult, epochs: int, n: int, batch_size: int) -> dict:
     best_epoch, best_acc = result.best
     return {"final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
@@ -182,7 +175,7 @@ def baseline_student(rec: Recorder, cfg: Config, method: str, uri: str, seed: in
     augment = (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"])
     with rec.measure("benchmark-student", f"{method} seed {seed}") as record:
         torch.manual_seed(seed)
-        model = _student_model(arch, dm).to(device)
+        model = stages.build_model(arch, dm).to(device)
         desc = f"student {arch} {method} seed {seed}"
         if soft:
             result = train_student_model(model, images, labels, None, *test, cfg.students, cfg.students.epochs,
@@ -572,8 +565,7 @@ class Benchmark:
             idx = real[:rows].flatten()                                      # subset-major, class-minor, as INFER's order
             images = self.train_x[idx].float() / 255.0
             if soft:
-                with torch.no_grad():
-                    labels = torch.cat([ensemble(images[i : i + 500].to(self.device)).cpu() for i in range(0, len(images), 500)])
+                labels = stages.ensemble_logits(ensemble, images, self.device)
             else:
                 labels = self.train_y[idx]
             runs = [baseline_student(self.rec, cfg, method, str(base / f"{method}-{self.p.student}-seed{seed}"), seed, images,

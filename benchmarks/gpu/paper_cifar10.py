@@ -154,7 +154,7 @@ def calibrate(device: str, dm: dict, tiny: bool, batch_teacher: int, batch_stude
 
     from infer_distill.config import SynthesisConfig
     from infer_distill.data import random_crop_flip
-    from infer_distill.models import create_model
+    from infer_distill.stages import build_model
     from infer_distill.synthesis import synthesize_ufcs
     from infer_distill.training import Ensemble, kd_loss, mixup
 
@@ -162,7 +162,7 @@ def calibrate(device: str, dm: dict, tiny: bool, batch_teacher: int, batch_stude
     C = m["num_classes"]
 
     def model(arch):
-        return create_model(arch, C, m["in_chans"], m["image_size"], mean=m["mean"], std=m["std"]).to(device)
+        return build_model(arch, dm).to(device)
 
     def sync():
         if device == "cuda":

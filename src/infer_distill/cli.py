@@ -228,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             started = time.perf_counter()
             if args.engine == "kfp-local":
-                print_summary(open_artifact(_kfp_dag().run_local(cfg, args.out)).read_manifest())
-                return 0
-            print_summary(run_pipeline(cfg, args.out, progress=not args.no_progress))
-            console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {Layout(args.out).report}/report.md")
+                report_uri = _kfp_dag().run_local(cfg, args.out)
+                print_summary(open_artifact(report_uri).read_manifest())
+            else:
+                report_uri = Layout(args.out).report
+                print_summary(run_pipeline(cfg, args.out, progress=not args.no_progress))
+            console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             manifest = run_stage(args, cfg)
             console.print(f"✓ {args.name}: {manifest['elapsed_s']:.1f}s, fingerprint {manifest['fingerprint']}")

@@ -83,7 +83,8 @@ def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor
     return t["x"], t["y"], manifest
 
 
-def _model(arch: str, data_manifest: dict) -> nn.Module:
+def build_model(arch: str, data_manifest: dict) -> nn.Module:
+    """A fresh `arch` sized and normalised for the data artifact's images."""
     m = data_manifest["metrics"]
     return create_model(arch, num_classes=m["num_classes"], in_chans=m["in_chans"], image_size=m["image_size"],
                         mean=m["mean"], std=m["std"])
@@ -95,7 +96,7 @@ def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str
     models = []
     for arch, uri in zip(cfg.teachers.archs, uris):
         art, _ = load_input(uri, cfg, "train-teacher", arch=arch)
-        model = _model(arch, data_manifest)
+        model = build_model(arch, data_manifest)
         model.load_state_dict(art.read_tensors("weights.safetensors"))
         models.append(model.to(device).eval().requires_grad_(False))
     return models
@@ -178,7 +179,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     test_x, test_y, _ = _data(cfg, data, "test")
     device = cfg.resolve_device()
     torch.manual_seed(cfg.seed)
-    model = _model(arch, dm)
+    model = build_model(arch, dm)
     _require_teacher(model, arch)
     source = cfg.teachers.pretrained.get(arch)
     losses: list[float] = []
@@ -288,7 +289,7 @@ def distilled_instances(natural: torch.Tensor, ufc: torch.Tensor, classes_per_uf
 
 
 @torch.no_grad()
-def _ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
+def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
@@ -317,7 +318,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     device = cfg.resolve_device()
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     instances = distilled_instances(natural, ufcs, cfg.synthesis.classes_per_ufc)
-    labels = _ensemble_logits(ensemble, instances, device)
+    labels = ensemble_logits(ensemble, instances, device)
 
     M, B = ufcs.shape[1], ufcs.shape[2]
     stored = natural.numel() * natural.element_size() + ufcs.numel() * ufcs.element_size() + labels.numel() * labels.element_size()
@@ -347,7 +348,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     device = cfg.resolve_device()
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device)) if label_mode == "dynamic" else None
     torch.manual_seed(seed)
-    student = _model(arch, dm).to(device)
+    student = build_model(arch, dm).to(device)
     result: StudentResult = train_student_model(
         student, images, t["soft_labels"] if ensemble is None else None, ensemble, test_x, test_y, cfg.students,
         cfg.students.epochs_for(label_mode), cfg.labels.temperature, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed,
