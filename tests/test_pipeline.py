@@ -7,8 +7,9 @@ import torch
 
 from conftest import TINY
 from infer_distill import stages
-from infer_distill.cli import main, run_pipeline
+from infer_distill.cli import main
 from infer_distill.config import load_config
+from infer_distill.plan import run_in_process
 from infer_distill.stages import Layout, distilled_instances, load_teachers
 from infer_distill.store import open_artifact
 
@@ -34,7 +35,7 @@ def _verify_complete(cfg, out, num_classes):
 def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
     cfg = load_config("configs/quickstart.yaml", TINY + ["synthesis.subsets_per_shard=3"])
     out = str(tmp_path / "run")
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     report = _verify_complete(cfg, out, 10)
 
     # report.json holds what the issue asks for
@@ -65,14 +66,14 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
 
     # a second run skips every stage whose artifact is current
     before = {u: open_artifact(u).read_manifest()["created_at"] for u in _all_artifacts(cfg, out, 10) if u != Layout(out).report}
-    capsys.readouterr()
-    run_pipeline(cfg, out, progress=False)
-    assert capsys.readouterr().err.count("up to date, skipped") == len(before)
+    steps = []
+    run_in_process(cfg, out, progress=False, on_step=steps.append)
+    assert sum(step.skipped for step in steps) == len(before) and len(steps) == len(before) + 1  # + the report
     assert before == {u: open_artifact(u).read_manifest()["created_at"] for u in before}
 
     # the same config and seed give byte-identical UFCs (and labels) in a fresh directory
     out2 = str(tmp_path / "again")
-    run_pipeline(cfg, out2, progress=False)
+    run_in_process(cfg, out2, progress=False)
     for ids in cfg.shard_plan(10):
         a = open_artifact(Layout(out).ufc(ids)).read_manifest()["files"]["ufc.safetensors"]["sha256"]
         b2 = open_artifact(Layout(out2).ufc(ids)).read_manifest()["files"]["ufc.safetensors"]["sha256"]
@@ -90,7 +91,7 @@ def test_cifar10_from_the_shared_zips(tmp_path, datasets_dir):
         "dataset.test_per_class=5", "budget.ipc=3", "labels.modes=[static, dynamic]", "students.epochs_dynamic=1",
     ])
     out = str(tmp_path / "cifar")
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     report = _verify_complete(cfg, out, 10)
     dm = open_artifact(Layout(out).data).read_manifest()["metrics"]
     assert (dm["num_train"], dm["num_test"], dm["image_size"], dm["in_chans"]) == (120, 50, 32, 3)
@@ -120,13 +121,13 @@ def test_a_failed_stage_loses_no_finished_work(tmp_path, monkeypatch):
     real = stages.evaluate_student
     monkeypatch.setattr(stages, "evaluate_student", boom)
     with pytest.raises(RuntimeError, match="killed"):
-        run_pipeline(cfg, out, progress=False)
+        run_in_process(cfg, out, progress=False)
     layout = Layout(out)
     assert open_artifact(layout.distilled).exists() and not open_artifact(layout.student("convnet_d3_w32", 0, "static")).exists()
     done = {u: open_artifact(u).read_manifest()["created_at"] for u in [layout.data, layout.subsets, layout.distilled]}
 
     monkeypatch.setattr(stages, "evaluate_student", real)
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     assert done == {u: open_artifact(u).read_manifest()["created_at"] for u in done}
     assert open_artifact(layout.report).exists()
 
@@ -142,7 +143,7 @@ def test_stage_cli_with_explicit_uris(tmp_path):
     assert main(["stage", "train-teacher", "--data", f"{root}/d", "--out", f"{root}/t2", *sets]) == 2  # no --arch
     assert main(["stage", "select-subsets", "--data", f"{root}/d", "--out", f"{root}/s", "--shards-output", f"{root}/plan.json",
                  *sets, "--set", "synthesis.subsets_per_shard=3"]) == 0
-    assert json.loads(open(f"{root}/plan.json").read()) == ["0,1,2", "3,4,5", "6,7"]
+    assert json.loads(open(f"{root}/plan.json").read()) == [{"subset_ids": ids} for ids in ("0,1,2", "3,4,5", "6,7")]
 
 
 def test_teacher_weights_can_be_imported_instead_of_trained(tmp_path, capsys):

@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import StudentConfig, TeacherConfig
 from .data import random_crop_flip
+from .progress import progress_bar
 
 # ----------------------------------------------------------------------------------------
 # Evaluation
@@ -61,7 +61,7 @@ def train_teacher_model(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
                                                 pct_start=0.2, anneal_strategy="linear")
     losses = []
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.epochs), desc, disable=not progress)
     for _ in bar:
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
@@ -131,7 +131,7 @@ def _fit_student(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     result = StudentResult()
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, epochs + 1), desc, disable=not progress)
     for epoch in bar:
         model.train()
         order = torch.randperm(num_images, generator=gen).to(device)
