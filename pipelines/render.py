@@ -169,19 +169,22 @@ def compose(s3: str, sets: list[str]) -> dict:
             "healthcheck": {"test": ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{S3_PORT}/', timeout=2)"],
                             "interval": "1s", "timeout": "5s", "retries": 60},
         }
-        services["create-bucket"] = {  # moto takes any credentials: the stages' own make the bucket
+        services["create-bucket"] = {  # with the S3 server's admin account, as for MinIO (moto takes any)
             "image": f"${{INFER_IMAGE:-{INFER_IMAGE}}}", **network,
             "depends_on": {"s3": {"condition": "service_healthy"}},
-            "environment": {"AWS_ENDPOINT_URL": f"${{INFER_S3_ENDPOINT:-{endpoint}}}", "AWS_ACCESS_KEY_ID": "${AWS_ACCESS_KEY_ID:-}",
-                            "AWS_SECRET_ACCESS_KEY": "${AWS_SECRET_ACCESS_KEY:-}", "AWS_DEFAULT_REGION": "${AWS_DEFAULT_REGION:-us-east-1}",
+            "environment": {"AWS_ENDPOINT_URL": f"${{INFER_S3_ENDPOINT:-{endpoint}}}",
+                            "AWS_ACCESS_KEY_ID": "${MINIO_ROOT_USER:?set MINIO_ROOT_USER (see docker/.env.example)}",
+                            "AWS_SECRET_ACCESS_KEY": "${MINIO_ROOT_PASSWORD:?set MINIO_ROOT_PASSWORD (see docker/.env.example)}",
+                            "AWS_DEFAULT_REGION": "${AWS_DEFAULT_REGION:-us-east-1}",
                             "INFER_BUCKET": "${INFER_BUCKET:-infer}", "INFER_CREATE_BUCKET": "${INFER_CREATE_BUCKET:-1}"},
             "entrypoint": ["python", "-c"],
             "command": ["import os, boto3\n"
                         "bucket = os.environ['INFER_BUCKET']\n"
                         "if os.environ['INFER_CREATE_BUCKET'] == '0':\n"
-                        "    raise SystemExit(f'INFER_CREATE_BUCKET=0: not creating s3://{bucket}')\n"
-                        "boto3.client('s3').create_bucket(Bucket=bucket)\n"
-                        "print(f'created bucket s3://{bucket}')\n"],
+                        "    print(f'INFER_CREATE_BUCKET=0: not creating s3://{bucket}')\n"
+                        "else:\n"
+                        "    boto3.client('s3').create_bucket(Bucket=bucket)\n"
+                        "    print(f'created bucket s3://{bucket}')\n"],
         }
     set_args = [part for s in sets for part in ("--set", s)]
     names: dict[str, list[str]] = {}
