@@ -46,23 +46,24 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
     assert [t["arch"] for t in report["teachers"]] == cfg.teachers.archs
     assert set(report["timings_s"]) >= {"prepare-data", "train-teacher", "synthesize-ufc", "soft-label", "evaluate-student"}
 
-    # budget, by hand: M=2 teachers, C=10, ipc 10 -> K = floor(100/12) = 8; 8x8 grayscale
+    # budget, by hand: M=2 teachers, C=10, ipc 10 -> K = floor(100/12) = 8; 8x8 grayscale; UFCs uint8 with a
+    # float32 scale and offset each, labels float16
     b = report["budget"]
     n_train = open_artifact(Layout(out).data).read_manifest()["metrics"]["num_train"]
-    natural, ufcs, labels = 8 * 10 * 64, 8 * 2 * 64 * 4, 8 * 3 * 10 * 10 * 4
+    natural, ufcs, labels = 8 * 10 * 64, 8 * 2 * (64 + 8), 8 * 3 * 10 * 10 * 2
     assert (b["num_subsets"], b["num_ufcs"], b["num_instances"]) == (8, 16, 240)
-    assert b["stored_bytes"] == natural + ufcs + labels == 18816
-    assert b["compression_ratio"] == pytest.approx(18816 / (n_train * 64))
+    assert b["stored_bytes"] == natural + ufcs + labels == 11072 == cfg.infer_stored_bytes(10, 64)
+    assert b["compression_ratio"] == pytest.approx(11072 / (n_train * 64))
     assert open_artifact(Layout(out).subsets).read_manifest()["metrics"]["shards"] == [[0, 1, 2], [3, 4, 5], [6, 7]]
 
-    # static labels are the mean of the M teachers' logits on the un-augmented instances
+    # static labels are the mean of the M teachers' logits on the un-augmented instances, as stored (uint8 UFCs)
     dm = open_artifact(Layout(out).data).read_manifest()
     teachers = load_teachers(cfg, Layout(out).teachers(cfg), dm, "cpu")
-    t = open_artifact(Layout(out).distilled).read_tensors("distilled.safetensors")
+    t = stages.read_distilled(open_artifact(Layout(out).distilled))
     x = distilled_instances(t["natural"], t["ufc"], None)
     with torch.no_grad():
         expected = torch.stack([m(x) for m in teachers]).mean(0)
-    torch.testing.assert_close(t["soft_labels"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(t["soft_labels"], expected, rtol=2**-10, atol=1e-4)  # float16 rounding
 
     # a second run skips every stage whose artifact is current
     before = {u: open_artifact(u).read_manifest()["created_at"] for u in _all_artifacts(cfg, out, 10) if u != Layout(out).report}
@@ -181,3 +182,46 @@ def test_every_stage_through_the_cli_with_a_run_root(tmp_path):
         assert main(["stage", step[0], "--root", root, *step[1:], *sets]) == 0, step
     report = json.loads(open_artifact(f"{root}/report").read_text("report.json"))
     assert report["budget"]["num_subsets"] == 8 and len(report["students"]) == 1
+
+
+def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_report(tmp_path):
+    cfg = load_config(None, TINY + ["students.baselines=[random_soft, random_soft_steps]", "students.seeds=[0, 1]"])
+    out = str(tmp_path / "run")
+    layout = Layout(out)
+    run_pipeline(cfg, out, progress=False)
+    data = open_artifact(layout.data)
+    train = data.read_tensors("train.safetensors")
+    classes = data.read_manifest()["metrics"]["classes"]
+    subsets = open_artifact(layout.subsets).read_tensors("subsets.safetensors")["indices"]        # [K, C]
+    per_class = cfg.baseline_per_class(10, 64)
+    assert per_class == 14 > cfg.budget.ipc           # digits: INFER's 240 labels outweigh its images (see test_budget)
+
+    base = open_artifact(layout.baseline("convnet_d3_w32", 0, "random_soft"))
+    metrics = base.read_manifest()["metrics"]
+    assert metrics["per_class"] == per_class and metrics["num_instances"] == per_class * 10
+    assert metrics["stored_bytes"] == per_class * 10 * (64 + 10 * 2) >= cfg.infer_stored_bytes(10, 64)
+    # the images continue select-subsets' draw: the first K rows per class are INFER's natural subsets
+    drawn = stages.draw_per_class(train["y"], per_class, cfg.seed, classes)
+    assert torch.equal(drawn[: len(subsets)], subsets)
+    # the labels are the same teachers' mean logits on those images, rounded like INFER's (float16)
+    teachers = load_teachers(cfg, layout.teachers(cfg), data.read_manifest(), "cpu")
+    with torch.no_grad():
+        expected = torch.stack([m(train["x"][drawn.flatten()].float() / 255.0) for m in teachers]).mean(0)
+    torch.testing.assert_close(base.read_tensors("labels.safetensors")["soft_labels"].float(), expected, rtol=2**-10, atol=1e-4)
+    # equal steps: INFER's static student takes 2 epochs x ceil(240 / 64) = 8 steps; the baseline ceil(140 / 64) = 3 per epoch
+    steps = open_artifact(layout.baseline("convnet_d3_w32", 0, "random_soft_steps")).read_manifest()["metrics"]
+    assert (steps["infer_static_steps"], steps["epochs"], steps["steps"]) == (8, 3, 9)
+
+    report = json.loads(open_artifact(layout.report).read_text("report.json"))
+    assert [(b["baseline"], b["seeds"]) for b in report["baseline_summary"]] == [("random_soft", [0, 1]), ("random_soft_steps", [0, 1])]
+    infer = {s["seed"]: s["final_acc"] for s in report["students"]}
+    random_soft = {b["seed"]: b["final_acc"] for b in report["baselines"] if b["baseline"] == "random_soft"}
+    lift = next(x for x in report["lift"] if x["baseline"] == "random_soft")
+    assert lift["lift_mean"] == pytest.approx(sum(infer[s] - random_soft[s] for s in (0, 1)) / 2)
+    assert "What the distillation bought" in open_artifact(layout.report).read_text("report.md")
+
+    # students.baselines: [] removes them (everything else is reused)
+    run_pipeline(load_config(None, TINY + ["students.seeds=[0, 1]"]), out, progress=False)
+    report = json.loads(open_artifact(layout.report).read_text("report.json"))
+    assert report["baselines"] == [] and report["lift"] == []
+    assert "What the distillation bought" not in open_artifact(layout.report).read_text("report.md")

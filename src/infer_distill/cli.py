@@ -43,24 +43,18 @@ def print_step(step: plan.StepResult) -> None:
 
 
 def print_summary(report: dict) -> None:
+    from .report import distilled_set_lines, result_tables
+
     r = report["metrics"]["report"]
-    table = Table(title="INFER students (top-1 on the real test set)")
-    for col in ("student", "labels", "seeds", "final acc (headline)", "best acc (secondary)"):
-        table.add_column(col)
-    for a in r["student_summary"]:
-        table.add_row(a["arch"], a["label_mode"], str(len(a["seeds"])),
-                      f"{100 * a['final_acc_mean']:.2f} ± {100 * a['final_acc_std']:.2f}",
-                      f"{100 * a['best_acc_mean']:.2f} ± {100 * a['best_acc_std']:.2f}")
-    Console().print(table)
-    teachers = Table(title="Teachers")
-    teachers.add_column("teacher"), teachers.add_column("test acc")
-    for t in r["teachers"]:
-        teachers.add_row(t["arch"], f"{100 * t['test_acc']:.2f}")
-    Console().print(teachers)
-    b = r["budget"]
-    Console().print(f"Distilled set: K={b['num_subsets']} subsets, {b['num_ufcs']} UFCs, {b['num_instances']} instances, "
-                    f"{b['stored_bytes']:,} bytes stored, compression ratio {b['compression_ratio']:.5f}")
-    Console().print("Stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["timings_s"].items()))
+    for title, _note, header, rows in result_tables(r):
+        table = Table(title=title)
+        for col in header:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    for line in distilled_set_lines(r):
+        Console().print(line)
 
 
 # ----------------------------------------------------------------------------------------
@@ -102,6 +96,11 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         return stages.synthesize_ufc(cfg, ids, data(), subsets, teachers(), uri("--out", lambda l: l.ufc(ids)))
     if name == "soft-label":
         return stages.soft_label(cfg, data(), subsets, teachers(), ufc(), uri("--out", lambda l: l.distilled))
+    if name == "evaluate-baseline":
+        arch, baseline = _need(args.arch, "--arch", name), _need(args.baseline, "--baseline", name)
+        seed = args.seed if args.seed is not None else cfg.students.seeds[0]
+        return stages.evaluate_baseline(cfg, arch, seed, baseline, data(), subsets, teachers(),
+                                        uri("--out", lambda l: l.baseline(arch, seed, baseline)))
     distilled = uri("--distilled", lambda l: l.distilled)
     if name == "evaluate-student":
         arch, mode = _need(args.arch, "--arch", name), args.label_mode
@@ -109,7 +108,7 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         return stages.evaluate_student(cfg, arch, seed, mode, data(), distilled, teachers(),
                                        uri("--out", lambda l: l.student(arch, seed, mode)))
     return stages.report(cfg, data(), teachers(), ufc(), distilled, uri("--students", lambda l: l.students(cfg)),
-                         uri("--out", lambda l: l.report))
+                         uri("--out", lambda l: l.report), uri("--baselines", lambda l: l.baselines(cfg)))
 
 
 def _need(value, flag: str, stage: str):
@@ -199,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output artifact URI")
     s.add_argument("--data"), s.add_argument("--subsets"), s.add_argument("--distilled")
     s.add_argument("--teachers", nargs="+"), s.add_argument("--ufc", nargs="+"), s.add_argument("--students", nargs="+")
+    s.add_argument("--baselines", nargs="*", help="report: the evaluate-baseline artifacts (default: derived from --root)")
+    s.add_argument("--baseline", choices=list(stages.BASELINES), help="evaluate-baseline: which baseline")
     s.add_argument("--arch"), s.add_argument("--seed", type=int)
     s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
     s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")

@@ -84,11 +84,17 @@ class SynthesisConfig(_Strict):
     random_resized_crop: bool = Field(False, description="ImageNet-style RandomResizedCrop + flip during synthesis")
     classes_per_ufc: int | None = Field(None, ge=1, description="classes one UFC covers; None: all classes")
     subsets_per_shard: int = Field(0, ge=0, description="subsets synthesised together (one pod in the DAG); 0: all")
+    clip_during_optimisation: bool = Field(
+        True, description="teachers see clip(P + U) while the UFC is optimised (false: the unclipped sum, as the official code)")
+    ufc_dtype: Literal["uint8", "float16", "float32"] = Field(
+        "uint8", description="how the distilled set stores each UFC: uint8 (one image's bytes + 8: an affine scale and offset), float16 or float32")
 
 
 class LabelConfig(_Strict):
     modes: list[Literal["static", "dynamic"]] = Field(default_factory=lambda: ["static"], min_length=1)
     temperature: float = Field(30.0, gt=0)
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)")
     static_on_augmented: Literal[False] = Field(
         False, description="static labels are computed once on un-augmented images and reused under crop/flip/MixUp (as in the paper)"
     )
@@ -104,6 +110,17 @@ class StudentConfig(_Strict):
     weight_decay: float = Field(0.01, ge=0)
     mixup_alpha: float = Field(0.8, ge=0)
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and always after the last)")
+    baselines: list[Literal["random_soft", "random_soft_steps"]] = Field(
+        default_factory=list,
+        description="students trained beside INFER's on ipc random real images per class with the same ensemble labels and "
+                    "training: random_soft for the same epochs, random_soft_steps for the same optimiser steps; [] skips them")
+
+    @field_validator("baselines")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"baselines must be distinct, got {v}")
+        return v
 
     def epochs_for(self, label_mode: str) -> int:
         return self.epochs_dynamic if label_mode == "dynamic" and self.epochs_dynamic else self.epochs
@@ -148,6 +165,26 @@ class Config(_Strict):
         per = self.synthesis.subsets_per_shard or k
         return [list(range(i, min(i + per, k))) for i in range(0, k, per)]
 
+    def infer_stored_bytes(self, num_classes: int, image_numel: int) -> int:
+        """Bytes of the distilled set: K*C uint8 natural images, K*M*B UFCs at ufc_dtype, K*(M+1)*C static labels."""
+        k, m, b, c = self.num_subsets(num_classes), len(self.teachers.archs), self.class_batches(num_classes), num_classes
+        ufc = image_numel * DTYPE_BYTES[self.synthesis.ufc_dtype] + (8 if self.synthesis.ufc_dtype == "uint8" else 0)
+        return k * c * image_numel + k * m * b * ufc + k * (m + 1) * c * c * DTYPE_BYTES[self.labels.dtype]
+
+    def baseline_per_class(self, num_classes: int, image_numel: int) -> int:
+        """Real images per class the baselines get: ipc, or more where the distilled set stores more bytes than
+        ipc real images with their labels would (small images, many labels), so a baseline never has less room."""
+        per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
+        return max(self.budget.ipc, math.ceil(self.infer_stored_bytes(num_classes, image_numel) / (num_classes * per_instance)))
+
+    def student_runs(self) -> list[dict]:
+        """The INFER students to train: one per label mode x architecture x seed (a DAG fan-out)."""
+        return [{"arch": a, "seed": s, "label_mode": m} for m in self.labels.modes for a in self.students.archs for s in self.students.seeds]
+
+    def baseline_runs(self) -> list[dict]:
+        """The baseline students to train: one per baseline x architecture x seed (a DAG fan-out)."""
+        return [{"arch": a, "seed": s, "baseline": b} for b in self.students.baselines for a in self.students.archs for s in self.students.seeds]
+
     def resolve_device(self) -> str:
         import torch
 
@@ -156,6 +193,9 @@ class Config(_Strict):
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+
+DTYPE_BYTES = {"uint8": 1, "float16": 2, "float32": 4}
 
 
 def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: int = 1) -> int:
@@ -171,7 +211,8 @@ def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: in
 # Which settings each stage depends on (cumulative over its inputs)
 # ----------------------------------------------------------------------------------------
 
-STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "report")
+STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student",
+          "evaluate-baseline", "report")
 
 
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
@@ -186,12 +227,21 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
         return {**data, "budget": cfg.budget.model_dump(mode="json"), "num_teachers": len(cfg.teachers.archs),
                 "classes_per_ufc": cfg.synthesis.classes_per_ufc, "seed": cfg.seed}
 
+    def teachers() -> list[dict]:
+        return [teacher(a)["teacher"] for a in cfg.teachers.archs]
+
     def synthesis() -> dict:
-        return {**subsets(), "teachers": [teacher(a)["teacher"] for a in cfg.teachers.archs],
-                "synthesis": cfg.synthesis.model_dump(mode="json")}
+        # ufc_dtype is how soft-label stores the UFCs: it does not change the optimised UFCs
+        return {**subsets(), "teachers": teachers(), "synthesis": cfg.synthesis.model_dump(mode="json", exclude={"ufc_dtype"})}
+
+    def label_settings() -> dict:
+        return {"temperature": cfg.labels.temperature, "dtype": cfg.labels.dtype, "static_on_augmented": cfg.labels.static_on_augmented}
 
     def labels() -> dict:
-        return {**synthesis(), "labels": {"temperature": cfg.labels.temperature, "static_on_augmented": cfg.labels.static_on_augmented}}
+        return {**synthesis(), "ufc_dtype": cfg.synthesis.ufc_dtype, "labels": label_settings()}
+
+    def student_common() -> dict:
+        return cfg.students.model_dump(mode="json", exclude={"archs", "seeds", "baselines"})
 
     if stage == "prepare-data":
         return data
@@ -204,8 +254,11 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
     if stage == "soft-label":
         return labels()
     if stage == "evaluate-student":
-        common = cfg.students.model_dump(mode="json", exclude={"archs", "seeds"})
-        return {**labels(), "student": {"arch": keys["arch"], "seed": keys["seed"], "label_mode": keys["label_mode"], **common}}
+        return {**labels(), "student": {"arch": keys["arch"], "seed": keys["seed"], "label_mode": keys["label_mode"], **student_common()}}
+    if stage == "evaluate-baseline":
+        # the budget (ipc, and INFER's instance count for equal steps) comes with subsets()
+        return {**subsets(), "teachers": teachers(), "labels": label_settings(),
+                "student": {"arch": keys["arch"], "seed": keys["seed"], "baseline": keys["baseline"], **student_common()}}
     if stage == "report":
         return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes}
     raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .config import STAGES  # noqa: E402
 from .synthesis import class_batch_index, compose  # noqa: E402
 
 
@@ -25,43 +26,90 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(teachers: list[dict], budget: dict, students: list[dict], timings: dict[str, float]) -> dict:
-    """report.json: per-run rows plus per-(arch, label mode) aggregates over seeds."""
+def summarise(teachers: list[dict], budget: dict, students: list[dict], timings: dict[str, float],
+              baselines: list[dict] | None = None) -> dict:
+    """report.json: per-run rows, per-(arch, label mode) and per-(arch, baseline) aggregates over seeds,
+    and the lift of every INFER student over every baseline of the same architecture."""
+    baselines = baselines or []
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for s in students:
         groups[(s["arch"], s["label_mode"])].append(s)
-    aggregates = []
+    aggregates = [{"arch": arch, "label_mode": mode, **_aggregate(rows)} for (arch, mode), rows in sorted(groups.items())]
+    by_baseline: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for b in baselines:
+        by_baseline[(b["arch"], b["baseline"])].append(b)
+    baseline_summary = [{"arch": arch, "baseline": name, "description": rows[0]["description"], "epochs": rows[0]["epochs"],
+                         "steps": rows[0]["steps"], "num_instances": rows[0]["num_instances"],
+                         "stored_bytes": rows[0]["stored_bytes"], **_aggregate(rows)}
+                        for (arch, name), rows in sorted(by_baseline.items())]
+    lift = []
     for (arch, mode), rows in sorted(groups.items()):
-        fm, fs = _mean_std([r["final_acc"] for r in rows])
-        bm, bs = _mean_std([r["best_acc"] for r in rows])
-        aggregates.append({"arch": arch, "label_mode": mode, "seeds": [r["seed"] for r in rows],
-                           "final_acc_mean": fm, "final_acc_std": fs, "best_acc_mean": bm, "best_acc_std": bs})
-    return {"students": students, "student_summary": aggregates, "teachers": teachers, "budget": budget,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+        for (b_arch, name), b_rows in sorted(by_baseline.items()):
+            if b_arch != arch:
+                continue
+            ours, theirs = {r["seed"]: r["final_acc"] for r in rows}, {r["seed"]: r["final_acc"] for r in b_rows}
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            m, s = _mean_std([ours[k] - theirs[k] for k in seeds])
+            lift.append({"arch": arch, "label_mode": mode, "baseline": name, "seeds": seeds, "lift_mean": m, "lift_std": s,
+                         "infer_stored_bytes": budget["stored_bytes"], "baseline_stored_bytes": b_rows[0]["stored_bytes"]})
+    return {"students": students, "student_summary": aggregates, "baselines": baselines, "baseline_summary": baseline_summary,
+            "lift": lift, "teachers": teachers, "budget": budget, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+
+
+def _aggregate(rows: list[dict]) -> dict:
+    fm, fs = _mean_std([r["final_acc"] for r in rows])
+    bm, bs = _mean_std([r["best_acc"] for r in rows])
+    return {"seeds": [r["seed"] for r in rows], "final_acc_mean": fm, "final_acc_std": fs, "best_acc_mean": bm, "best_acc_std": bs}
+
+
+def _pct(mean: float, std: float, sign: bool = False) -> str:
+    return f"{100 * mean:{'+' if sign else ''}.2f} ± {100 * std:.2f}"
+
+
+def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(title, note, header, rows) of every table, shared by the Markdown and the HTML report."""
+    b = report["budget"]
+    students = [[a["arch"], f"INFER, {a['label_mode']} labels", str(len(a["seeds"])), f"{b['stored_bytes']:,}",
+                 _pct(a["final_acc_mean"], a["final_acc_std"]), _pct(a["best_acc_mean"], a["best_acc_std"])]
+                for a in report["student_summary"]]
+    students += [[a["arch"], a["description"], str(len(a["seeds"])), f"{a['stored_bytes']:,}",
+                  _pct(a["final_acc_mean"], a["final_acc_std"]), _pct(a["best_acc_mean"], a["best_acc_std"])]
+                 for a in report["baseline_summary"]]
+    tables = [("Students (top-1 % on the real test set)",
+               "Headline: final-epoch accuracy, mean ± std over seeds. Best-over-epochs (what the paper reports) beside it.",
+               ["student", "trained on", "seeds", "stored bytes", "final acc", "best acc (secondary)"], students)]
+    if report["lift"]:
+        rows = [[x["arch"], x["label_mode"], next(a["description"] for a in report["baseline_summary"] if a["baseline"] == x["baseline"]),
+                 str(len(x["seeds"])), _pct(x["lift_mean"], x["lift_std"], sign=True),
+                 f"{x['infer_stored_bytes']:,} vs {x['baseline_stored_bytes']:,}"] for x in report["lift"]]
+        tables.append(("What the distillation bought",
+                       "Lift = INFER's final accuracy minus the baseline's, paired by seed (mean ± std, points). The baseline "
+                       "trains the same student with the same teachers' labels and the same recipe on random real images: "
+                       "ipc per class, more where the distilled set stores more bytes.",
+                       ["student", "INFER labels", "baseline", "seeds", "lift (points)", "bytes: INFER vs baseline"], rows))
+    tables.append(("Teachers", "", ["teacher", "test acc"], [[t["arch"], f"{100 * t['test_acc']:.2f}"] for t in report["teachers"]]))
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    timings = sorted(report["timings_s"].items(), key=lambda kv: order.get(kv[0], len(order)))
+    tables.append(("Time per stage (seconds)", "", ["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings]))
+    return tables
+
+
+def distilled_set_lines(report: dict) -> list[str]:
+    b = report["budget"]
+    return [f"ipc budget {b['ipc']}: K = {b['num_subsets']} natural subsets x {b['num_classes']} classes, "
+            f"{b['num_ufcs']} UFCs, {b['num_instances']} training instances",
+            f"stored: {b['stored_bytes']:,} bytes (natural uint8, UFCs {b['ufc_dtype']}, static labels {b['label_dtype']}) "
+            f"vs {b['train_bytes']:,} bytes of uint8 training images: compression ratio {b['compression_ratio']:.6f}"]
 
 
 def markdown(report: dict) -> str:
-    b = report["budget"]
-    lines = [
-        "# INFER distillation report", "",
-        "## Students (top-1 on the real test set)", "",
-        "Headline: final-epoch accuracy, mean ± std over seeds. Best-over-epochs (what the paper reports) beside it.", "",
-        "| student | labels | seeds | final acc | best acc (secondary) |", "|---|---|---|---|---|",
-    ]
-    for a in report["student_summary"]:
-        lines.append(f"| {a['arch']} | {a['label_mode']} | {len(a['seeds'])} | {100 * a['final_acc_mean']:.2f} ± {100 * a['final_acc_std']:.2f} "
-                     f"| {100 * a['best_acc_mean']:.2f} ± {100 * a['best_acc_std']:.2f} |")
-    lines += ["", "## Teachers", "", "| teacher | test acc |", "|---|---|"]
-    lines += [f"| {t['arch']} | {100 * t['test_acc']:.2f} |" for t in report["teachers"]]
-    lines += [
-        "", "## Distilled set", "",
-        f"- ipc budget {b['ipc']}: K = {b['num_subsets']} natural subsets x {b['num_classes']} classes, "
-        f"{b['num_ufcs']} UFCs, {b['num_instances']} training instances",
-        f"- stored: {b['stored_bytes']:,} bytes (natural uint8 + UFCs float32 + static labels float32) "
-        f"vs {b['train_bytes']:,} bytes of uint8 training images: compression ratio {b['compression_ratio']:.6f}",
-        "", "## Time per stage (seconds)", "", "| stage | seconds |", "|---|---|",
-    ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in report["timings_s"].items()]
+    lines = ["# INFER distillation report", ""]
+    for title, note, header, rows in result_tables(report):
+        lines += [f"## {title}", ""] + ([note, ""] if note else [])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
     lines += ["", "![natural vs natural+UFC](ufc_examples.png)", "", "![student accuracy](student_curves.png)", ""]
     return "\n".join(lines)
 
@@ -94,11 +142,15 @@ def ufc_examples_png(natural: torch.Tensor, ufc: torch.Tensor, classes: list[str
     return _png(fig)
 
 
-def student_curves_png(students: list[dict]) -> bytes:
+def student_curves_png(students: list[dict], baselines: list[dict] | None = None) -> bytes:
+    """Test accuracy over epochs: INFER students solid, baselines dashed."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for s in students:
         epochs, accs = zip(*s["curve"])
-        ax.plot(epochs, [100 * a for a in accs], label=f"{s['arch']} {s['label_mode']} seed {s['seed']}", lw=1)
+        ax.plot(epochs, [100 * a for a in accs], label=f"{s['arch']} INFER {s['label_mode']} seed {s['seed']}", lw=1)
+    for b in baselines or []:
+        epochs, accs = zip(*b["curve"])
+        ax.plot(epochs, [100 * a for a in accs], "--", label=f"{b['arch']} {b['baseline']} seed {b['seed']}", lw=1)
     ax.set_xlabel("epoch"), ax.set_ylabel("test top-1 (%)"), ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     return _png(fig)
@@ -115,21 +167,14 @@ def html(report: dict, pngs: dict[str, bytes]) -> str:
         body = "".join("<tr>" + "".join(f"<td>{html_lib.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
-    b = report["budget"]
-    students = [[a["arch"], a["label_mode"], len(a["seeds"]), f"{100 * a['final_acc_mean']:.2f} ± {100 * a['final_acc_std']:.2f}",
-                 f"{100 * a['best_acc_mean']:.2f} ± {100 * a['best_acc_std']:.2f}"] for a in report["student_summary"]]
-    teachers = [[t["arch"], f"{100 * t['test_acc']:.2f}"] for t in report["teachers"]]
+    sections = "".join(f"<h2>{html_lib.escape(title)}</h2>" + (f"<p>{html_lib.escape(note)}</p>" if note else "") + table(header, rows)
+                       for title, note, header, rows in result_tables(report))
+    distilled = "".join(f"<li>{html_lib.escape(line)}</li>" for line in distilled_set_lines(report))
     images = "".join(f'<p><img alt="{html_lib.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></p>'
                      for name, data in pngs.items())
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>INFER report</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>"
         "</head><body><h1>INFER distillation report</h1>"
-        "<h2>Students (top-1 on the real test set)</h2><p>Headline: final-epoch accuracy, mean ± std over seeds; "
-        "best-over-epochs beside it.</p>"
-        + table(["student", "labels", "seeds", "final acc", "best acc (secondary)"], students)
-        + "<h2>Teachers</h2>" + table(["teacher", "test acc"], teachers)
-        + f"<h2>Distilled set</h2><p>K = {b['num_subsets']} subsets, {b['num_ufcs']} UFCs, {b['num_instances']} instances; "
-        f"{b['stored_bytes']:,} bytes stored vs {b['train_bytes']:,} (compression ratio {b['compression_ratio']:.6f}).</p>"
-        + images + "</body></html>"
+        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + images + "</body></html>"
     )

@@ -12,6 +12,7 @@ current config, so an artifact made with other settings is refused with the diff
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .config import Config, ConfigError, diff_settings, fingerprint, stage_confi
 from .data import DataError, augmentation, load_dataset
 from .models import create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
-from .synthesis import class_batch_index, compose, synthesize_ufcs
+from .synthesis import class_batch_index, compose, decode_ufc, encode_ufc, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
 
 
@@ -75,6 +76,10 @@ def is_current(uri: str, cfg: Config, stage: str, **keys) -> bool:
         return True
     except ArtifactError:
         return False
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -226,6 +231,23 @@ def _import_weights(model: nn.Module, arch: str, source: str) -> None:
                          f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
 
 
+def draw_per_class(train_y: torch.Tensor, per_class: int, seed: int, class_names: list[str]) -> torch.Tensor:
+    """[per_class, C] distinct training indices: row r holds one seeded random image of every class.
+
+    One permutation per class from one generator, so the first K rows of a larger draw are the
+    K rows of a smaller one: the random-real baseline's images contain INFER's natural subsets.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    columns = []
+    for c, name in enumerate(class_names):
+        pool = (train_y == c).nonzero().flatten()
+        if len(pool) < per_class:
+            raise StageError(f"class {name!r} has {len(pool)} training images, but {per_class} distinct images per class are "
+                             "needed; lower budget.ipc or raise dataset.train_per_class")
+        columns.append(pool[torch.randperm(len(pool), generator=gen)[:per_class]])
+    return torch.stack(columns, 1)
+
+
 def select_subsets(cfg: Config, data: str, out: str) -> dict:
     """K disjoint seeded subsets, each one real training image per class: indices [K, C]."""
     started = time.perf_counter()
@@ -233,15 +255,7 @@ def select_subsets(cfg: Config, data: str, out: str) -> dict:
     _, train_y, dm = _data(cfg, data, "train")
     C = dm["metrics"]["num_classes"]
     K = check_budget(cfg, C)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    columns = []
-    for c in range(C):
-        pool = (train_y == c).nonzero().flatten()
-        if len(pool) < K:
-            raise StageError(f"class {dm['metrics']['classes'][c]!r} has {len(pool)} training images, but K={K} disjoint "
-                             f"subsets need {K}; lower budget.ipc or raise dataset.train_per_class")
-        columns.append(pool[torch.randperm(len(pool), generator=gen)[:K]])
-    indices = torch.stack(columns, 1)
+    indices = draw_per_class(train_y, K, cfg.seed, dm["metrics"]["classes"])
     metrics = {"num_subsets": K, "num_classes": C, "num_teachers": len(cfg.teachers.archs),
                "class_batches": cfg.class_batches(C), "shards": cfg.shard_plan(C)}
     return _write(out, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics, started, {"data": data})
@@ -275,6 +289,12 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     files = {"ufc.safetensors": {"ufc": result.ufc, "subset_ids": torch.tensor(subset_ids)}}
     return _write(out, cfg, "synthesize-ufc", files, metrics, started,
                   {"data": data, "subsets": subsets, "teachers": teachers}, subset_ids=subset_ids)
+
+
+def read_distilled(art: Artifact) -> dict[str, torch.Tensor]:
+    """The distilled set as float tensors: natural uint8 [K, C, ...], ufc float32 [K, M, B, ...], soft_labels float32 [N, C]."""
+    t = art.read_tensors("distilled.safetensors")
+    return {"natural": t["natural"], "ufc": decode_ufc(t), "soft_labels": t["soft_labels"].float()}
 
 
 def distilled_instances(natural: torch.Tensor, ufc: torch.Tensor, classes_per_ufc: int | None) -> torch.Tensor:
@@ -313,24 +333,27 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     missing = sorted(set(range(K)) - set(shards))
     if missing:
         raise StageError(f"UFC shards cover {len(shards)} of K={K} subsets; missing subsets {missing[:10]}: run synthesize-ufc for them")
-    ufcs = torch.stack([shards[k] for k in range(K)])                        # [K, M, B, ch, H, W]
+    # The set stores the UFCs at synthesis.ufc_dtype, and the labels are computed on exactly
+    # what a student will see: the stored (rounded) UFCs, composed and clipped.
+    stored_ufc = encode_ufc(torch.stack([shards[k] for k in range(K)]), cfg.synthesis.ufc_dtype)   # [K, M, B, ch, H, W]
     natural = train_x[indices]                                               # [K, C, ch, H, W]
     device = cfg.resolve_device()
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
-    instances = distilled_instances(natural, ufcs, cfg.synthesis.classes_per_ufc)
-    labels = ensemble_logits(ensemble, instances, device)
+    instances = distilled_instances(natural, decode_ufc(stored_ufc), cfg.synthesis.classes_per_ufc)
+    labels = ensemble_logits(ensemble, instances, device).to(getattr(torch, cfg.labels.dtype))
 
-    M, B = ufcs.shape[1], ufcs.shape[2]
-    stored = natural.numel() * natural.element_size() + ufcs.numel() * ufcs.element_size() + labels.numel() * labels.element_size()
-    train_bytes = train_x.numel() * train_x.element_size()
+    M, B = stored_ufc["ufc"].shape[1], stored_ufc["ufc"].shape[2]
+    files = {"distilled.safetensors": {"natural": natural, **stored_ufc, "soft_labels": labels}}
+    stored = {name: tensor_bytes(t) for name, t in files["distilled.safetensors"].items()}
     budget = {
         "ipc": cfg.budget.ipc, "num_subsets": K, "num_teachers": M, "num_classes": C, "class_batches": B,
         "num_natural": K * C, "num_ufcs": K * M * B, "num_instances": len(instances),
-        "stored_bytes": stored, "train_bytes": train_bytes, "compression_ratio": stored / train_bytes,
+        "ufc_dtype": cfg.synthesis.ufc_dtype, "label_dtype": cfg.labels.dtype,
+        "stored_bytes": sum(stored.values()), "stored_bytes_by_tensor": stored, "train_bytes": tensor_bytes(train_x),
+        "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
         "images_per_class_equivalent": K * (1 + M * B / C),
     }
     metrics = {"budget": budget, "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
-    files = {"distilled.safetensors": {"natural": natural, "ufc": ufcs, "soft_labels": labels}}
     return _write(out, cfg, "soft-label", files, metrics, started, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
 
 
@@ -343,7 +366,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     open_artifact(out).check_writable()
     test_x, test_y, dm = _data(cfg, data, "test")
     art, _ = load_input(distilled, cfg, "soft-label")
-    t = art.read_tensors("distilled.safetensors")
+    t = read_distilled(art)
     images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
     device = cfg.resolve_device()
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device)) if label_mode == "dynamic" else None
@@ -362,8 +385,67 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
                   arch=arch, seed=seed, label_mode=label_mode)
 
 
+BASELINES = {
+    "random_soft": "random real ({per_class}/class) + soft labels, same epochs",
+    "random_soft_steps": "random real ({per_class}/class) + soft labels, same optimiser steps",
+}
+
+
+def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: str, subsets: str, teachers: list[str],
+                      out: str, progress: bool = True) -> dict:
+    """Train the same student on ipc random real images per class, with the same ensemble labels and training as INFER's.
+
+    What the distilled set has to beat: select-subsets' seeded draw continued to ipc images per
+    class (INFER's K natural subsets plus ipc - K more real images; more than ipc only where the
+    distilled set stores more bytes, see Config.baseline_per_class), labelled by the same
+    teachers (static logits, rounded to labels.dtype like INFER's), trained with the same
+    MixUp + KL recipe for the same epochs (random_soft) or the same optimiser steps as INFER's
+    static student (random_soft_steps: INFER has more instances, so equal epochs give it more steps).
+    """
+    started = time.perf_counter()
+    if baseline not in BASELINES:
+        raise StageError(f"baseline {baseline!r}: use one of {', '.join(BASELINES)}")
+    open_artifact(out).check_writable()
+    train_x, train_y, dm = _data(cfg, data, "train")
+    test_x, test_y, _ = _data(cfg, data, "test")
+    sub_art, _ = load_input(subsets, cfg, "select-subsets")
+    subset_indices = sub_art.read_tensors("subsets.safetensors")["indices"]
+    m = dm["metrics"]
+    per_class = cfg.baseline_per_class(m["num_classes"], m["in_chans"] * m["image_size"] ** 2)
+    drawn = draw_per_class(train_y, per_class, cfg.seed, m["classes"])          # [per_class, C]
+    if not torch.equal(drawn[: len(subset_indices)], subset_indices):
+        raise StageError(f"{subsets} holds subsets that are not the first rows of this config's draw: rerun select-subsets")
+    natural = train_x[drawn.flatten()]                                           # row-major: INFER's instance order
+    images = natural.float() / 255.0
+    device = cfg.resolve_device()
+    ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
+    labels = ensemble_logits(ensemble, images, device).to(getattr(torch, cfg.labels.dtype))
+
+    C, batch = dm["metrics"]["num_classes"], cfg.students.batch_size
+    infer_instances = cfg.num_subsets(C) * (len(cfg.teachers.archs) + 1) * C
+    infer_steps = cfg.students.epochs * math.ceil(infer_instances / batch)
+    steps_per_epoch = math.ceil(len(images) / batch)
+    epochs = cfg.students.epochs if baseline == "random_soft" else max(1, round(infer_steps / steps_per_epoch))
+    torch.manual_seed(seed)
+    student = build_model(arch, dm).to(device)
+    result = train_student_model(
+        student, images, labels.float(), None, test_x, test_y, cfg.students, epochs, cfg.labels.temperature,
+        (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed, desc=f"baseline {baseline} {arch} seed {seed}",
+        progress=progress)
+    best_epoch, best_acc = result.best
+    metrics = {"arch": arch, "seed": seed, "baseline": baseline, "description": BASELINES[baseline].format(per_class=per_class),
+               "per_class": per_class,
+               "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
+               "steps": epochs * steps_per_epoch, "infer_static_steps": infer_steps, "num_instances": len(images),
+               "stored_bytes": tensor_bytes(natural) + tensor_bytes(labels), "curve": result.curve, "train_losses": result.losses}
+    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    return _write(out, cfg, "evaluate-baseline", {"weights.safetensors": state, "labels.safetensors": {"soft_labels": labels}},
+                  metrics, started, {"data": data, "subsets": subsets, "teachers": teachers},
+                  arch=arch, seed=seed, baseline=baseline)
+
+
 def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
-           extra_timings: dict[str, float] | None = None) -> dict:
+           baselines: list[str] | None = None) -> dict:
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
     from . import report as rep
 
@@ -378,24 +460,34 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
         m = open_artifact(uri).read_manifest()["metrics"]
         student_manifests.append(load_input(uri, cfg, "evaluate-student", arch=m["arch"], seed=m["seed"], label_mode=m["label_mode"])[1])
 
+    baseline_manifests = []
+    for uri in baselines or []:
+        m = open_artifact(uri).read_manifest()["metrics"]
+        baseline_manifests.append(load_input(uri, cfg, "evaluate-baseline", arch=m["arch"], seed=m["seed"], baseline=m["baseline"])[1])
+
     timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
     for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
-                            ("soft-label", [dist_manifest]), ("evaluate-student", student_manifests)):
-        timings[name] = sum(m["elapsed_s"] for m in manifests)
-    timings.update(extra_timings or {})
+                            ("soft-label", [dist_manifest]), ("evaluate-student", student_manifests),
+                            ("evaluate-baseline", baseline_manifests)):
+        if manifests:
+            timings[name] = sum(m["elapsed_s"] for m in manifests)
     rows = [{k: m["metrics"][k] for k in ("arch", "seed", "label_mode", "final_acc", "best_acc", "best_epoch", "curve")}
             for m in student_manifests]
+    baseline_rows = [{k: m["metrics"][k] for k in ("arch", "seed", "baseline", "description", "final_acc", "best_acc", "best_epoch",
+                                                   "epochs", "steps", "num_instances", "stored_bytes", "curve")}
+                     for m in baseline_manifests]
     teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
-    summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings)
-    t = dist_art.read_tensors("distilled.safetensors")
+    summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings, baseline_rows)
+    t = read_distilled(dist_art)
     pngs = {
         "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
                                                  cfg.synthesis.classes_per_ufc),
-        "student_curves.png": rep.student_curves_png(rows),
+        "student_curves.png": rep.student_curves_png(rows, baseline_rows),
     }
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
-    inputs = {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students}
+    inputs = {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
+              "baselines": baselines or []}
     return _write(out, cfg, "report", files, {"report": summary}, started, inputs)
 
 
@@ -436,7 +528,13 @@ class Layout:
         return self._join("students", f"{arch}-{label_mode}-seed{seed}")
 
     def students(self, cfg: Config) -> list[str]:
-        return [self.student(a, s, mode) for mode in cfg.labels.modes for a in cfg.students.archs for s in cfg.students.seeds]
+        return [self.student(r["arch"], r["seed"], r["label_mode"]) for r in cfg.student_runs()]
+
+    def baseline(self, arch: str, seed: int, baseline: str) -> str:
+        return self._join("baselines", f"{baseline}-{arch}-seed{seed}")
+
+    def baselines(self, cfg: Config) -> list[str]:
+        return [self.baseline(r["arch"], r["seed"], r["baseline"]) for r in cfg.baseline_runs()]
 
     @property
     def report(self) -> str:

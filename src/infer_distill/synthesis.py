@@ -111,9 +111,42 @@ def class_batch_index(num_classes: int, classes_per_ufc: int | None) -> torch.Te
     return torch.arange(num_classes) // per
 
 
-def compose(natural: torch.Tensor, ufc: torch.Tensor, batch_of_class: torch.Tensor) -> torch.Tensor:
+def compose(natural: torch.Tensor, ufc: torch.Tensor, batch_of_class: torch.Tensor, clip: bool = True) -> torch.Tensor:
     """clip(P + U): natural [..., C, ch, H, W] in [0,1], ufc [..., B, ch, H, W] -> [..., C, ch, H, W]."""
-    return (natural + ufc.index_select(-4, batch_of_class.to(ufc.device))).clamp(0.0, 1.0)
+    composed = natural + ufc.index_select(-4, batch_of_class.to(ufc.device))
+    return composed.clamp(0.0, 1.0) if clip else composed
+
+
+# ----------------------------------------------------------------------------------------
+# How the distilled set stores UFCs
+# ----------------------------------------------------------------------------------------
+# A UFC is image-shaped, so at uint8 it costs exactly one stored image (plus its scale and
+# offset, 8 bytes): the budget in image-equivalents and the budget in bytes then agree. Each
+# UFC gets its own affine map over its own range, so the rounding error is at most half of
+# (max - min) / 255 of that UFC.
+
+
+def encode_ufc(ufc: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:
+    """UFCs [..., ch, H, W] (float, pixel units) as stored: {"ufc"} or, for uint8, {"ufc", "ufc_scale", "ufc_offset"}."""
+    if dtype in ("float16", "float32"):
+        return {"ufc": ufc.to(getattr(torch, dtype))}
+    if dtype != "uint8":
+        raise ValueError(f"unknown UFC dtype {dtype!r}; use uint8, float16 or float32")
+    flat = ufc.float().flatten(-3)
+    lo, hi = flat.min(-1).values, flat.max(-1).values
+    scale = (hi - lo) / 255.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))        # a constant UFC: every code 0
+    codes = ((flat - lo.unsqueeze(-1)) / safe.unsqueeze(-1)).round().clamp(0, 255).to(torch.uint8)
+    return {"ufc": codes.view(ufc.shape), "ufc_scale": scale, "ufc_offset": lo}
+
+
+def decode_ufc(stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The float32 UFCs (pixel units) from what `encode_ufc` stored."""
+    ufc = stored["ufc"]
+    if ufc.dtype != torch.uint8:
+        return ufc.float()
+    scale, offset = stored["ufc_scale"], stored["ufc_offset"]
+    return offset[..., None, None, None] + scale[..., None, None, None] * ufc.float()
 
 
 def _jitter(x: torch.Tensor, cfg: SynthesisConfig, gen: torch.Generator) -> torch.Tensor:
@@ -197,7 +230,7 @@ def synthesize_ufcs(
         opt.zero_grad(set_to_none=True)
         step_losses = []
         for m, teacher in enumerate(teachers):
-            composed = compose(natural_f, normalised[:, m] * std, batch_of_class)   # [S, C, ch, H, W]
+            composed = compose(natural_f, normalised[:, m] * std, batch_of_class, cfg.clip_during_optimisation)  # [S, C, ch, H, W]
             jittered = torch.stack([
                 torch.cat([_jitter(composed[s, batch_of_class == b], cfg, gens[s]) for b in range(B)])
                 for s in range(S)
