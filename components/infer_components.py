@@ -11,7 +11,8 @@ plus three that only the Kubeflow DAG needs:
 Artifacts are KFP artifacts whose `.path` is a local directory (KFP moves them to and from the
 pipeline root, e.g. S3/MinIO); each stage writes its usual self-describing artifact there. Each
 component's arguments follow the plan: the config, the fan-out item's keys, then the step's inputs
-(the teachers as `teacher_set`), and its artifact is the output named after `Step.location`.
+(the teachers as `teacher_set`), and its artifact is the output named after `Step.location`
+(evaluate-baseline's is `student`: its item already has a key named baseline).
 
 Lightweight components are serialised by source, so every import lives inside its function.
 `components(image)` builds them all for the project image every step runs in.
@@ -28,13 +29,15 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 
 
 def resolve_config(dataset: dict, budget: dict, teachers: dict, synthesis: dict, labels: dict, students: dict, device: str,
-                   seed: int, config: Output[Artifact]):
-    """Validate the config sections given as pipeline parameters; write the run's config."""
+                   seed: int, omitted_fanouts: list, config: Output[Artifact]):
+    """Validate the config sections given as pipeline parameters (and that the DAG has the steps they need); write the run's config."""
+    from infer_distill import plan
     from infer_distill.config import validate_config
 
     sections = {"dataset": dataset, "budget": budget, "teachers": teachers, "synthesis": synthesis, "labels": labels,
                 "students": students, "device": device, "seed": seed}
     cfg = validate_config(sections, source="pipeline parameters")
+    plan.check_omitted(cfg, omitted_fanouts)
     with open(config.path, "w") as f:
         f.write(cfg.model_dump_json(indent=2))
 
@@ -133,9 +136,23 @@ def evaluate_student(config: Input[Artifact], arch: str, seed: int, label_mode: 
         metrics.log_metric(f"{arch}_{label_mode}_seed{seed}_{key}", manifest["metrics"][key])
 
 
+def evaluate_baseline(config: Input[Artifact], arch: str, seed: int, baseline: str, data: Input[Dataset], subsets: Input[Artifact],
+                      teacher_set: Input[Model], student: Output[Model], metrics: Output[Metrics]):
+    """Train and test the same student on random real images with the same labels and training (one baseline run)."""
+    from infer_distill import stages
+    from infer_distill.config import load_config
+    from infer_distill.stages import Layout
+
+    cfg = load_config(config.path)
+    manifest = stages.evaluate_baseline(cfg, arch, seed, baseline, data.path, subsets.path, Layout(teacher_set.path).teachers(cfg),
+                                        student.path)
+    for key in ("final_acc", "best_acc"):
+        metrics.log_metric(f"{baseline}_{arch}_seed{seed}_{key}", manifest["metrics"][key])
+
+
 def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Model], ufc: Input[List[Artifact]],
-           distilled: Input[Dataset], students: Input[List[Model]], report: Output[Artifact],
-           summary: Output[Markdown], page: Output[HTML], metrics: Output[Metrics]):
+           distilled: Input[Dataset], students: Input[List[Model]], report: Output[Artifact], summary: Output[Markdown],
+           page: Output[HTML], metrics: Output[Metrics], baselines: Input[List[Model]] = None):
     """report.json/md/html and plots; the Kubeflow UI shows the Markdown, HTML and Metrics outputs."""
     import shutil
 
@@ -145,7 +162,7 @@ def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Mod
 
     cfg = load_config(config.path)
     manifest = stages.report(cfg, data.path, Layout(teacher_set.path).teachers(cfg), [u.path for u in ufc], distilled.path,
-                             [s.path for s in students], report.path)
+                             [s.path for s in students], report.path, [b.path for b in baselines or []])
     shutil.copyfile(f"{report.path}/report.md", summary.path)
     shutil.copyfile(f"{report.path}/report.html", page.path)
     for row in manifest["metrics"]["report"]["student_summary"]:
@@ -156,7 +173,7 @@ def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Mod
 
 FUNCTIONS = {f.__name__.replace("_", "-"): f for f in (
     resolve_config, fanout_items, gather_teachers,
-    prepare_data, train_teacher, select_subsets, synthesize_ufc, soft_label, evaluate_student, report,
+    prepare_data, train_teacher, select_subsets, synthesize_ufc, soft_label, evaluate_student, evaluate_baseline, report,
 )}
 
 

@@ -4,6 +4,7 @@ submit it to a cluster, or run it here with KFP's local runner.
     resolve-config -> prepare-data -> train-teacher (ParallelFor over teachers) -> gather-teachers
                    -> select-subsets -> synthesize-ufc (ParallelFor over shards, GPU pods)
                    -> soft-label (Collected shards) -> evaluate-student (ParallelFor over student runs)
+                   -> evaluate-baseline (ParallelFor over baseline runs, beside synthesis)
                    -> report (Markdown, HTML and Metrics in the Kubeflow UI)
 
     python pipelines/infer_dag.py compile --image REGISTRY/infer-distill:TAG --config configs/cifar10-ipc10.yaml --output infer.yaml
@@ -135,6 +136,13 @@ def _place(task, opts: ClusterOptions, step: plan.Step | None = None):
 # A fan-out's artifacts that a later fan-out reads are gathered into one artifact first (KFP
 # cannot pass a collected list into another ParallelFor); the steps receive it under this name.
 GATHERED = {"teachers": "teacher_set"}
+# A step's artifact is its component's output named after Step.location, except where an item key
+# already has that name.
+OUTPUT_NAMES = {"evaluate-baseline": "student"}
+
+
+def output_name(step: plan.Step) -> str:
+    return OUTPUT_NAMES.get(step.name, step.location)
 
 
 def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
@@ -146,6 +154,9 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
     comps = components(opts.image)
     # KFP parameters cannot hold null: a None setting is left out, which is the same as its default.
     d = cfg.model_dump(mode="json", exclude_none=True)
+    # A loop over an empty list cannot be collected downstream: a step whose (optional) fan-out this
+    # config leaves empty is left out, and resolve-config refuses a run whose config would need it.
+    left_out = plan.omitted(cfg)
 
     @dsl.pipeline(name="infer-distill", description="INFER dataset distillation: teachers, UFCs, soft labels, students")
     def infer_pipeline(
@@ -155,7 +166,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
     ) -> Artifact:
         config = _place(comps["resolve-config"](
             dataset=dataset, budget=budget, teachers=teachers, synthesis=synthesis, labels=labels, students=students,
-            device=device, seed=seed), opts).outputs["config"]
+            device=device, seed=seed, omitted_fanouts=left_out), opts).outputs["config"]
         tasks: dict[str, object] = {}      # step name -> its task (inside its loop for a fan-out)
         gathered: dict[str, object] = {}   # plan output -> the one artifact a fan-out's outputs were gathered into
 
@@ -163,14 +174,17 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
             producer = plan.PRODUCER[name]
             if name in gathered:
                 return {GATHERED[name]: gathered[name]}
-            output = tasks[producer.name].outputs[producer.location]
+            output = tasks[producer.name].outputs[output_name(producer)]
             # (a Collected channel serves one consumer, so each consumer gets its own)
             return {name: dsl.Collected(output) if producer.over else output}
 
         for step in plan.PLAN:
+            if step.over and step.over.name in left_out:
+                continue
             args = {"config": config}
             for name in step.inputs:
-                args.update(argument(name))
+                if plan.PRODUCER[name].name in tasks:
+                    args.update(argument(name))
             component = comps[step.name]
             if step.over is None:
                 tasks[step.name] = _place(component(**args), opts, step)
@@ -183,10 +197,10 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
                 tasks[step.name] = _place(component(**args, **{k: getattr(item, k) for k in step.over.keys}), opts, step)
             if any(step.output in later.inputs and later.over for later in plan.PLAN):
                 gather = comps[f"gather-{step.output}"](config=config, **{step.output: dsl.Collected(
-                    tasks[step.name].outputs[step.location])})
+                    tasks[step.name].outputs[output_name(step)])})
                 gathered[step.output] = _place(gather, opts).outputs[GATHERED[step.output]]
         last = plan.PLAN[-1]
-        return tasks[last.name].outputs[last.location]
+        return tasks[last.name].outputs[output_name(last)]
 
     return infer_pipeline
 

@@ -50,7 +50,8 @@ CUSTOM_CONFIG = {
     "teachers": {"archs": ["resnet18", "mobilenetv2", "efficientnet_b0"], "epochs": 200},
     "synthesis": {"iterations": 1000, "jitter": 4, "subsets_per_shard": 2},
     "labels": {"modes": ["static", "dynamic"]},
-    "students": {"archs": ["resnet18"], "seeds": [0, 1234567], "epochs": 400, "epochs_dynamic": 80},
+    "students": {"archs": ["resnet18"], "seeds": [0, 1234567], "epochs": 400, "epochs_dynamic": 80,
+                 "baselines": ["random_soft", "random_soft_steps"]},
     "device": "cuda",
 }
 CUSTOM = {
@@ -61,7 +62,8 @@ CUSTOM = {
            "credentialsSecret": {"name": "minio-creds", "accessKeyIdKey": "accesskey", "secretAccessKeyKey": "secretkey"}},
     "config": CUSTOM_CONFIG,
     "stages": {"trainTeacher": {"gpu": 2}, "synthesizeUfc": {"gpu": 2, "parallelism": 3},
-               "evaluateStudent": {"gpu": 2, "parallelism": 4}, "softLabel": {"gpu": 1}},
+               "evaluateStudent": {"gpu": 2, "parallelism": 4}, "evaluateBaseline": {"gpu": 2, "parallelism": 2},
+               "softLabel": {"gpu": 1}},
     "gpu": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]},
     "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -140,19 +142,20 @@ class Case:
 
 def _default_case() -> Case:
     return Case("default", DEFAULT, config=QUICKSTART, root=f"s3://infer-runs/{RELEASE}",
-                gpus={"train-teacher": 1, "synthesize-ufc": 1, "evaluate-student": 1},
+                gpus={"train-teacher": 1, "synthesize-ufc": 1, "evaluate-student": 1, "evaluate-baseline": 1},
                 gpu_node_selector={}, gpu_tolerations=[GPU_TAINT], node_selector={}, retry=PLAN_RETRY,
-                parallelism={"train-teachers": None, "synthesize-ufcs": None, "evaluate-students": None},
+                parallelism={"train-teachers": None, "synthesize-ufcs": None, "evaluate-students": None,
+                             "evaluate-baselines": None},
                 secret=None, endpoint=None, image="ghcr.io/acme/infer-distill:0.1.0", num_classes=10, data_mount=None)
 
 
 def _custom_case() -> Case:
     retry = {**PLAN_RETRY, "limit": 5, "backoff": {**PLAN_RETRY["backoff"], "duration": "2m", "maxDuration": "120h"}}
     return Case("custom", CUSTOM, config=_merge(QUICKSTART, CUSTOM_CONFIG), root="s3://ml-artifacts/experiments/infer",
-                gpus={"train-teacher": 2, "synthesize-ufc": 2, "evaluate-student": 2, "soft-label": 1},
+                gpus={"train-teacher": 2, "synthesize-ufc": 2, "evaluate-student": 2, "evaluate-baseline": 2, "soft-label": 1},
                 gpu_node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "kubernetes.io/os": "linux"},
                 gpu_tolerations=CUSTOM["gpu"]["tolerations"], node_selector={"kubernetes.io/os": "linux"}, retry=retry,
-                parallelism={"train-teachers": None, "synthesize-ufcs": 3, "evaluate-students": 4},
+                parallelism={"train-teachers": None, "synthesize-ufcs": 3, "evaluate-students": 4, "evaluate-baselines": 2},
                 secret={"name": "minio-creds", "id": "accesskey", "key": "secretkey"},
                 endpoint="http://minio.minio.svc:9000", image="registry.example.com:5000/ml/infer-distill:0.1.0-cuda",
                 num_classes=200, data_mount="/datasets")

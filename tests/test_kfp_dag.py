@@ -31,7 +31,7 @@ def compile_dag(tmp_path, *options):
 def compiled(tmp_path_factory):
     return compile_dag(tmp_path_factory.mktemp("dag"), "--node-selector", "cloud.google.com/gke-accelerator=nvidia-h100",
                        "--toleration", "team=ml:NoExecute", "--parallelism", "3", "--retries", "4", "--gpus", "2",
-                       "--retry-max-hours", "48")
+                       "--retry-max-hours", "48", "--set", "students.baselines=[random_soft]")
 
 
 def _all_tasks(spec):
@@ -77,7 +77,7 @@ def test_gpu_fan_outs_are_limited_by_parallelism(compiled):
 def test_parameters_are_the_config_sections_with_its_values(compiled):
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    cfg = load_config(None)
+    cfg = load_config(None, ["students.baselines=[random_soft]"])
     assert set(params) == set(type(cfg).model_fields)
     for name, value in cfg.model_dump(mode="json", exclude_none=True).items():
         assert params[name]["defaultValue"] == value, name  # a JSON object per section, not one long string
@@ -170,7 +170,7 @@ def test_submit_checks_its_input_before_connecting_and_names_an_unreachable_api(
 
 @pytest.mark.slow
 def test_kfp_local_run_equals_the_in_process_run(tmp_path):
-    overrides = TINY + ["synthesis.subsets_per_shard=5"]
+    overrides = TINY + ["synthesis.subsets_per_shard=5", "students.baselines=[random_soft]"]
     cfg = load_config(None, overrides)
     report_uri = infer_dag.run_local(cfg, str(tmp_path / "kfp"))
     report = open_artifact(report_uri).read_manifest()
@@ -189,5 +189,9 @@ def test_kfp_local_run_equals_the_in_process_run(tmp_path):
         assert sha(shard, "ufc.safetensors") == sha(Layout(reference).ufc(ids), "ufc.safetensors")
     assert sha(run_root / "soft-label" / "distilled", "distilled.safetensors") == \
         sha(Layout(reference).distilled, "distilled.safetensors")
+    (baseline,) = run_root.glob("for-loop-*-iteration-0/evaluate-baseline/student")
+    assert open_artifact(baseline).read_manifest()["metrics"]["baseline"] == "random_soft"
+    assert sha(baseline, "labels.safetensors") == sha(Layout(reference).baseline("convnet_d3_w32", 0, "random_soft"), "labels.safetensors")
+    assert [r["baseline"] for r in report["metrics"]["report"]["baselines"]] == ["random_soft"]
     assert report["metrics"]["report"]["budget"]["num_subsets"] == 8
     assert (run_root / "report" / "page").read_text().startswith("<!doctype html>")

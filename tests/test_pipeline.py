@@ -188,7 +188,7 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     cfg = load_config(None, TINY + ["students.baselines=[random_soft, random_soft_steps]", "students.seeds=[0, 1]"])
     out = str(tmp_path / "run")
     layout = Layout(out)
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     data = open_artifact(layout.data)
     train = data.read_tensors("train.safetensors")
     classes = data.read_manifest()["metrics"]["classes"]
@@ -221,7 +221,7 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     assert "What the distillation bought" in open_artifact(layout.report).read_text("report.md")
 
     # students.baselines: [] removes them (everything else is reused)
-    run_pipeline(load_config(None, TINY + ["students.seeds=[0, 1]"]), out, progress=False)
+    run_in_process(load_config(None, TINY + ["students.seeds=[0, 1]"]), out, progress=False)
     report = json.loads(open_artifact(layout.report).read_text("report.json"))
     assert report["baselines"] == [] and report["lift"] == []
     assert "What the distillation bought" not in open_artifact(layout.report).read_text("report.md")

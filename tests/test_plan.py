@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO, TINY
 from infer_distill import plan
 from infer_distill.cli import build_parser
-from infer_distill.config import load_config
+from infer_distill.config import ConfigError, load_config
 from infer_distill.stages import Layout
 
 sys.path.insert(0, str(REPO / "pipelines"))
@@ -21,19 +21,35 @@ def test_the_dag_edges_follow_from_the_inputs():
     assert {s.name: plan.depends(s) for s in plan.PLAN} == {
         "prepare-data": [], "train-teacher": ["prepare-data"], "select-subsets": ["prepare-data"],
         "synthesize-ufc": ["select-subsets", "train-teacher"], "soft-label": ["synthesize-ufc"],
-        "evaluate-student": ["soft-label"], "report": ["evaluate-student"]}
+        "evaluate-student": ["soft-label"], "evaluate-baseline": ["select-subsets", "train-teacher"],
+        "report": ["evaluate-student", "evaluate-baseline"]}
     for step in plan.PLAN:  # every input is produced by an earlier step
         assert all(plan.PLAN.index(plan.PRODUCER[i]) < plan.PLAN.index(step) for i in step.inputs), step.name
     assert plan.RETRY.argo_expression() == "asInt(lastRetry.exitCode) != 2"
 
 
+def test_a_run_needs_the_steps_its_dag_was_built_with():
+    with_baselines = load_config(None, ["students.baselines=[random_soft]"])
+    without = load_config(None)
+    assert plan.omitted(without) == ["baselines"] and plan.omitted(with_baselines) == []
+    plan.check_omitted(without, ["baselines"])
+    plan.check_omitted(with_baselines, [])
+    with pytest.raises(ConfigError, match="compiled without the evaluate-baseline step"):
+        plan.check_omitted(with_baselines, ["baselines"])
+    with pytest.raises(ConfigError, match="compiled with the evaluate-baseline step"):
+        plan.check_omitted(without, [])
+
+
 def test_fan_out_items_are_stage_keys_and_command_line_flags():
-    cfg = load_config(None, ["labels.modes=[static, dynamic]", "students.seeds=[0, 1]", "synthesis.subsets_per_shard=3"])
+    cfg = load_config(None, ["labels.modes=[static, dynamic]", "students.seeds=[0, 1]", "synthesis.subsets_per_shard=3",
+                             "students.baselines=[random_soft, random_soft_steps]"])
     items = plan.fanout_items(cfg, 10)
     assert items["teachers"] == [{"arch": a} for a in cfg.teachers.archs]
     assert items["shards"] == [{"subset_ids": "0,1,2"}, {"subset_ids": "3,4,5"}, {"subset_ids": "6"}]
     assert [(i["label_mode"], i["seed"]) for i in items["students"]] == [("static", 0), ("static", 1), ("dynamic", 0), ("dynamic", 1)]
-    assert set(plan.fanout_items(cfg)) == {"teachers", "students"}  # without the number of classes: the config's only
+    assert [(i["baseline"], i["seed"]) for i in items["baselines"]] == [
+        ("random_soft", 0), ("random_soft", 1), ("random_soft_steps", 0), ("random_soft_steps", 1)]
+    assert set(plan.fanout_items(cfg)) == {"teachers", "students", "baselines"}  # without the number of classes: the config's
     parser = build_parser()
     for step in [s for s in plan.PLAN if s.over]:
         for item in step.over.items(cfg, 10):
@@ -97,12 +113,20 @@ def test_every_rendering_is_the_plan(tmp_path):
     reads = {s.name: {plan.PRODUCER[i].name for i in s.inputs} for s in plan.PLAN}
     fan_outs = {s.name: s.over for s in plan.PLAN if s.over}
 
-    # Kubeflow: each step reads the steps the plan says, and fans out over the plan's items
-    out = tmp_path / "kfp.yaml"
-    assert infer_dag.main(["compile", "--output", str(out), "--image", "ghcr.io/acme/infer-distill:0.1.0"]) == 0
-    graph, kfp_fanouts = _kfp_graph(next(yaml.safe_load_all(out.read_text())))
-    assert graph == reads
-    assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()}
+    # Kubeflow: each step reads the steps the plan says, and fans out over the plan's items; a step
+    # whose optional fan-out the compiled config leaves empty is left out (and so is its input)
+    for baselines in ("[random_soft]", "[]"):
+        out = tmp_path / "kfp.yaml"
+        assert infer_dag.main(["compile", "--output", str(out), "--image", "ghcr.io/acme/infer-distill:0.1.0",
+                               "--set", f"students.baselines={baselines}"]) == 0
+        spec = next(yaml.safe_load_all(out.read_text()))
+        graph, kfp_fanouts = _kfp_graph(spec)
+        left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and baselines == "[]"}
+        assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}
+        assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()
+                               if n not in left_out}
+        omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_fanouts"]
+        assert omitted == {"runtimeValue": {"constant": ["baselines"] if left_out else []}}
 
     # Argo (the committed template the chart installs): the DAG's edges, fan-outs and each pod's flags
     wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())

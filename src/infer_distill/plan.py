@@ -1,7 +1,8 @@
 """The INFER DAG, written down once: every way of running it is derived from `PLAN`.
 
     prepare-data -> train-teacher (one per teacher) --+-> synthesize-ufc (one per shard) -> soft-label
-                 -> select-subsets -------------------+      -> evaluate-student (one per student run) -> report
+                 -> select-subsets -------------------+      -> evaluate-student (one per student run) --+-> report
+                                                      +-> evaluate-baseline (one per baseline run) -----+
 
 - `run_in_process` walks it in one process: `infer-distill run`, and any script that wants the
   same resumable walk (it skips artifacts that are current and reports every step);
@@ -69,18 +70,20 @@ class FanOut:
     # Where a workflow engine gets the items at run time: the config (resolve-config writes them),
     # or select-subsets, which writes the shard plan once it knows the number of classes.
     source: str = "config"
-
-
-def _student_runs(cfg: Config, num_classes: int) -> list[dict[str, Any]]:
-    return [{"arch": a, "seed": s, "label_mode": m} for m in cfg.labels.modes for a in cfg.students.archs for s in cfg.students.seeds]
+    # The config may give it no items. An engine that cannot iterate an empty list (a Kubeflow
+    # loop collected downstream) leaves the step out when compiled for such a config, and
+    # `check_omitted` refuses a run whose config would need it.
+    optional: bool = False
 
 
 TEACHERS = FanOut("teachers", ("arch",), lambda cfg, _: [{"arch": a} for a in cfg.teachers.archs], lambda i: i["arch"])
 SHARDS = FanOut("shards", ("subset_ids",), lambda cfg, c: [{"subset_ids": ids} for ids in cfg.shard_plan(c)],
                 lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets")
-STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), _student_runs,
+STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg.student_runs(),
                   lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
-FANOUTS = {f.name: f for f in (TEACHERS, SHARDS, STUDENTS)}
+BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
+                   lambda i: f"{i['baseline']} {i['arch']} seed {i['seed']}", optional=True)
+FANOUTS = {f.name: f for f in (TEACHERS, SHARDS, STUDENTS, BASELINES)}
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ PLAN: tuple[Step, ...] = (
     Step("synthesize-ufc", "ufc", "ufc", ("data", "subsets", "teachers"), over=SHARDS, gpu=True),
     Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc")),
     Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True),
-    Step("report", "report", "report", ("data", "teachers", "ufc", "distilled", "students"), always=True),
+    Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True),
+    Step("report", "report", "report", ("data", "teachers", "ufc", "distilled", "students", "baselines"), always=True),
 )
 STEPS = {s.name: s for s in PLAN}
 PRODUCER = {s.output: s for s in PLAN}
@@ -124,6 +128,23 @@ def depends(step: Step) -> list[str]:
     direct = [PRODUCER[i].name for i in step.inputs]
     implied = set().union(*(upstream(STEPS[d]) for d in direct))
     return [d for d in dict.fromkeys(direct) if d not in implied]
+
+
+def omitted(cfg: Config) -> list[str]:
+    """The optional fan-outs this config gives no items."""
+    return [f.name for f in FANOUTS.values() if f.optional and not f.items(cfg, None)]
+
+
+def check_omitted(cfg: Config, left_out: list[str]) -> None:
+    """Refuse a config that needs a step the DAG was built without, or that leaves a built one empty."""
+    from .config import ConfigError
+
+    for name in sorted(set(omitted(cfg)) ^ set(left_out)):
+        step = next(s for s in PLAN if s.over and s.over.name == name)
+        state = "without" if name in left_out else "with"
+        raise ConfigError(f"this pipeline was compiled {state} the {step.name} step (its config gave {name} "
+                          f"{'no' if name in left_out else 'some'} items), but this run's config gives it "
+                          f"{'some' if name in left_out else 'none'}: compile it again with this config (students.{name})")
 
 
 def cli_value(value: Any) -> str:
