@@ -315,8 +315,10 @@ def run_local(cfg: Config, out: str, image: str | None = None) -> str:
         cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": str(Path(cfg.dataset.root).resolve())})})
     Path(out).mkdir(parents=True, exist_ok=True)
     if image:
-        # The image runs as uid 1000: it must be able to write the pipeline root mounted into it.
-        runner = local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}",
+        # DockerRunner passes each task's command as arguments, which would go to the image's
+        # entry point (infer-distill): run them through env instead, as a pod's command would run.
+        # Tasks run with this user's ids, so they can write the pipeline root mounted into them.
+        runner = local.DockerRunner(entrypoint=["/usr/bin/env"], network_mode="host", user=f"{os.getuid()}:{os.getgid()}",
                                     environment={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib"})
     else:
         runner = local.SubprocessRunner(use_venv=False)

@@ -304,3 +304,32 @@ def test_bad_s3_input_stops_the_run_at_the_first_stage(project, monkeypatch, cas
         assert BUCKET not in buckets
     else:
         assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+# ---- the Kubeflow DAG in containers ---------------------------------------------------------
+
+
+def test_kfp_dag_runs_in_the_image_with_kfps_docker_runner(images, tmp_path):
+    """Every task of the Kubeflow pipeline in a container of the project image (kfp.local.DockerRunner)."""
+    import sys
+
+    from conftest import TINY
+    from infer_distill.store import open_artifact
+
+    sets = sum((["--set", s] for s in TINY + ["students.baselines=[random_soft]"]), [])
+    out = tmp_path / "kfp-docker"
+    # The runner looks images up by tag (else it pulls): tag exactly the image built above.
+    tag = f"infer-distill-kfp-test:{uuid.uuid4().hex[:8]}"
+    assert _run(["docker", "tag", images["cpu"], tag]).returncode == 0
+    try:
+        run = _run([sys.executable, str(REPO / "pipelines" / "infer_dag.py"), "run-local", "--docker-image", tag,
+                    "--out", str(out), *sets], timeout=30 * 60)
+    finally:
+        _run(["docker", "rmi", tag])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (report,) = out.glob("*/report/report")
+    summary = open_artifact(report).read_manifest()["metrics"]["report"]
+    assert [s["arch"] for s in summary["students"]] == ["convnet_d3_w32"]
+    assert [b["baseline"] for b in summary["baselines"]] == ["random_soft"]
+    logs = run.stdout + run.stderr
+    assert "SUCCESS" in logs and "FAILURE" not in logs
