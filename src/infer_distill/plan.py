@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 from . import stages
-from .config import Config
+from .config import Config, ConfigError
 from .stages import Layout
 from .store import open_artifact
 
@@ -137,14 +137,13 @@ def omitted(cfg: Config) -> list[str]:
 
 def check_omitted(cfg: Config, left_out: list[str]) -> None:
     """Refuse a config that needs a step the DAG was built without, or that leaves a built one empty."""
-    from .config import ConfigError
-
     for name in sorted(set(omitted(cfg)) ^ set(left_out)):
         step = next(s for s in PLAN if s.over and s.over.name == name)
-        state = "without" if name in left_out else "with"
-        raise ConfigError(f"this pipeline was compiled {state} the {step.name} step (its config gave {name} "
-                          f"{'no' if name in left_out else 'some'} items), but this run's config gives it "
-                          f"{'some' if name in left_out else 'none'}: compile it again with this config (students.{name})")
+        if name in left_out:
+            problem = f"compiled without the {step.name} step (its config had no {name}), but this run's config has some"
+        else:
+            problem = f"compiled with the {step.name} step, but this run's config has no {name}"
+        raise ConfigError(f"this pipeline was {problem}: compile it again with this config")
 
 
 def cli_value(value: Any) -> str:
