@@ -67,23 +67,33 @@ def _student_inputs(cfg, layout, distilled, out, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ufc_dtype", ["uint8", "float16"])
-def test_the_set_is_exactly_what_evaluate_student_trains_on(run, tmp_path, monkeypatch, ufc_dtype):
+@pytest.mark.parametrize("variant", ["uint8 UFCs", "float16 UFCs", "5 classes per UFC"])
+def test_the_set_is_exactly_what_evaluate_student_trains_on(run, tmp_path, monkeypatch, variant):
     cfg, layout = run
     distilled = layout.distilled
-    if ufc_dtype != cfg.synthesis.ufc_dtype:  # the same UFC shards, stored another way (ufc_dtype only changes soft-label)
-        cfg = load_config(None, SETTINGS + [f"synthesis.ufc_dtype={ufc_dtype}"])
+    if variant == "float16 UFCs":  # the same UFC shards, stored another way (ufc_dtype only changes soft-label)
+        cfg = load_config(None, SETTINGS + ["synthesis.ufc_dtype=float16"])
         distilled = str(tmp_path / "distilled")
         stages.soft_label(cfg, layout.data, layout.subsets, layout.teachers(cfg), [layout.ufc(i) for i in cfg.shard_plan(10)], distilled)
-    stored = open_artifact(distilled).read_manifest()["files"]["distilled.safetensors"]["tensors"]["ufc"]["dtype"]
-    assert stored == ufc_dtype
+    if variant == "5 classes per UFC":  # B = 2 UFCs per subset and teacher: new subsets and UFCs, same data and teachers
+        cfg = load_config(None, SETTINGS + ["synthesis.classes_per_ufc=5"])
+        other = Layout(str(tmp_path / "run"))
+        stages.select_subsets(cfg, layout.data, other.subsets)
+        ufc = [other.ufc(ids) for ids in cfg.shard_plan(10)]
+        for ids, uri in zip(cfg.shard_plan(10), ufc):
+            stages.synthesize_ufc(cfg, ids, layout.data, other.subsets, layout.teachers(cfg), uri, progress=False)
+        distilled = other.distilled
+        stages.soft_label(cfg, layout.data, other.subsets, layout.teachers(cfg), ufc, distilled)
+    stored = open_artifact(distilled).read_manifest()["files"]["distilled.safetensors"]["tensors"]["ufc"]
+    assert stored["dtype"] == cfg.synthesis.ufc_dtype and stored["shape"][2] == cfg.class_batches(10)
 
     seen = _student_inputs(cfg, layout, distilled, str(tmp_path / "student"), monkeypatch)
     ds = DistilledSet.open(distilled)
     images, soft_labels, labels = ds.tensors()
     assert images.dtype == torch.float32 and torch.equal(images, seen["images"])
     assert torch.equal(soft_labels, seen["soft_labels"])
-    assert len(ds) == len(labels) == 8 * 3 * 10   # K=8 subsets x (natural + 2 teachers) x 10 classes
+    K = cfg.num_subsets(10)
+    assert len(ds) == len(labels) == K * 3 * 10   # K subsets x (natural + 2 teachers) x 10 classes
     image, soft, label = ds[37]
     assert torch.equal(image, seen["images"][37]) and torch.equal(soft, seen["soft_labels"][37]) and int(label) == 7
 

@@ -35,12 +35,10 @@ from torch.utils.data import Dataset
 
 from . import __version__
 from .config import fingerprint
-from .stages import distilled_instances, instance_origins, read_distilled
+from .stages import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
 from .store import Artifact, ArtifactError, open_artifact
 
 FORMATS = ("imagefolder", "npz")
-# Recorded in the soft-label manifest's metrics: what a reader needs beyond the tensors.
-_DESCRIPTION_KEYS = ("classes", "mean", "std", "crop_padding", "hflip")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -124,7 +122,7 @@ class DistilledSet(Dataset):
         """
         dataset = {"dataset": self.manifest["settings"]["dataset"]}
         candidates = [data_uri] if data_uri else [self.manifest["inputs"]["data"], self.neighbour("data")]
-        found = find_artifact(candidates, "prepare-data", lambda settings: settings == dataset)
+        found = _find_artifact(candidates, "prepare-data", lambda settings: settings == dataset)
         if found is None:
             raise ArtifactError(f"no prepare-data artifact with the dataset settings of {self.uri} at {', '.join(dict.fromkeys(candidates))}: "
                                 "give the data artifact the set was distilled from")
@@ -137,7 +135,7 @@ class DistilledSet(Dataset):
         return f"{head}/{name}" if head else name
 
 
-def find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict], bool]) -> tuple[Artifact, dict] | None:
+def _find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict], bool]) -> tuple[Artifact, dict] | None:
     """The first of `uris` holding a readable `stage` artifact whose settings match, with its manifest; else None."""
     for uri in dict.fromkeys(uris):
         try:
@@ -158,7 +156,7 @@ def _check_manifest(uri: str, manifest: dict[str, Any]) -> None:
     if fingerprint(manifest.get("settings", {})) != manifest.get("fingerprint"):
         raise ArtifactError(f"{uri}: the settings in manifest.json do not match its fingerprint (the manifest was altered): "
                             "re-run the soft-label stage")
-    missing = [k for k in ("budget", *_DESCRIPTION_KEYS) if k not in manifest.get("metrics", {})]
+    missing = [k for k in ("budget", *DISTILLED_DESCRIPTION) if k not in manifest.get("metrics", {})]
     if missing:
         raise ArtifactError(f"{uri} records no {', '.join(missing)} (made before soft-label recorded them): "
                             "delete it and re-run the soft-label stage (`infer-distill run` rebuilds only what is missing)")
@@ -251,7 +249,7 @@ def _check_imagefolder(ds: DistilledSet) -> None:
             raise ArtifactError(f"{ds.uri}: class name {name!r} cannot be a folder name: use --format npz")
 
 
-def file_names(ds: DistilledSet) -> list[str]:
+def _file_names(ds: DistilledSet) -> list[str]:
     """Where instance i goes in an ImageFolder export: train/<class>/<subset>_<teacher>.png."""
     return [f"train/{ds.classes[int(ds.labels[i])]}/{int(ds.subsets[i]):04d}_{ds.teacher_name(i)}.png" for i in range(len(ds))]
 
@@ -276,7 +274,7 @@ def _soft_labels_f32(ds: DistilledSet) -> np.ndarray:
 
 
 def _write_imagefolder(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    names = file_names(ds)
+    names = _file_names(ds)
     _write_files(root, ((name, _png(image)) for name, image in zip(names, ds.images)))
     if test is not None:
         x, y = test
@@ -332,7 +330,7 @@ def _teacher_accuracies(ds: DistilledSet) -> list[float | None]:
     accs: list[float | None] = []
     for m, settings in enumerate(ds.manifest["settings"]["teachers"]):
         candidates = recorded[m : m + 1] + [ds.neighbour(f"teachers/{settings['arch']}")]
-        found = find_artifact(candidates, "train-teacher", lambda s, t=settings: s.get("teacher") == t)
+        found = _find_artifact(candidates, "train-teacher", lambda s, t=settings: s.get("teacher") == t)
         accs.append(found[1]["metrics"]["test_acc"] if found else None)
     return accs
 
@@ -342,7 +340,7 @@ def _run_report(ds: DistilledSet) -> dict | None:
     def same_set(settings: dict) -> bool:
         return {k: v for k, v in settings.items() if k not in ("students", "label_modes")} == ds.manifest["settings"]
 
-    found = find_artifact([ds.neighbour("report")], "report", same_set)
+    found = _find_artifact([ds.neighbour("report")], "report", same_set)
     return found[1]["metrics"]["report"] if found else None
 
 

@@ -323,6 +323,12 @@ def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch
     return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
+# What a reader of the distilled artifact alone needs to use the set (infer_distill.DistilledSet), copied from
+# the data artifact into soft-label's metrics: class names, the normalisation the students' models apply,
+# and the augmentation they train with.
+DISTILLED_DESCRIPTION = ("classes", "mean", "std", "crop_padding", "hflip")
+
+
 def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
     """Collect every UFC shard; static labels = the teachers' mean logits on every (un-augmented) instance."""
     started = time.perf_counter()
@@ -363,9 +369,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
         "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
         "images_per_class_equivalent": K * (1 + M * B / C),
     }
-    # What a reader of this artifact alone needs to use the set (infer_distill.DistilledSet): class names,
-    # the normalisation the students' models apply, and the augmentation they train with.
-    described = {k: dm["metrics"][k] for k in ("classes", "mean", "std", "crop_padding", "hflip")}
+    described = {k: dm["metrics"][k] for k in DISTILLED_DESCRIPTION}
     metrics = {"budget": budget, **described,
                "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
     return _write(out, cfg, "soft-label", files, metrics, started, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
