@@ -122,9 +122,10 @@ class DistilledSet(Dataset):
         """
         dataset = {"dataset": self.manifest["settings"]["dataset"]}
         candidates = [data_uri] if data_uri else [self.manifest["inputs"]["data"], self.neighbour("data")]
-        found = _find_artifact(candidates, "prepare-data", lambda settings: settings == dataset)
+        misses: list[str] = []
+        found = _find_artifact(candidates, "prepare-data", lambda settings: settings == dataset, misses)
         if found is None:
-            raise ArtifactError(f"no prepare-data artifact with the dataset settings of {self.uri} at {', '.join(dict.fromkeys(candidates))}: "
+            raise ArtifactError(f"no prepare-data artifact with the dataset settings of {self.uri} ({'; '.join(misses)}): "
                                 "give the data artifact the set was distilled from")
         t = found[0].read_tensors("test.safetensors")
         return t["x"], t["y"]
@@ -135,16 +136,21 @@ class DistilledSet(Dataset):
         return f"{head}/{name}" if head else name
 
 
-def _find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict], bool]) -> tuple[Artifact, dict] | None:
-    """The first of `uris` holding a readable `stage` artifact whose settings match, with its manifest; else None."""
+def _find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict], bool],
+                   misses: list[str] | None = None) -> tuple[Artifact, dict] | None:
+    """The first of `uris` holding a readable `stage` artifact whose settings match, with its manifest; else None
+    (and why each one did not do, appended to `misses`)."""
+    misses = [] if misses is None else misses
     for uri in dict.fromkeys(uris):
         try:
             art = open_artifact(uri)
             manifest = art.read_manifest()
-        except ArtifactError:
+        except ArtifactError as e:
+            misses.append(str(e))
             continue
         if manifest.get("stage") == stage and settings_match(manifest.get("settings", {})):
             return art, manifest
+        misses.append(f"{uri} is a {manifest.get('stage')!r} artifact, not the {stage!r} one of these settings")
     return None
 
 
