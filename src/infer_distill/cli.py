@@ -3,7 +3,7 @@
     infer-distill run --config configs/quickstart.yaml --out runs/quickstart [--set synthesis.iterations=50]
     infer-distill stage train-teacher --config C --root s3://bucket/run1 --arch resnet18
     infer-distill show runs/quickstart/report
-    infer-distill export runs/quickstart/distilled --format imagefolder --out exported
+    infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     image, soft_label, label = ds[0]                             # a torch Dataset ...
     images, soft_labels, labels = ds.tensors()                   # ... or the whole set in memory
 
-    infer-distill export runs/quickstart/distilled --format imagefolder --out exported
+    infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
 
 A set is the soft-label stage's `distilled/` artifact: K natural subsets, K*M*B UFCs and the
 static soft labels of every instance. `DistilledSet` composes the instances with the very
