@@ -3,6 +3,7 @@
     infer-distill run --config configs/quickstart.yaml --out runs/quickstart [--set synthesis.iterations=50]
     infer-distill stage train-teacher --config C --root s3://bucket/run1 --arch resnet18
     infer-distill show runs/quickstart/report
+    infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rich.table import Table
 from . import stages
 from .config import STAGES, Config, ConfigError, dump_config, load_config
 from .data import DataError
+from .distilled import FORMATS, export
 from .stages import Layout, StageError
 from .store import ArtifactError, open_artifact
 
@@ -186,6 +188,11 @@ def show(uri: str) -> None:
     print(json.dumps(brief, indent=2))
 
 
+def export_set(args: argparse.Namespace) -> None:
+    out = export(args.uri, args.format, args.out, include_test=args.include_test)
+    console.print(f"✓ exported {args.uri} as {args.format} to {out} (see {out / 'DATASHEET.md'})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infer-distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -219,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="print an artifact's manifest, or a report")
     sh.add_argument("uri")
 
+    e = sub.add_parser("export", help="write a distilled set as an ImageFolder of PNGs or one .npz, with a DATASHEET.md")
+    e.add_argument("uri", help="the soft-label stage's artifact, e.g. runs/quickstart/distilled or s3://bucket/run1/distilled")
+    e.add_argument("--format", required=True, choices=FORMATS,
+                   help="imagefolder: train/<class>/<subset>_<teacher>.png + soft_labels.npy; npz: one distilled.npz")
+    e.add_argument("--out", required=True, help="a new (or empty) local directory; written whole or not at all")
+    e.add_argument("--include-test", action="store_true",
+                   help="also write the real test split the set was made for (from the run's data artifact)")
+
     c = sub.add_parser("config", help="print the resolved config")
     add_config(c)
     return p
@@ -229,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "show":
             show(args.uri)
+            return 0
+        if args.command == "export":
+            export_set(args)
             return 0
         cfg = load_config(args.config, args.set)
         if args.command == "config":

@@ -308,9 +308,25 @@ def distilled_instances(natural: torch.Tensor, ufc: torch.Tensor, classes_per_uf
     return torch.cat([nat.unsqueeze(1), composed], 1).flatten(0, 2)
 
 
+def instance_origins(num_subsets: int, num_teachers: int, num_classes: int) -> dict[str, torch.Tensor]:
+    """Where each instance of `distilled_instances` comes from, in its order: int64 [K*(M+1)*C] each.
+
+    "subset" k, "teacher" m (-1: the natural image P_k itself) and "label", the class c of the
+    natural image (its hard label); the same [K, M+1, C] grid, flattened the same way.
+    """
+    k, m, c = torch.meshgrid(torch.arange(num_subsets), torch.arange(-1, num_teachers), torch.arange(num_classes), indexing="ij")
+    return {"subset": k.flatten(), "teacher": m.flatten(), "label": c.flatten()}
+
+
 @torch.no_grad()
 def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+
+# What a reader of the distilled artifact alone needs to use the set (infer_distill.DistilledSet), copied from
+# the data artifact into soft-label's metrics: class names, the normalisation the students' models apply,
+# and the augmentation they train with.
+DISTILLED_DESCRIPTION = ("classes", "mean", "std", "crop_padding", "hflip")
 
 
 def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
@@ -353,7 +369,9 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
         "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
         "images_per_class_equivalent": K * (1 + M * B / C),
     }
-    metrics = {"budget": budget, "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
+    described = {k: dm["metrics"][k] for k in DISTILLED_DESCRIPTION}
+    metrics = {"budget": budget, **described,
+               "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
     return _write(out, cfg, "soft-label", files, metrics, started, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
 
 
