@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from infer_distill.config import ConfigError, load_config, num_subsets, stage_config, validate_config
 
@@ -23,6 +24,22 @@ def test_budget_counts_one_ufc_per_class_batch():
 
 def test_quickstart_file_is_the_embedded_default():
     assert load_config("configs/quickstart.yaml") == load_config(None)
+
+
+def _keys(node: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in node.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}.")
+    return out
+
+
+def test_quickstart_file_lists_every_key():
+    """Its header says so: a key missing there is a setting a newcomer cannot see."""
+    written = _keys(yaml.safe_load(open("configs/quickstart.yaml")))
+    every = _keys(load_config(None).model_dump(mode="json"))
+    assert sorted(every - written) == [] and sorted(written - every) == []
 
 
 @pytest.mark.parametrize("name", ["quickstart", "cifar10-ipc10", "cifar10-ipc50", "cifar100-ipc10", "cifar100-ipc50",

@@ -26,7 +26,7 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 def test_registry_has_the_documented_names() -> None:
     expected = {
         "convnet_d2_w32", "convnet_d3_w32", "convnet_d2_w64", "convnet_d3_w64",
-        "convnet_d3_w128", "convnet_d4_w128", "convnet", "resnet_tiny", "resnet18",
+        "convnet_d3_w128", "convnet_d4_w128", "resnet_tiny", "resnet18",
         "resnet50", "mobilenetv2", "efficientnet_b0", "shufflenetv2",
     }
     assert expected <= set(MODEL_REGISTRY)

@@ -87,11 +87,12 @@ class SynthesisConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    modes: list[Literal["static", "dynamic"]] = Field(default_factory=lambda: ["static"], min_length=1)
-    temperature: float = Field(30.0, gt=0)
-    static_on_augmented: Literal[False] = Field(
-        False, description="static labels are computed once on un-augmented images and reused under crop/flip/MixUp (as in the paper)"
+    modes: list[Literal["static", "dynamic"]] = Field(
+        default_factory=lambda: ["static"], min_length=1,
+        description="static: the teachers' mean logits on the un-augmented instances, computed once and reused under "
+                    "crop/flip/MixUp (as in the paper); dynamic: the teachers label every augmented, mixed batch",
     )
+    temperature: float = Field(30.0, gt=0)
 
 
 class StudentConfig(_Strict):
@@ -191,7 +192,7 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
                 "synthesis": cfg.synthesis.model_dump(mode="json")}
 
     def labels() -> dict:
-        return {**synthesis(), "labels": {"temperature": cfg.labels.temperature, "static_on_augmented": cfg.labels.static_on_augmented}}
+        return {**synthesis(), "labels": {"temperature": cfg.labels.temperature}}
 
     if stage == "prepare-data":
         return data
@@ -213,10 +214,6 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
 
 def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_hash(cfg: Config) -> str:
-    return fingerprint(cfg.model_dump(mode="json"))
 
 
 def diff_settings(expected: dict, found: dict, prefix: str = "") -> list[str]:

@@ -198,12 +198,6 @@ def convnet_d4_w128(num_classes: int, in_chans: int = 3, image_size: int = 32, n
 
 
 @register_model
-def convnet(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """The standard distillation ConvNet (depth 3, width 128)."""
-    return ConvNet(num_classes, in_chans, image_size, depth=3, width=128, norm=norm)
-
-
-@register_model
 def convnet_d3_w32_nonorm(num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
     """ConvNet, depth 3, width 32, no normalisation: a student only (teachers need BatchNorm)."""
     return ConvNet(num_classes, in_chans, image_size, depth=3, width=32, norm="none")

@@ -1,4 +1,4 @@
-"""Universal Feature Compensator (UFC) synthesis, DESIGN.md section 1.4.
+"""Universal Feature Compensator (UFC) synthesis (docs/method.md, section 4).
 
 For a natural subset P_k (one real image per class) and a frozen teacher f_m, one UFC U_{k,m}
 is a single image-shaped tensor added to every image of P_k. It minimises

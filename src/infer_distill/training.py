@@ -1,4 +1,4 @@
-"""Training loops: teachers on the real data, students on the distilled set (DESIGN.md 1.1, 1.7).
+"""Training loops: teachers on the real data, students on the distilled set (docs/method.md, sections 3 and 6).
 
 Data lives on the device as tensors; augmentation is batched torch (no per-image PIL calls).
 Every random draw comes from an explicit generator seeded by the caller.
@@ -193,7 +193,7 @@ def train_student_model(
 
 
 class Ensemble(nn.Module):
-    """Averaged logits of the frozen teachers (the soft-label function of DESIGN.md 1.6)."""
+    """Averaged logits of the frozen teachers: the labels of the distilled set (docs/method.md, section 5)."""
 
     def __init__(self, teachers: list[nn.Module]):
         super().__init__()
