@@ -2,6 +2,7 @@
 real boto3 client, real multipart uploads), not an in-process mock."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 
 def _free_port() -> int:
@@ -77,7 +80,7 @@ def s3_bucket(s3_env: str) -> Iterator[str]:
 
 # ---- pipeline fixtures -------------------------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 # The quickstart at test size: every stage runs, in seconds.
 TINY = [
@@ -90,11 +93,26 @@ TINY = [
 
 
 @pytest.fixture(scope="session")
-def datasets_dir() -> "__import__('pathlib').Path":
-    import os
-    from pathlib import Path
-
-    path = Path(os.environ.get("INFER_DATASETS", REPO.parent / "shared" / "datasets"))
-    if not (path / "cifar10" / "cifar10-test-png.zip").is_file():
-        raise RuntimeError(f"CIFAR-10 archives not found under {path}; set INFER_DATASETS to the shared datasets folder")
+def datasets_dir() -> Path:
+    """The shared datasets folder ($INFER_DATASETS, else ../shared/datasets beside the repository)."""
+    path = Path(os.environ.get("INFER_DATASETS") or REPO.parent / "shared" / "datasets")
+    missing = [z for z in ("cifar10-train-jpeg.zip", "cifar10-test-png.zip") if not (path / "cifar10" / z).is_file()]
+    if missing:
+        raise RuntimeError(f"CIFAR-10 archives {missing} not found under {path / 'cifar10'}; "
+                           "set INFER_DATASETS to the shared datasets folder")
     return path
+
+
+# ---- image folders -----------------------------------------------------------------------
+
+COLOURS = {"apple": (255, 0, 0), "leaf": (0, 255, 0), "sky": (0, 0, 255)}  # one solid colour per class
+
+
+def make_folder(root: Path, splits: dict[str, int] | None = None, size: int = 12, ext: str = ".png") -> Path:
+    """<root>/<split>/<class>/<i><ext>: solid-coloured images, `splits` maps split -> images per class."""
+    for split, count in (splits or {"train": 4, "test": 2}).items():
+        for name, colour in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (size, size), colour).save(root / split / name / f"{i:03d}{ext}")
+    return root

@@ -1,11 +1,9 @@
 """Bad input: a clear error naming the field or file, before any expensive work, and no half artifact."""
 import zipfile
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, make_folder
 from infer_distill.cli import main
 from infer_distill.store import open_artifact
 
@@ -17,16 +15,6 @@ def _sets(extra):
 def _run(capsys, out, extra=(), *args):
     code = main(["run", "--out", str(out), "--no-progress", *_sets(list(extra)), *args])
     return code, capsys.readouterr().err
-
-
-def _image_dir(root, per_class, classes=("a", "b", "c"), size=8):
-    for split in ("train", "test"):
-        for i, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for j in range(per_class):
-                Image.fromarray(np.full((size, size, 3), 40 * i + j, np.uint8)).save(d / f"{j}.png")
-    return root
 
 
 @pytest.mark.parametrize(
@@ -56,7 +44,7 @@ def test_zip_with_the_wrong_layout(tmp_path, capsys):
 
 
 def test_class_with_fewer_images_than_subsets_fails_before_training(tmp_path, capsys):
-    root = _image_dir(tmp_path / "imgs", per_class=2)
+    root = make_folder(tmp_path / "imgs", {"train": 2, "test": 2})
     # ipc 10, M=2, C=3: K = floor(30/5) = 6 subsets need 6 images per class
     code, err = _run(capsys, tmp_path / "out", ["dataset.name=imagefolder", f"dataset.root={root}"])
     assert code == 2 and "has 2 training images, but K=6" in err
