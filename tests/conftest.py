@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 
 def _free_port() -> int:
@@ -101,6 +103,27 @@ def datasets_dir() -> Path:
         raise RuntimeError(f"CIFAR-10 archives {missing} not found under {path / 'cifar10'}; "
                            "set INFER_DATASETS to the shared datasets folder")
     return path
+
+
+# ---- models ------------------------------------------------------------------------------
+
+
+class OddBatchNorms(nn.Module):
+    """A teacher whose BatchNorm layers do not each run once: `spare` never runs, or `bn` runs twice."""
+
+    def __init__(self, num_classes: int = 5, in_chans: int = 3, image_size: int = 8, reuse: bool = False):
+        super().__init__()
+        self.reuse = reuse
+        self.conv = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.spare = nn.BatchNorm2d(4)   # registered first: a zip by position would pair it with bn's input
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        if self.reuse:
+            x = self.bn(x)
+        return self.head(x.mean((2, 3)))
 
 
 # ---- image folders -----------------------------------------------------------------------

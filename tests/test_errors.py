@@ -3,7 +3,8 @@ import zipfile
 
 import pytest
 
-from conftest import TINY, make_folder
+from conftest import TINY, OddBatchNorms, make_folder
+from infer_distill.models import MODEL_REGISTRY
 from infer_distill.cli import main
 from infer_distill.store import open_artifact
 
@@ -32,6 +33,16 @@ def test_bad_config_fails_before_any_artifact(tmp_path, capsys, extra, needle):
     code, err = _run(capsys, tmp_path / "out", extra)
     assert code == 2
     assert needle in err
+    assert not list((tmp_path / "out").rglob("manifest.json"))
+
+
+def test_teacher_whose_batchnorm_never_runs_is_refused_naming_the_layer(tmp_path, capsys, monkeypatch):
+    def odd_bn(num_classes, in_chans=3, image_size=32):
+        return OddBatchNorms(num_classes, in_chans, image_size)
+
+    monkeypatch.setitem(MODEL_REGISTRY, "odd_bn", odd_bn)
+    code, err = _run(capsys, tmp_path / "out", ["teachers.archs=[resnet_tiny, odd_bn]"])
+    assert code == 2 and "teachers.archs: teacher 'odd_bn'" in err and "BatchNorm layer 'spare' did not run" in err
     assert not list((tmp_path / "out").rglob("manifest.json"))
 
 

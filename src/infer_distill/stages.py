@@ -23,7 +23,7 @@ from .config import Config, ConfigError, diff_settings, fingerprint, stage_confi
 from .data import DataError, augmentation, load_dataset
 from .models import create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
-from .synthesis import class_batch_index, compose, synthesize_ufcs
+from .synthesis import BatchNormUseError, class_batch_index, compose, recorded_bn_inputs, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
 
 
@@ -121,10 +121,15 @@ def check_budget(cfg: Config, num_classes: int) -> int:
     return k
 
 
-def _require_teacher(model: nn.Module, arch: str) -> None:
+def _require_teacher(model: nn.Module, arch: str, in_chans: int = 3, image_size: int = 32) -> None:
+    """A teacher needs BatchNorm layers that each run exactly once per forward pass: one tiny pass checks it."""
     try:
         require_batchnorm(model, arch)
-    except ValueError as e:
+        with torch.no_grad(), recorded_bn_inputs(model):
+            model.eval()(torch.zeros(2, in_chans, image_size, image_size))
+    except BatchNormUseError as e:
+        raise ConfigError(f"teachers.archs: teacher {arch!r}: {e}") from None
+    except ValueError as e:  # require_batchnorm's message names the teacher
         raise ConfigError(f"teachers.archs: {e}") from None
 
 
@@ -180,7 +185,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     device = cfg.resolve_device()
     torch.manual_seed(cfg.seed)
     model = build_model(arch, dm)
-    _require_teacher(model, arch)
+    _require_teacher(model, arch, dm["metrics"]["in_chans"], dm["metrics"]["image_size"])
     source = cfg.teachers.pretrained.get(arch)
     losses: list[float] = []
     if source:
