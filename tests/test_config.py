@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from infer_distill.config import ConfigError, load_config, num_subsets, stage_config, validate_config
+from infer_distill.config import STAGES, ConfigError, load_config, num_subsets, stage_config, validate_config
 
 
 @pytest.mark.parametrize(
@@ -92,6 +92,18 @@ def test_stage_settings_are_cumulative_and_scoped():
     assert stage_config(a, "synthesize-ufc", subset_ids=[0]) != stage_config(c, "synthesize-ufc", subset_ids=[0])
     assert stage_config(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
         stage_config(c, "evaluate-student", arch="x", seed=0, label_mode="static")
+
+
+def test_placement_is_in_no_artifacts_settings():
+    """Shard size and device decide where work runs, not what it computes: no artifact records them."""
+    keys = {"train-teacher": {"arch": "resnet_tiny"}, "synthesize-ufc": {"subset_ids": [0, 1]},
+            "evaluate-student": {"arch": "convnet_d3_w32", "seed": 0, "label_mode": "static"}}
+    base = load_config(None, ["device=auto"])
+    placed = load_config(None, ["synthesis.subsets_per_shard=2", "device=cpu"])
+    computed = load_config(None, ["synthesis.iterations=7"])
+    for stage in STAGES:
+        assert stage_config(base, stage, **keys.get(stage, {})) == stage_config(placed, stage, **keys.get(stage, {})), stage
+    assert stage_config(base, "synthesize-ufc", subset_ids=[0, 1]) != stage_config(computed, "synthesize-ufc", subset_ids=[0, 1])
 
 
 def test_shard_plan_covers_every_subset_once():

@@ -116,6 +116,19 @@ def test_missing_artifact(root: str) -> None:
         assert art.uri in str(info.value)
 
 
+def test_children_are_the_artifacts_one_level_down(root: str) -> None:
+    for name in ("b", "a", "c/deeper"):
+        open_artifact(f"{root}/{name}").write({"x.bin": b"x"}, {})
+    assert [a.uri for a in open_artifact(root).children()] == [f"{root}/a", f"{root}/b"]  # c holds no manifest itself
+    assert [a.uri for a in open_artifact(f"{root}/c").children()] == [f"{root}/c/deeper"]
+    assert open_artifact(f"{root}/a").children() == [] and open_artifact(f"{root}/nothing").children() == []
+    art = open_artifact(root)
+    if isinstance(art, LocalArtifact):  # a write's staging directory (a crash left it) is no artifact
+        (art.path / ".a.tmp-1234").mkdir()
+        (art.path / ".a.tmp-1234" / "manifest.json").write_text("{}")
+        assert [a.uri for a in art.children()] == [f"{root}/a", f"{root}/b"]
+
+
 def test_missing_data_file(root: str) -> None:
     art = open_artifact(f"{root}/stage")
     art.write({"a.bin": b"a"}, {})

@@ -51,13 +51,12 @@ def run_pipeline(cfg: Config, out: str, progress: bool = True) -> dict:
     for arch, uri in zip(cfg.teachers.archs, teachers):
         step("train-teacher", uri, lambda a=arch, u=uri: stages.train_teacher(cfg, a, layout.data, u, progress), label=arch, arch=arch)
     step("select-subsets", layout.subsets, lambda: stages.select_subsets(cfg, layout.data, layout.subsets))
-    shards = cfg.shard_plan(dm["metrics"]["num_classes"])
-    for ids in shards:
-        uri = layout.ufc(ids)
+    shards = stages.plan_ufc_shards(cfg, layout, dm["metrics"]["num_classes"])
+    for ids, uri in shards:
         step("synthesize-ufc", uri,
              lambda i=ids, u=uri: stages.synthesize_ufc(cfg, i, layout.data, layout.subsets, teachers, u, progress),
              label=f"subsets {ids[0]}..{ids[-1]}", subset_ids=ids)
-    ufc = [layout.ufc(ids) for ids in shards]
+    ufc = [uri for _, uri in shards]
     step("soft-label", layout.distilled, lambda: stages.soft_label(cfg, layout.data, layout.subsets, teachers, ufc, layout.distilled))
     for mode in cfg.labels.modes:
         for arch in cfg.students.archs:
@@ -112,7 +111,7 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
 
     data = lambda: uri("--data", lambda l: l.data)  # noqa: E731
     teachers = lambda: uri("--teachers", lambda l: l.teachers(cfg))  # noqa: E731
-    ufc = lambda: uri("--ufc", lambda l: [l.ufc(ids) for ids in cfg.shard_plan(_num_classes(data()))])  # noqa: E731
+    ufc = lambda: uri("--ufc", lambda l: [u for _, u in stages.plan_ufc_shards(cfg, l, _num_classes(data()))])  # noqa: E731
     if name == "prepare-data":
         return stages.prepare_data(cfg, uri("--out", lambda l: l.data))
     if name == "train-teacher":

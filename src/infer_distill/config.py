@@ -174,6 +174,11 @@ def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: in
 
 STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "report")
 
+# Placement: where and how the work is spread, never what it computes. None of these is part of
+# any artifact's settings, so changing one reuses finished work (`device` is not either; a
+# subset's UFCs do not depend on which subsets share its shard, docs/method.md section 4).
+PLACEMENT = {"synthesis": {"subsets_per_shard"}}
+
 
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
     """The settings an artifact of `stage` depends on; equal dicts mean interchangeable artifacts."""
@@ -189,7 +194,7 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
 
     def synthesis() -> dict:
         return {**subsets(), "teachers": [teacher(a)["teacher"] for a in cfg.teachers.archs],
-                "synthesis": cfg.synthesis.model_dump(mode="json")}
+                "synthesis": cfg.synthesis.model_dump(mode="json", exclude=PLACEMENT["synthesis"])}
 
     def labels() -> dict:
         return {**synthesis(), "labels": {"temperature": cfg.labels.temperature}}

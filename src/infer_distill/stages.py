@@ -430,8 +430,14 @@ class Layout:
     def subsets(self) -> str:
         return self._join("subsets")
 
+    @property
+    def ufc_shards(self) -> str:
+        """The folder every UFC shard artifact lives in."""
+        return self._join("ufc")
+
     def ufc(self, subset_ids: list[int]) -> str:
-        return self._join("ufc", f"subsets-{min(subset_ids):04d}-{max(subset_ids):04d}")
+        return f"{self.ufc_shards}/subsets-{min(subset_ids):04d}-{max(subset_ids):04d}"
+
 
     @property
     def distilled(self) -> str:
@@ -446,3 +452,38 @@ class Layout:
     @property
     def report(self) -> str:
         return self._join("report")
+
+
+def plan_ufc_shards(cfg: Config, layout: Layout, num_classes: int) -> list[tuple[list[int], str]]:
+    """The UFC shards a run under `layout` reads, as (subset ids, artifact URI), ordered by subset.
+
+    Shard size is placement, not a setting (config.PLACEMENT): finished shards are reused
+    whatever their grouping, and only subsets no current shard covers are synthesised, grouped
+    as `cfg.shard_plan` groups them. Every walker asks this function, so changing
+    `synthesis.subsets_per_shard` after a finished synthesis recomputes nothing.
+
+    Current shards under `layout.ufc_shards` are taken greedily while they cover only subsets
+    not yet covered: first those at the current plan's locations, then larger before smaller.
+    A shard returned may not exist yet (or be stale): `is_current` says which to run.
+    """
+    planned = {layout.ufc(ids) for ids in cfg.shard_plan(num_classes)}
+    finished = []
+    for art in open_artifact(layout.ufc_shards).children():
+        try:
+            ids = art.read_manifest()["settings"]["subset_ids"]
+        except (ArtifactError, KeyError, TypeError):
+            continue  # not a readable shard: the location is rewritten if the plan needs it
+        if is_current(art.uri, cfg, "synthesize-ufc", subset_ids=ids):
+            finished.append((ids, art.uri))
+    finished.sort(key=lambda shard: (shard[1] not in planned, -len(shard[0]), shard[0]))
+    chosen: list[tuple[list[int], str]] = []
+    covered: set[int] = set()
+    for ids, uri in finished:
+        if covered.isdisjoint(ids):
+            chosen.append((ids, uri))
+            covered.update(ids)
+    for ids in cfg.shard_plan(num_classes):
+        missing = [k for k in ids if k not in covered]
+        if missing:
+            chosen.append((missing, layout.ufc(missing)))
+    return sorted(chosen)

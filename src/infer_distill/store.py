@@ -92,6 +92,10 @@ class Artifact(ABC):
     def exists(self) -> bool: ...
 
     @abstractmethod
+    def children(self) -> list[Artifact]:
+        """The artifacts one level below this location (folders holding a manifest.json), by name."""
+
+    @abstractmethod
     def check_writable(self) -> None: ...
 
     # --- shared logic --------------------------------------------------------------------
@@ -228,6 +232,13 @@ class LocalArtifact(Artifact):
 
     def exists(self) -> bool:
         return (self.path / MANIFEST).is_file()
+
+    def children(self) -> list[Artifact]:
+        if not self.path.is_dir():
+            return []
+        # Names starting with "." are write()'s staging directories, never artifacts.
+        return [LocalArtifact(f"{self.uri}/{p.name}", p) for p in sorted(self.path.iterdir())
+                if not p.name.startswith(".") and (p / MANIFEST).is_file()]
 
     def check_writable(self) -> None:
         # write() stages a sibling temp dir and renames it in, so the parent must be writable.
@@ -378,6 +389,17 @@ class S3Artifact(Artifact):
                 if _error_code(e) in ("404", "NoSuchKey"):
                     return False
                 raise
+
+    def children(self) -> list[Artifact]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        names = set()
+        with self._errors("list") as client:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name, _, rest = obj["Key"][len(prefix):].partition("/")
+                    if rest == MANIFEST:
+                        names.add(name)
+        return [S3Artifact(f"{self.uri}/{n}", self.bucket, prefix + n) for n in sorted(names)]
 
     def _get(self, name: str) -> bytes | None:
         with self._errors("read") as client:
