@@ -7,12 +7,19 @@ The CLI, the KFP components, the compose services and the Helm templates all cal
 functions (through `infer-distill stage NAME`); none re-implements a stage.
 
 Every output is an artifact (store.py): safetensors + manifest.json recording the slice of the
-config it depends on (config.stage_config). Reading an input checks that slice against the
-current config, so an artifact made with other settings is refused with the differing keys.
+config it depends on (config.stage_config) and the sha256 of each input artifact's manifest.
+Reading an input checks that slice against the current config, so an artifact made with other
+settings is refused with the differing keys; `is_current` also checks the files and that the
+inputs are still the ones it was made from, which is all a resumed run needs to redo a corrupt
+stage and everything downstream of it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,20 +43,53 @@ class StageError(RuntimeError):
 # ----------------------------------------------------------------------------------------
 
 
-def _write(out: str, cfg: Config, stage: str, files: dict, metrics: dict, started: float, inputs: dict[str, str], **keys) -> dict:
+Inputs = Mapping[str, str | list[str]]  # input name -> artifact URI, or a list of them (teachers, UFC shards, ...)
+
+
+def manifest_digest(uri: str) -> str:
+    """sha256 of an artifact's manifest: it names the artifact's every file (by sha256) and when it was made."""
+    manifest = open_artifact(uri).read_manifest()
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def input_digests(inputs: Inputs) -> dict[str, str | list[str]]:
+    """The manifest digest of every input (a list of them for a list of inputs)."""
+    return {name: [manifest_digest(u) for u in uri] if isinstance(uri, list) else manifest_digest(uri)
+            for name, uri in inputs.items()}
+
+
+@dataclass
+class _Output:
+    """An artifact being made: where, since when, and from which inputs (digested before any of them is read)."""
+
+    uri: str
+    inputs: dict
+    input_digests: dict
+    started: float
+
+
+def _begin(out: str, inputs: Inputs) -> _Output:
+    """What every stage does first: check that the output is writable and record its inputs as they are now."""
+    started = time.perf_counter()
+    open_artifact(out).check_writable()
+    return _Output(out, dict(inputs), input_digests(inputs), started)
+
+
+def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, **keys) -> dict:
     settings = stage_config(cfg, stage, **keys)
     manifest = {
         "stage": stage,
         "fingerprint": fingerprint(settings),
         "settings": settings,
         "seed": cfg.seed,
-        "inputs": inputs,
+        "inputs": out.inputs,
+        "input_digests": out.input_digests,
         "metrics": metrics,
-        "elapsed_s": round(time.perf_counter() - started, 3),
+        "elapsed_s": round(time.perf_counter() - out.started, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "infer_distill_version": __version__,
     }
-    return open_artifact(out).write(files, manifest)
+    return open_artifact(out.uri).write(files, manifest)
 
 
 def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dict]:
@@ -68,11 +108,24 @@ def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dic
     return art, manifest
 
 
-def is_current(uri: str, cfg: Config, stage: str, **keys) -> bool:
-    """True if a valid artifact with exactly these settings already exists (a resumed run skips it)."""
+def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, **keys) -> bool:
+    """True if the artifact at `uri` can stand for running `stage` now, so a resumed run skips it.
+
+    It must have these settings, every file must match its recorded size and sha256, and the
+    manifests of the inputs it was made from must be the ones now at `inputs`: the artifacts the
+    stage would read (a walker may name more than the stage used); None: the locations the
+    artifact records. So a corrupt artifact is remade, and remaking a stage makes everything made
+    from it stale, with no bookkeeping in the walker.
+    """
     try:
-        load_input(uri, cfg, stage, **keys)
-        return True
+        art, manifest = load_input(uri, cfg, stage, **keys)
+        for name in manifest["files"]:
+            art.read_bytes(name)
+        recorded = manifest.get("input_digests")
+        inputs = manifest.get("inputs", {}) if inputs is None else inputs
+        if not isinstance(recorded, dict) or not set(recorded) <= set(inputs):
+            return False
+        return recorded == input_digests({name: inputs[name] for name in recorded})
     except ArtifactError:
         return False
 
@@ -155,8 +208,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
 
 def prepare_data(cfg: Config, out: str) -> dict:
     """Materialise the train/test split once, as uint8 tensors, so later stages never touch the source."""
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {})
     data = load_dataset(cfg.dataset)
     k = check_budget(cfg, data.num_classes)
     counts = torch.bincount(data.train_y, minlength=data.num_classes)
@@ -171,15 +223,14 @@ def prepare_data(cfg: Config, out: str) -> dict:
         "min_train_per_class": int(counts.min()), "crop_padding": padding, "hflip": hflip,
     }
     files = {"train.safetensors": {"x": data.train_x, "y": data.train_y}, "test.safetensors": {"x": data.test_x, "y": data.test_y}}
-    return _write(out, cfg, "prepare-data", files, metrics, started, {})
+    return _write(output, cfg, "prepare-data", files, metrics)
 
 
 def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
     """Train one teacher architecture on the real training set (or import given weights); record its test accuracy."""
-    started = time.perf_counter()
     if arch not in cfg.teachers.archs:
         raise StageError(f"teacher {arch!r} is not in teachers.archs {cfg.teachers.archs}")
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data})
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")
     device = cfg.resolve_device()
@@ -199,7 +250,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
                "num_params": sum(p.numel() for p in model.parameters())}
-    return _write(out, cfg, "train-teacher", {"weights.safetensors": state}, metrics, started, {"data": data}, arch=arch)
+    return _write(output, cfg, "train-teacher", {"weights.safetensors": state}, metrics, arch=arch)
 
 
 TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "shufflenetv2": "shufflenet_v2_x1_0"}
@@ -233,8 +284,7 @@ def _import_weights(model: nn.Module, arch: str, source: str) -> None:
 
 def select_subsets(cfg: Config, data: str, out: str) -> dict:
     """K disjoint seeded subsets, each one real training image per class: indices [K, C]."""
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data})
     _, train_y, dm = _data(cfg, data, "train")
     C = dm["metrics"]["num_classes"]
     K = check_budget(cfg, C)
@@ -249,15 +299,14 @@ def select_subsets(cfg: Config, data: str, out: str) -> dict:
     indices = torch.stack(columns, 1)
     metrics = {"num_subsets": K, "num_classes": C, "num_teachers": len(cfg.teachers.archs),
                "class_batches": cfg.class_batches(C), "shards": cfg.shard_plan(C)}
-    return _write(out, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics, started, {"data": data})
+    return _write(output, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics)
 
 
 def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, teachers: list[str], out: str,
                    progress: bool = True) -> dict:
     """Optimise the UFCs of the given subsets against every teacher, grouped into one batch per teacher."""
-    started = time.perf_counter()
     subset_ids = sorted(subset_ids)
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
     train_x, _, dm = _data(cfg, data, "train")
     sub_art, sub_manifest = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
@@ -278,8 +327,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
         "final_ce": result.final_ce.tolist(), "final_bn": result.final_bn.tolist(),
     }
     files = {"ufc.safetensors": {"ufc": result.ufc, "subset_ids": torch.tensor(subset_ids)}}
-    return _write(out, cfg, "synthesize-ufc", files, metrics, started,
-                  {"data": data, "subsets": subsets, "teachers": teachers}, subset_ids=subset_ids)
+    return _write(output, cfg, "synthesize-ufc", files, metrics, subset_ids=subset_ids)
 
 
 def distilled_instances(natural: torch.Tensor, ufc: torch.Tensor, classes_per_ufc: int | None) -> torch.Tensor:
@@ -300,8 +348,7 @@ def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch
 
 def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
     """Collect every UFC shard; static labels = the teachers' mean logits on every (un-augmented) instance."""
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
     train_x, _, dm = _data(cfg, data, "train")
     sub_art, _ = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
@@ -336,16 +383,16 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     }
     metrics = {"budget": budget, "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
     files = {"distilled.safetensors": {"natural": natural, "ufc": ufcs, "soft_labels": labels}}
-    return _write(out, cfg, "soft-label", files, metrics, started, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
+    return _write(output, cfg, "soft-label", files, metrics)
 
 
 def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: str, distilled: str, teachers: list[str],
                      out: str, progress: bool = True) -> dict:
     """Train a fresh student on the distilled set (MixUp + KL at temperature T) and test it on the real test set."""
-    started = time.perf_counter()
     if label_mode not in ("static", "dynamic"):
         raise StageError(f"label mode {label_mode!r}: use 'static' or 'dynamic'")
-    open_artifact(out).check_writable()
+    # Static labels come with the distilled set; only dynamic ones ask the teachers.
+    output = _begin(out, {"data": data, "distilled": distilled, **({"teachers": teachers} if label_mode == "dynamic" else {})})
     test_x, test_y, dm = _data(cfg, data, "test")
     art, _ = load_input(distilled, cfg, "soft-label")
     t = art.read_tensors("distilled.safetensors")
@@ -362,8 +409,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     metrics = {"arch": arch, "seed": seed, "label_mode": label_mode, "final_acc": result.final_acc, "best_acc": best_acc,
                "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses}
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    return _write(out, cfg, "evaluate-student", {"weights.safetensors": state}, metrics, started,
-                  {"data": data, "distilled": distilled, "teachers": teachers if ensemble else []},
+    return _write(output, cfg, "evaluate-student", {"weights.safetensors": state}, metrics,
                   arch=arch, seed=seed, label_mode=label_mode)
 
 
@@ -372,8 +418,7 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
     from . import report as rep
 
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students})
     _, dm = load_input(data, cfg, "prepare-data")
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
     ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
@@ -400,8 +445,7 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     }
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
-    inputs = {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students}
-    return _write(out, cfg, "report", files, {"report": summary}, started, inputs)
+    return _write(output, cfg, "report", files, {"report": summary})
 
 
 # ----------------------------------------------------------------------------------------
@@ -438,7 +482,6 @@ class Layout:
     def ufc(self, subset_ids: list[int]) -> str:
         return f"{self.ufc_shards}/subsets-{min(subset_ids):04d}-{max(subset_ids):04d}"
 
-
     @property
     def distilled(self) -> str:
         return self._join("distilled")
@@ -467,13 +510,14 @@ def plan_ufc_shards(cfg: Config, layout: Layout, num_classes: int) -> list[tuple
     A shard returned may not exist yet (or be stale): `is_current` says which to run.
     """
     planned = {layout.ufc(ids) for ids in cfg.shard_plan(num_classes)}
+    inputs = {"data": layout.data, "subsets": layout.subsets, "teachers": layout.teachers(cfg)}
     finished = []
     for art in open_artifact(layout.ufc_shards).children():
         try:
             ids = art.read_manifest()["settings"]["subset_ids"]
         except (ArtifactError, KeyError, TypeError):
             continue  # not a readable shard: the location is rewritten if the plan needs it
-        if is_current(art.uri, cfg, "synthesize-ufc", subset_ids=ids):
+        if is_current(art.uri, cfg, "synthesize-ufc", inputs, subset_ids=ids):
             finished.append((ids, art.uri))
     finished.sort(key=lambda shard: (shard[1] not in planned, -len(shard[0]), shard[0]))
     chosen: list[tuple[list[int], str]] = []
