@@ -1,5 +1,14 @@
-"""Shared fixtures. S3 tests run against a real moto S3 server in a subprocess (real HTTP,
-real boto3 client, real multipart uploads), not an in-process mock."""
+"""Shared fixtures and the test tiers.
+
+S3 tests run against a real moto S3 server in a subprocess (real HTTP, real boto3 client, real
+multipart uploads), not an in-process mock.
+
+Tiers: `make test` runs everything; `make test-fast` (`pytest --fast`) runs only hermetic, quick
+tests: it leaves out every test marked slow, s3, datasets, processes or containers, and makes
+any remaining test that starts a process or opens a network connection fail, naming itself, so
+a missing marker cannot go unnoticed. The s3 and datasets markers follow from the fixtures a
+test uses (s3_server, datasets_dir); the others are written on the tests.
+"""
 from __future__ import annotations
 
 import os
@@ -17,6 +26,47 @@ import pytest
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+
+NOT_FAST = ("slow", "s3", "datasets", "processes", "containers")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true",
+                     help=f"the quick hermetic tier: no test marked {', '.join(NOT_FAST)}; no processes, no network")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "s3_server" in item.fixturenames:
+            item.add_marker("s3")
+        if "datasets_dir" in item.fixturenames:
+            item.add_marker("datasets")
+    if config.getoption("--fast"):
+        left_out = [item for item in items if any(item.get_closest_marker(m) for m in NOT_FAST)]
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the fast tier, starting a process or connecting a network socket fails the test."""
+    if not request.config.getoption("--fast"):
+        return
+    test = request.node.nodeid
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"{test} starts a process; the fast tier is hermetic: mark the test 'processes' (or s3, containers)")
+
+    connect = socket.socket.connect
+
+    def no_network(sock: socket.socket, address: object) -> None:
+        if sock.family != socket.AF_UNIX:
+            raise RuntimeError(f"{test} connects to {address}; the fast tier is hermetic: mark the test (s3, processes, ...)")
+        connect(sock, address)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
 
 
 def _free_port() -> int:

