@@ -133,3 +133,14 @@ def test_student_step_needs_exactly_one_kind_of_label():
         with pytest.raises(ValueError, match="exactly one of soft_logits"):
             student_step(model, opt, x, **labels, temperature=1.0, mixup_alpha=0.8, augment=(0, False),
                          generator=torch.Generator(), rng=random.Random(0))
+
+
+def test_teacher_momentum_is_the_configs_at_every_step():
+    cfg = TeacherConfig(momentum=0.7)
+    opt, sched = teacher_optimizer(_net(), cfg, total_steps=10)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    assert seen == [0.7] * 10 and opt.param_groups[0]["nesterov"]

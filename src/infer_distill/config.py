@@ -58,7 +58,7 @@ class TeacherConfig(_Strict):
     epochs: int = Field(15, ge=0)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum, constant through training")
     weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     pretrained: dict[str, str] = Field(

@@ -106,8 +106,9 @@ def teacher_optimizer(model: nn.Module, cfg: TeacherConfig, total_steps: int
     """SGD with Nesterov momentum and weight decay; one-cycle learning rate over `total_steps` (step it once per batch)."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.weight_decay)
+    # cycle_momentum=False: OneCycleLR would otherwise overwrite the momentum with its own 0.85..0.95 cycle.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, total_steps),
-                                                pct_start=0.2, anneal_strategy="linear")
+                                                pct_start=0.2, anneal_strategy="linear", cycle_momentum=False)
     return opt, sched
 
 
