@@ -267,7 +267,9 @@ def test_students_fan_out_over_archs_seeds_and_label_modes(case):
     expected = [{"arch": a, "seed": str(seed), "mode": m}
                 for m, a, seed in itertools.product(case.config["labels"]["modes"], s["archs"], s["seeds"])]
     assert task["withItems"] == expected
-    assert len(expected) == len(case.config["labels"]["modes"]) * len(s["archs"]) * len(s["seeds"])
+    from infer_distill.stages import Layout  # the fan-out makes exactly the students the report stage reads
+    assert {Layout("r").student(i["arch"], int(i["seed"]), i["mode"]) for i in task["withItems"]} == \
+        set(Layout("r").students(validate_config(case.config)))
 
 
 def test_synthesis_fans_out_over_select_subsets_output_parameter(case):

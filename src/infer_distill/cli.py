@@ -37,9 +37,9 @@ def run_pipeline(cfg: Config, out: str, progress: bool = True) -> dict:
     layout = Layout(out)
     stages.preflight(cfg, [out])
 
-    def step(name: str, uri: str, fn, *, label: str = "", **keys):
+    def step(name: str, uri: str, inputs: dict, fn, *, label: str = "", **keys):
         full = f"{name} {label}".strip()
-        if stages.is_current(uri, cfg, name, **keys):
+        if stages.is_current(uri, cfg, name, inputs, **keys):
             console.print(f"[dim]✓ {full}: up to date, skipped[/dim]")
             return open_artifact(uri).read_manifest()
         started = time.perf_counter()
@@ -48,36 +48,36 @@ def run_pipeline(cfg: Config, out: str, progress: bool = True) -> dict:
         console.print(f"[green]✓[/green] {full}: {seconds:.1f}s")
         return manifest
 
-    dm = step("prepare-data", layout.data, lambda: stages.prepare_data(cfg, layout.data))
-    teachers = layout.teachers(cfg)
+    data, subsets, distilled, teachers = layout.data, layout.subsets, layout.distilled, layout.teachers(cfg)
+    dm = step("prepare-data", data, {}, lambda: stages.prepare_data(cfg, data))
     for arch, uri in zip(cfg.teachers.archs, teachers):
-        step("train-teacher", uri, lambda a=arch, u=uri: stages.train_teacher(cfg, a, layout.data, u, progress), label=arch, arch=arch)
-    step("select-subsets", layout.subsets, lambda: stages.select_subsets(cfg, layout.data, layout.subsets))
-    shards = cfg.shard_plan(dm["metrics"]["num_classes"])
-    for ids in shards:
-        uri = layout.ufc(ids)
-        step("synthesize-ufc", uri,
-             lambda i=ids, u=uri: stages.synthesize_ufc(cfg, i, layout.data, layout.subsets, teachers, u, progress),
+        step("train-teacher", uri, {"data": data}, lambda a=arch, u=uri: stages.train_teacher(cfg, a, data, u, progress),
+             label=arch, arch=arch)
+    step("select-subsets", subsets, {"data": data}, lambda: stages.select_subsets(cfg, data, subsets))
+    shards = stages.plan_ufc_shards(cfg, layout, dm["metrics"]["num_classes"])
+    for ids, uri in shards:
+        step("synthesize-ufc", uri, {"data": data, "subsets": subsets, "teachers": teachers},
+             lambda i=ids, u=uri: stages.synthesize_ufc(cfg, i, data, subsets, teachers, u, progress),
              label=f"subsets {ids[0]}..{ids[-1]}", subset_ids=ids)
-    ufc = [layout.ufc(ids) for ids in shards]
-    step("soft-label", layout.distilled, lambda: stages.soft_label(cfg, layout.data, layout.subsets, teachers, ufc, layout.distilled))
+    ufc = [uri for _, uri in shards]
+    step("soft-label", distilled, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc},
+         lambda: stages.soft_label(cfg, data, subsets, teachers, ufc, distilled))
     for mode in cfg.labels.modes:
         for arch in cfg.students.archs:
             for seed in cfg.students.seeds:
                 uri = layout.student(arch, seed, mode)
-                step("evaluate-student", uri,
-                     lambda a=arch, s=seed, m=mode, u=uri: stages.evaluate_student(cfg, a, s, m, layout.data, layout.distilled,
-                                                                                  teachers, u, progress),
+                step("evaluate-student", uri, {"data": data, "distilled": distilled, "teachers": teachers},
+                     lambda a=arch, s=seed, m=mode, u=uri: stages.evaluate_student(cfg, a, s, m, data, distilled, teachers, u,
+                                                                                  progress),
                      label=f"{arch} {mode} seed {seed}", arch=arch, seed=seed, label_mode=mode)
     for r in cfg.baseline_runs():
         uri = layout.baseline(r["arch"], r["seed"], r["baseline"])
-        step("evaluate-baseline", uri,
-             lambda r=r, u=uri: stages.evaluate_baseline(cfg, r["arch"], r["seed"], r["baseline"], layout.data, layout.subsets,
-                                                         teachers, u, progress),
+        step("evaluate-baseline", uri, {"data": data, "subsets": subsets, "teachers": teachers},
+             lambda r=r, u=uri: stages.evaluate_baseline(cfg, r["arch"], r["seed"], r["baseline"], data, subsets, teachers, u,
+                                                         progress),
              label=f"{r['baseline']} {r['arch']} seed {r['seed']}", **r)
     # The report is cheap: always rebuilt, so it reflects exactly the artifacts above.
-    return stages.report(cfg, layout.data, teachers, ufc, layout.distilled, layout.students(cfg), layout.report,
-                         layout.baselines(cfg))
+    return stages.report(cfg, data, teachers, ufc, distilled, layout.students(cfg), layout.report, layout.baselines(cfg))
 
 
 def print_summary(report: dict) -> None:
@@ -115,7 +115,7 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
 
     data = lambda: uri("--data", lambda l: l.data)  # noqa: E731
     teachers = lambda: uri("--teachers", lambda l: l.teachers(cfg))  # noqa: E731
-    ufc = lambda: uri("--ufc", lambda l: [l.ufc(ids) for ids in cfg.shard_plan(_num_classes(data()))])  # noqa: E731
+    ufc = lambda: uri("--ufc", lambda l: [u for _, u in stages.plan_ufc_shards(cfg, l, _num_classes(data()))])  # noqa: E731
     if name == "prepare-data":
         return stages.prepare_data(cfg, uri("--out", lambda l: l.data))
     if name == "train-teacher":
