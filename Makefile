@@ -1,4 +1,5 @@
-# Two commands a newcomer needs: `make run` (the whole method on digits, CPU) and `make test`.
+# Two commands a newcomer needs: `make run` (the whole method on digits, CPU) and `make test`
+# (`make test-fast`: the quick hermetic tier).
 # Each creates .venv and installs the project on first use.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +8,7 @@ OUT    ?= runs/quickstart
 CONFIG ?= configs/quickstart.yaml
 ARGS   ?=
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,11 @@ run: install
 	$(VENV)/bin/infer-distill run --config $(CONFIG) --out $(OUT) $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=25 $(ARGS)
+
+# The quick hermetic tier, while editing: no servers, data files, processes or slow runs (tests/conftest.py).
+test-fast: install
+	$(PY) -m pytest -q --fast $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -38,7 +38,7 @@ def _check_schema(result: dict, profile: Profile) -> None:
     for entry in result["methods"].values():
         assert [r["seed"] for r in entry["runs"]] == list(profile.seeds)
         for run in entry["runs"]:
-            assert 0 <= run["final_acc"] <= run["best_acc"] <= 1
+            assert 0 <= run["final_acc"] <= 1 and [run["best_epoch"], run["best_acc"]] in [list(p) for p in run["curve"]]
             assert run["curve"][-1][1] == run["final_acc"]
         s = entry["summary"]
         assert s["final_mean"] == pytest.approx(sum(r["final_acc"] for r in entry["runs"]) / len(entry["runs"]))

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from infer_distill.config import ConfigError, load_config, num_subsets, stage_config, validate_config
+from infer_distill.config import STAGES, ConfigError, load_config, num_subsets, stage_config, validate_config
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,22 @@ def test_budget_counts_one_ufc_per_class_batch():
 
 def test_quickstart_file_is_the_embedded_default():
     assert load_config("configs/quickstart.yaml") == load_config(None)
+
+
+def _keys(node: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in node.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}.")
+    return out
+
+
+def test_quickstart_file_lists_every_key():
+    """Its header says so: a key missing there is a setting a newcomer cannot see."""
+    written = _keys(yaml.safe_load(open("configs/quickstart.yaml")))
+    every = _keys(load_config(None).model_dump(mode="json"))
+    assert sorted(every - written) == [] and sorted(written - every) == []
 
 
 @pytest.mark.parametrize("name", ["quickstart", "cifar10-ipc10", "cifar10-ipc50", "cifar100-ipc10", "cifar100-ipc50",
@@ -75,6 +92,19 @@ def test_stage_settings_are_cumulative_and_scoped():
     assert stage_config(a, "synthesize-ufc", subset_ids=[0]) != stage_config(c, "synthesize-ufc", subset_ids=[0])
     assert stage_config(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
         stage_config(c, "evaluate-student", arch="x", seed=0, label_mode="static")
+
+
+def test_placement_is_in_no_artifacts_settings():
+    """Shard size and device decide where work runs, not what it computes: no artifact records them."""
+    keys = {"train-teacher": {"arch": "resnet_tiny"}, "synthesize-ufc": {"subset_ids": [0, 1]},
+            "evaluate-student": {"arch": "convnet_d3_w32", "seed": 0, "label_mode": "static"},
+            "evaluate-baseline": {"arch": "convnet_d3_w32", "seed": 0, "baseline": "random_soft"}}
+    base = load_config(None, ["device=auto"])
+    placed = load_config(None, ["synthesis.subsets_per_shard=2", "device=cpu"])
+    computed = load_config(None, ["synthesis.iterations=7"])
+    for stage in STAGES:
+        assert stage_config(base, stage, **keys.get(stage, {})) == stage_config(placed, stage, **keys.get(stage, {})), stage
+    assert stage_config(base, "synthesize-ufc", subset_ids=[0, 1]) != stage_config(computed, "synthesize-ufc", subset_ids=[0, 1])
 
 
 def test_shard_plan_covers_every_subset_once():

@@ -1,7 +1,6 @@
 """Dataset loading (digits, image folders, zips, Tiny-ImageNet layout, the shared CIFAR-10 zips) and augmentation."""
 from __future__ import annotations
 
-import os
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -10,15 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import COLOURS, make_folder
 from infer_distill.config import DatasetConfig
 from infer_distill.data import DataError, augmentation, dataset_defaults, load_dataset, random_crop_flip
-
-REPO = Path(__file__).resolve().parents[1]
-COLOURS = {"apple": (255, 0, 0), "leaf": (0, 255, 0), "sky": (0, 0, 255)}  # one solid colour per class
-
-
-def datasets_dir() -> Path:
-    return Path(os.environ.get("INFER_DATASETS") or REPO.parent / "shared" / "datasets")
 
 
 def label_colours(x: torch.Tensor) -> list[tuple[int, ...]]:
@@ -29,16 +22,6 @@ def label_colours(x: torch.Tensor) -> list[tuple[int, ...]]:
         dist = [sum((a - b) ** 2 for a, b in zip(pixel, COLOURS[n])) for n in names]
         out.append(COLOURS[names[dist.index(min(dist))]])
     return out
-
-
-def make_folder(root: Path, splits: dict[str, int] | None = None, size: int = 12, ext: str = ".png") -> Path:
-    """<root>/<split>/<class>/<i><ext>: solid-coloured images, `splits` maps split -> images per class."""
-    for split, count in (splits or {"train": 4, "test": 2}).items():
-        for name, colour in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (size, size), colour).save(root / split / name / f"{i:03d}{ext}")
-    return root
 
 
 def zip_folder(folder: Path, archive: Path, wrapper: str = "") -> Path:
@@ -179,11 +162,8 @@ def test_imagefolder_mixed_sizes_need_image_size(tmp_path):
 # The shared CIFAR-10 zips (one per split, in one directory)
 # ----------------------------------------------------------------------------------------
 
-def test_real_cifar10_zips():
-    root = datasets_dir() / "cifar10"
-    missing = [z for z in ("cifar10-train-jpeg.zip", "cifar10-test-png.zip") if not (root / z).is_file()]
-    if missing:
-        pytest.fail(f"shared CIFAR-10 zips {missing} not found in {root}; set INFER_DATASETS to the datasets directory")
+def test_real_cifar10_zips(datasets_dir):
+    root = datasets_dir / "cifar10"
     data = load_dataset(DatasetConfig(name="imagefolder", root=str(root), train_per_class=3, test_per_class=2))
     assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert data.train_x.shape == (30, 3, 32, 32) and data.test_x.shape == (20, 3, 32, 32)

@@ -1,11 +1,10 @@
 """Bad input: a clear error naming the field or file, before any expensive work, and no half artifact."""
 import zipfile
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, OddBatchNorms, make_folder
+from infer_distill.models import MODEL_REGISTRY
 from infer_distill.cli import main
 from infer_distill.store import open_artifact
 
@@ -17,16 +16,6 @@ def _sets(extra):
 def _run(capsys, out, extra=(), *args):
     code = main(["run", "--out", str(out), "--no-progress", *_sets(list(extra)), *args])
     return code, capsys.readouterr().err
-
-
-def _image_dir(root, per_class, classes=("a", "b", "c"), size=8):
-    for split in ("train", "test"):
-        for i, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for j in range(per_class):
-                Image.fromarray(np.full((size, size, 3), 40 * i + j, np.uint8)).save(d / f"{j}.png")
-    return root
 
 
 @pytest.mark.parametrize(
@@ -47,6 +36,16 @@ def test_bad_config_fails_before_any_artifact(tmp_path, capsys, extra, needle):
     assert not list((tmp_path / "out").rglob("manifest.json"))
 
 
+def test_teacher_whose_batchnorm_never_runs_is_refused_naming_the_layer(tmp_path, capsys, monkeypatch):
+    def odd_bn(num_classes, in_chans=3, image_size=32):
+        return OddBatchNorms(num_classes, in_chans, image_size)
+
+    monkeypatch.setitem(MODEL_REGISTRY, "odd_bn", odd_bn)
+    code, err = _run(capsys, tmp_path / "out", ["teachers.archs=[resnet_tiny, odd_bn]"])
+    assert code == 2 and "teachers.archs: teacher 'odd_bn'" in err and "BatchNorm layer 'spare' did not run" in err
+    assert not list((tmp_path / "out").rglob("manifest.json"))
+
+
 def test_zip_with_the_wrong_layout(tmp_path, capsys):
     archive = tmp_path / "bad.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -56,7 +55,7 @@ def test_zip_with_the_wrong_layout(tmp_path, capsys):
 
 
 def test_class_with_fewer_images_than_subsets_fails_before_training(tmp_path, capsys):
-    root = _image_dir(tmp_path / "imgs", per_class=2)
+    root = make_folder(tmp_path / "imgs", {"train": 2, "test": 2})
     # ipc 10, M=2, C=3: K = floor(30/5) = 6 subsets need 6 images per class
     code, err = _run(capsys, tmp_path / "out", ["dataset.name=imagefolder", f"dataset.root={root}"])
     assert code == 2 and "has 2 training images, but K=6" in err
@@ -135,11 +134,13 @@ def _exit(args, env_extra=None, code=None):
     return done.returncode, done.stderr
 
 
+@pytest.mark.processes
 def test_exit_code_2_for_refused_input(tmp_path):
     code, err = _exit(["stage", "prepare-data", "--root", str(tmp_path), "--set", "dataset.name=mnist"])
     assert code == 2 and "dataset.name" in err and "Traceback" not in err
 
 
+@pytest.mark.processes
 def test_exit_code_75_when_the_store_refuses_connections_after_botos_retries(tmp_path):
     import socket
 
@@ -153,6 +154,7 @@ def test_exit_code_75_when_the_store_refuses_connections_after_botos_retries(tmp
     assert f"127.0.0.1:{port} is unreachable (EndpointConnectionError, after 6 attempts)" in err and "Traceback" not in err
 
 
+@pytest.mark.processes
 def test_a_crash_is_neither_refused_nor_transient(tmp_path):
     crash = ("import sys; from infer_distill import cli, stages\n"
              "def crash(*a, **k): raise ZeroDivisionError('injected')\n"

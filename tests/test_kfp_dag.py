@@ -82,6 +82,7 @@ def test_parameters_are_the_config_sections_with_its_values(compiled):
     for name, value in cfg.model_dump(mode="json", exclude_none=True).items():
         assert params[name]["defaultValue"] == value, name  # a JSON object per section, not one long string
     assert params["teachers"]["parameterType"] == "STRUCT" and params["seed"]["parameterType"] == "NUMBER_INTEGER"
+    assert load_config(None) == load_config(REPO / "configs" / "quickstart.yaml")  # compiled without --config: the quickstart
 
 
 def test_every_step_runs_the_given_image(compiled):
@@ -158,6 +159,7 @@ def test_local_run_refuses_an_s3_root(capsys):
     assert cli_main(["run", "--engine", "kfp-local", "--out", "s3://bucket/run"]) == 2
 
 
+@pytest.mark.processes  # connects to a port nothing listens on
 def test_submit_checks_its_input_before_connecting_and_names_an_unreachable_api(capsys):
     args = ["--host", "http://127.0.0.1:1", "--image", IMAGE]
     assert infer_dag.main(["submit", *args, "--pipeline-root", "/tmp/x"]) == 2

@@ -9,26 +9,25 @@ import pytest
 import torch
 
 from infer_distill import store
-from infer_distill.store import SCHEMA_VERSION, ArtifactError, Artifact, StoreUnavailable, open_artifact, sha256_bytes
+from infer_distill.store import SCHEMA_VERSION, Artifact, ArtifactError, LocalArtifact, S3Artifact, StoreUnavailable, open_artifact, sha256_bytes
 
 
 def _s3(endpoint: str):
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
-@pytest.fixture(params=["local", "s3"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Artifact:
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty location to write artifacts under, on each backend."""
     if request.param == "local":
-        return open_artifact(str(tmp_path / "runs"))
-    return open_artifact(f"s3://{request.getfixturevalue('s3_bucket')}/runs/r1")
+        return str(tmp_path / "runs")
+    return f"s3://{request.getfixturevalue('s3_bucket')}/runs/r1"
 
 
 def _overwrite_file(art: Artifact, name: str, data: bytes) -> None:
     """Tamper with a stored file behind the store's back."""
-    path = art.local_path()
-    if path is not None:
-        (path / name).write_bytes(data)
+    if isinstance(art, LocalArtifact):
+        (art.path / name).write_bytes(data)
     else:
         bucket, _, prefix = art.uri[len("s3://"):].partition("/")
         _s3(os.environ["AWS_ENDPOINT_URL"]).put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
@@ -43,9 +42,8 @@ def _tensors() -> dict[str, torch.Tensor]:
     }
 
 
-def test_round_trip(root: Artifact) -> None:
-    art = root.child("teacher")
-    assert art.uri == root.uri + "/teacher"
+def test_round_trip(root: str) -> None:
+    art = open_artifact(f"{root}/teacher")
     assert not art.exists()
     tensors = _tensors()
     written = art.write({"model.safetensors": tensors, "notes.txt": b"hello"}, {"stage": "teacher", "acc": 0.5})
@@ -76,11 +74,10 @@ def test_manifest_written_last_and_sorted(tmp_path: Path) -> None:
     art.write({"x.bin": b"1"}, {"b": 1, "a": 2})
     text = (tmp_path / "a" / "manifest.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
-    assert art.local_path() == tmp_path / "a"
 
 
-def test_overwrite_replaces(root: Artifact) -> None:
-    art = root.child("stage")
+def test_overwrite_replaces(root: str) -> None:
+    art = open_artifact(f"{root}/stage")
     art.write({"a.bin": b"old-a", "b.bin": b"old-b"}, {"version": 1})
     art.write({"a.bin": b"new-a"}, {"version": 2})
     manifest = art.read_manifest()
@@ -88,15 +85,14 @@ def test_overwrite_replaces(root: Artifact) -> None:
     assert art.read_bytes("a.bin") == b"new-a"
     with pytest.raises(ArtifactError, match="no file 'b.bin'"):
         art.read_bytes("b.bin")
-    path = art.local_path()
-    if path is not None:
-        assert sorted(os.listdir(path)) == ["a.bin", "manifest.json"]
-        assert os.listdir(path.parent) == ["stage"]  # no temp or old dirs left behind
+    if isinstance(art, LocalArtifact):
+        assert sorted(os.listdir(art.path)) == ["a.bin", "manifest.json"]
+        assert os.listdir(art.path.parent) == ["stage"]  # no temp or old dirs left behind
 
 
 @pytest.mark.parametrize("tamper", ["truncated", "altered"])
-def test_corruption_detected(root: Artifact, tamper: str) -> None:
-    art = root.child("stage")
+def test_corruption_detected(root: str, tamper: str) -> None:
+    art = open_artifact(f"{root}/stage")
     payload = bytes(range(256)) * 4
     art.write({"data.bin": payload, "t.safetensors": _tensors()}, {})
     bad = payload[:-10] if tamper == "truncated" else payload[:100] + bytes([payload[100] ^ 1]) + payload[101:]
@@ -112,8 +108,8 @@ def test_corruption_detected(root: Artifact, tamper: str) -> None:
         art.read_tensors("t.safetensors")
 
 
-def test_missing_artifact(root: Artifact) -> None:
-    art = root.child("never-written")
+def test_missing_artifact(root: str) -> None:
+    art = open_artifact(f"{root}/never-written")
     assert not art.exists()
     for read in (art.read_manifest, lambda: art.read_bytes("x"), lambda: art.read_tensors("x")):
         with pytest.raises(ArtifactError, match="manifest.json missing") as info:
@@ -121,12 +117,24 @@ def test_missing_artifact(root: Artifact) -> None:
         assert art.uri in str(info.value)
 
 
-def test_missing_data_file(root: Artifact) -> None:
-    art = root.child("stage")
+def test_children_are_the_artifacts_one_level_down(root: str) -> None:
+    for name in ("b", "a", "c/deeper"):
+        open_artifact(f"{root}/{name}").write({"x.bin": b"x"}, {})
+    assert [a.uri for a in open_artifact(root).children()] == [f"{root}/a", f"{root}/b"]  # c holds no manifest itself
+    assert [a.uri for a in open_artifact(f"{root}/c").children()] == [f"{root}/c/deeper"]
+    assert open_artifact(f"{root}/a").children() == [] and open_artifact(f"{root}/nothing").children() == []
+    art = open_artifact(root)
+    if isinstance(art, LocalArtifact):  # a write's staging directory (a crash left it) is no artifact
+        (art.path / ".a.tmp-1234").mkdir()
+        (art.path / ".a.tmp-1234" / "manifest.json").write_text("{}")
+        assert [a.uri for a in art.children()] == [f"{root}/a", f"{root}/b"]
+
+
+def test_missing_data_file(root: str) -> None:
+    art = open_artifact(f"{root}/stage")
     art.write({"a.bin": b"a"}, {})
-    path = art.local_path()
-    if path is not None:
-        (path / "a.bin").unlink()
+    if isinstance(art, LocalArtifact):
+        (art.path / "a.bin").unlink()
     else:
         bucket, _, prefix = art.uri[len("s3://"):].partition("/")
         _s3(os.environ["AWS_ENDPOINT_URL"]).delete_object(Bucket=bucket, Key=f"{prefix}/a.bin")
@@ -255,11 +263,11 @@ def test_local_check_writable(tmp_path: Path) -> None:
 
 def test_open_artifact_uris(tmp_path: Path) -> None:
     local = open_artifact(f"file://{tmp_path}/x/")
-    assert local.uri == f"file://{tmp_path}/x" and local.local_path() == tmp_path / "x"
-    assert local.child("y").local_path() == tmp_path / "x" / "y"
+    assert isinstance(local, LocalArtifact) and local.uri == f"file://{tmp_path}/x" and local.path == tmp_path / "x"
+    assert open_artifact(tmp_path / "x" / ".." / "y").path == tmp_path / "y"
     s3 = open_artifact("s3://bucket/a/b/")
-    assert s3.uri == "s3://bucket/a/b" and s3.local_path() is None
-    assert s3.child("c").uri == "s3://bucket/a/b/c"
+    assert isinstance(s3, S3Artifact) and (s3.uri, s3.bucket, s3.prefix) == ("s3://bucket/a/b", "bucket", "a/b")
+    assert (open_artifact("s3://bucket").prefix, open_artifact("s3://bucket/").uri) == ("", "s3://bucket")
     for bad in ("gs://bucket/x", "s3://", ""):
         with pytest.raises(ArtifactError):
             open_artifact(bad)

@@ -1,9 +1,19 @@
 """The grouped synthesis is the one-UFC-at-a-time synthesis, run in parallel."""
+import pytest
 import torch
+from torch import nn
 
+from conftest import OddBatchNorms
 from infer_distill.config import SynthesisConfig
-from infer_distill.models import create_model
-from infer_distill.synthesis import class_batch_index, compose, group_losses, recorded_bn_inputs, synthesize_ufcs
+from infer_distill.models import batchnorm_layers, create_model
+from infer_distill.synthesis import (
+    BatchNormUseError,
+    class_batch_index,
+    compose,
+    group_losses,
+    recorded_bn_inputs,
+    synthesize_ufcs,
+)
 
 
 def _teacher(arch="convnet_d3_w32", seed=0, chans=3, size=16, classes=5):
@@ -46,10 +56,9 @@ def test_bn_term_matches_a_direct_computation():
     x = torch.rand(5, 3, 16, 16)
     with recorded_bn_inputs(teacher) as inputs:
         teacher(x)
-    from infer_distill.models import batchnorm_layers
-
     expected = 0.0
-    for i, (inp, layer) in enumerate(zip(inputs, batchnorm_layers(teacher))):
+    for i, layer in enumerate(batchnorm_layers(teacher)):
+        inp = inputs[layer]
         mean = inp.mean((0, 2, 3))
         var = inp.permute(1, 0, 2, 3).reshape(inp.shape[1], -1).var(1, unbiased=False)
         expected += (10.0 if i == 0 else 1.0) * (torch.norm(mean - layer.running_mean) + torch.norm(var - layer.running_var))
@@ -62,13 +71,13 @@ def test_hooks_live_only_as_long_as_the_block():
     with recorded_bn_inputs(teacher) as inputs:
         teacher(torch.rand(2, 3, 16, 16))
     n = len(inputs)
-    assert n == 3
+    assert n == 3 and list(inputs) == [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
     teacher(torch.rand(2, 3, 16, 16))
     assert len(inputs) == n  # nothing recorded after the block: hooks removed
     assert all(not m._forward_hooks for m in teacher.modules())
 
 
-def test_gradients_reach_only_the_ufc_and_images_stay_valid():
+def test_gradients_reach_only_the_ufc_and_the_loss_falls():
     teacher = _teacher()
     natural = (torch.rand(2, 5, 3, 16, 16) * 255).to(torch.uint8)
     cfg = SynthesisConfig(iterations=5, lr=0.5, jitter=2)
@@ -77,8 +86,6 @@ def test_gradients_reach_only_the_ufc_and_images_stay_valid():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
     assert all(p.grad is None for p in teacher.parameters())
     assert result.ufc.abs().sum() > 0 and not result.ufc.requires_grad
-    composed = compose(natural.float() / 255, result.ufc[:, 0], class_batch_index(5, None))
-    assert composed.min() >= 0 and composed.max() <= 1
     assert (result.final_loss < result.initial_loss).all()
 
 
@@ -124,3 +131,12 @@ def test_ufc_steps_are_taken_in_normalised_units_like_the_official_code():
     ufc = synthesize_ufcs([teacher], natural, [0], cfg, seed=0, progress=False, pixel_std=std).ufc[0, 0, 0]
     moved = ufc.abs().flatten(1).max(1).values
     torch.testing.assert_close(moved, 0.01 * torch.tensor(std), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("reuse, needle", [(False, "BatchNorm layer 'spare' did not run"), (True, "BatchNorm layer 'bn' ran twice")])
+def test_synthesis_refuses_a_teacher_whose_batchnorm_does_not_run_exactly_once(reuse, needle):
+    teacher = OddBatchNorms(reuse=reuse).eval()
+    natural = (torch.rand(1, 5, 3, 8, 8) * 255).to(torch.uint8)
+    with pytest.raises(BatchNormUseError, match=needle):
+        synthesize_ufcs([teacher], natural, [0], SynthesisConfig(iterations=2), seed=0, progress=False)
+    assert all(not m._forward_hooks for m in teacher.modules())  # hooks gone after the error too

@@ -1,6 +1,22 @@
+import random
+
+import pytest
 import torch
 
-from infer_distill.training import Ensemble, kd_loss, mixup
+from infer_distill.config import StudentConfig, TeacherConfig
+from infer_distill.models import create_model
+from infer_distill.training import (
+    Ensemble,
+    cross_entropy_step,
+    kd_loss,
+    mixup,
+    student_optimizer,
+    student_step,
+    teacher_optimizer,
+    train_student_hard,
+    train_student_model,
+    train_teacher_model,
+)
 
 
 def test_mixup_mixes_images_and_labels_with_the_same_lambda_and_permutation():
@@ -30,9 +46,6 @@ def test_ensemble_averages_teacher_logits_and_stays_frozen():
 
 
 def test_hard_label_student_learns_with_plain_cross_entropy_and_is_reproducible():
-    from infer_distill.config import StudentConfig
-    from infer_distill.training import train_student_hard
-
     # Two classes told apart by brightness: plain CE must separate them, and a seed fixes the run.
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(40) % 2
@@ -49,3 +62,85 @@ def test_hard_label_student_learns_with_plain_cross_entropy_and_is_reproducible(
     assert [e for e, _ in a.curve] == [10, 20, 30]
     assert a.final_acc == 1.0 and a.losses[-1] < a.losses[0]
     assert a.curve == b.curve and a.losses == b.losses
+
+
+def _student_data(n=24, classes=3, size=8):
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(n, 1, size, size, generator=gen)
+    logits = torch.randn(n, classes, generator=gen)
+    test_x = (torch.rand(6, 1, size, size, generator=gen) * 255).to(torch.uint8)
+    return images, logits, test_x, torch.arange(6) % classes
+
+
+def _net(classes=3, size=8):
+    torch.manual_seed(0)
+    return create_model("convnet_d2_w32", classes, in_chans=1, image_size=size)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_loop_of_student_steps_is_the_librarys_student_training():
+    """What docs/method.md shows: the public step and optimiser reproduce train_student_model bit for bit."""
+    images, logits, test_x, test_y = _student_data()
+    cfg = StudentConfig(epochs=3, batch_size=10, eval_every=1)
+    teacher = _net()
+    for mode in ("static", "dynamic"):
+        labels = {"soft_logits": logits} if mode == "static" else {"ensemble": Ensemble([teacher])}
+        library = _net()
+        train_student_model(library, images, labels.get("soft_logits"), labels.get("ensemble"), test_x, test_y, cfg, 3, 4.0,
+                            (1, True), "cpu", seed=7, progress=False)
+        mine = _net()
+        opt, sched = student_optimizer(mine, cfg, total_steps=3 * 3)
+        gen, rng = torch.Generator().manual_seed(7), random.Random(7)
+        for _ in range(3):
+            mine.train()
+            for idx in torch.randperm(len(images), generator=gen).split(cfg.batch_size):
+                batch = {"soft_logits": logits[idx]} if mode == "static" else labels
+                student_step(mine, opt, images[idx], **batch, temperature=4.0, mixup_alpha=cfg.mixup_alpha,
+                             augment=(1, True), generator=gen, rng=rng)
+                sched.step()
+        assert _same_weights(library, mine), mode
+        assert not _same_weights(library, _net())  # it trained
+
+
+def test_a_loop_of_cross_entropy_steps_is_the_librarys_teacher_training():
+    images, _, _, _ = _student_data()
+    x = (images * 255).to(torch.uint8)
+    y = torch.arange(len(x)) % 3
+    cfg = TeacherConfig(epochs=2, batch_size=10)
+    library = _net()
+    train_teacher_model(library, x, y, cfg, (1, True), "cpu", seed=5, progress=False)
+    mine = _net()
+    opt, sched = teacher_optimizer(mine, cfg, total_steps=2 * 3)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        mine.train()
+        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
+            cross_entropy_step(mine, opt, x[idx].float() / 255.0, y[idx], augment=(1, True), generator=gen,
+                               label_smoothing=cfg.label_smoothing)
+            sched.step()
+    assert _same_weights(library, mine) and not _same_weights(library, _net())
+
+
+def test_student_step_needs_exactly_one_kind_of_label():
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.rand(4, 1, 8, 8)
+    for labels in ({}, {"soft_logits": torch.randn(4, 3), "ensemble": Ensemble([_net()])}):
+        with pytest.raises(ValueError, match="exactly one of soft_logits"):
+            student_step(model, opt, x, **labels, temperature=1.0, mixup_alpha=0.8, augment=(0, False),
+                         generator=torch.Generator(), rng=random.Random(0))
+
+
+def test_teacher_momentum_is_the_configs_at_every_step():
+    cfg = TeacherConfig(momentum=0.7)
+    opt, sched = teacher_optimizer(_net(), cfg, total_steps=10)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    assert seen == [0.7] * 10 and opt.param_groups[0]["nesterov"]

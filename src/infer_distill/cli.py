@@ -5,6 +5,7 @@
     infer-distill show runs/quickstart/report
     infer-distill plan --config configs/cifar10-ipc10.yaml
     infer-distill check-store s3://bucket/runs
+    infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
 
 Exit codes: 0 done, 2 input refused (never worth retrying), 75 object store unavailable (retry later).
 """
@@ -22,6 +23,7 @@ from rich.table import Table
 from . import plan, stages
 from .config import STAGES, Config, ConfigError, dump_config, load_config
 from .data import DataError
+from .distilled import FORMATS, export
 from .stages import Layout, StageError
 from .store import ArtifactError, StoreUnavailable, open_artifact
 
@@ -77,7 +79,7 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
 
     data = lambda: uri("--data", lambda l: l.data)  # noqa: E731
     teachers = lambda: uri("--teachers", lambda l: l.teachers(cfg))  # noqa: E731
-    ufc = lambda: uri("--ufc", lambda l: [l.ufc(ids) for ids in cfg.shard_plan(_num_classes(data()))])  # noqa: E731
+    ufc = lambda: uri("--ufc", lambda l: [u for _, u in stages.plan_ufc_shards(cfg, l, _num_classes(data()))])  # noqa: E731
     if name == "prepare-data":
         return stages.prepare_data(cfg, uri("--out", lambda l: l.data))
     if name == "train-teacher":
@@ -176,6 +178,11 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
             (Path(items_dir) / f"{name}.json").write_text(json.dumps(items))
 
 
+def export_set(args: argparse.Namespace) -> None:
+    out = export(args.uri, args.format, args.out, include_test=args.include_test)
+    console.print(f"✓ exported {args.uri} as {args.format} to {out} (see {out / 'DATASHEET.md'})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infer-distill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -217,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="print an artifact's manifest, or a report")
     sh.add_argument("uri")
 
+    e = sub.add_parser("export", help="write a distilled set as an ImageFolder of PNGs or one .npz, with a DATASHEET.md")
+    e.add_argument("uri", help="the soft-label stage's artifact, e.g. runs/quickstart/distilled or s3://bucket/run1/distilled")
+    e.add_argument("--format", required=True, choices=FORMATS,
+                   help="imagefolder: train/<class>/<subset>_<teacher>.png + soft_labels.npy; npz: one distilled.npz")
+    e.add_argument("--out", required=True, help="a new (or empty) local directory; written whole or not at all")
+    e.add_argument("--include-test", action="store_true",
+                   help="also write the real test split the set was made for (from the run's data artifact)")
+
     c = sub.add_parser("config", help="print the resolved config")
     add_config(c)
     return p
@@ -233,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-store":
             open_artifact(args.uri).check_writable()
             print(f"ok: {args.uri} is writable")
+            return 0
+        if args.command == "export":
+            export_set(args)
             return 0
         cfg = load_config(args.config, args.set)
         if args.command == "config":

@@ -58,7 +58,7 @@ class TeacherConfig(_Strict):
     epochs: int = Field(15, ge=0)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum, constant through training")
     weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     pretrained: dict[str, str] = Field(
@@ -91,12 +91,14 @@ class SynthesisConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    modes: list[Literal["static", "dynamic"]] = Field(default_factory=lambda: ["static"], min_length=1)
+    modes: list[Literal["static", "dynamic"]] = Field(
+        default_factory=lambda: ["static"], min_length=1,
+        description="static: the teachers' mean logits on the un-augmented instances, computed once and reused under "
+                    "crop/flip/MixUp (as in the paper); dynamic: the teachers label every augmented, mixed batch",
+    )
     temperature: float = Field(30.0, gt=0)
     dtype: Literal["float16", "float32"] = Field(
-        "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)")
-    static_on_augmented: Literal[False] = Field(
-        False, description="static labels are computed once on un-augmented images and reused under crop/flip/MixUp (as in the paper)"
+        "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)"
     )
 
 
@@ -214,6 +216,11 @@ def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: in
 STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student",
           "evaluate-baseline", "report")
 
+# Placement: where and how the work is spread, never what it computes. None of these is part of
+# any artifact's settings, so changing one reuses finished work (`device` is not either; a
+# subset's UFCs do not depend on which subsets share its shard, docs/method.md section 4).
+PLACEMENT = {"synthesis": {"subsets_per_shard"}}
+
 
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
     """The settings an artifact of `stage` depends on; equal dicts mean interchangeable artifacts."""
@@ -232,10 +239,11 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
 
     def synthesis() -> dict:
         # ufc_dtype is how soft-label stores the UFCs: it does not change the optimised UFCs
-        return {**subsets(), "teachers": teachers(), "synthesis": cfg.synthesis.model_dump(mode="json", exclude={"ufc_dtype"})}
+        return {**subsets(), "teachers": teachers(),
+                "synthesis": cfg.synthesis.model_dump(mode="json", exclude=PLACEMENT["synthesis"] | {"ufc_dtype"})}
 
     def label_settings() -> dict:
-        return {"temperature": cfg.labels.temperature, "dtype": cfg.labels.dtype, "static_on_augmented": cfg.labels.static_on_augmented}
+        return {"temperature": cfg.labels.temperature, "dtype": cfg.labels.dtype}
 
     def labels() -> dict:
         return {**synthesis(), "ufc_dtype": cfg.synthesis.ufc_dtype, "labels": label_settings()}
@@ -266,10 +274,6 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
 
 def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_hash(cfg: Config) -> str:
-    return fingerprint(cfg.model_dump(mode="json"))
 
 
 def diff_settings(expected: dict, found: dict, prefix: str = "") -> list[str]:

@@ -161,46 +161,19 @@ class ConvNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-@register_model
-def convnet_d2_w32(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """ConvNet, depth 2, width 32."""
-    return ConvNet(num_classes, in_chans, image_size, depth=2, width=32, norm=norm)
+def _convnet_builder(depth: int, width: int) -> ModelBuilder:
+    def build(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
+        return ConvNet(num_classes, in_chans, image_size, depth=depth, width=width, norm=norm)
+
+    build.__name__ = build.__qualname__ = f"convnet_d{depth}_w{width}"
+    build.__doc__ = f"ConvNet, depth {depth}, width {width}."
+    return build
 
 
-@register_model
-def convnet_d3_w32(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """ConvNet, depth 3, width 32."""
-    return ConvNet(num_classes, in_chans, image_size, depth=3, width=32, norm=norm)
-
-
-@register_model
-def convnet_d2_w64(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """ConvNet, depth 2, width 64."""
-    return ConvNet(num_classes, in_chans, image_size, depth=2, width=64, norm=norm)
-
-
-@register_model
-def convnet_d3_w64(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """ConvNet, depth 3, width 64."""
-    return ConvNet(num_classes, in_chans, image_size, depth=3, width=64, norm=norm)
-
-
-@register_model
-def convnet_d3_w128(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """ConvNet, depth 3, width 128."""
-    return ConvNet(num_classes, in_chans, image_size, depth=3, width=128, norm=norm)
-
-
-@register_model
-def convnet_d4_w128(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """ConvNet, depth 4, width 128."""
-    return ConvNet(num_classes, in_chans, image_size, depth=4, width=128, norm=norm)
-
-
-@register_model
-def convnet(num_classes: int, in_chans: int = 3, image_size: int = 32, norm: ConvNorm = "batch") -> nn.Module:
-    """The standard distillation ConvNet (depth 3, width 128)."""
-    return ConvNet(num_classes, in_chans, image_size, depth=3, width=128, norm=norm)
+# One builder per (depth, width): convnet_d3_w128 is the ConvNet of the dataset-distillation
+# literature, the narrower and shallower ones suit CPU runs.
+for _depth, _width in ((2, 32), (3, 32), (2, 64), (3, 64), (3, 128), (4, 128)):
+    register_model(_convnet_builder(_depth, _width))
 
 
 @register_model

@@ -74,11 +74,17 @@ class FanOut:
     # loop collected downstream) leaves the step out when compiled for such a config, and
     # `check_omitted` refuses a run whose config would need it.
     optional: bool = False
+    # The items of a walk that resumes under a run root, where they may depend on what is already
+    # there (config, layout, number of classes); None: `items`.
+    resumed_items: Callable[[Config, Layout, int], list[dict[str, Any]]] | None = None
 
 
 TEACHERS = FanOut("teachers", ("arch",), lambda cfg, _: [{"arch": a} for a in cfg.teachers.archs], lambda i: i["arch"])
+# Engines start each run afresh: the config's shard plan. A resumed walk reuses every finished shard,
+# whatever grouping made it (stages.plan_ufc_shards), so resharding recomputes nothing.
 SHARDS = FanOut("shards", ("subset_ids",), lambda cfg, c: [{"subset_ids": ids} for ids in cfg.shard_plan(c)],
-                lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets")
+                lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets",
+                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in stages.plan_ufc_shards(cfg, layout, c)])
 STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg.student_runs(),
                   lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
 BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
@@ -199,18 +205,24 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     produced: dict[str, Any] = {}
     manifest: dict = {}
     for step in PLAN:
-        items = step.over.items(cfg, num_classes()) if step.over else [{}]
+        if step.over is None:
+            items = [{}]
+        elif step.over.resumed_items:
+            items = step.over.resumed_items(cfg, layout, num_classes())
+        else:
+            items = step.over.items(cfg, num_classes())
         uris = [location(layout, step, item) for item in items]
         inputs = {name: produced[name] for name in step.inputs}
-        if "progress" in inspect.signature(step.function).parameters:
-            inputs["progress"] = progress
+        # (only stages with long loops take progress)
+        show = {"progress": progress} if "progress" in inspect.signature(step.function).parameters else {}
         for item, uri in zip(items, uris):
             label = step.over.label(item) if step.over else ""
-            if not step.always and stages.is_current(uri, cfg, step.name, **item):
+            # Current: same settings, intact files, made from the inputs now there (a remade input makes it stale).
+            if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
                 result = StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest())
             else:
                 started = time.perf_counter()
-                manifest = step.function(cfg, **item, **inputs, out=uri)
+                manifest = step.function(cfg, **item, **inputs, **show, out=uri)
                 result = StepResult(step.name, label, uri, time.perf_counter() - started, False, manifest)
             manifest = result.manifest
             if on_step:

@@ -114,7 +114,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed): every plot of the report and the benchmarks."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -139,7 +140,7 @@ def ufc_examples_png(natural: torch.Tensor, ufc: torch.Tensor, classes: list[str
                 ax.set_title("natural" if c == 0 else f"+UFC {teachers[c - 1]}", fontsize=6)
             if c == 0:
                 ax.set_ylabel(classes[r], fontsize=6)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def student_curves_png(students: list[dict], baselines: list[dict] | None = None) -> bytes:
@@ -153,7 +154,7 @@ def student_curves_png(students: list[dict], baselines: list[dict] | None = None
         ax.plot(epochs, [100 * a for a in accs], "--", label=f"{b['arch']} {b['baseline']} seed {b['seed']}", lw=1)
     ax.set_xlabel("epoch"), ax.set_ylabel("test top-1 (%)"), ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def json_bytes(obj: dict) -> bytes:

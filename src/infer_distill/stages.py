@@ -7,13 +7,20 @@ The CLI, the KFP components, the compose services and the Helm templates all cal
 functions (through `infer-distill stage NAME`); none re-implements a stage.
 
 Every output is an artifact (store.py): safetensors + manifest.json recording the slice of the
-config it depends on (config.stage_config). Reading an input checks that slice against the
-current config, so an artifact made with other settings is refused with the differing keys.
+config it depends on (config.stage_config) and the sha256 of each input artifact's manifest.
+Reading an input checks that slice against the current config, so an artifact made with other
+settings is refused with the differing keys; `is_current` also checks the files and that the
+inputs are still the ones it was made from, which is all a resumed run needs to redo a corrupt
+stage and everything downstream of it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +31,7 @@ from .config import Config, ConfigError, diff_settings, fingerprint, stage_confi
 from .data import DataError, augmentation, load_dataset
 from .models import create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
-from .synthesis import class_batch_index, compose, decode_ufc, encode_ufc, synthesize_ufcs
+from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
 
 
@@ -37,20 +44,53 @@ class StageError(RuntimeError):
 # ----------------------------------------------------------------------------------------
 
 
-def _write(out: str, cfg: Config, stage: str, files: dict, metrics: dict, started: float, inputs: dict[str, str], **keys) -> dict:
+Inputs = Mapping[str, str | list[str]]  # input name -> artifact URI, or a list of them (teachers, UFC shards, ...)
+
+
+def manifest_digest(uri: str) -> str:
+    """sha256 of an artifact's manifest: it names the artifact's every file (by sha256) and when it was made."""
+    manifest = open_artifact(uri).read_manifest()
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def input_digests(inputs: Inputs) -> dict[str, str | list[str]]:
+    """The manifest digest of every input (a list of them for a list of inputs)."""
+    return {name: [manifest_digest(u) for u in uri] if isinstance(uri, list) else manifest_digest(uri)
+            for name, uri in inputs.items()}
+
+
+@dataclass
+class _Output:
+    """An artifact being made: where, since when, and from which inputs (digested before any of them is read)."""
+
+    uri: str
+    inputs: dict
+    input_digests: dict
+    started: float
+
+
+def _begin(out: str, inputs: Inputs) -> _Output:
+    """What every stage does first: check that the output is writable and record its inputs as they are now."""
+    started = time.perf_counter()
+    open_artifact(out).check_writable()
+    return _Output(out, dict(inputs), input_digests(inputs), started)
+
+
+def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, **keys) -> dict:
     settings = stage_config(cfg, stage, **keys)
     manifest = {
         "stage": stage,
         "fingerprint": fingerprint(settings),
         "settings": settings,
         "seed": cfg.seed,
-        "inputs": inputs,
+        "inputs": out.inputs,
+        "input_digests": out.input_digests,
         "metrics": metrics,
-        "elapsed_s": round(time.perf_counter() - started, 3),
+        "elapsed_s": round(time.perf_counter() - out.started, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "infer_distill_version": __version__,
     }
-    return open_artifact(out).write(files, manifest)
+    return open_artifact(out.uri).write(files, manifest)
 
 
 def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dict]:
@@ -69,11 +109,24 @@ def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dic
     return art, manifest
 
 
-def is_current(uri: str, cfg: Config, stage: str, **keys) -> bool:
-    """True if a valid artifact with exactly these settings already exists (a resumed run skips it)."""
+def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, **keys) -> bool:
+    """True if the artifact at `uri` can stand for running `stage` now, so a resumed run skips it.
+
+    It must have these settings, every file must match its recorded size and sha256, and the
+    manifests of the inputs it was made from must be the ones now at `inputs`: the artifacts the
+    stage would read (a walker may name more than the stage used); None: the locations the
+    artifact records. So a corrupt artifact is remade, and remaking a stage makes everything made
+    from it stale, with no bookkeeping in the walker.
+    """
     try:
-        load_input(uri, cfg, stage, **keys)
-        return True
+        art, manifest = load_input(uri, cfg, stage, **keys)
+        for name in manifest["files"]:
+            art.read_bytes(name)
+        recorded = manifest.get("input_digests")
+        inputs = manifest.get("inputs", {}) if inputs is None else inputs
+        if not isinstance(recorded, dict) or not set(recorded) <= set(inputs):
+            return False
+        return recorded == input_digests({name: inputs[name] for name in recorded})
     except ArtifactError:
         return False
 
@@ -126,10 +179,15 @@ def check_budget(cfg: Config, num_classes: int) -> int:
     return k
 
 
-def _require_teacher(model: nn.Module, arch: str) -> None:
+def _require_teacher(model: nn.Module, arch: str, in_chans: int = 3, image_size: int = 32) -> None:
+    """A teacher needs BatchNorm layers that each run exactly once per forward pass: one tiny pass checks it."""
     try:
         require_batchnorm(model, arch)
-    except ValueError as e:
+        with torch.no_grad(), recorded_bn_inputs(model):
+            model.eval()(torch.zeros(2, in_chans, image_size, image_size))
+    except BatchNormUseError as e:
+        raise ConfigError(f"teachers.archs: teacher {arch!r}: {e}") from None
+    except ValueError as e:  # require_batchnorm's message names the teacher
         raise ConfigError(f"teachers.archs: {e}") from None
 
 
@@ -155,8 +213,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
 
 def prepare_data(cfg: Config, out: str) -> dict:
     """Materialise the train/test split once, as uint8 tensors, so later stages never touch the source."""
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {})
     data = load_dataset(cfg.dataset)
     k = check_budget(cfg, data.num_classes)
     counts = torch.bincount(data.train_y, minlength=data.num_classes)
@@ -171,21 +228,20 @@ def prepare_data(cfg: Config, out: str) -> dict:
         "min_train_per_class": int(counts.min()), "crop_padding": padding, "hflip": hflip,
     }
     files = {"train.safetensors": {"x": data.train_x, "y": data.train_y}, "test.safetensors": {"x": data.test_x, "y": data.test_y}}
-    return _write(out, cfg, "prepare-data", files, metrics, started, {})
+    return _write(output, cfg, "prepare-data", files, metrics)
 
 
 def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
     """Train one teacher architecture on the real training set (or import given weights); record its test accuracy."""
-    started = time.perf_counter()
     if arch not in cfg.teachers.archs:
         raise StageError(f"teacher {arch!r} is not in teachers.archs {cfg.teachers.archs}")
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data})
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")
     device = cfg.resolve_device()
     torch.manual_seed(cfg.seed)
     model = build_model(arch, dm)
-    _require_teacher(model, arch)
+    _require_teacher(model, arch, dm["metrics"]["in_chans"], dm["metrics"]["image_size"])
     source = cfg.teachers.pretrained.get(arch)
     losses: list[float] = []
     if source:
@@ -199,7 +255,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
                "num_params": sum(p.numel() for p in model.parameters())}
-    return _write(out, cfg, "train-teacher", {"weights.safetensors": state}, metrics, started, {"data": data}, arch=arch)
+    return _write(output, cfg, "train-teacher", {"weights.safetensors": state}, metrics, arch=arch)
 
 
 TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "shufflenetv2": "shufflenet_v2_x1_0"}
@@ -250,23 +306,21 @@ def draw_per_class(train_y: torch.Tensor, per_class: int, seed: int, class_names
 
 def select_subsets(cfg: Config, data: str, out: str) -> dict:
     """K disjoint seeded subsets, each one real training image per class: indices [K, C]."""
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data})
     _, train_y, dm = _data(cfg, data, "train")
     C = dm["metrics"]["num_classes"]
     K = check_budget(cfg, C)
     indices = draw_per_class(train_y, K, cfg.seed, dm["metrics"]["classes"])
     metrics = {"num_subsets": K, "num_classes": C, "num_teachers": len(cfg.teachers.archs),
                "class_batches": cfg.class_batches(C), "shards": cfg.shard_plan(C)}
-    return _write(out, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics, started, {"data": data})
+    return _write(output, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics)
 
 
 def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, teachers: list[str], out: str,
                    progress: bool = True) -> dict:
     """Optimise the UFCs of the given subsets against every teacher, grouped into one batch per teacher."""
-    started = time.perf_counter()
     subset_ids = sorted(subset_ids)
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
     train_x, _, dm = _data(cfg, data, "train")
     sub_art, sub_manifest = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
@@ -287,8 +341,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
         "final_ce": result.final_ce.tolist(), "final_bn": result.final_bn.tolist(),
     }
     files = {"ufc.safetensors": {"ufc": result.ufc, "subset_ids": torch.tensor(subset_ids)}}
-    return _write(out, cfg, "synthesize-ufc", files, metrics, started,
-                  {"data": data, "subsets": subsets, "teachers": teachers}, subset_ids=subset_ids)
+    return _write(output, cfg, "synthesize-ufc", files, metrics, subset_ids=subset_ids)
 
 
 def read_distilled(art: Artifact) -> dict[str, torch.Tensor]:
@@ -308,15 +361,30 @@ def distilled_instances(natural: torch.Tensor, ufc: torch.Tensor, classes_per_uf
     return torch.cat([nat.unsqueeze(1), composed], 1).flatten(0, 2)
 
 
+def instance_origins(num_subsets: int, num_teachers: int, num_classes: int) -> dict[str, torch.Tensor]:
+    """Where each instance of `distilled_instances` comes from, in its order: int64 [K*(M+1)*C] each.
+
+    "subset" k, "teacher" m (-1: the natural image P_k itself) and "label", the class c of the
+    natural image (its hard label); the same [K, M+1, C] grid, flattened the same way.
+    """
+    k, m, c = torch.meshgrid(torch.arange(num_subsets), torch.arange(-1, num_teachers), torch.arange(num_classes), indexing="ij")
+    return {"subset": k.flatten(), "teacher": m.flatten(), "label": c.flatten()}
+
+
 @torch.no_grad()
 def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
+# What a reader of the distilled artifact alone needs to use the set (infer_distill.DistilledSet), copied from
+# the data artifact into soft-label's metrics: class names, the normalisation the students' models apply,
+# and the augmentation they train with.
+DISTILLED_DESCRIPTION = ("classes", "mean", "std", "crop_padding", "hflip")
+
+
 def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
     """Collect every UFC shard; static labels = the teachers' mean logits on every (un-augmented) instance."""
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
     train_x, _, dm = _data(cfg, data, "train")
     sub_art, _ = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
@@ -353,17 +421,19 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
         "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
         "images_per_class_equivalent": K * (1 + M * B / C),
     }
-    metrics = {"budget": budget, "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
-    return _write(out, cfg, "soft-label", files, metrics, started, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
+    described = {k: dm["metrics"][k] for k in DISTILLED_DESCRIPTION}
+    metrics = {"budget": budget, **described,
+               "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
+    return _write(output, cfg, "soft-label", files, metrics)
 
 
 def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: str, distilled: str, teachers: list[str],
                      out: str, progress: bool = True) -> dict:
     """Train a fresh student on the distilled set (MixUp + KL at temperature T) and test it on the real test set."""
-    started = time.perf_counter()
     if label_mode not in ("static", "dynamic"):
         raise StageError(f"label mode {label_mode!r}: use 'static' or 'dynamic'")
-    open_artifact(out).check_writable()
+    # Static labels come with the distilled set; only dynamic ones ask the teachers.
+    output = _begin(out, {"data": data, "distilled": distilled, **({"teachers": teachers} if label_mode == "dynamic" else {})})
     test_x, test_y, dm = _data(cfg, data, "test")
     art, _ = load_input(distilled, cfg, "soft-label")
     t = read_distilled(art)
@@ -380,8 +450,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     metrics = {"arch": arch, "seed": seed, "label_mode": label_mode, "final_acc": result.final_acc, "best_acc": best_acc,
                "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses}
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    return _write(out, cfg, "evaluate-student", {"weights.safetensors": state}, metrics, started,
-                  {"data": data, "distilled": distilled, "teachers": teachers if ensemble else []},
+    return _write(output, cfg, "evaluate-student", {"weights.safetensors": state}, metrics,
                   arch=arch, seed=seed, label_mode=label_mode)
 
 
@@ -402,10 +471,9 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     MixUp + KL recipe for the same epochs (random_soft) or the same optimiser steps as INFER's
     static student (random_soft_steps: INFER has more instances, so equal epochs give it more steps).
     """
-    started = time.perf_counter()
     if baseline not in BASELINES:
         raise StageError(f"baseline {baseline!r}: use one of {', '.join(BASELINES)}")
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")
     sub_art, _ = load_input(subsets, cfg, "select-subsets")
@@ -439,9 +507,8 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
                "steps": epochs * steps_per_epoch, "infer_static_steps": infer_steps, "num_instances": len(images),
                "stored_bytes": tensor_bytes(natural) + tensor_bytes(labels), "curve": result.curve, "train_losses": result.losses}
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    return _write(out, cfg, "evaluate-baseline", {"weights.safetensors": state, "labels.safetensors": {"soft_labels": labels}},
-                  metrics, started, {"data": data, "subsets": subsets, "teachers": teachers},
-                  arch=arch, seed=seed, baseline=baseline)
+    return _write(output, cfg, "evaluate-baseline", {"weights.safetensors": state, "labels.safetensors": {"soft_labels": labels}},
+                  metrics, arch=arch, seed=seed, baseline=baseline)
 
 
 def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
@@ -449,8 +516,8 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
     from . import report as rep
 
-    started = time.perf_counter()
-    open_artifact(out).check_writable()
+    output = _begin(out, {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
+                          "baselines": baselines or []})
     _, dm = load_input(data, cfg, "prepare-data")
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
     ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
@@ -486,9 +553,7 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     }
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
-    inputs = {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
-              "baselines": baselines or []}
-    return _write(out, cfg, "report", files, {"report": summary}, started, inputs)
+    return _write(output, cfg, "report", files, {"report": summary})
 
 
 # ----------------------------------------------------------------------------------------
@@ -517,8 +582,13 @@ class Layout:
     def subsets(self) -> str:
         return self._join("subsets")
 
+    @property
+    def ufc_shards(self) -> str:
+        """The folder every UFC shard artifact lives in."""
+        return self._join("ufc")
+
     def ufc(self, subset_ids: list[int]) -> str:
-        return self._join("ufc", f"subsets-{min(subset_ids):04d}-{max(subset_ids):04d}")
+        return f"{self.ufc_shards}/subsets-{min(subset_ids):04d}-{max(subset_ids):04d}"
 
     @property
     def distilled(self) -> str:
@@ -539,3 +609,39 @@ class Layout:
     @property
     def report(self) -> str:
         return self._join("report")
+
+
+def plan_ufc_shards(cfg: Config, layout: Layout, num_classes: int) -> list[tuple[list[int], str]]:
+    """The UFC shards a run under `layout` reads, as (subset ids, artifact URI), ordered by subset.
+
+    Shard size is placement, not a setting (config.PLACEMENT): finished shards are reused
+    whatever their grouping, and only subsets no current shard covers are synthesised, grouped
+    as `cfg.shard_plan` groups them. Every walker asks this function, so changing
+    `synthesis.subsets_per_shard` after a finished synthesis recomputes nothing.
+
+    Current shards under `layout.ufc_shards` are taken greedily while they cover only subsets
+    not yet covered: first those at the current plan's locations, then larger before smaller.
+    A shard returned may not exist yet (or be stale): `is_current` says which to run.
+    """
+    planned = {layout.ufc(ids) for ids in cfg.shard_plan(num_classes)}
+    inputs = {"data": layout.data, "subsets": layout.subsets, "teachers": layout.teachers(cfg)}
+    finished = []
+    for art in open_artifact(layout.ufc_shards).children():
+        try:
+            ids = art.read_manifest()["settings"]["subset_ids"]
+        except (ArtifactError, KeyError, TypeError):
+            continue  # not a readable shard: the location is rewritten if the plan needs it
+        if is_current(art.uri, cfg, "synthesize-ufc", inputs, subset_ids=ids):
+            finished.append((ids, art.uri))
+    finished.sort(key=lambda shard: (shard[1] not in planned, -len(shard[0]), shard[0]))
+    chosen: list[tuple[list[int], str]] = []
+    covered: set[int] = set()
+    for ids, uri in finished:
+        if covered.isdisjoint(ids):
+            chosen.append((ids, uri))
+            covered.update(ids)
+    for ids in cfg.shard_plan(num_classes):
+        missing = [k for k in ids if k not in covered]
+        if missing:
+            chosen.append((missing, layout.ufc(missing)))
+    return sorted(chosen)

@@ -15,7 +15,7 @@ Why this layout:
   checked against the recorded size and sha256, so truncation or corruption is an error,
   not silently wrong numbers.
 
-    open_artifact("runs/r1").child("teacher").write({"model.safetensors": state_dict}, {...})
+    open_artifact("runs/r1/teacher").write({"model.safetensors": state_dict}, {...})
     open_artifact("s3://bucket/runs/r1/teacher").read_tensors("model.safetensors")
 """
 from __future__ import annotations
@@ -97,22 +97,23 @@ class Artifact(ABC):
         """Store the files in order (manifest.json is always the last item), atomically."""
 
     @abstractmethod
-    def child(self, name: str) -> Artifact: ...
-
-    @abstractmethod
     def exists(self) -> bool: ...
 
     @abstractmethod
-    def check_writable(self) -> None: ...
+    def children(self) -> list[Artifact]:
+        """The artifacts one level below this location (folders holding a manifest.json), by name."""
 
     @abstractmethod
-    def local_path(self) -> Path | None: ...
+    def check_writable(self) -> None: ...
 
     # --- shared logic --------------------------------------------------------------------
     def write(self, files: Mapping[str, FileValue], manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Write `files` and then `manifest`, with `files` (per-file entries) and `schema_version` set.
 
-        Replaces the whole artifact, including any child artifacts nested under it.
+        Afterwards the artifact is exactly `files`: its manifest lists nothing else. A local
+        directory is replaced as a whole (with anything nested under it); on S3 the new files
+        overwrite keys of the same name, and keys of an earlier write that are not in `files`
+        stay in the bucket, unlisted, so no read ever returns them.
         Returns the manifest as written.
         """
         for name in files:
@@ -237,14 +238,15 @@ class LocalArtifact(Artifact):
         # abspath normalises "." and "..", so the artifact always has a real name and parent.
         self.path = Path(os.path.abspath(path.expanduser()))
 
-    def child(self, name: str) -> LocalArtifact:
-        return LocalArtifact(f"{self.uri}/{name}", self.path / name)
-
-    def local_path(self) -> Path:
-        return self.path
-
     def exists(self) -> bool:
         return (self.path / MANIFEST).is_file()
+
+    def children(self) -> list[Artifact]:
+        if not self.path.is_dir():
+            return []
+        # Names starting with "." are write()'s staging directories, never artifacts.
+        return [LocalArtifact(f"{self.uri}/{p.name}", p) for p in sorted(self.path.iterdir())
+                if not p.name.startswith(".") and (p / MANIFEST).is_file()]
 
     def check_writable(self) -> None:
         # write() stages a sibling temp dir and renames it in, so the parent must be writable.
@@ -349,12 +351,6 @@ class S3Artifact(Artifact):
     def __init__(self, uri: str, bucket: str, prefix: str) -> None:
         self.uri, self.bucket, self.prefix = uri, bucket, prefix
 
-    def child(self, name: str) -> S3Artifact:
-        return S3Artifact(f"{self.uri}/{name}", self.bucket, f"{self.prefix}/{name}".lstrip("/"))
-
-    def local_path(self) -> None:
-        return None
-
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
@@ -415,6 +411,17 @@ class S3Artifact(Artifact):
                 if _error_code(e) in ("404", "NoSuchKey"):
                     return False
                 raise
+
+    def children(self) -> list[Artifact]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        names = set()
+        with self._errors("list") as client:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name, _, rest = obj["Key"][len(prefix):].partition("/")
+                    if rest == MANIFEST:
+                        names.add(name)
+        return [S3Artifact(f"{self.uri}/{n}", self.bucket, prefix + n) for n in sorted(names)]
 
     def _get(self, name: str) -> bytes | None:
         with self._errors("read") as client:

@@ -1,4 +1,4 @@
-"""Universal Feature Compensator (UFC) synthesis, DESIGN.md section 1.4.
+"""Universal Feature Compensator (UFC) synthesis (docs/method.md, section 4).
 
 For a natural subset P_k (one real image per class) and a frozen teacher f_m, one UFC U_{k,m}
 is a single image-shaped tensor added to every image of P_k. It minimises
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,36 +40,62 @@ from .progress import progress_bar
 # ----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def recorded_bn_inputs(model: nn.Module):
-    """Record the input of every BatchNorm2d during forward passes inside the `with` block.
+class BatchNormUseError(ValueError):
+    """A teacher whose BatchNorm layers do not each run exactly once per forward pass."""
 
-    The hooks live exactly as long as the block (the official code leaks one set per call,
-    which makes each further UFC slower than the last).
+
+@contextmanager
+def recorded_bn_inputs(model: nn.Module) -> Iterator[dict[nn.BatchNorm2d, torch.Tensor]]:
+    """The input of every BatchNorm2d of `model`, keyed by layer, for ONE forward pass inside the block.
+
+    Each layer's input must be matched with that layer's running statistics, so inputs are kept
+    per layer, never in call order. A layer that runs twice raises at once, one that did not run
+    raises when the block ends, both naming the layer. The hooks live exactly as long as the
+    block (the official code leaks one set per call, which makes each further UFC slower).
     """
-    inputs: list[torch.Tensor] = []
-    handles = [bn.register_forward_hook(lambda _m, args, _out: inputs.append(args[0])) for bn in batchnorm_layers(model)]
+    layers = batchnorm_layers(model)
+    names = {module: name for name, module in model.named_modules()}
+    inputs: dict[nn.BatchNorm2d, torch.Tensor] = {}
+
+    def record(bn: nn.BatchNorm2d, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        if bn in inputs:
+            raise BatchNormUseError(
+                f"BatchNorm layer {names[bn]!r} ran twice in one forward pass; INFER matches "
+                "each BatchNorm layer's statistics once per pass, so a teacher may not reuse a BatchNorm module")
+        inputs[bn] = args[0]
+
+    handles = [bn.register_forward_hook(record) for bn in layers]
     try:
         yield inputs
+        idle = [names[bn] for bn in layers if bn not in inputs]
+        if idle:
+            raise BatchNormUseError(
+                f"BatchNorm layer{'s' if len(idle) > 1 else ''} {', '.join(map(repr, idle))} "
+                "did not run in the forward pass; INFER matches the statistics of every BatchNorm layer, so a teacher's "
+                "BatchNorm layers must all run (remove unused ones from the model)")
     finally:
         for h in handles:
             h.remove()
 
 
 def group_bn_loss(
-    bn_inputs: list[torch.Tensor],
-    bn_layers: list[nn.BatchNorm2d],
+    bn_inputs: Mapping[nn.BatchNorm2d, torch.Tensor],
+    bn_layers: Sequence[nn.BatchNorm2d],
     group_ids: torch.Tensor,
     num_groups: int,
     first_bn_multiplier: float,
 ) -> torch.Tensor:
-    """Per-group sum_l w_l (||mean - running_mean||_2 + ||var - running_var||_2); returns [num_groups]."""
+    """Per-group sum_l w_l (||mean - running_mean||_2 + ||var - running_var||_2); returns [num_groups].
+
+    `bn_inputs` maps each layer of `bn_layers` to its input; w_l is `first_bn_multiplier` for
+    the first layer of `bn_layers` and 1 for the others.
+    """
     # Averaging matrix A[g, n] = 1/|g| for samples n of group g: group means are A @ per-sample means.
-    one_hot = F.one_hot(group_ids, num_groups).T.to(bn_inputs[0].dtype)
+    one_hot = F.one_hot(group_ids, num_groups).T.to(bn_inputs[bn_layers[0]].dtype)
     avg = one_hot / one_hot.sum(1, keepdim=True)
-    loss = bn_inputs[0].new_zeros(num_groups)
-    for i, (x, bn) in enumerate(zip(bn_inputs, bn_layers)):
-        flat = x.flatten(2)                                     # [N, ch, h*w]
+    loss = one_hot.new_zeros(num_groups)
+    for i, bn in enumerate(bn_layers):
+        flat = bn_inputs[bn].flatten(2)                          # [N, ch, h*w]
         mean = avg @ flat.mean(2)                                # [G, ch]
         centred = flat - mean[group_ids].unsqueeze(2)            # two-pass variance, as torch.var
         var = avg @ centred.pow(2).mean(2)                       # biased, as the official loss

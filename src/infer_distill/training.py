@@ -1,4 +1,4 @@
-"""Training loops: teachers on the real data, students on the distilled set (DESIGN.md 1.1, 1.7).
+"""Training loops: teachers on the real data, students on the distilled set (docs/method.md, sections 3 and 6).
 
 Data lives on the device as tensors; augmentation is batched torch (no per-image PIL calls).
 Every random draw comes from an explicit generator seeded by the caller.
@@ -35,6 +35,102 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
 
 
 # ----------------------------------------------------------------------------------------
+# One optimisation step of each recipe: the library's loops are built from these, and so can
+# any other loop (benchmarks, training another model on a distilled set).
+# ----------------------------------------------------------------------------------------
+
+
+def cross_entropy_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    augment: tuple[int, bool],
+    generator: torch.Generator,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """One step on hard labels: crop/flip, cross-entropy, backward, optimizer step; returns the (detached) loss.
+
+    The teacher recipe's step (with label smoothing, under `teacher_optimizer`) and the hard-label
+    student's (without, under `student_optimizer`). `images` are float [B, ch, H, W] in [0, 1];
+    `augment` is (crop padding, horizontal flips); the crops and flips are drawn from `generator`.
+    """
+    x = random_crop_flip(images, *augment, generator=generator)
+    loss = F.cross_entropy(model(x), labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def student_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    *,
+    soft_logits: torch.Tensor | None = None,
+    ensemble: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    temperature: float,
+    mixup_alpha: float,
+    augment: tuple[int, bool],
+    generator: torch.Generator,
+    rng: random.Random,
+) -> torch.Tensor:
+    """One MixUp + KL(T) step on a batch of distilled instances; returns the (detached) loss.
+
+    Static labels: `soft_logits` [B, C] of the batch, mixed with the same weights as the images.
+    Dynamic labels: `ensemble(x)` labels the augmented, mixed batch. Crops, flips and the MixUp
+    pairing are drawn from `generator`, the MixUp weight ~ Beta(alpha, alpha) from `rng`.
+    """
+    if (soft_logits is None) == (ensemble is None):
+        raise ValueError("give exactly one of soft_logits (static labels) or ensemble (dynamic labels)")
+    x = random_crop_flip(images, *augment, generator=generator)
+    lam = rng.betavariate(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else 1.0
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    if soft_logits is not None:
+        x, z = mixup(x, soft_logits, lam, perm)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+        with torch.no_grad():
+            z = ensemble(x)
+    loss = kd_loss(model(x), z, temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def teacher_optimizer(model: nn.Module, cfg: TeacherConfig, total_steps: int
+                      ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with Nesterov momentum and weight decay; one-cycle learning rate over `total_steps` (step it once per batch)."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay)
+    # cycle_momentum=False: OneCycleLR would otherwise overwrite the momentum with its own 0.85..0.95 cycle.
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, total_steps),
+                                                pct_start=0.2, anneal_strategy="linear", cycle_momentum=False)
+    return opt, sched
+
+
+def student_optimizer(model: nn.Module, cfg: StudentConfig, total_steps: int
+                      ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with weight decay; cosine learning rate to zero over `total_steps` (step it once per batch)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+
+
+def mixup(x: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix images and their targets (logits or one-hot) with the same lambda and permutation."""
+    return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(z_t / T) || softmax(z_s / T)), batch mean."""
+    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean")
+
+
+# ----------------------------------------------------------------------------------------
 # Teachers: SGD + Nesterov, one-cycle schedule, label smoothing, crop/flip
 # ----------------------------------------------------------------------------------------
 
@@ -50,16 +146,12 @@ def train_teacher_model(
     desc: str = "teacher",
     progress: bool = True,
 ) -> list[float]:
-    """Train in place; returns the mean training loss of every epoch."""
+    """Train in place on uint8 images; returns the mean training loss of every epoch."""
     gen = torch.Generator().manual_seed(seed)
     x_all = train_x.to(device)
     y_all = train_y.to(device)
     n = len(x_all)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
-                                                pct_start=0.2, anneal_strategy="linear")
+    opt, sched = teacher_optimizer(model, cfg, cfg.epochs * math.ceil(n / cfg.batch_size))
     losses = []
     bar = progress_bar(range(cfg.epochs), desc, disable=not progress)
     for _ in bar:
@@ -68,11 +160,8 @@ def train_teacher_model(
         total = 0.0
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            x = random_crop_flip(x_all[idx].float() / 255.0, *augment, generator=gen)
-            loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = cross_entropy_step(model, opt, x_all[idx].float() / 255.0, y_all[idx], augment=augment, generator=gen,
+                                      label_smoothing=cfg.label_smoothing)
             sched.step()
             total += loss.item() * len(idx)
         losses.append(total / n)
@@ -84,17 +173,6 @@ def train_teacher_model(
 # ----------------------------------------------------------------------------------------
 # Students: MixUp + KL(T) against teacher logits (static or dynamic), AdamW + cosine
 # ----------------------------------------------------------------------------------------
-
-
-def mixup(x: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix images and their targets (logits or one-hot) with the same lambda and permutation."""
-    return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm]
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(z_t / T) || softmax(z_s / T)), batch mean."""
-    return F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1),
-                    reduction="batchmean")
 
 
 @dataclass
@@ -111,10 +189,14 @@ class StudentResult:
         return max(self.curve, key=lambda p: p[1])
 
 
+# One step on the batch of the given indices: (optimizer, indices, generator, rng) -> detached loss.
+BatchStep = Callable[[torch.optim.Optimizer, torch.Tensor, torch.Generator, random.Random], torch.Tensor]
+
+
 def _fit_student(
     model: nn.Module,
     num_images: int,
-    batch_loss: Callable[[torch.Tensor, torch.Generator, random.Random], torch.Tensor],
+    step: BatchStep,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
     cfg: StudentConfig,
@@ -127,9 +209,7 @@ def _fit_student(
     """The student recipe shared by every label kind: AdamW, cosine schedule, seeded batches, test curve."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    steps = epochs * math.ceil(num_images / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    opt, sched = student_optimizer(model, cfg, epochs * math.ceil(num_images / cfg.batch_size))
     result = StudentResult()
     bar = progress_bar(range(1, epochs + 1), desc, disable=not progress)
     for epoch in bar:
@@ -138,10 +218,7 @@ def _fit_student(
         total = 0.0
         for i in range(0, num_images, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            loss = batch_loss(idx, gen, rng)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = step(opt, idx, gen, rng)
             sched.step()
             total += loss.item() * len(idx)
         result.losses.append(total / num_images)
@@ -167,33 +244,23 @@ def train_student_model(
     desc: str = "student",
     progress: bool = True,
 ) -> StudentResult:
-    """Train on float images [N, ch, H, W] in [0,1] with MixUp + KL(T).
+    """Train on float images [N, ch, H, W] in [0,1] with MixUp + KL(T) (`student_step`).
 
     Static labels: `soft_logits` [N, C], mixed with the images. Dynamic labels: `ensemble(x)`
     gives the teachers' averaged logits of every augmented, mixed batch.
     """
-    if (soft_logits is None) == (ensemble is None):
-        raise ValueError("give exactly one of soft_logits (static labels) or ensemble (dynamic labels)")
     x_all = images.to(device)
     z_all = soft_logits.to(device) if soft_logits is not None else None
 
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator, rng: random.Random) -> torch.Tensor:
-        x = random_crop_flip(x_all[idx], *augment, generator=gen)
-        lam = rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else 1.0
-        perm = torch.randperm(len(idx), generator=gen).to(device)
-        if z_all is not None:
-            x, z = mixup(x, z_all[idx], lam, perm)
-        else:
-            x = lam * x + (1 - lam) * x[perm]
-            with torch.no_grad():
-                z = ensemble(x)
-        return kd_loss(model(x), z, temperature)
+    def step(opt: torch.optim.Optimizer, idx: torch.Tensor, gen: torch.Generator, rng: random.Random) -> torch.Tensor:
+        return student_step(model, opt, x_all[idx], soft_logits=None if z_all is None else z_all[idx], ensemble=ensemble,
+                            temperature=temperature, mixup_alpha=cfg.mixup_alpha, augment=augment, generator=gen, rng=rng)
 
-    return _fit_student(model, len(x_all), batch_loss, test_x, test_y, cfg, epochs, device, seed, desc, progress)
+    return _fit_student(model, len(x_all), step, test_x, test_y, cfg, epochs, device, seed, desc, progress)
 
 
 class Ensemble(nn.Module):
-    """Averaged logits of the frozen teachers (the soft-label function of DESIGN.md 1.6)."""
+    """Averaged logits of the frozen teachers: the labels of the distilled set (docs/method.md, section 5)."""
 
     def __init__(self, teachers: list[nn.Module]):
         super().__init__()
@@ -228,7 +295,7 @@ def train_student_hard(
     """
     x_all, y_all = images.to(device), labels.to(device)
 
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator, _rng: random.Random) -> torch.Tensor:
-        return F.cross_entropy(model(random_crop_flip(x_all[idx], *augment, generator=gen)), y_all[idx])
+    def step(opt: torch.optim.Optimizer, idx: torch.Tensor, gen: torch.Generator, _rng: random.Random) -> torch.Tensor:
+        return cross_entropy_step(model, opt, x_all[idx], y_all[idx], augment=augment, generator=gen)
 
-    return _fit_student(model, len(x_all), batch_loss, test_x, test_y, cfg, epochs, device, seed, desc, progress)
+    return _fit_student(model, len(x_all), step, test_x, test_y, cfg, epochs, device, seed, desc, progress)

@@ -1,0 +1,517 @@
+"""The distilled set as a product: load it into your own training code, or export it for other tools.
+
+    from infer_distill import DistilledSet
+    ds = DistilledSet.open("runs/quickstart/distilled")          # or s3://bucket/run1/distilled
+    image, soft_label, label = ds[0]                             # a torch Dataset ...
+    images, soft_labels, labels = ds.tensors()                   # ... or the whole set in memory
+
+    infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
+
+A set is the soft-label stage's `distilled/` artifact: K natural subsets, K*M*B UFCs and the
+static soft labels of every instance. `DistilledSet` composes the instances with the very
+functions evaluate-student trains on (`stages.read_distilled`, `stages.distilled_instances`),
+so instance i here is instance i there, with the same values. The export writes the composed
+images as 8-bit PNGs (or one .npz), the soft labels, the class names and a DATASHEET.md that
+describes the set to someone who receives only the files.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from . import __version__
+from .config import fingerprint
+from .stages import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
+from .store import Artifact, ArtifactError, open_artifact
+
+FORMATS = ("imagefolder", "npz")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as 8-bit pixels, round(255 x): within half an 8-bit step of the input."""
+    return (images * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+class DistilledSet(Dataset):
+    """The instances of a distilled set, in evaluate-student's order, with their labels and origins.
+
+    Attributes (N = K*(M+1)*C instances; per subset k: P_k, then P_k + U_{k,m} for every teacher m;
+    classes 0..C-1 within each):
+      images       float32 [N, ch, H, W] in [0, 1] (or uint8, round(255 x), with dtype=torch.uint8)
+      soft_labels  float32 [N, C]: the teachers' mean logits (static labels; use them at `temperature`)
+      labels       int64 [N]: the hard label, the class of the natural image
+      subsets      int64 [N]: k;  teachers: int64 [N]: m, or -1 for the natural image P_k
+      classes, teacher_archs, mean, std (the normalisation the pipeline's models apply),
+      crop_padding, hflip (the augmentation its students train with), temperature, manifest, uri
+    """
+
+    def __init__(self, uri: str, manifest: dict[str, Any], images: torch.Tensor, soft_labels: torch.Tensor,
+                 origins: dict[str, torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        metrics, settings = manifest["metrics"], manifest["settings"]
+        self.uri, self.manifest, self.transform = uri, manifest, transform
+        self.images, self.soft_labels = images, soft_labels
+        self.labels, self.subsets, self.teachers = origins["label"], origins["subset"], origins["teacher"]
+        self.classes: list[str] = list(metrics["classes"])
+        self.teacher_archs: list[str] = [t["arch"] for t in settings["teachers"]]
+        self.mean: tuple[float, ...] = tuple(metrics["mean"])
+        self.std: tuple[float, ...] = tuple(metrics["std"])
+        self.crop_padding: int = metrics["crop_padding"]
+        self.hflip: bool = metrics["hflip"]
+        self.temperature: float = settings["labels"]["temperature"]
+
+    @classmethod
+    def open(cls, uri: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
+             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DistilledSet:
+        """Read and verify a soft-label artifact (a local path or s3://bucket/prefix), and compose its instances.
+
+        The store checks every file against its size and sha256; here the manifest must be a
+        soft-label one, unaltered (its settings match its fingerprint), and the tensors must have
+        the shapes it records. The whole set is composed in memory, as evaluate-student does:
+        N x ch x H x W x 4 bytes as float32, a quarter of that with dtype=torch.uint8.
+        """
+        if dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"dtype {dtype}: use torch.float32 (images in [0, 1]) or torch.uint8 (8-bit pixels)")
+        art = open_artifact(uri)
+        manifest = art.read_manifest()
+        _check_manifest(art.uri, manifest)
+        t = read_distilled(art)
+        natural, ufc, soft_labels = t["natural"], t["ufc"], t["soft_labels"]
+        _check_shapes(art.uri, manifest, natural, ufc, soft_labels)
+        images = distilled_instances(natural, ufc, manifest["settings"]["synthesis"]["classes_per_ufc"])
+        K, C, M = natural.shape[0], natural.shape[1], ufc.shape[1]
+        return cls(art.uri, manifest, to_uint8(images) if dtype == torch.uint8 else images, soft_labels,
+                   instance_origins(K, M, C), transform)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image [ch, H, W], soft label logits [C], hard label), the image through `transform` if one was given."""
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.soft_labels[i], self.labels[i]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The whole set at once, for training from memory: (images, soft_labels, labels)."""
+        return self.images, self.soft_labels, self.labels
+
+    def teacher_name(self, i: int) -> str:
+        """The architecture whose UFC instance i carries, or "natural"."""
+        m = int(self.teachers[i])
+        return "natural" if m < 0 else self.teacher_archs[m]
+
+    def read_test_split(self, data_uri: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real test set the set was made for: uint8 images [N, ch, H, W] and int64 labels.
+
+        From `data_uri`, else the prepare-data artifact the soft-label stage read (where it
+        recorded it, then `data` beside this set in its run root); it must have been made with
+        this set's dataset settings.
+        """
+        dataset = {"dataset": self.manifest["settings"]["dataset"]}
+        candidates = [data_uri] if data_uri else [self.manifest["inputs"]["data"], self.neighbour("data")]
+        misses: list[str] = []
+        found = _find_artifact(candidates, "prepare-data", lambda settings: settings == dataset, misses)
+        if found is None:
+            raise ArtifactError(f"no prepare-data artifact with the dataset settings of {self.uri} ({'; '.join(misses)}): "
+                                "give the data artifact the set was distilled from")
+        t = found[0].read_tensors("test.safetensors")
+        return t["x"], t["y"]
+
+    def neighbour(self, name: str) -> str:
+        """The URI of artifact `name` beside this one in its run root (the layout `infer-distill run` writes)."""
+        head = self.uri.rstrip("/").rpartition("/")[0]
+        return f"{head}/{name}" if head else name
+
+
+def _find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict], bool],
+                   misses: list[str] | None = None) -> tuple[Artifact, dict] | None:
+    """The first of `uris` holding a readable `stage` artifact whose settings match, with its manifest; else None
+    (and why each one did not do, appended to `misses`)."""
+    misses = [] if misses is None else misses
+    for uri in dict.fromkeys(uris):
+        try:
+            art = open_artifact(uri)
+            manifest = art.read_manifest()
+        except ArtifactError as e:
+            misses.append(str(e))
+            continue
+        if manifest.get("stage") == stage and settings_match(manifest.get("settings", {})):
+            return art, manifest
+        misses.append(f"{uri} is a {manifest.get('stage')!r} artifact, not the {stage!r} one of these settings")
+    return None
+
+
+def _check_manifest(uri: str, manifest: dict[str, Any]) -> None:
+    stage = manifest.get("stage")
+    if stage != "soft-label":
+        raise ArtifactError(f"{uri} is a {stage!r} artifact, not a distilled set: give the soft-label stage's output, "
+                            "the distilled/ folder of a run (e.g. runs/quickstart/distilled)")
+    if fingerprint(manifest.get("settings", {})) != manifest.get("fingerprint"):
+        raise ArtifactError(f"{uri}: the settings in manifest.json do not match its fingerprint (the manifest was altered): "
+                            "re-run the soft-label stage")
+    missing = [k for k in ("budget", *DISTILLED_DESCRIPTION) if k not in manifest.get("metrics", {})]
+    if missing:
+        raise ArtifactError(f"{uri} records no {', '.join(missing)} (made before soft-label recorded them): "
+                            "delete it and re-run the soft-label stage (`infer-distill run` rebuilds only what is missing)")
+
+
+def _check_shapes(uri: str, manifest: dict[str, Any], natural: torch.Tensor, ufc: torch.Tensor, soft_labels: torch.Tensor) -> None:
+    """The tensors agree with each other and with what the manifest records (K, M, B, C, N)."""
+    b = manifest["metrics"]["budget"]
+    K, M, B, C = b["num_subsets"], b["num_teachers"], b["class_batches"], b["num_classes"]
+    expected = {
+        "natural": (natural.shape[:2], (K, C)),
+        "ufc": (ufc.shape[:3] + ufc.shape[3:], (K, M, B) + natural.shape[2:]),
+        "soft_labels": (soft_labels.shape, (K * (M + 1) * C, C)),
+    }
+    for name, (shape, want) in expected.items():
+        if tuple(shape) != tuple(want):
+            raise ArtifactError(f"{uri}: tensor {name!r} in distilled.safetensors has shape {tuple(shape)}, but the manifest "
+                                f"records K={K}, M={M}, B={B}, C={C} ({want} expected): re-run the soft-label stage")
+    if len(manifest["metrics"]["classes"]) != C or len(manifest["settings"]["teachers"]) != M:
+        raise ArtifactError(f"{uri}: manifest.json lists {len(manifest['metrics']['classes'])} classes and "
+                            f"{len(manifest['settings']['teachers'])} teachers, its budget C={C} and M={M}: re-run the soft-label stage")
+
+
+# ----------------------------------------------------------------------------------------
+# Export: an ImageFolder of PNGs or one .npz, each with a DATASHEET.md
+# ----------------------------------------------------------------------------------------
+
+
+def export(uri: str, fmt: str, out: str | os.PathLike[str], include_test: bool = False) -> Path:
+    """Write the set at `uri` to the new local directory `out` as `fmt` ("imagefolder" or "npz"); returns `out`.
+
+    imagefolder: train/<class>/<subset>_<teacher>.png (or _natural), instances.csv (file, labels,
+    origin; row i = soft_labels.npy row i = instance i), soft_labels.npy (float32 logits),
+    classes.json, DATASHEET.md. npz: distilled.npz with the same content, and DATASHEET.md.
+    include_test adds the real test split the set was made for (test/<class>/<index>.png, or
+    test_images/test_labels), so `out` is a complete `dataset.name: imagefolder` root.
+
+    Everything is written to a temporary sibling and renamed into place: on any failure `out`
+    is left as it was. `out` must not exist, or be an empty directory.
+    """
+    if fmt not in FORMATS:
+        raise ArtifactError(f"export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    target = _check_out(out)
+    ds = DistilledSet.open(uri, dtype=torch.uint8)
+    test = ds.read_test_split() if include_test else None
+    if fmt == "imagefolder":
+        _check_imagefolder(ds)
+    with _staged_dir(target) as tmp:
+        if fmt == "imagefolder":
+            _write_imagefolder(ds, tmp, test)
+        else:
+            _write_npz(ds, tmp, test)
+    return target
+
+
+def _check_out(out: str | os.PathLike[str]) -> Path:
+    text = os.fspath(out)
+    if "://" in text:
+        raise ArtifactError(f"--out {text}: export writes a local directory; give a local path (copy it to object storage afterwards)")
+    target = Path(text).expanduser().absolute()
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise ArtifactError(f"--out {text} already exists and is not an empty directory: choose a new --out (export never overwrites)")
+    return target
+
+
+@contextmanager
+def _staged_dir(target: Path):
+    """A temporary directory beside `target`, renamed to `target` only if the block completes."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+    except OSError as e:
+        raise ArtifactError(f"--out {target} is not writable: {e.strerror or e}; choose another --out") from e
+    try:
+        yield tmp
+        os.rename(tmp, target)  # replaces an empty directory atomically
+    except OSError as e:
+        raise ArtifactError(f"cannot write the export to {target}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed
+
+
+def _check_imagefolder(ds: DistilledSet) -> None:
+    channels = ds.images.shape[1]
+    if channels not in (1, 3):
+        raise ArtifactError(f"{ds.uri}: images have {channels} channels; PNG holds 1 (grey) or 3 (RGB): use --format npz")
+    for name in ds.classes:
+        if name in ("", ".", "..") or "/" in name or "\\" in name or name.startswith("."):
+            raise ArtifactError(f"{ds.uri}: class name {name!r} cannot be a folder name: use --format npz")
+
+
+def _file_names(ds: DistilledSet) -> list[str]:
+    """Where instance i goes in an ImageFolder export: train/<class>/<subset>_<teacher>.png."""
+    return [f"train/{ds.classes[int(ds.labels[i])]}/{int(ds.subsets[i]):04d}_{ds.teacher_name(i)}.png" for i in range(len(ds))]
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """One uint8 image [ch, H, W] (ch 1 or 3) as lossless PNG bytes."""
+    pixels = image.numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels[0] if len(pixels) == 1 else pixels.transpose(1, 2, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_files(root: Path, files: Iterable[tuple[str, bytes]]) -> None:
+    for rel, data in files:  # one file's bytes in memory at a time
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _soft_labels_f32(ds: DistilledSet) -> np.ndarray:
+    return ds.soft_labels.numpy().astype("<f4")
+
+
+def _write_imagefolder(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    names = _file_names(ds)
+    _write_files(root, ((name, _png(image)) for name, image in zip(names, ds.images)))
+    if test is not None:
+        x, y = test
+        width = max(5, len(str(len(y) - 1)))  # names sort in test-set order
+        _write_files(root, ((f"test/{ds.classes[int(y[i])]}/{i:0{width}d}.png", _png(x[i])) for i in range(len(y))))
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["file", "label", "class", "subset", "teacher"])
+    for i, name in enumerate(names):
+        label = int(ds.labels[i])
+        writer.writerow([name, label, ds.classes[label], int(ds.subsets[i]), ds.teacher_name(i)])
+    buf = io.BytesIO()
+    np.save(buf, _soft_labels_f32(ds), allow_pickle=False)
+    _write_files(root, [
+        ("instances.csv", rows.getvalue().encode()),
+        ("soft_labels.npy", buf.getvalue()),
+        ("classes.json", (json.dumps(ds.classes, indent=1) + "\n").encode()),
+        ("DATASHEET.md", datasheet(ds, "imagefolder", test is not None).encode()),
+    ])
+
+
+def _write_npz(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    sheet = datasheet(ds, "npz", test is not None)
+    arrays = {
+        "images": ds.images.numpy(), "soft_labels": _soft_labels_f32(ds), "labels": ds.labels.numpy(),
+        "subsets": ds.subsets.numpy(), "teachers": ds.teachers.numpy(), "classes": np.array(ds.classes, dtype=str),
+        "teacher_archs": np.array(ds.teacher_archs, dtype=str), "mean": np.array(ds.mean), "std": np.array(ds.std),
+        "datasheet": np.array(sheet),
+    }
+    if test is not None:
+        arrays.update(test_images=test[0].numpy(), test_labels=test[1].numpy())
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # plain arrays only: np.load(..., allow_pickle=False) reads it
+    _write_files(root, [("distilled.npz", buf.getvalue()), ("DATASHEET.md", sheet.encode())])
+
+
+# ----------------------------------------------------------------------------------------
+# The datasheet
+# ----------------------------------------------------------------------------------------
+
+
+def content_sha256(ds: DistilledSet) -> dict[str, str]:
+    """Checksums of what an export holds, independent of its format: the 8-bit images [N, ch, H, W]
+    and the float32 soft labels [N, C], as C-order little-endian bytes in instance order."""
+    pixels = ds.images if ds.images.dtype == torch.uint8 else to_uint8(ds.images)
+    return {"images": hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
+            "soft_labels": hashlib.sha256(_soft_labels_f32(ds).tobytes()).hexdigest()}
+
+
+def _teacher_accuracies(ds: DistilledSet) -> list[float | None]:
+    """Each teacher's test accuracy from its train-teacher artifact, where one made with these settings can be read."""
+    recorded = ds.manifest["inputs"].get("teachers", [])
+    accs: list[float | None] = []
+    for m, settings in enumerate(ds.manifest["settings"]["teachers"]):
+        candidates = recorded[m : m + 1] + [ds.neighbour(f"teachers/{settings['arch']}")]
+        found = _find_artifact(candidates, "train-teacher", lambda s, t=settings: s.get("teacher") == t)
+        accs.append(found[1]["metrics"]["test_acc"] if found else None)
+    return accs
+
+
+def _run_report(ds: DistilledSet) -> dict | None:
+    """report.json of the run this set belongs to (the report artifact beside it), if there is one for these settings."""
+    def same_set(settings: dict) -> bool:
+        return {k: v for k, v in settings.items() if k not in ("students", "label_modes")} == ds.manifest["settings"]
+
+    found = _find_artifact([ds.neighbour("report")], "report", same_set)
+    return found[1]["metrics"]["report"] if found else None
+
+
+def _pct(x: float | None) -> str:
+    return "not recorded" if x is None else f"{100 * x:.2f} %"
+
+
+def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
+    """DATASHEET.md: what the set is, where it comes from, what it costs, how to check it and how to train on it."""
+    m, settings = ds.manifest, ds.manifest["settings"]
+    b = m["metrics"]["budget"]
+    n, (ch, h, w), c = len(ds), ds.images.shape[1:], len(ds.classes)
+    dataset = settings["dataset"]
+    source = dataset["name"] + (f" (root {dataset['root']})" if dataset.get("root") else "")
+    limits = ", ".join(f"{k} {dataset[k]}" for k in ("train_per_class", "test_per_class", "image_size") if dataset.get(k))
+    teachers = ", ".join(f"{a} ({_pct(acc)} test accuracy)" for a, acc in zip(ds.teacher_archs, _teacher_accuracies(ds)))
+    report = _run_report(ds)
+    students = [f"{s['arch']}, {s['label_mode']} labels, {len(s['seeds'])} seed(s): {_pct(s['final_acc_mean'])} final epoch"
+                + (f" (± {100 * s['final_acc_std']:.2f} over seeds)" if len(s["seeds"]) > 1 else "")
+                + f", {_pct(s['best_acc_mean'])} best over epochs"
+                for s in (report or {}).get("student_summary", [])]
+    students += [f"baseline {s['arch']}, {s['description']}: {_pct(s['final_acc_mean'])} final epoch"
+                 for s in (report or {}).get("baseline_summary", [])]
+    sums = content_sha256(ds)
+    source_files = "\n".join(f"| `{name}` | `{entry['sha256']}` | {entry['bytes']:,} |" for name, entry in sorted(m["files"].items()))
+    layout = _LAYOUT[fmt].format(n=n, c=c, ch=ch, h=h, w=w, test=_TEST_LAYOUT[fmt] if with_test else "")
+    loader = _LOADER[fmt].format(n=n, ch=ch, h=h, w=w)
+    lines = [
+        f"# Distilled set: {dataset['name']}, {b['ipc']} images per class",
+        "",
+        f"{n:,} training instances of {c} classes, {ch}x{h}x{w} pixels, distilled with INFER (\"Breaking Class Barriers: "
+        "Efficient Dataset Distillation via Inter-Class Feature Compensator\", Zhang et al., ICLR 2025, arXiv 2408.06927) "
+        f"by infer-distill {m.get('infer_distill_version', '?')}; exported by infer-distill {__version__}.",
+        "",
+        "Every instance is a real training image (natural) or the same image plus a Universal Feature Compensator "
+        "(UFC) synthesised against one teacher, clipped to [0, 1]. Its label is the teachers' mean logits on it "
+        f"(soft label, use at temperature {ds.temperature:g}); the class of the real image is its hard label.",
+        "",
+        "**8-bit images.** The export quantises every composed image to 8 bits, round(255 x), as PNG does: pixels "
+        "are within half an 8-bit step of the set's float images (natural images are exact, they are 8-bit). "
+        "`infer_distill.DistilledSet` gives the unquantised float images.",
+        "",
+        "## Contents",
+        "",
+        layout,
+        "",
+        f"Instance order: {m['metrics']['instance_order']}. Classes (index = label): "
+        + ", ".join(f"{i} {name}" for i, name in enumerate(ds.classes[:20])) + (f", ... ({c} in all)" if c > 20 else "") + ".",
+        "",
+        "## Source and budget",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source dataset | {source}{', ' + limits if limits else ''} |",
+        f"| teachers (M = {len(ds.teacher_archs)}) | {teachers} |",
+        f"| images per class (ipc) | {b['ipc']} |",
+        f"| natural subsets (K) | {b['num_subsets']}, one real image per class each |",
+        f"| UFCs | {b['num_ufcs']} (K x M x {b['class_batches']} per subset and teacher), stored as {b['ufc_dtype']} |",
+        f"| soft labels | {b['num_instances']:,} x {c}, stored as {b['label_dtype']} |",
+        f"| bytes stored | {b['stored_bytes']:,} (natural images, UFCs and labels as the pipeline stores them) |",
+        f"| compression ratio | {b['compression_ratio']:.4f} of the {b['train_bytes']:,} bytes of training images |",
+        f"| student accuracy (real test set) | {'; '.join(students) if students else 'not recorded (no report of this run beside the set)'} |",
+        f"| normalisation | mean {_floats(ds.mean)}, std {_floats(ds.std)} (per channel, pixels in [0, 1]) |",
+        f"| augmentation the students train with | random crop with padding {ds.crop_padding}, horizontal flip {'on' if ds.hflip else 'off'} |",
+        f"| config fingerprint | `{m['fingerprint']}` (seed {m.get('seed')}, made {m.get('created_at', '?')}) |",
+        "",
+        "## Checksums",
+        "",
+        f"Source artifact `{ds.uri}` (soft-label stage):",
+        "",
+        "| file | sha256 | bytes |",
+        "|---|---|---|",
+        source_files,
+        "",
+        "Content of this export, whatever its format (sha256 of C-order, little-endian bytes in instance order):",
+        "",
+        f"- images, uint8 [{n}, {ch}, {h}, {w}]: `{sums['images']}`",
+        f"- soft labels, float32 [{n}, {c}]: `{sums['soft_labels']}`",
+        "",
+        "## Training on it with soft labels",
+        "",
+        "The recipe the pipeline's students use: MixUp of images and logits, KL divergence at temperature "
+        f"{ds.temperature:g} between the softened teacher and student distributions, AdamW with a cosine schedule, "
+        "random crop and flip. With infer-distill installed: `DistilledSet.open(...)` and "
+        "`infer_distill.training.train_student_model` (see `examples/train_your_own.py`). Without it, from this folder:",
+        "",
+        "```python",
+        loader,
+        _TRAIN.format(mean=list(ds.mean), std=list(ds.std), temperature=ds.temperature),
+        "```",
+        "",
+        "To compare with ordinary training, train on the same images with their hard labels (cross-entropy on "
+        + ("the class folders); in infer-distill, `dataset.name: imagefolder` with `dataset.root` at this folder reads "
+           "train/ and test/ as they are." if fmt == "imagefolder" and with_test else
+           "the class folders); in infer-distill, `dataset.name: imagefolder` reads train/<class>/ beside a test/<class>/ "
+           "split of real images (`export --include-test` writes one)." if fmt == "imagefolder" else "`labels`)."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _floats(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+_LAYOUT = {
+    "imagefolder": (
+        "- `train/<class>/<subset>_<teacher>.png`: the {n:,} instances, lossless PNG ({ch} channel(s), {h}x{w}); "
+        "`<subset>` is k (4 digits), `<teacher>` the architecture whose UFC it carries, or `natural`\n"
+        "- `instances.csv`: file, label, class, subset, teacher; row i is instance i\n"
+        "- `soft_labels.npy`: float32 [{n}, {c}], row i the soft label of `instances.csv` row i\n"
+        "- `classes.json`: class names, index = label{test}"
+    ),
+    "npz": (
+        "`distilled.npz` (`numpy.load(path, allow_pickle=False)`): `images` uint8 [{n}, {ch}, {h}, {w}], "
+        "`soft_labels` float32 [{n}, {c}], `labels`, `subsets`, `teachers` int64 [{n}] (teacher -1: natural), "
+        "`teacher_archs`, `classes` (index = label), `mean`, `std`, `datasheet` (this text){test}."
+    ),
+}
+_TEST_LAYOUT = {
+    "imagefolder": "\n- `test/<class>/<index>.png`: the real test split the set was made for, to measure accuracy on",
+    "npz": "; `test_images` uint8, `test_labels` int64: the real test split the set was made for",
+}
+_LOADER = {
+    "imagefolder": (
+        "import csv\n"
+        "import numpy as np, torch, torch.nn.functional as F\n"
+        "from PIL import Image\n"
+        "\n"
+        "def load():\n"
+        "    rows = list(csv.DictReader(open(\"instances.csv\")))\n"
+        "    pixels = np.stack([np.array(Image.open(r[\"file\"])) for r in rows]).reshape({n}, {h}, {w}, {ch})\n"
+        "    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255    # [N, ch, H, W] in [0, 1]\n"
+        "    return images, torch.from_numpy(np.load(\"soft_labels.npy\"))\n"
+    ),
+    "npz": (
+        "import numpy as np, torch, torch.nn.functional as F\n"
+        "\n"
+        "def load():\n"
+        "    arrays = np.load(\"distilled.npz\", allow_pickle=False)\n"
+        "    images = torch.from_numpy(arrays[\"images\"]).float() / 255              # [N, ch, H, W] in [0, 1]\n"
+        "    return images, torch.from_numpy(arrays[\"soft_labels\"])\n"
+    ),
+}
+_TRAIN = (
+    "def train(model, epochs, batch_size=64, lr=1e-3, mixup_alpha=0.8, temperature={temperature}, seed=0):\n"
+    "    \"\"\"`model` maps normalised images [B, ch, H, W] to logits [B, C]; add random crop and flip to x for the full recipe.\"\"\"\n"
+    "    images, soft = load()\n"
+    "    mean, std = torch.tensor({mean}).view(1, -1, 1, 1), torch.tensor({std}).view(1, -1, 1, 1)\n"
+    "    torch.manual_seed(seed)\n"
+    "    beta = torch.distributions.Beta(mixup_alpha, mixup_alpha)\n"
+    "    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)\n"
+    "    steps = epochs * -(-len(images) // batch_size)\n"
+    "    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)\n"
+    "    model.train()\n"
+    "    for _ in range(epochs):\n"
+    "        for idx in torch.randperm(len(images)).split(batch_size):\n"
+    "            x, z = images[idx], soft[idx]\n"
+    "            lam, perm = float(beta.sample()), torch.randperm(len(idx))\n"
+    "            x, z = lam * x + (1 - lam) * x[perm], lam * z + (1 - lam) * z[perm]   # MixUp images and logits alike\n"
+    "            log_p = F.log_softmax(model((x - mean) / std) / temperature, 1)\n"
+    "            loss = F.kl_div(log_p, F.softmax(z / temperature, 1), reduction=\"batchmean\")\n"
+    "            opt.zero_grad()\n"
+    "            loss.backward()\n"
+    "            opt.step()\n"
+    "            sched.step()\n"
+    "    return model"
+)

@@ -1,0 +1,383 @@
+"""The distilled set as a product: DistilledSet, `infer-distill export`, and training on the export."""
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, TINY
+from infer_distill import DistilledSet, stages
+from infer_distill.cli import main
+from infer_distill.config import DatasetConfig, load_config
+from infer_distill.data import load_dataset
+from infer_distill.distilled import content_sha256, to_uint8
+from infer_distill.stages import Layout
+from infer_distill.store import ArtifactError, open_artifact
+from infer_distill.synthesis import class_batch_index, decode_ufc, encode_ufc
+
+
+def test_to_uint8_rounds_to_the_nearest_step_and_clips():
+    x = torch.tensor([0.0, 0.5 / 255, 0.49 / 255, 1.0, 254.6 / 255, 1.2, -0.1])
+    assert to_uint8(x).tolist() == [0, 0, 0, 255, 255, 255, 0]  # round half to even: 0.5 -> 0
+    grid = torch.rand(1000)
+    assert ((to_uint8(grid).float() / 255 - grid).abs() <= 0.5 / 255 + 1e-7).all()
+
+
+# ---- a tiny real run: digits, two teachers, three synthesis iterations --------------------
+
+SETTINGS = TINY + ["students.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The stages up to soft-label, plus a report, under one run root (what `infer-distill run` lays out)."""
+    cfg = load_config(None, SETTINGS)
+    root = str(tmp_path_factory.mktemp("distilled") / "run")
+    layout = Layout(root)
+    stages.prepare_data(cfg, layout.data)
+    for arch in cfg.teachers.archs:
+        stages.train_teacher(cfg, arch, layout.data, layout.teacher(arch), progress=False)
+    stages.select_subsets(cfg, layout.data, layout.subsets)
+    shards = cfg.shard_plan(10)
+    for ids in shards:
+        stages.synthesize_ufc(cfg, ids, layout.data, layout.subsets, layout.teachers(cfg), layout.ufc(ids), progress=False)
+    stages.soft_label(cfg, layout.data, layout.subsets, layout.teachers(cfg), [layout.ufc(i) for i in shards], layout.distilled)
+    return cfg, layout
+
+
+def _student_inputs(cfg, layout, distilled, out, monkeypatch):
+    """The images and soft labels evaluate-student hands to the training loop."""
+    seen = {}
+    real = stages.train_student_model
+
+    def spy(model, images, soft_logits, *args, **kwargs):
+        seen.update(images=images.clone(), soft_labels=soft_logits.clone())
+        return real(model, images, soft_logits, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "train_student_model", spy)
+    stages.evaluate_student(cfg, "convnet_d3_w32", 0, "static", layout.data, distilled, layout.teachers(cfg), out, progress=False)
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["uint8 UFCs", "float16 UFCs", "5 classes per UFC"])
+def test_the_set_is_exactly_what_evaluate_student_trains_on(run, tmp_path, monkeypatch, variant):
+    cfg, layout = run
+    distilled = layout.distilled
+    if variant == "float16 UFCs":  # the same UFC shards, stored another way (ufc_dtype only changes soft-label)
+        cfg = load_config(None, SETTINGS + ["synthesis.ufc_dtype=float16"])
+        distilled = str(tmp_path / "distilled")
+        stages.soft_label(cfg, layout.data, layout.subsets, layout.teachers(cfg), [layout.ufc(i) for i in cfg.shard_plan(10)], distilled)
+    if variant == "5 classes per UFC":  # B = 2 UFCs per subset and teacher: new subsets and UFCs, same data and teachers
+        cfg = load_config(None, SETTINGS + ["synthesis.classes_per_ufc=5"])
+        other = Layout(str(tmp_path / "run"))
+        stages.select_subsets(cfg, layout.data, other.subsets)
+        ufc = [other.ufc(ids) for ids in cfg.shard_plan(10)]
+        for ids, uri in zip(cfg.shard_plan(10), ufc):
+            stages.synthesize_ufc(cfg, ids, layout.data, other.subsets, layout.teachers(cfg), uri, progress=False)
+        distilled = other.distilled
+        stages.soft_label(cfg, layout.data, other.subsets, layout.teachers(cfg), ufc, distilled)
+    stored = open_artifact(distilled).read_manifest()["files"]["distilled.safetensors"]["tensors"]["ufc"]
+    assert stored["dtype"] == cfg.synthesis.ufc_dtype and stored["shape"][2] == cfg.class_batches(10)
+
+    seen = _student_inputs(cfg, layout, distilled, str(tmp_path / "student"), monkeypatch)
+    ds = DistilledSet.open(distilled)
+    images, soft_labels, labels = ds.tensors()
+    assert images.dtype == torch.float32 and torch.equal(images, seen["images"])
+    assert torch.equal(soft_labels, seen["soft_labels"])
+    K = cfg.num_subsets(10)
+    assert len(ds) == len(labels) == K * 3 * 10   # K subsets x (natural + 2 teachers) x 10 classes
+    image, soft, label = ds[37]
+    assert torch.equal(image, seen["images"][37]) and torch.equal(soft, seen["soft_labels"][37]) and int(label) == 7
+
+
+@pytest.mark.slow
+def test_origins_labels_and_description_agree_with_the_inputs(run):
+    """Each instance is the natural image of its subset and class, plus its teacher's stored UFC, as the other artifacts say."""
+    cfg, layout = run
+    ds = DistilledSet.open(layout.distilled)
+    data = open_artifact(layout.data)
+    train = data.read_tensors("train.safetensors")
+    indices = open_artifact(layout.subsets).read_tensors("subsets.safetensors")["indices"]          # [K, C]
+    (shard,) = [open_artifact(layout.ufc(ids)).read_tensors("ufc.safetensors")["ufc"] for ids in cfg.shard_plan(10)]
+    ufc = decode_ufc(encode_ufc(shard, "uint8"))                                                     # as soft-label stores them
+    batch = class_batch_index(10, None)
+    for i in range(len(ds)):
+        k, m, c = int(ds.subsets[i]), int(ds.teachers[i]), int(ds.labels[i])
+        natural = train["x"][indices[k, c]].float() / 255
+        assert c == int(train["y"][indices[k, c]])
+        expected = natural if m < 0 else (natural + ufc[k, m, batch[c]]).clamp(0, 1)
+        assert torch.equal(ds.images[i], expected), i
+        assert ds.teacher_name(i) == ("natural" if m < 0 else cfg.teachers.archs[m])
+    assert ds.teachers[:10].tolist() == [-1] * 10 and ds.teachers[10:20].tolist() == [0] * 10
+    dm = data.read_manifest()["metrics"]
+    assert (ds.classes, list(ds.mean), list(ds.std)) == (dm["classes"], dm["mean"], dm["std"])
+    assert (ds.crop_padding, ds.hflip, ds.temperature) == (dm["crop_padding"], dm["hflip"], cfg.labels.temperature)
+    assert ds.teacher_archs == cfg.teachers.archs
+
+    as_uint8 = DistilledSet.open(layout.distilled, dtype=torch.uint8)
+    assert as_uint8.images.dtype == torch.uint8 and torch.equal(as_uint8.images, to_uint8(ds.images))
+    loader = torch.utils.data.DataLoader(DistilledSet.open(layout.distilled, transform=lambda x: 1 - x), batch_size=100)
+    x, z, y = next(iter(loader))
+    assert torch.equal(x, 1 - ds.images[:100]) and torch.equal(z, ds.soft_labels[:100]) and torch.equal(y, ds.labels[:100])
+    test_x, test_y = ds.read_test_split()
+    assert torch.equal(test_x, data.read_tensors("test.safetensors")["x"]) and len(test_y) == len(test_x)
+
+
+@pytest.mark.slow
+def test_the_set_from_the_s3_server(run, s3_bucket, tmp_path, monkeypatch):
+    cfg, layout = run
+    uri = f"s3://{s3_bucket}/run/distilled"
+    stages.soft_label(cfg, layout.data, layout.subsets, layout.teachers(cfg), [layout.ufc(i) for i in cfg.shard_plan(10)], uri)
+    seen = _student_inputs(cfg, layout, uri, str(tmp_path / "student"), monkeypatch)
+    remote = DistilledSet.open(uri)
+    assert remote.uri == uri
+    assert torch.equal(remote.images, seen["images"]) and torch.equal(remote.soft_labels, seen["soft_labels"])
+    local = DistilledSet.open(layout.distilled)
+    assert torch.equal(remote.labels, local.labels) and remote.classes == local.classes
+
+    assert main(["export", uri, "--format", "npz", "--out", str(tmp_path / "npz")]) == 0
+    arrays = np.load(tmp_path / "npz" / "distilled.npz", allow_pickle=False)
+    assert np.array_equal(arrays["soft_labels"], local.soft_labels.numpy())
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def _read_imagefolder(out: Path):
+    rows = list(csv.DictReader(open(out / "instances.csv")))
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(out / r["file"]))) for r in rows])
+    if pixels.dim() == 3:
+        pixels = pixels.unsqueeze(1)        # grey PNGs: [N, H, W]
+    else:
+        pixels = pixels.permute(0, 3, 1, 2)
+    return rows, pixels
+
+
+@pytest.mark.slow
+def test_imagefolder_export_round_trip(run, tmp_path, capsys):
+    cfg, layout = run
+    out = tmp_path / "exported"
+    assert main(["export", layout.distilled, "--format", "imagefolder", "--out", str(out), "--include-test"]) == 0
+    assert str(out) in capsys.readouterr().err
+    ds = DistilledSet.open(layout.distilled)
+    rows, pixels = _read_imagefolder(out)
+
+    # images within half an 8-bit step of the composed float images; labels exactly the artifact's
+    assert pixels.shape == ds.images.shape and pixels.dtype == torch.uint8
+    assert (pixels.float() / 255 - ds.images).abs().max() <= 0.5 / 255 + 1e-6
+    assert [int(r["label"]) for r in rows] == ds.labels.tolist()
+    assert [(int(r["subset"]), r["teacher"]) for r in rows] == [(int(ds.subsets[i]), ds.teacher_name(i)) for i in range(len(ds))]
+    assert rows[0]["file"] == "train/0/0000_natural.png" and rows[10]["file"] == "train/0/0000_convnet_d2_w32.png"
+    soft = np.load(out / "soft_labels.npy", allow_pickle=False)
+    stored = open_artifact(layout.distilled).read_tensors("distilled.safetensors")["soft_labels"]
+    assert soft.dtype == np.float32 and np.array_equal(soft, stored.float().numpy())
+    assert json.loads((out / "classes.json").read_text()) == [str(d) for d in range(10)]
+
+    sheet = (out / "DATASHEET.md").read_text()
+    manifest = open_artifact(layout.distilled).read_manifest()
+    b = manifest["metrics"]["budget"]
+    teacher_acc = open_artifact(layout.teacher("resnet_tiny")).read_manifest()["metrics"]["test_acc"]
+    for needle in ["quantises every composed image to 8 bits", manifest["fingerprint"], f"{b['stored_bytes']:,}",
+                   f"{b['compression_ratio']:.4f}", f"resnet_tiny ({100 * teacher_acc:.2f} % test accuracy)",
+                   manifest["files"]["distilled.safetensors"]["sha256"], "| images per class (ipc) | 10 |",
+                   "| natural subsets (K) | 8,", "teachers (M = 2)", "source dataset | digits", "not recorded (no report"]:
+        assert needle in sheet, needle
+    # the content checksums in the datasheet are those of the pixels read back from the PNGs
+    assert f"`{__import__('hashlib').sha256(pixels.numpy().tobytes()).hexdigest()}`" in sheet
+    assert content_sha256(ds)["soft_labels"] in sheet
+
+    # round trip: dataset.name=imagefolder reads the export (train/ and test/) for ordinary training
+    data = load_dataset(DatasetConfig(name="imagefolder", root=str(out)))
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["file"])   # the folder reader's order
+    assert data.classes == ds.classes
+    assert torch.equal(data.train_x[:, :1], pixels[order]) and torch.equal(data.train_y, ds.labels[order])
+    test_x, test_y = ds.read_test_split()
+    test_order = sorted(range(len(test_y)), key=lambda i: f"{ds.classes[int(test_y[i])]}/{i:05d}.png")
+    assert torch.equal(data.test_y, test_y[test_order]) and torch.equal(data.test_x[:, :1], test_x[test_order])  # lossless
+    sets = sum((["--set", s] for s in ["dataset.name=imagefolder", f"dataset.root={out}", "teachers.epochs=1",
+                                       "teachers.archs=[convnet_d2_w32]", "device=cpu"]), [])
+    root = str(tmp_path / "hard")
+    assert main(["stage", "prepare-data", "--root", root, *sets]) == 0
+    assert main(["stage", "train-teacher", "--root", root, "--arch", "convnet_d2_w32", *sets]) == 0
+    trained = open_artifact(f"{root}/teachers/convnet_d2_w32").read_manifest()["metrics"]
+    assert 0 <= trained["test_acc"] <= 1 and len(trained["train_losses"]) == 1
+
+
+@pytest.mark.slow
+def test_npz_export_has_the_same_content(run, tmp_path):
+    cfg, layout = run
+    assert main(["export", layout.distilled, "--format", "npz", "--out", str(tmp_path / "npz")]) == 0
+    assert sorted(p.name for p in (tmp_path / "npz").iterdir()) == ["DATASHEET.md", "distilled.npz"]
+    arrays = np.load(tmp_path / "npz" / "distilled.npz", allow_pickle=False)
+    ds = DistilledSet.open(layout.distilled)
+    assert np.array_equal(arrays["images"], to_uint8(ds.images).numpy())
+    assert np.array_equal(arrays["soft_labels"], ds.soft_labels.numpy())
+    for key in ("labels", "subsets", "teachers"):
+        assert np.array_equal(arrays[key], getattr(ds, key).numpy()), key
+    assert arrays["classes"].tolist() == ds.classes and arrays["teacher_archs"].tolist() == ds.teacher_archs
+    assert np.allclose(arrays["mean"], ds.mean) and "test_images" not in arrays
+    sheet = (tmp_path / "npz" / "DATASHEET.md").read_text()
+    assert str(arrays["datasheet"]) == sheet and "quantises every composed image to 8 bits" in sheet
+    assert content_sha256(ds)["images"] in sheet
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["imagefolder", "npz"])
+def test_the_datasheet_recipe_trains_a_model_on_the_export(run, tmp_path, monkeypatch, fmt):
+    """The Python in DATASHEET.md runs as written, from the export folder, and changes the model."""
+    _, layout = run
+    out = tmp_path / fmt
+    assert main(["export", layout.distilled, "--format", fmt, "--out", str(out)]) == 0
+    (code,) = re.findall(r"```python\n(.*?)```", (out / "DATASHEET.md").read_text(), re.S)
+    monkeypatch.chdir(out)
+    namespace: dict = {}
+    exec(code, namespace)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    before = model[1].weight.clone()
+    assert namespace["train"](model, epochs=1) is model
+    assert not torch.equal(model[1].weight, before)
+
+
+@pytest.mark.slow
+def test_a_moved_run_still_describes_the_set_and_its_report_adds_the_student_accuracy(run, tmp_path):
+    """Inputs recorded at paths that no longer exist are found beside the set, in its run root."""
+    cfg, layout = run
+    copy = Layout(str(shutil.copytree(layout.root, tmp_path / "run")))
+    manifest_file = Path(copy.distilled) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["inputs"] = {k: "/moved/away" if isinstance(v, str) else ["/moved/away"] * len(v) for k, v in manifest["inputs"].items()}
+    manifest_file.write_text(json.dumps(manifest))       # inputs are no part of the fingerprint or the checksums
+    ufc = [copy.ufc(ids) for ids in cfg.shard_plan(10)]
+    stages.evaluate_student(cfg, "convnet_d3_w32", 0, "static", copy.data, copy.distilled, copy.teachers(cfg),
+                            copy.student("convnet_d3_w32", 0, "static"), progress=False)
+    stages.report(cfg, copy.data, copy.teachers(cfg), ufc, copy.distilled, copy.students(cfg), copy.report)
+
+    assert main(["export", copy.distilled, "--format", "npz", "--out", str(tmp_path / "npz"), "--include-test"]) == 0
+    sheet = (tmp_path / "npz" / "DATASHEET.md").read_text()
+    acc = open_artifact(copy.student("convnet_d3_w32", 0, "static")).read_manifest()["metrics"]["final_acc"]
+    assert f"convnet_d3_w32, static labels, 1 seed(s): {100 * acc:.2f} % final epoch" in sheet
+    teacher_acc = open_artifact(copy.teacher("convnet_d2_w32")).read_manifest()["metrics"]["test_acc"]
+    assert f"convnet_d2_w32 ({100 * teacher_acc:.2f} % test accuracy)" in sheet
+    arrays = np.load(tmp_path / "npz" / "distilled.npz", allow_pickle=False)
+    test = open_artifact(copy.data).read_tensors("test.safetensors")
+    assert np.array_equal(arrays["test_images"], test["x"].numpy()) and np.array_equal(arrays["test_labels"], test["y"].numpy())
+
+    shutil.rmtree(copy.data)
+    with pytest.raises(ArtifactError, match="no prepare-data artifact with the dataset settings .*manifest.json missing"):
+        DistilledSet.open(copy.distilled).read_test_split()
+
+
+# ---- refusals: nothing half-written -----------------------------------------------------
+
+
+def _copy(uri: str, dest: Path) -> Path:
+    shutil.copytree(uri, dest)
+    return dest
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
+
+
+@pytest.mark.slow
+def test_a_corrupted_set_is_refused_and_nothing_is_written(run, tmp_path, capsys):
+    _, layout = run
+    bad = _copy(layout.distilled, tmp_path / "bad")
+    blob = bytearray((bad / "distilled.safetensors").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (bad / "distilled.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="sha256"):
+        DistilledSet.open(bad)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["export", str(bad), "--format", "imagefolder", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "distilled.safetensors" in err and "sha256" in err
+    assert _nothing_written(out)
+
+    (bad / "distilled.safetensors").write_bytes(bytes(blob[:-100]))   # truncated
+    assert main(["export", str(bad), "--format", "npz", "--out", str(out)]) == 2
+    assert "truncated" in capsys.readouterr().err and _nothing_written(out)
+
+
+@pytest.mark.slow
+def test_a_wrong_stage_or_altered_manifest_is_refused(run, tmp_path, capsys):
+    _, layout = run
+    out = tmp_path / "out"
+    assert main(["export", layout.data, "--format", "npz", "--out", str(out)]) == 2
+    assert "is a 'prepare-data' artifact, not a distilled set" in capsys.readouterr().err and _nothing_written(out)
+    assert main(["export", str(tmp_path / "nothing"), "--format", "npz", "--out", str(out)]) == 2
+    assert "manifest.json missing" in capsys.readouterr().err and _nothing_written(out)
+
+    edited = _copy(layout.distilled, tmp_path / "edited")
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["settings"]["labels"]["temperature"] = 4.0
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="do not match its fingerprint"):
+        DistilledSet.open(edited)
+
+    older = _copy(layout.distilled, tmp_path / "older")
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["metrics"]["classes"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="records no classes"):
+        DistilledSet.open(older)
+
+
+@pytest.mark.slow
+def test_export_never_overwrites_and_a_failure_midway_leaves_nothing(run, tmp_path, capsys, monkeypatch):
+    _, layout = run
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    assert main(["export", layout.distilled, "--format", "imagefolder", "--out", str(taken)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+    assert main(["export", layout.distilled, "--format", "npz", "--out", "s3://bucket/x"]) == 2
+    assert "local directory" in capsys.readouterr().err
+
+    from infer_distill import distilled
+
+    written = []
+    real_png = distilled._png
+
+    def failing_png(image):
+        if len(written) == 50:
+            raise OSError(28, "No space left on device")
+        written.append(1)
+        return real_png(image)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(distilled, "_png", failing_png)
+    with pytest.raises(ArtifactError, match="No space left on device"):
+        distilled.export(layout.distilled, "imagefolder", out)
+    assert len(written) == 50
+    assert _nothing_written(out)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(distilled, "_png", real_png)
+    assert main(["export", layout.distilled, "--format", "imagefolder", "--out", str(empty)]) == 0
+    assert (empty / "DATASHEET.md").is_file() and _nothing_written(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_the_example_trains_a_timm_model_outside_the_registry(run):
+    from infer_distill.models import MODEL_REGISTRY
+
+    _, layout = run
+    assert "resnet10t" not in MODEL_REGISTRY
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "train_your_own.py"), layout.distilled, "--epochs", "2",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"resnet10t \(4,927,186 parameters\) trained on 240 distilled instances for 2 epochs: \d+\.\d\d % test accuracy",
+                     done.stdout), done.stdout
