@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Build the images, cached: re-running after a source change rebuilds only the last layers.
 #
-#   docker/build.sh               # cpu: the base image (if missing) + infer-distill:cpu
+#   docker/build.sh               # infer-distill:cpu
 #   docker/build.sh cuda          # infer-distill:cuda (torch 2.14.1 + CUDA 13 wheels, ~7 GB)
-#   docker/build.sh moto          # infer-distill-moto:5.2.5, the S3 server of compose.test.yaml
+#   docker/build.sh moto          # infer-distill-moto:5.2.5, the S3 server of compose.moto.yaml
 #   docker/build.sh cpu moto      # several at once
 #
 # Environment:
-#   BASE_IMAGE        base tag (default infer-distill-base:bookworm-py3.11, made by
-#                     build-base.sh when missing); any Debian bookworm image with python3 and
-#                     python3-venv works where images can be pulled (e.g. python:3.11-slim-bookworm)
+#   BASE_IMAGE        base image (default python:3.11-slim-bookworm, pulled from Docker Hub). Where
+#                     nothing can be pulled: BASE_IMAGE=infer-distill-base:bookworm-py3.11, which
+#                     build-base.sh makes with debootstrap when missing (Linux, root)
 #   IMAGE_PREFIX      image name (default infer-distill): tags are $IMAGE_PREFIX:cpu|cuda
 #   WHEEL_DIRS        folders with torch/torchvision/nvidia wheels to use before any index
 #                     (default: /opt/wheels /opt/pypi-more/files where they exist). They are
@@ -20,26 +20,27 @@
 #                     the same way, used and deleted within each pip step (default: SSL_CERT_FILE)
 #   TORCH_INDEX_URL   extra index for torch (default for cpu when no local CPU wheel is found:
 #                     https://download.pytorch.org/whl/cpu)
+#   DOCKER_BUILDKIT   1/0: BuildKit or the legacy builder (default: BuildKit where `docker buildx`
+#                     is installed, as Docker Desktop and docker-ce have it)
 #   DOCKER_BUILD_ARGS extra arguments for `docker build`
 #   IIDFILE_DIR       write each image's ID to $IIDFILE_DIR/<target>.iid (the tests run exactly
 #                     the image they built, whatever retags the name meanwhile)
-# Uses the legacy builder unless DOCKER_BUILDKIT is set (BuildKit may be missing).
+# Uses only what macOS and Linux both have (bash, python3, mkdir, awk, date).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE_IMAGE=${BASE_IMAGE:-infer-distill-base:bookworm-py3.11}
+BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim-bookworm}
 IMAGE_PREFIX=${IMAGE_PREFIX:-infer-distill}
 WHEELS_PORT=${WHEELS_PORT:-8799}
 MOTO_VERSION=${MOTO_VERSION:-5.2.5}
-export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+if [ -z "${DOCKER_BUILDKIT:-}" ]; then
+    if docker buildx version >/dev/null 2>&1; then DOCKER_BUILDKIT=1; else DOCKER_BUILDKIT=0; fi
+fi
+export DOCKER_BUILDKIT
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(cpu)
 
 docker info >/dev/null 2>&1 || { echo "no Docker daemon answers: start one (as root: docker/dockerd-loopback.sh)" >&2; exit 1; }
-
-# One build at a time on this machine: builds share the wheel server's port.
-exec 9>/tmp/infer-distill-docker-build.lock
-flock 9
 
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     if [ "$BASE_IMAGE" = infer-distill-base:bookworm-py3.11 ]; then
@@ -55,10 +56,29 @@ fi
 WHEELS_URL=""
 PIP_CERT_URL=""
 SERVER_PID=""
-stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; }
+LOCK=${TMPDIR:-/tmp}/infer-distill-docker-build.lock.d
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    if [ -f "$LOCK/pid" ] && [ "$(cat "$LOCK/pid")" = $$ ]; then rm -rf "$LOCK"; fi
+}
 trap stop_server EXIT
+# One serving build at a time on a machine: they share the wheel server's port. mkdir is atomic;
+# a lock whose owner is gone (killed) is taken over.
+take_lock() {
+    local waited=0 owner
+    until mkdir "$LOCK" 2>/dev/null; do
+        owner=$(cat "$LOCK/pid" 2>/dev/null || true)
+        if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then rm -rf "$LOCK"; continue; fi
+        # (no pid yet: its owner is between mkdir and writing it, or died there)
+        if [ -z "$owner" ] && [ "$waited" -ge 5 ]; then rm -rf "$LOCK"; continue; fi
+        [ "$waited" -eq 0 ] && echo "waiting for another build to finish (lock $LOCK${owner:+, pid $owner})"
+        waited=$((waited + 1))
+        sleep 1
+    done
+    echo $$ >"$LOCK/pid"
+}
 start_server() {
-    local dirs=${WHEEL_DIRS-} stage=/tmp/infer-distill-wheels d f n=0
+    local dirs=${WHEEL_DIRS-} stage=${TMPDIR:-/tmp}/infer-distill-wheels d f n=0
     local cert=${PIP_CERT:-${SSL_CERT_FILE:-}}
     if [ -z "${WHEEL_DIRS+set}" ]; then
         for d in /opt/wheels /opt/pypi-more/files /opt/pypi/files; do [ -d "$d" ] && dirs="$dirs $d"; done
@@ -73,6 +93,7 @@ start_server() {
     # A CA bundle that pip on this machine is told to use (e.g. a TLS-intercepting proxy's).
     [ -n "$cert" ] && [ -f "$cert" ] && ln -sf "$cert" "$stage/ca-bundle.crt"
     [ "$n" -gt 0 ] || [ -e "$stage/ca-bundle.crt" ] || return 0
+    take_lock
     python3 -m http.server "$WHEELS_PORT" --bind 127.0.0.1 --directory "$stage" >/dev/null 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 50); do
@@ -95,11 +116,14 @@ build() {  # build TARGET TAG DOCKERFILE CONTEXT ARGS...
     shift 4
     [ -z "${IIDFILE_DIR:-}" ] || set -- "$@" --iidfile "$IIDFILE_DIR/$target.iid"
     started=$(date +%s)
-    echo "== building $tag"
+    # The RUN steps reach the wheel server on the host's loopback; nothing else needs the host network.
+    [ -z "$SERVER_PID" ] || set -- "$@" --network host
+    [ "$DOCKER_BUILDKIT" = 1 ] || set -- "$@" --force-rm
+    log="${TMPDIR:-/tmp}/infer-distill-build-${tag//[:\/]/_}.log"
+    echo "== building $tag (from $BASE_IMAGE, $([ "$DOCKER_BUILDKIT" = 1 ] && echo BuildKit || echo legacy builder))"
     # shellcheck disable=SC2086
-    docker build --network host --force-rm -f "$file" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_CERT_URL="$PIP_CERT_URL" "$@" ${DOCKER_BUILD_ARGS:-} -t "$tag" "$context" \
-        >"/tmp/infer-distill-build-${tag//[:\/]/_}.log" 2>&1 \
-        || { tail -n 40 "/tmp/infer-distill-build-${tag//[:\/]/_}.log" >&2; echo "build of $tag failed; full log: /tmp/infer-distill-build-${tag//[:\/]/_}.log" >&2; exit 1; }
+    docker build -f "$file" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_CERT_URL="$PIP_CERT_URL" "$@" ${DOCKER_BUILD_ARGS:-} -t "$tag" "$context" \
+        >"$log" 2>&1 || { tail -n 40 "$log" >&2; echo "build of $tag failed; full log: $log" >&2; exit 1; }
     size=$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.2f GB", $1/1e9}')
     echo "built $tag in $(( $(date +%s) - started ))s, $size"
 }
@@ -108,7 +132,7 @@ for target in "${targets[@]}"; do
     case "$target" in
         cpu|cuda)
             index=${TORCH_INDEX_URL-}
-            if [ -z "$index" ] && [ "$target" = cpu ] && ! ls /tmp/infer-distill-wheels/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then
+            if [ -z "$index" ] && [ "$target" = cpu ] && ! ls "${TMPDIR:-/tmp}"/infer-distill-wheels/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then
                 index=https://download.pytorch.org/whl/cpu
             fi
             build "$target" "$IMAGE_PREFIX:$target" docker/Dockerfile . --build-arg VARIANT="$target" \

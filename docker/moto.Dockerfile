@@ -1,9 +1,9 @@
 # A real S3 server (moto in server mode) for the compose test override (compose.test.yaml) and
 # for dry runs where the MinIO image cannot be pulled (compose.moto.yaml).
 #   docker/build.sh moto
-# Built from the same local base as the project image; its context is docker/ (nothing in it
+# Built from the same base as the project image (BASE_IMAGE); its context is docker/ (nothing in it
 # is copied). Keep MOTO_VERSION within the project's dev pin (moto[server]>=5,<6).
-ARG BASE_IMAGE=infer-distill-base:bookworm-py3.11
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG MOTO_VERSION=5.2.5
 # As in docker/Dockerfile: a CA bundle pip trusts during this step only.

@@ -26,11 +26,13 @@ from conftest import REPO
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
 DOCKER_DIR = REPO / "docker"
-BASE = DOCKER_DIR / "compose.yaml"
-TEST = DOCKER_DIR / "compose.test.yaml"
-MOTO = DOCKER_DIR / "compose.moto.yaml"
+MINIO = DOCKER_DIR / "compose.yaml"        # MinIO on a bridge network: needs pulled images, validated as a file here
+MOTO = DOCKER_DIR / "compose.moto.yaml"    # moto on the host network: runs with images built here
+TEST = DOCKER_DIR / "compose.test.yaml"    # compose.moto.yaml at test size: the dry run below
 BUCKET = "infer-test"
 UP_TIMEOUT_S = 20 * 60
+# Nothing can be assumed pullable: the images build from the local debootstrap base unless told otherwise.
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "infer-distill-base:bookworm-py3.11")
 
 
 def _unavailable(reason: str) -> None:
@@ -93,7 +95,7 @@ def images(docker_daemon, tmp_path_factory) -> dict[str, str]:
     """Image IDs of infer-distill:cpu and the moto S3 server, built (cached) from this tree."""
     iid = tmp_path_factory.mktemp("iid")
     built = _run(["bash", str(DOCKER_DIR / "build.sh"), "cpu", "moto"], timeout=40 * 60,
-                 env={**os.environ, "IIDFILE_DIR": str(iid)})
+                 env={**os.environ, "IIDFILE_DIR": str(iid), "BASE_IMAGE": BASE_IMAGE})
     if built.returncode != 0:
         pytest.fail(f"docker/build.sh failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}")
     return {t: (iid / f"{t}.iid").read_text().strip() for t in ("cpu", "moto")}
@@ -147,7 +149,7 @@ def project(compose_cli, images, tmp_path):
         }
         values.update(env)
         values = {k: v for k, v in values.items() if v is not None}
-        p = Project(compose_cli, [BASE, TEST], _clean_env(**values), tmp_path)
+        p = Project(compose_cli, [TEST], _clean_env(**values), tmp_path)
         p.values = values
         made.append(p)
         return p
@@ -171,62 +173,34 @@ def _s3(p: Project, monkeypatch):
 
 
 # ---- the compose files --------------------------------------------------------------------
+# (That their services are the plan's DAG is checked in test_plan.py, without Docker.)
 
 
-def _stage_args(command: list[str]) -> tuple[str, dict[str, str], list[str]]:
-    """(stage name, {flag: value} of the non-set flags, [--set values]) of `stage NAME ...`."""
-    assert command[0] == "stage", command
-    flags, sets, i = {}, [], 2
-    while i < len(command):
-        flag, value = command[i], command[i + 1]
-        sets.append(value) if flag == "--set" else flags.__setitem__(flag, value)
-        i += 2
-    return command[1], flags, sets
-
-
-def test_compose_files_are_valid_and_consistent(compose_cli, tmp_path):
-    """Both overrides validate, and the services are exactly the config's DAG with one --set list."""
-    from infer_distill.config import load_config
-    from infer_distill.stages import Layout
-
+def test_compose_files_validate_and_keep_s3_on_loopback(compose_cli, tmp_path):
     env = _clean_env(MINIO_ROOT_USER="u", MINIO_ROOT_PASSWORD="p")
     (tmp_path / "empty.env").write_text("")
     base_cmd = [*compose_cli, "--env-file", str(tmp_path / "empty.env")]
-    for files in ([BASE], [BASE, MOTO], [BASE, TEST]):
-        args = sum((["-f", str(f)] for f in files), [])
-        out = _run([*base_cmd, *args, "config", "--quiet"], env=env)
-        assert out.returncode == 0, f"{[f.name for f in files]}: {out.stderr}"
+    resolved = {}
+    for f in (MINIO, MOTO, TEST):
+        out = _run([*base_cmd, "-f", str(f), "config", "--format", "json"], env=env)
+        assert out.returncode == 0, f"{f.name}: {out.stderr}"
+        resolved[f.name] = json.loads(out.stdout)["services"]
     # each missing credential is named (one at a time: compose reports the missing ones in no fixed order)
     for given, missing_name in (({"MINIO_ROOT_PASSWORD": "p"}, "MINIO_ROOT_USER"), ({"MINIO_ROOT_USER": "u"}, "MINIO_ROOT_PASSWORD")):
-        missing = _run([*base_cmd, "-f", str(BASE), "config", "--quiet"], env=_clean_env(**given))
+        missing = _run([*base_cmd, "-f", str(MINIO), "config", "--quiet"], env=_clean_env(**given))
         assert missing.returncode != 0 and missing_name in missing.stderr
 
-    for files in ([BASE], [BASE, TEST]):
-        args = sum((["-f", str(f)] for f in files), [])
-        out = _run([*base_cmd, *args, "config", "--format", "json"], env=env)
-        assert out.returncode == 0, out.stderr
-        services = json.loads(out.stdout)["services"]
-        assert all(s.get("network_mode") == "host" for s in services.values())
-        stages = {n: _stage_args(s["command"]) for n, s in services.items() if (s.get("command") or [""])[0] == "stage"}
-        all_sets = {tuple(sets) for _, _, sets in stages.values()}
-        assert len(all_sets) == 1, f"stages disagree on --set: {all_sets}"
-        roots = {flags["--root"] for _, flags, _ in stages.values()}
-        assert roots == {"s3://infer/quickstart"}
-        assert {flags["--config"] for _, flags, _ in stages.values()} == {"/config/quickstart.yaml"}
-
-        cfg = load_config(REPO / "configs" / "quickstart.yaml", list(next(iter(all_sets))))
-        layout = Layout("s3://infer/quickstart")
-        by_stage: dict[str, list[dict]] = {}
-        for name, flags, _ in stages.values():
-            by_stage.setdefault(name, []).append(flags)
-        assert sorted(f["--arch"] for f in by_stage["train-teacher"]) == sorted(cfg.teachers.archs)
-        plan = cfg.shard_plan(10)  # digits: 10 classes
-        assert sorted([int(i) for i in f["--subset-ids"].split(",")] for f in by_stage["synthesize-ufc"]) == plan
-        students = sorted((f["--arch"], int(f["--seed"]), f["--label-mode"]) for f in by_stage["evaluate-student"])
-        assert students == sorted((a, s, m) for m in cfg.labels.modes for a in cfg.students.archs for s in cfg.students.seeds)
-        for single in ("prepare-data", "select-subsets", "soft-label", "report"):
-            assert len(by_stage[single]) == 1
-        assert len(layout.students(cfg)) == len(students)
+    minio = resolved["compose.yaml"]
+    assert not any(s.get("network_mode") == "host" for s in minio.values())  # a bridge network: no host opt-in
+    image = minio["s3"]["image"]
+    assert image.startswith("quay.io/minio/minio:RELEASE.") and minio["create-bucket"]["image"] == image  # pinned, pullable
+    assert [(p["host_ip"], p["target"]) for p in minio["s3"]["ports"]] == [("127.0.0.1", 9000), ("127.0.0.1", 9001)]
+    assert "mc mb --ignore-existing" in minio["create-bucket"]["command"][0]
+    stages = {n: s for n, s in minio.items() if s["command"][0] == "stage"}
+    assert {s["environment"]["AWS_ENDPOINT_URL"] for s in stages.values()} == {"http://s3:9000"}
+    for name in ("compose.moto.yaml", "compose.test.yaml"):  # no registry: everything on the host's loopback
+        assert all(s.get("network_mode") == "host" for s in resolved[name].values()), name
+        assert {s["environment"]["AWS_ENDPOINT_URL"] for s in resolved[name].values() if "environment" in s} == {"http://127.0.0.1:9000"}
 
 
 def test_image_is_non_root_with_the_pinned_dependencies(images):
@@ -264,7 +238,10 @@ def test_compose_dry_run_end_to_end(project, monkeypatch):
     logs = p("logs", "--no-color").stdout
     assert up.returncode == 0, f"compose up failed:\n{up.stderr[-3000:]}\n{logs[-6000:]}"
     done = p("wait", "report", timeout=600)
-    assert done.returncode == 0, f"report did not succeed:\n{p('logs', '--no-color').stdout[-6000:]}"
+    logs = p("logs", "--no-color", "--no-log-prefix").stdout
+    assert done.returncode == 0, f"report did not succeed:\n{logs[-6000:]}"
+    # Container logs are not terminals: progress comes as plain lines, no carriage-return frames.
+    assert "\r" not in logs and "teacher convnet_d3_w32: step 1/1 (100%), loss=" in logs
     states = p.states()
     failed = {s: st for s, st in states.items() if s != "s3" and st != ("exited", 0)}
     assert not failed, failed
@@ -273,7 +250,7 @@ def test_compose_dry_run_end_to_end(project, monkeypatch):
     s3 = _s3(p, monkeypatch)
     root = f"s3://{BUCKET}/{p.values['INFER_RUN']}"
     command = json.loads(p("config", "--format", "json").stdout)["services"]["report"]["command"]
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", _stage_args(command)[2])
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", command[command.index("--set") + 1::2])
     layout = Layout(root)
     shards = cfg.shard_plan(10)
     expected = {
@@ -327,3 +304,32 @@ def test_bad_s3_input_stops_the_run_at_the_first_stage(project, monkeypatch, cas
         assert BUCKET not in buckets
     else:
         assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+# ---- the Kubeflow DAG in containers ---------------------------------------------------------
+
+
+def test_kfp_dag_runs_in_the_image_with_kfps_docker_runner(images, tmp_path):
+    """Every task of the Kubeflow pipeline in a container of the project image (kfp.local.DockerRunner)."""
+    import sys
+
+    from conftest import TINY
+    from infer_distill.store import open_artifact
+
+    sets = sum((["--set", s] for s in TINY + ["students.baselines=[random_soft]"]), [])
+    out = tmp_path / "kfp-docker"
+    # The runner looks images up by tag (else it pulls): tag exactly the image built above.
+    tag = f"infer-distill-kfp-test:{uuid.uuid4().hex[:8]}"
+    assert _run(["docker", "tag", images["cpu"], tag]).returncode == 0
+    try:
+        run = _run([sys.executable, str(REPO / "pipelines" / "infer_dag.py"), "run-local", "--docker-image", tag,
+                    "--out", str(out), *sets], timeout=30 * 60)
+    finally:
+        _run(["docker", "rmi", tag])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (report,) = out.glob("*/report/report")
+    summary = open_artifact(report).read_manifest()["metrics"]["report"]
+    assert [s["arch"] for s in summary["students"]] == ["convnet_d3_w32"]
+    assert [b["baseline"] for b in summary["baselines"]] == ["random_soft"]
+    logs = run.stdout + run.stderr
+    assert "SUCCESS" in logs and "FAILURE" not in logs

@@ -116,3 +116,49 @@ def test_unknown_stage_input_kind_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["stage", "select-subsets", "--data", str(root / "nothing"), "--out", str(root / "s"), *_sets([])]) == 2
     assert "manifest.json missing" in capsys.readouterr().err
+
+
+# ---- exit codes: what a workflow engine's retry policy sees ------------------------------------
+
+
+def _exit(args, env_extra=None, code=None):
+    """Run the real CLI in a fresh process; returns (exit code, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "infer_distill.cli", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.processes
+def test_exit_code_2_for_refused_input(tmp_path):
+    code, err = _exit(["stage", "prepare-data", "--root", str(tmp_path), "--set", "dataset.name=mnist"])
+    assert code == 2 and "dataset.name" in err and "Traceback" not in err
+
+
+@pytest.mark.processes
+def test_exit_code_75_when_the_store_refuses_connections_after_botos_retries(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    code, err = _exit(["stage", "prepare-data", "--root", "s3://bucket/run", *_sets([])], env)
+    assert code == 75, err
+    assert f"127.0.0.1:{port} is unreachable (EndpointConnectionError, after 6 attempts)" in err and "Traceback" not in err
+
+
+@pytest.mark.processes
+def test_a_crash_is_neither_refused_nor_transient(tmp_path):
+    crash = ("import sys; from infer_distill import cli, stages\n"
+             "def crash(*a, **k): raise ZeroDivisionError('injected')\n"
+             "stages.prepare_data = crash\n"
+             f"sys.exit(cli.main(['stage', 'prepare-data', '--root', {str(tmp_path)!r}]))")
+    code, err = _exit([], code=crash)
+    assert code not in (0, 2, 75) and "ZeroDivisionError: injected" in err

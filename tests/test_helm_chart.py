@@ -1,19 +1,21 @@
 """The Helm chart (helm/infer-distill): rendered in-process with Helm's own Go library (helm-python-sdk),
 then every object checked against the real schemas and against the project's own CLI and config.
 
-- Kubernetes objects: kubernetes-validate, strict mode (unknown fields are errors). The Workflow's
-  pod templates are also assembled into Pods and validated the same way.
-- The Workflow: hera's Argo models, with a round trip that must give back every rendered key.
-- Every step's command is parsed by `infer_distill.cli.build_parser()`, once per fan-out item.
-- The ConfigMap's config.yaml is validated by `infer_distill.config.validate_config`.
+- Kubernetes objects (and the `helm test` pod): kubernetes-validate, strict mode (unknown fields are
+  errors). The WorkflowTemplate's pod templates are also assembled into Pods and validated the same way.
+- The WorkflowTemplate: hera's Argo models, with a round trip that must give back every rendered key.
+- Every step's command is parsed by `infer_distill.cli.build_parser()`, once per fan-out item, and the
+  real resolve-config and select-subsets commands write the items the fan-outs iterate.
+- The default config parameter is validated by `infer_distill.config.validate_config`.
 
-Regenerate the config part of values.schema.json after changing infer_distill.config:
+(That the WorkflowTemplate's DAG is the plan, and that files/workflow-template.yaml is current, is
+checked in test_plan.py.) Regenerate the config part of values.schema.json after changing
+infer_distill.config:
     .venv/bin/python tests/test_helm_chart.py --write-schema
 """
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import re
 import shutil
@@ -27,54 +29,53 @@ helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the [dev] ext
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 hera_models = pytest.importorskip("hera.workflows.models")
 
+from infer_distill import plan  # noqa: E402
 from infer_distill.cli import build_parser, main as cli_main  # noqa: E402
-from infer_distill.config import STAGES, Config, validate_config  # noqa: E402
+from infer_distill.config import Config, validate_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "infer-distill"
 QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest Kubernetes schema the package ships
 RELEASE, NAMESPACE = "infer", "ml"
+WORKFLOW = "infer-infer-distill-x7k2p"  # the name Argo gives a run of the template (generateName)
 
-GPU_STAGES = {"train-teacher", "synthesize-ufc", "evaluate-student"}
-VALUES_KEY = {"prepare-data": "prepareData", "train-teacher": "trainTeacher", "select-subsets": "selectSubsets",
-              "synthesize-ufc": "synthesizeUfc", "soft-label": "softLabel", "evaluate-student": "evaluateStudent",
-              "report": "report"}
-
-# Default values, plus the one required value.
-DEFAULT = {"s3": {"bucket": "infer-runs"}}
+# Default values, plus the two required ones.
+DEFAULT = {"s3": {"bucket": "infer-runs"}, "image": {"repository": "ghcr.io/acme/infer-distill"}}
 
 # Everything non-default at once.
 CUSTOM_CONFIG = {
-    "dataset": {"name": "cifar10", "root": "/data/cifar10"},
+    "dataset": {"name": "tiny-imagenet", "root": "/datasets/tiny-imagenet-200"},
     "budget": {"ipc": 10},
     "teachers": {"archs": ["resnet18", "mobilenetv2", "efficientnet_b0"], "epochs": 200},
     "synthesis": {"iterations": 1000, "jitter": 4, "subsets_per_shard": 2},
     "labels": {"modes": ["static", "dynamic"]},
-    "students": {"archs": ["resnet18"], "seeds": [0, 1234567], "epochs": 400, "epochs_dynamic": 80},
+    "students": {"archs": ["resnet18"], "seeds": [0, 1234567], "epochs": 400, "epochs_dynamic": 80,
+                 "baselines": ["random_soft", "random_soft_steps"]},
     "device": "cuda",
 }
 CUSTOM = {
-    "image": {"repository": "registry.example.com/ml/infer-distill", "tag": "0.1.0-cuda", "pullPolicy": "Always"},
+    "image": {"repository": "registry.example.com:5000/ml/infer-distill", "tag": "0.1.0-cuda", "pullPolicy": "Always"},
     "imagePullSecrets": ["registry-pull"],
-    "s3": {"endpoint": "http://minio.minio.svc:9000", "bucket": "ml-artifacts", "prefix": "experiments/cifar10-ipc10/",
+    "s3": {"endpoint": "http://minio.minio.svc:9000", "bucket": "ml-artifacts", "prefix": "experiments/infer/",
            "region": "us-east-1",
            "credentialsSecret": {"name": "minio-creds", "accessKeyIdKey": "accesskey", "secretAccessKeyKey": "secretkey"}},
     "config": CUSTOM_CONFIG,
     "stages": {"trainTeacher": {"gpu": 2}, "synthesizeUfc": {"gpu": 2, "parallelism": 3},
-               "evaluateStudent": {"gpu": 2, "parallelism": 4}, "softLabel": {"gpu": 1}},
+               "evaluateStudent": {"gpu": 2, "parallelism": 4}, "evaluateBaseline": {"gpu": 2, "parallelism": 2},
+               "softLabel": {"gpu": 1}},
     "gpu": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]},
     "nodeSelector": {"kubernetes.io/os": "linux"},
-    "retry": {"limit": 5, "backoff": {"duration": "1m", "factor": 3, "maxDuration": "2h"}},
-    "extraVolumes": [{"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}],
-    "extraVolumeMounts": [{"name": "datasets", "mountPath": "/data", "readOnly": True}],
+    "retry": {"limit": 5, "backoff": {"duration": "2m", "maxDuration": "120h"}},
+    "data": {"claimName": "datasets", "mountPath": "/datasets"},
+    "extraVolumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}}],
+    "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
     "extraEnv": [{"name": "INFER_S3_MULTIPART_THRESHOLD", "value": "134217728"}],
     "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/infer"}},
     "workflow": {"activeDeadlineSeconds": 86400, "podGC": {"strategy": "OnPodSuccess"},
                  "ttlStrategy": {"secondsAfterCompletion": 604800}},
 }
-CUSTOM_NUM_CLASSES = 10  # cifar10
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -91,17 +92,23 @@ def _drop_none(d):
     return [_drop_none(v) for v in d] if isinstance(d, list) else d
 
 
+PLAN_RETRY = {"limit": plan.RETRY.limit, "retryPolicy": "Always", "expression": "asInt(lastRetry.exitCode) != 2",
+              "backoff": {"duration": f"{plan.RETRY.backoff_s}s", "factor": str(plan.RETRY.factor),
+                          "maxDuration": f"{plan.RETRY.max_duration_s // 3600}h"}}
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
 class Case:
     """One rendering and what it must contain (expectations spelled out here, not read from the chart)."""
 
-    def __init__(self, name: str, values: dict, *, config: dict, root: str, gpus: dict[str, int],
-                 gpu_node_selector: dict, gpu_tolerations: list, node_selector: dict, retry: dict,
-                 parallelism: dict[str, int | None], secret: dict | None, endpoint: str | None, image: str,
-                 num_classes: int):
+    def __init__(self, name: str, values: dict, *, config: dict, root: str, gpus: dict[str, int], gpu_node_selector: dict,
+                 gpu_tolerations: list, node_selector: dict, retry: dict, parallelism: dict[str, int | None],
+                 secret: dict | None, endpoint: str | None, image: str, num_classes: int, data_mount: str | None):
         self.name, self.values, self.config, self.root = name, values, config, root
         self.gpus, self.gpu_node_selector, self.gpu_tolerations = gpus, gpu_node_selector, gpu_tolerations
         self.node_selector, self.retry, self.parallelism = node_selector, retry, parallelism
         self.secret, self.endpoint, self.image, self.num_classes = secret, endpoint, image, num_classes
+        self.data_mount = data_mount
         with helm.Chart.load(CHART) as chart:
             self.manifests = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
         self.objects = [o for path, text in sorted(self.manifests.items()) if path.endswith(".yaml")
@@ -114,43 +121,44 @@ class Case:
         return found[0]
 
     @property
-    def workflow(self) -> dict:
-        return self.one("Workflow")
+    def template(self) -> dict:
+        return self.one("WorkflowTemplate")
 
-    def template(self, name: str) -> dict:
-        found = [t for t in self.workflow["spec"]["templates"] if t["name"] == name]
+    def named(self, name: str) -> dict:
+        found = [t for t in self.template["spec"]["templates"] if t["name"] == name]
         assert len(found) == 1, f"template {name}: {len(found)} found"
         return found[0]
 
     @property
-    def stage_templates(self) -> list[dict]:
-        return [t for t in self.workflow["spec"]["templates"] if "container" in t]
+    def pod_templates(self) -> list[dict]:
+        return [t for t in self.template["spec"]["templates"] if "container" in t]
 
-
-DEFAULT_RETRY = {"limit": 3, "retryPolicy": "Always", "expression": "asInt(lastRetry.exitCode) != 2",
-                 "backoff": {"duration": "30s", "factor": 2, "maxDuration": "30m"}}
-GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    @property
+    def run_config(self) -> Config:
+        """The config a run gets without -p config=...: the template's default."""
+        (param,) = [p for p in self.template["spec"]["arguments"]["parameters"] if p["name"] == "config"]
+        return validate_config(yaml.safe_load(param["value"]), source="the config parameter's default")
 
 
 def _default_case() -> Case:
     return Case("default", DEFAULT, config=QUICKSTART, root=f"s3://infer-runs/{RELEASE}",
-                gpus={"train-teacher": 1, "synthesize-ufc": 1, "evaluate-student": 1},
-                gpu_node_selector={}, gpu_tolerations=[GPU_TAINT], node_selector={}, retry=DEFAULT_RETRY,
-                parallelism={"train-teachers": None, "synthesize-ufcs": None, "evaluate-students": None},
-                secret=None, endpoint=None, image="infer-distill:0.1.0", num_classes=10)
+                gpus={"train-teacher": 1, "synthesize-ufc": 1, "evaluate-student": 1, "evaluate-baseline": 1},
+                gpu_node_selector={}, gpu_tolerations=[GPU_TAINT], node_selector={}, retry=PLAN_RETRY,
+                parallelism={"train-teachers": None, "synthesize-ufcs": None, "evaluate-students": None,
+                             "evaluate-baselines": None},
+                secret=None, endpoint=None, image="ghcr.io/acme/infer-distill:0.1.0", num_classes=10, data_mount=None)
 
 
 def _custom_case() -> Case:
-    return Case("custom", CUSTOM, config=_merge(QUICKSTART, CUSTOM_CONFIG),
-                root="s3://ml-artifacts/experiments/cifar10-ipc10",
-                gpus={"train-teacher": 2, "synthesize-ufc": 2, "evaluate-student": 2, "soft-label": 1},
+    retry = {**PLAN_RETRY, "limit": 5, "backoff": {**PLAN_RETRY["backoff"], "duration": "2m", "maxDuration": "120h"}}
+    return Case("custom", CUSTOM, config=_merge(QUICKSTART, CUSTOM_CONFIG), root="s3://ml-artifacts/experiments/infer",
+                gpus={"train-teacher": 2, "synthesize-ufc": 2, "evaluate-student": 2, "evaluate-baseline": 2, "soft-label": 1},
                 gpu_node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "kubernetes.io/os": "linux"},
-                gpu_tolerations=CUSTOM["gpu"]["tolerations"], node_selector={"kubernetes.io/os": "linux"},
-                retry={**DEFAULT_RETRY, "limit": 5, "backoff": {"duration": "1m", "factor": 3, "maxDuration": "2h"}},
-                parallelism={"train-teachers": None, "synthesize-ufcs": 3, "evaluate-students": 4},
+                gpu_tolerations=CUSTOM["gpu"]["tolerations"], node_selector={"kubernetes.io/os": "linux"}, retry=retry,
+                parallelism={"train-teachers": None, "synthesize-ufcs": 3, "evaluate-students": 4, "evaluate-baselines": 2},
                 secret={"name": "minio-creds", "id": "accesskey", "key": "secretkey"},
-                endpoint="http://minio.minio.svc:9000", image="registry.example.com/ml/infer-distill:0.1.0-cuda",
-                num_classes=CUSTOM_NUM_CLASSES)
+                endpoint="http://minio.minio.svc:9000", image="registry.example.com:5000/ml/infer-distill:0.1.0-cuda",
+                num_classes=200, data_mount="/datasets")
 
 
 _CASES = {"default": _default_case, "custom": _custom_case}
@@ -174,270 +182,244 @@ def test_lint_is_clean(case):
 
 def test_renders_exactly_these_objects_and_no_secret(case):
     kinds = sorted(o["kind"] for o in case.objects)
-    assert kinds == ["ConfigMap", "Role", "RoleBinding", "ServiceAccount", "Workflow"]
+    assert kinds == ["Pod", "Role", "RoleBinding", "ServiceAccount", "WorkflowTemplate"]
     assert all(o["metadata"]["name"].startswith(RELEASE) for o in case.objects)
 
 
-def test_kubernetes_objects_validate_strictly(case):
+def test_kubernetes_objects_and_the_test_pod_validate_strictly(case):
     for obj in case.objects:
-        if obj["kind"] != "Workflow":
+        if obj["kind"] != "WorkflowTemplate":
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     with pytest.raises(kubernetes_validate.ValidationError):  # the validator does reject an unknown field
-        kubernetes_validate.validate({**case.one("ConfigMap"), "spec": {}}, K8S_VERSION, strict=True)
+        kubernetes_validate.validate({**case.one("ServiceAccount"), "spec": {}}, K8S_VERSION, strict=True)
 
 
 def _pods(case: Case) -> list[dict]:
-    """The pod each stage template becomes (Argo adds its executor containers on top)."""
-    spec = case.workflow["spec"]
+    """The pod each step template becomes (Argo adds its executor containers and the config artifact on top)."""
+    spec = case.template["spec"]
     pods = []
-    for t in case.stage_templates:
+    for t in case.pod_templates:
         pod_spec = {"serviceAccountName": spec["serviceAccountName"], "securityContext": spec["securityContext"],
                     "volumes": spec["volumes"], "restartPolicy": "Never", "containers": [{"name": "main", **t["container"]}],
                     **{k: t[k] for k in ("nodeSelector", "tolerations", "affinity") if k in t}}
         if "imagePullSecrets" in spec:
             pod_spec["imagePullSecrets"] = spec["imagePullSecrets"]
-        pods.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": f"{case.workflow['metadata']['name']}-{t['name']}", **t.get("metadata", {})},
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{WORKFLOW}-{t['name']}", **t.get("metadata", {})},
                      "spec": pod_spec})
     return pods
 
 
-def test_stage_pods_validate_strictly(case):
+def test_step_pods_validate_strictly(case):
     pods = _pods(case)
-    assert len(pods) == len(STAGES)
+    assert len(pods) == len(plan.PLAN) + 1  # every step and resolve-config
     for pod in pods:
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
 
-def test_workflow_validates_with_hera_and_no_key_is_dropped(case):
-    wf = case.workflow
-    assert (wf["apiVersion"], wf["kind"]) == ("argoproj.io/v1alpha1", "Workflow")
-    model = hera_models.Workflow.model_validate(wf)
-    assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == wf
+def test_workflow_template_validates_with_hera_and_no_key_is_dropped(case):
+    wt = case.template
+    assert (wt["apiVersion"], wt["kind"]) == ("argoproj.io/v1alpha1", "WorkflowTemplate")
+    assert "generateName" not in wt["metadata"]  # a template: runs get generated names from it, and never collide
+    model = hera_models.WorkflowTemplate.model_validate(wt)
+    assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == wt
     # The round trip does notice a key the models do not know (they drop it silently).
-    bad = copy.deepcopy(wf)
+    bad = copy.deepcopy(wt)
     bad["spec"]["templates"][0]["paralelism"] = 3
-    assert hera_models.Workflow.model_validate(bad).model_dump(by_alias=True, exclude_none=True, mode="json") != bad
+    assert hera_models.WorkflowTemplate.model_validate(bad).model_dump(by_alias=True, exclude_none=True, mode="json") != bad
 
 
 # ----------------------------------------------------------------------------------------
-# The DAG and its fan-outs
+# Runs: parameters, fan-outs, every step's command
 # ----------------------------------------------------------------------------------------
 
-MAIN_CHAIN = ["prepare-data", "train-teachers", "select-subsets", "synthesize-ufcs", "soft-label", "evaluate-students", "report"]
+
+def test_a_run_takes_a_config_and_writes_under_its_own_name(case):
+    params = {p["name"]: p["value"] for p in case.template["spec"]["arguments"]["parameters"]}
+    assert set(params) == {"config", "root"} and params["root"] == case.root
+    assert yaml.safe_load(params["config"]) == _drop_none(case.config)  # Helm drops nulls: the config's defaults anyway
+    assert case.run_config == validate_config(case.config)
+    assert case.template["metadata"]["annotations"]["infer-distill/root"] == case.root
+    for t in case.pod_templates:  # the run's config reaches every pod as a file; no ConfigMap to keep in step
+        (artifact,) = t["inputs"]["artifacts"]
+        assert artifact == {"name": "config", "path": "/config/config.yaml", "raw": {"data": "{{workflow.parameters.config}}"}}
 
 
-def test_dag_is_the_pipeline(case):
-    spec = case.workflow["spec"]
-    assert spec["entrypoint"] == "infer"
-    tasks = case.template("infer")["dag"]["tasks"]
-    assert [t["name"] for t in tasks] == MAIN_CHAIN
-    # A chain, except that select-subsets needs only the data and so runs beside the teachers (as in KFP).
-    assert [t.get("depends") for t in tasks] == [
-        None, "prepare-data", "prepare-data", "train-teachers && select-subsets", "synthesize-ufcs", "soft-label",
-        "evaluate-students"]
-    names = [t["name"] for t in spec["templates"]]
-    assert len(names) == len(set(names))
-    for tmpl in spec["templates"]:
-        for task in tmpl.get("dag", {}).get("tasks", []):
-            assert task["template"] in names, task
-    # Every stage of the project runs exactly once as a pod template, under its own name.
-    assert sorted(t["name"] for t in case.stage_templates) == sorted(STAGES)
+def test_the_dag_is_the_generated_one_and_every_pod_keeps_its_generated_parts(case):
+    generated = yaml.safe_load((CHART / "files" / "workflow-template.yaml").read_text())["spec"]["templates"]
+    assert [t["name"] for t in case.template["spec"]["templates"]] == [t["name"] for t in generated]
+    for want in generated:
+        got = case.named(want["name"])
+        if "dag" in want:
+            assert {k: v for k, v in got.items() if k != "parallelism"} == want
+        else:
+            assert {k: got[k] for k in ("inputs", "outputs") if k in got} == {k: want[k] for k in ("inputs", "outputs") if k in want}
+            assert {k: got["container"][k] for k in ("command", "args")} == {k: want["container"][k] for k in ("command", "args")}
+            assert want["metadata"]["labels"].items() <= got["metadata"]["labels"].items()
 
 
-def _fanout(case: Case, name: str, leaf: str) -> tuple[dict, dict]:
-    tmpl = case.template(name)
-    (task,) = tmpl["dag"]["tasks"]
-    assert task["template"] == leaf
-    assert tmpl.get("parallelism") == case.parallelism[name]
-    return tmpl, task
+def test_fan_outs_follow_the_values_parallelism(case):
+    for name, limit in case.parallelism.items():
+        assert case.named(name).get("parallelism") == limit, name
 
 
-def test_teachers_fan_out_over_exactly_the_configs_teachers(case):
-    _, task = _fanout(case, "train-teachers", "train-teacher")
-    assert task["withItems"] == case.config["teachers"]["archs"]
-    assert task["arguments"]["parameters"] == [{"name": "arch", "value": "{{item}}"}]
-    configmap_cfg = yaml.safe_load(case.one("ConfigMap")["data"]["config.yaml"])
-    assert configmap_cfg["teachers"]["archs"] == task["withItems"]
-
-
-def test_students_fan_out_over_archs_seeds_and_label_modes(case):
-    _, task = _fanout(case, "evaluate-students", "evaluate-student")
-    s = case.config["students"]
-    expected = [{"arch": a, "seed": str(seed), "mode": m}
-                for m, a, seed in itertools.product(case.config["labels"]["modes"], s["archs"], s["seeds"])]
-    assert task["withItems"] == expected
-    from infer_distill.stages import Layout  # the fan-out makes exactly the students the report stage reads
-    assert {Layout("r").student(i["arch"], int(i["seed"]), i["mode"]) for i in task["withItems"]} == \
-        set(Layout("r").students(validate_config(case.config)))
-
-
-def test_synthesis_fans_out_over_select_subsets_output_parameter(case):
-    main_task = next(t for t in case.template("infer")["dag"]["tasks"] if t["name"] == "synthesize-ufcs")
-    assert main_task["arguments"]["parameters"] == [
-        {"name": "shards", "value": "{{tasks.select-subsets.outputs.parameters.shards}}"}]
-    tmpl, task = _fanout(case, "synthesize-ufcs", "synthesize-ufc")
-    assert tmpl["inputs"]["parameters"] == [{"name": "shards"}]
-    assert task["withParam"] == "{{inputs.parameters.shards}}" and "withItems" not in task
-    assert task["arguments"]["parameters"] == [{"name": "subset-ids", "value": "{{item}}"}]
-    # select-subsets writes the plan where its output parameter reads it from.
-    select = case.template("select-subsets")
-    (out,) = select["outputs"]["parameters"]
-    assert out["name"] == "shards"
-    args = build_parser().parse_args(select["container"]["args"])
-    assert args.shards_output == out["valueFrom"]["path"]
-    mounts = {m["mountPath"] for m in select["container"]["volumeMounts"]}
-    assert str(Path(out["valueFrom"]["path"]).parent) in mounts  # a writable volume, not the read-only root fs
-
-
-def test_select_subsets_writes_a_plan_argo_can_iterate(tmp_path, capsys):
-    """Run the real prepare-data and select-subsets stages with the rendered config (digits, the default
-    dataset) and the rendered select-subsets args: the plan is the JSON list of id strings withParam needs."""
+def test_select_subsets_and_resolve_config_write_what_the_fan_outs_iterate(tmp_path, capsys):
+    """The real commands of the resolve-config and select-subsets pods, with the default config: their
+    output files are the items withParam iterates, and each item fills the step's input parameters."""
     case = _default_case()
     cfg_file = tmp_path / "config.yaml"
-    cfg_file.write_text(case.one("ConfigMap")["data"]["config.yaml"])
-    root, plan = str(tmp_path / "run"), tmp_path / "shards.json"
-    args = case.template("select-subsets")["container"]["args"]
-    args = [str(cfg_file) if a == "/config/config.yaml" else root if a == case.root else str(plan) if a == "/tmp/shards.json" else a
-            for a in args]
-    sets = ["--set", "synthesis.subsets_per_shard=3"]
-    assert cli_main(["stage", "prepare-data", "--config", str(cfg_file), "--root", root, *sets]) == 0
-    assert cli_main([*args, *sets]) == 0, capsys.readouterr().err
-    shards = json.loads(plan.read_text())
-    assert shards == ["0,1,2", "3,4,5", "6"]  # K = 7 on digits with 3 teachers
-    for item in shards:
-        parsed = build_parser().parse_args(_substitute(case.template("synthesize-ufc")["container"]["args"],
-                                                       {"subset-ids": item}))
-        assert parsed.subset_ids == item
+    (param,) = [p for p in case.template["spec"]["arguments"]["parameters"] if p["name"] == "config"]
+    cfg_file.write_text(param["value"])
+    run_root = str(tmp_path / "run")
 
+    def local(args):  # the pod's paths, here
+        return [str(cfg_file) if a == "/config/config.yaml" else str(tmp_path) + a[len("/tmp"):] if a.startswith("/tmp/")
+                else a.replace("{{workflow.parameters.root}}/{{workflow.name}}", run_root) for a in args]
 
-# ----------------------------------------------------------------------------------------
-# Every step calls the project's own entry point
-# ----------------------------------------------------------------------------------------
+    for name in ("resolve-config", "prepare-data", "select-subsets"):
+        assert cli_main(local(case.named(name)["container"]["args"])) == 0, capsys.readouterr().err
+    produced = {}
+    for name in ("resolve-config", "select-subsets"):
+        for out in case.named(name)["outputs"]["parameters"]:
+            produced[out["name"]] = json.loads(Path(local([out["valueFrom"]["path"]])[0]).read_text())
+    assert produced == plan.fanout_items(case.run_config, case.num_classes)
+    assert produced["shards"] == [{"subset_ids": "0,1,2,3,4,5,6"}]  # K = 7 on digits with 3 teachers, one shard
+    for step in [s for s in plan.PLAN if s.over]:
+        declared = {p["name"] for p in case.named(step.name)["inputs"]["parameters"]}
+        assert all(set(item) == declared for item in produced[step.over.name]), step.name
+
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
 
 
-def _substitute(args: list[str], params: dict[str, str]) -> list[str]:
+def _substitute(args: list[str], params: dict) -> list[str]:
     def one(m: re.Match) -> str:
         ref = m.group(1)
+        if ref == "workflow.parameters.root":
+            return "<root>"
+        if ref == "workflow.name":
+            return WORKFLOW
         assert ref.startswith("inputs.parameters."), ref
-        return params[ref.removeprefix("inputs.parameters.")]
+        return str(params[ref.removeprefix("inputs.parameters.")])
     out = [_PLACEHOLDER.sub(one, a) for a in args]
     assert not any("{{" in a for a in out), out
     return out
 
 
-def _items(case: Case, task: dict) -> list:
-    if "withItems" in task:
-        return task["withItems"]
-    # withParam: the plan select-subsets writes for this config (the CLI's own format, checked above)
-    cfg = validate_config(case.config)
-    return [",".join(map(str, ids)) for ids in cfg.shard_plan(case.num_classes)]
-
-
-def _invocations(case: Case, leaf: str) -> list[dict[str, str]]:
-    """The input parameters of every pod of a stage template: one dict per fan-out item."""
-    for tmpl in case.workflow["spec"]["templates"]:
-        for task in tmpl.get("dag", {}).get("tasks", []):
-            if task["template"] != leaf:
-                continue
-            params = task.get("arguments", {}).get("parameters", [])
-            if "withItems" not in task and "withParam" not in task:
-                return [{p["name"]: p["value"] for p in params}]
-            out = []
-            for item in _items(case, task):
-                def sub(m: re.Match, item=item) -> str:
-                    ref = m.group(1)
-                    return str(item) if ref == "item" else str(item[ref.removeprefix("item.")])
-                out.append({p["name"]: _PLACEHOLDER.sub(sub, p["value"]) for p in params})
-            return out
-    raise AssertionError(f"no task runs {leaf}")
-
-
-def test_every_step_is_infer_distill_stage_and_parses_with_the_cli(case):
+def test_every_step_is_infer_distill_and_parses_with_the_cli_once_per_item(case):
     parser = build_parser()
-    seen: dict[str, list] = {}
-    for tmpl in case.stage_templates:
-        name, c = tmpl["name"], tmpl["container"]
-        assert c["image"] == case.image
-        assert c["command"] == ["infer-distill"]
-        assert c["args"][:2] == ["stage", name] and name in STAGES
-        declared = {p["name"] for p in tmpl.get("inputs", {}).get("parameters", [])}
-        used = {m.removeprefix("inputs.parameters.") for a in c["args"] for m in _PLACEHOLDER.findall(a)}
-        assert used == declared, name
-        for params in _invocations(case, name):
-            assert set(params) == declared, name
-            ns = parser.parse_args(_substitute(c["args"], params))
-            assert (ns.command, ns.name, ns.config, ns.root) == ("stage", name, "/config/config.yaml", case.root)
-            assert ns.set == [] and ns.out is None  # every location comes from --root
-            seen.setdefault(name, []).append(ns)
-    cfg = case.config
-    assert sorted(ns.arch for ns in seen["train-teacher"]) == sorted(cfg["teachers"]["archs"])
-    assert sorted((ns.arch, ns.seed, ns.label_mode) for ns in seen["evaluate-student"]) == sorted(
-        itertools.product(cfg["students"]["archs"], cfg["students"]["seeds"], cfg["labels"]["modes"]))
-    ids = [int(i) for ns in seen["synthesize-ufc"] for i in ns.subset_ids.split(",")]
-    assert sorted(ids) == list(range(validate_config(cfg).num_subsets(case.num_classes)))
-    for name in ("prepare-data", "select-subsets", "soft-label", "report"):
-        assert len(seen[name]) == 1 and seen[name][0].arch is None
+    items = plan.fanout_items(case.run_config, case.num_classes)
+    for step in plan.PLAN:
+        c = case.named(step.name)["container"]
+        assert c["image"] == case.image and c["command"] == ["infer-distill"]
+        for item in items[step.over.name] if step.over else [{}]:
+            ns = parser.parse_args(_substitute(c["args"], item))
+            assert (ns.command, ns.name, ns.config) == ("stage", step.name, "/config/config.yaml")
+            assert ns.root == f"<root>/{WORKFLOW}" and ns.set == [] and ns.out is None  # every location from --root
+            for key, value in item.items():
+                assert str(getattr(ns, key)) == str(value), (step.name, key)
+    resolve = parser.parse_args(case.named("resolve-config")["container"]["args"])
+    assert (resolve.command, resolve.config) == ("plan", "/config/config.yaml")
 
 
 # ----------------------------------------------------------------------------------------
-# Config, resources, scheduling, retries
+# Resources, scheduling, retries, data
 # ----------------------------------------------------------------------------------------
 
-
-def test_configmap_holds_a_valid_config_mounted_at_config_yaml(case):
-    cm = case.one("ConfigMap")
-    rendered = yaml.safe_load(cm["data"]["config.yaml"])
-    assert isinstance(validate_config(rendered, source="ConfigMap config.yaml"), Config)
-    # The same config as intended (Helm drops null values; they are the config's defaults anyway).
-    assert rendered == _drop_none(case.config)
-    assert validate_config(rendered) == validate_config(case.config)
-    spec = case.workflow["spec"]
-    (vol,) = [v for v in spec["volumes"] if v.get("configMap")]
-    assert vol["configMap"]["name"] == cm["metadata"]["name"]
-    for tmpl in case.stage_templates:
-        mount = next(m for m in tmpl["container"]["volumeMounts"] if m["name"] == vol["name"])
-        assert mount["mountPath"] == "/config" and mount["readOnly"] is True
+def _stage_values(case: Case, name: str) -> dict:
+    key = re.sub(r"-(\w)", lambda m: m.group(1).upper(), name)
+    with helm.Chart.load(CHART) as chart:
+        return chart.merge_values(case.values)["stages"][key]
 
 
-def test_gpu_steps_request_gpus_are_scheduled_on_gpu_nodes_and_retry(case):
-    for tmpl in case.stage_templates:
+def test_gpu_steps_request_gpus_and_are_scheduled_on_gpu_nodes(case):
+    for tmpl in case.pod_templates:
         name, res = tmpl["name"], tmpl["container"]["resources"]
         gpus = case.gpus.get(name, 0)
-        assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"]), name
-        key = VALUES_KEY[name]
-        with helm.Chart.load(CHART) as chart:
-            stage_values = chart.merge_values(case.values)["stages"][key]
+        stage_values = _stage_values(case, name)
         assert {k: res["requests"][k] for k in ("cpu", "memory")} == stage_values["resources"]["requests"]
         assert {k: res["limits"][k] for k in ("cpu", "memory")} == stage_values["resources"]["limits"]
         if gpus:
             assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == str(gpus), name
             assert tmpl.get("nodeSelector", {}) == case.gpu_node_selector, name
             assert tmpl["tolerations"] == case.gpu_tolerations, name
-            assert tmpl["retryStrategy"] == case.retry, name
         else:
             assert "nvidia.com/gpu" not in res["requests"] and "nvidia.com/gpu" not in res["limits"], name
             assert tmpl.get("nodeSelector", {}) == case.node_selector, name
-            assert "tolerations" not in tmpl and "retryStrategy" not in tmpl, name
-    assert GPU_STAGES <= set(case.gpus)
+            assert "tolerations" not in tmpl, name
+    assert {s.name for s in plan.PLAN if s.gpu} <= set(case.gpus)
+
+
+def test_every_step_retries_evictions_and_crashes_but_not_refused_input(case):
+    for tmpl in case.pod_templates:
+        assert tmpl["retryStrategy"] == case.retry, tmpl["name"]
+
+
+def test_the_data_volume_is_mounted_into_the_data_step_only(case):
+    spec = case.template["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for tmpl in case.pod_templates:
+        mounts = {m["name"]: m for m in tmpl["container"]["volumeMounts"]}
+        reads = plan.STEPS[tmpl["name"]].reads_dataset if tmpl["name"] in plan.STEPS else False
+        if case.data_mount and reads:
+            assert mounts["data"] == {"name": "data", "mountPath": case.data_mount, "readOnly": True}
+        else:
+            assert "data" not in mounts, tmpl["name"]
+    if case.data_mount:
+        assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}}
+        assert case.run_config.dataset.root.startswith(case.data_mount + "/")
+    else:
+        assert "data" not in volumes
 
 
 def test_workflow_level_settings(case):
-    spec, meta = case.workflow["spec"], case.workflow["metadata"]
-    assert meta["annotations"]["infer-distill/root"] == case.root
+    spec = case.template["spec"]
     if case.name == "custom":
         assert spec["activeDeadlineSeconds"] == 86400
         assert spec["podGC"] == {"strategy": "OnPodSuccess"}
         assert spec["ttlStrategy"] == {"secondsAfterCompletion": 604800}
         assert spec["imagePullSecrets"] == [{"name": "registry-pull"}]
-        assert {"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}} in spec["volumes"]
-        for tmpl in case.stage_templates:
-            assert {"name": "datasets", "mountPath": "/data", "readOnly": True} in tmpl["container"]["volumeMounts"]
+        assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in spec["volumes"]
+        for tmpl in case.pod_templates:
+            assert {"name": "scratch", "mountPath": "/scratch"} in tmpl["container"]["volumeMounts"]
             assert {"name": "INFER_S3_MULTIPART_THRESHOLD", "value": "134217728"} in tmpl["container"]["env"]
     else:
         assert not {"activeDeadlineSeconds", "podGC", "ttlStrategy", "imagePullSecrets"} & set(spec)
+
+
+# ----------------------------------------------------------------------------------------
+# The `helm test` pod
+# ----------------------------------------------------------------------------------------
+
+
+def test_helm_test_pod_checks_the_run_root_with_the_steps_image_and_identity(case):
+    pod = case.one("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == case.image and c["command"] == ["infer-distill"]
+    ns = build_parser().parse_args(c["args"])
+    assert (ns.command, ns.uri) == ("check-store", case.root)
+    step = case.named("prepare-data")["container"]
+    assert c["env"] == step["env"] and c["securityContext"] == step["securityContext"]
+    assert pod["spec"]["serviceAccountName"] == case.template["spec"]["serviceAccountName"]
+
+
+def test_the_test_pods_command_checks_endpoint_bucket_and_credentials(s3_bucket, capsys, monkeypatch):
+    """check-store against a real S3 server: ok for the bucket, and each failure named."""
+    assert cli_main(["check-store", f"s3://{s3_bucket}/infer"]) == 0
+    assert "ok: s3://" in capsys.readouterr().out
+    assert cli_main(["check-store", "s3://no-such-bucket-abc/infer"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto takes any key, so check a missing one
+        monkeypatch.delenv(name)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, "/nonexistent")
+    assert cli_main(["check-store", f"s3://{s3_bucket}/infer"]) == 2
+    assert "no valid S3 credentials" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    assert cli_main(["check-store", f"s3://{s3_bucket}/infer"]) == 75
+    assert "is unreachable" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------
@@ -478,7 +460,7 @@ def test_no_credentials_anywhere_only_secret_references(case):
 
 
 def test_s3_location_and_credentials_from_the_secret(case):
-    for tmpl in case.stage_templates:
+    for tmpl in case.pod_templates:
         env = {e["name"]: e for e in tmpl["container"]["env"]}
         if case.endpoint:
             assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": case.endpoint}
@@ -495,14 +477,13 @@ def test_s3_location_and_credentials_from_the_secret(case):
 
 
 def test_pods_run_as_non_root_with_a_read_only_root_filesystem(case):
-    spec = case.workflow["spec"]
+    spec = case.template["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
     tmp_volume = next(v for v in spec["volumes"] if v["name"] == "tmp")
     assert "emptyDir" in tmp_volume
-    for tmpl in case.stage_templates:
-        c = tmpl["container"]
+    for c in [t["container"] for t in case.pod_templates] + case.one("Pod")["spec"]["containers"]:
         sc = c["securityContext"]
-        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000, tmpl["name"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
         assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
         assert sc["readOnlyRootFilesystem"] is True
         assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
@@ -513,7 +494,7 @@ def test_pods_run_as_non_root_with_a_read_only_root_filesystem(case):
 
 def test_service_account_and_executor_rbac(case):
     sa, role, binding = case.one("ServiceAccount"), case.one("Role"), case.one("RoleBinding")
-    assert case.workflow["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert case.template["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
     rules = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
@@ -524,11 +505,11 @@ def test_service_account_and_executor_rbac(case):
         assert sa["metadata"]["annotations"] == CUSTOM["serviceAccount"]["annotations"]
 
 
-def test_notes_say_how_to_follow_the_run_and_where_the_report_is(case):
-    wf = case.workflow["metadata"]["name"]
-    for needle in (f"argo -n {NAMESPACE} watch {wf}", f"argo -n {NAMESPACE} logs {wf}",
-                   f"workflows.argoproj.io/workflow={wf}", f"{case.root}/report/report.md",
-                   f"infer-distill show {case.root}/report"):
+def test_notes_say_how_to_test_submit_and_follow_a_run(case):
+    wt = case.template["metadata"]["name"]
+    for needle in (f"helm test {RELEASE} -n {NAMESPACE}", f"argo submit -n {NAMESPACE} --from workflowtemplate/{wt}",
+                   '-p config="$(cat configs/cifar10-ipc10.yaml)"', f"generateName: {wt}-",
+                   f"workflows.argoproj.io/workflow-template={wt}", f"infer-distill show {case.root}/<workflow name>/report"):
         assert needle in case.notes, needle
 
 
@@ -550,27 +531,49 @@ def test_values_schema_config_part_is_generated_from_the_config_model():
         "values.schema.json is stale: run `.venv/bin/python tests/test_helm_chart.py --write-schema`")
 
 
-def test_default_config_is_the_quickstart():
+def test_default_values_are_the_quickstart_and_the_plans_gpu_steps():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["config"] == QUICKSTART
+    for step in plan.PLAN:
+        stage = values["stages"][re.sub(r"-(\w)", lambda m: m.group(1).upper(), step.name)]
+        assert (stage["gpu"] > 0) == step.gpu and ("parallelism" in stage) == bool(step.over), step.name
 
 
 @pytest.mark.parametrize("values, needle", [
-    ({}, "/s3/bucket"),                                                              # the bucket is required
-    ({"s3": {"bucket": "Not_A_Bucket"}}, "/s3/bucket"),
-    ({"s3": {"bucket": "b12", "accessKey": "x"}}, "'accessKey' not allowed"),         # no credentials in values
-    ({"s3": {"bucket": "b12"}, "extraEnv": [{"name": "WANDB_API_KEY", "value": "x"}]}, "/extraEnv/0"),
-    ({"s3": {"bucket": "b12"}, "config": {"labels": {"modes": ["dymanic"]}}}, "/config/labels/modes/0"),
-    ({"s3": {"bucket": "b12"}, "config": {"teachers": {"archz": ["resnet18"]}}}, "'archz' not allowed"),
-    ({"s3": {"bucket": "b12"}, "config": {"students": {"seeds": ["zero"]}}}, "/config/students/seeds/0"),
-    ({"s3": {"bucket": "b12"}, "stages": {"synthesizeUfc": {"gpu": -1}}}, "/stages/synthesizeUfc/gpu"),
-    ({"s3": {"bucket": "b12"}, "stages": {"report": {"parallelism": 2}}}, "'parallelism' not allowed"),
-    ({"s3": {"bucket": "b12"}, "podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
-    ({"s3": {"bucket": "b12"}, "retry": {"retryPolicy": "Sometimes"}}, "/retry/retryPolicy"),
+    ({"image": {"repository": "ghcr.io/a/b"}}, "/s3/bucket"),                      # the bucket is required
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "Not_A_Bucket"}}, "/s3/bucket"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12", "accessKey": "x"}}, "'accessKey' not allowed"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "extraEnv": [{"name": "WANDB_API_KEY", "value": "x"}]},
+     "/extraEnv/0"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "config": {"labels": {"modes": ["dymanic"]}}},
+     "/config/labels/modes/0"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "config": {"teachers": {"archz": ["resnet18"]}}},
+     "'archz' not allowed"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "stages": {"synthesizeUfc": {"gpu": -1}}},
+     "/stages/synthesizeUfc/gpu"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "stages": {"report": {"parallelism": 2}}},
+     "'parallelism' not allowed"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "podSecurityContext": {"runAsNonRoot": False}},
+     "/podSecurityContext/runAsNonRoot"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "retry": {"retryPolicy": "OnFailure"}},
+     "'retryPolicy' not allowed"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "data": {"claimName": "d", "mountPath": "data"}},
+     "/data/mountPath"),
 ])
 def test_bad_values_fail_at_render_time_naming_the_field(values, needle):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as err:
         chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("image, needle", [
+    ({}, "image.repository is required: the registry-qualified project image"),
+    ({"repository": "infer-distill"}, "image.repository=infer-distill names no registry"),
+    ({"repository": "acme/infer-distill"}, "image.repository=acme/infer-distill names no registry"),
+])
+def test_the_chart_refuses_an_image_without_a_registry(image, needle):
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmRenderError) as err:
+        chart.render(values={"s3": {"bucket": "b12"}, "image": image}, name=RELEASE, namespace=NAMESPACE)
     assert needle in str(err.value)
 
 
@@ -579,7 +582,7 @@ def test_missing_bucket_fails_in_the_templates_too_without_the_schema(tmp_path):
     shutil.copytree(CHART, tmp_path / "chart", ignore=shutil.ignore_patterns("values.schema.json"))
     with helm.Chart.load(tmp_path / "chart") as chart, pytest.raises(helm.HelmRenderError) as err:
         assert chart.schema is None
-        chart.render(values={}, name=RELEASE, namespace=NAMESPACE)
+        chart.render(values={"image": {"repository": "ghcr.io/a/b"}}, name=RELEASE, namespace=NAMESPACE)
     assert "s3.bucket is required: --set s3.bucket=<bucket>" in str(err.value)
 
 

@@ -1,4 +1,5 @@
-"""The Kubeflow DAG: compiled structure, component YAMLs, a kfp.local run equal to the in-process run."""
+"""The Kubeflow DAG: compiled structure and placement, the image and backend checks, a kfp.local run
+equal to the in-process run. (That the compiled DAG is the plan is checked in test_plan.py.)"""
 import sys
 from pathlib import Path
 
@@ -6,60 +7,38 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY
-from infer_distill.cli import main as cli_main
-from infer_distill.cli import run_pipeline
+from infer_distill import plan
 from infer_distill.config import load_config
+from infer_distill.plan import run_in_process
 from infer_distill.stages import Layout
 from infer_distill.store import open_artifact
 
 sys.path.insert(0, str(REPO / "pipelines"))
 import infer_dag  # noqa: E402
 
-GPU_STAGES = ("train-teacher", "synthesize-ufc", "evaluate-student")
+IMAGE = "registry.example.com:5000/ml/infer-distill:0.1.0-cuda"
+GPU_STAGES = [s.name for s in plan.PLAN if s.gpu]
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dag") / "infer.yaml"
-    code = infer_dag.main(["compile", "--output", str(out), "--node-selector", "cloud.google.com/gke-accelerator=nvidia-h100",
-                           "--toleration", "nvidia.com/gpu:NoSchedule", "--toleration", "team=ml:NoExecute",
-                           "--parallelism", "3", "--retries", "4", "--gpus", "2"])
-    assert code == 0
+def compile_dag(tmp_path, *options):
+    out = tmp_path / "infer.yaml"
+    assert infer_dag.main(["compile", "--output", str(out), "--image", IMAGE, *options]) == 0
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def _loops(spec):
-    return {name: t for name, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t}
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compile_dag(tmp_path_factory.mktemp("dag"), "--node-selector", "cloud.google.com/gke-accelerator=nvidia-h100",
+                       "--toleration", "team=ml:NoExecute", "--parallelism", "3", "--retries", "4", "--gpus", "2",
+                       "--retry-max-hours", "48", "--set", "students.baselines=[random_soft]")
 
 
-def _loop_over(spec, items_param):
-    (loop,) = [t for t in _loops(spec).values() if t["parameterIterator"]["items"]["inputParameter"] == items_param]
-    return loop, spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+def _all_tasks(spec):
+    return {name: t for comp in [spec["root"], *spec["components"].values()] for name, t in comp.get("dag", {}).get("tasks", {}).items()}
 
 
-def test_fan_out_over_subset_groups_with_parallelism_and_fan_in(compiled):
-    spec, _ = compiled
-    loop, body = _loop_over(spec, "pipelinechannel--select-subsets-Output")
-    assert loop["iteratorPolicy"]["parallelismLimit"] == 3
-    assert set(body) == {"synthesize-ufc"}
-    for consumer in ("soft-label", "report"):
-        ufc = spec["root"]["dag"]["tasks"][consumer]["inputs"]["artifacts"]["ufc"]["taskOutputArtifact"]
-        assert ufc["producerTask"] == loop["taskInfo"]["name"]  # dsl.Collected over the shards
-    assert spec["components"]["comp-soft-label"]["inputDefinitions"]["artifacts"]["ufc"]["isArtifactList"]
-
-
-def test_teachers_and_students_fan_out(compiled):
-    spec, _ = compiled
-    _, body = _loop_over(spec, "pipelinechannel--teacher_archs")
-    assert set(body) == {"train-teacher"}
-    _, body = _loop_over(spec, "pipelinechannel--resolve-config-Output")
-    assert set(body) == {"evaluate-student"}
-    students = spec["root"]["dag"]["tasks"]["report"]["inputs"]["artifacts"]["students"]["taskOutputArtifact"]
-    assert students["outputArtifactKey"] == "pipelinechannel--evaluate-student-student"
-
-
-def test_gpu_resources_node_selector_tolerations_and_retries(compiled):
+def test_gpu_pods_get_accelerators_the_gpu_toleration_and_the_node_selector(compiled):
     spec, platform = compiled
     executors = spec["deploymentSpec"]["executors"]
     for stage in GPU_STAGES:
@@ -68,74 +47,139 @@ def test_gpu_resources_node_selector_tolerations_and_retries(compiled):
         assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"]
         k8s = platform[f"exec-{stage}"]
         assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100"}
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
-        assert {"key": "team", "operator": "Equal", "value": "ml", "effect": "NoExecute"} in k8s["tolerations"]
-    for stage in ("prepare-data", "soft-label", "report"):
+        # the accelerator's taint is tolerated by default, beside the ones given
+        assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                      {"key": "team", "operator": "Equal", "value": "ml", "effect": "NoExecute"}]
+    for stage in [s.name for s in plan.PLAN if not s.gpu]:
         assert "accelerator" not in executors[f"exec-{stage}"]["container"].get("resources", {})
         assert f"exec-{stage}" not in platform
-    retries = {name: t.get("retryPolicy", {}).get("maxRetryCount")
-               for comp in spec["components"].values() for name, t in comp.get("dag", {}).get("tasks", {}).items()}
-    assert all(retries[s] == 4 for s in GPU_STAGES)
 
 
-def test_parameters_mirror_the_config(compiled):
+def test_every_task_retries_with_the_shared_policy(compiled):
+    spec, _ = compiled
+    containers = {n: t for n, t in _all_tasks(spec).items() if "componentRef" in t and not n.startswith("for-loop")}
+    assert {n for n in containers} >= {s.name for s in plan.PLAN} | {"resolve-config", "fanout-items", "gather-teachers"}
+    for name, task in containers.items():
+        assert task["retryPolicy"] == {"maxRetryCount": 4, "backoffDuration": f"{plan.RETRY.backoff_s}s",
+                                       "backoffFactor": plan.RETRY.factor, "backoffMaxDuration": f"{48 * 3600}s"}, name
+
+
+def test_gpu_fan_outs_are_limited_by_parallelism(compiled):
+    spec, _ = compiled
+    tasks = _all_tasks(spec)
+    for name, task in tasks.items():
+        if "parameterIterator" in task:
+            inner = set(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+            gpu = any(plan.STEPS[s].gpu for s in inner)
+            assert task.get("iteratorPolicy", {}).get("parallelismLimit", 0) == (3 if gpu else 0), name
+
+
+def test_parameters_are_the_config_sections_with_its_values(compiled):
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    cfg = load_config(None)
-    assert params["teacher_archs"]["defaultValue"] == cfg.teachers.archs
-    assert params["ipc"]["defaultValue"] == cfg.budget.ipc
-    assert params["seeds"]["defaultValue"] == cfg.students.seeds
-    assert cfg == load_config(REPO / "configs" / "quickstart.yaml")  # compiled without --config: the quickstart
-    assert yaml.safe_load(params["config_yaml"]["defaultValue"]) == cfg.model_dump(mode="json")
+    cfg = load_config(None, ["students.baselines=[random_soft]"])
+    assert set(params) == set(type(cfg).model_fields)
+    for name, value in cfg.model_dump(mode="json", exclude_none=True).items():
+        assert params[name]["defaultValue"] == value, name  # a JSON object per section, not one long string
+    assert params["teachers"]["parameterType"] == "STRUCT" and params["seed"]["parameterType"] == "NUMBER_INTEGER"
+    assert load_config(None) == load_config(REPO / "configs" / "quickstart.yaml")  # compiled without --config: the quickstart
 
 
-def test_every_step_runs_the_project_image(compiled):
+def test_every_step_runs_the_given_image(compiled):
     spec, _ = compiled
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"infer-distill:0.1.0"}
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {IMAGE}
 
 
-def test_component_yamls_are_current(tmp_path, monkeypatch):
+@pytest.mark.parametrize("image", ["ghcr.io/acme/infer-distill:0.1.0", "registry.example.com:5000/a/b/infer-distill",
+                                   "localhost/infer-distill:dev", "123456789012.dkr.ecr.us-east-1.amazonaws.com/infer-distill:1",
+                                   f"docker.io/acme/infer-distill@sha256:{'a' * 64}"])
+def test_registry_qualified_images_are_accepted(image):
+    infer_dag.check_image(image)
+
+
+@pytest.mark.parametrize("image, needle", [(None, "--image is required"), ("infer-distill:0.1.0", "name the registry"),
+                                           ("acme/infer-distill:0.1.0", "name the registry")])
+def test_compile_and_submit_refuse_an_image_without_a_registry(tmp_path, capsys, monkeypatch, image, needle):
     monkeypatch.delenv("INFER_DISTILL_IMAGE", raising=False)
-    fresh = infer_dag.compile_components(tmp_path)
-    assert len(fresh) == 9
-    for path in fresh:
-        committed = REPO / "components" / path.relative_to(tmp_path)
-        assert committed.is_file(), f"{committed} missing: run python pipelines/infer_dag.py compile-components"
-        # compared as data: importing hera (the chart tests) changes how PyYAML lays out strings
-        assert list(yaml.safe_load_all(committed.read_text())) == list(yaml.safe_load_all(path.read_text())), \
-            f"{committed} is stale: run python pipelines/infer_dag.py compile-components"
+    flags = ["--image", image] if image else []
+    assert infer_dag.main(["compile", "--output", str(tmp_path / "x.yaml"), *flags]) == 2
+    assert needle in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+    assert infer_dag.main(["submit", "--host", "http://127.0.0.1:1", "--pipeline-root", "s3://b/p", *flags]) == 2
+    assert needle in capsys.readouterr().err
+    assert infer_dag.main(["compile-components", "--output-dir", str(tmp_path / "c"), *flags]) == 2
+
+
+def test_data_volume_is_mounted_into_the_data_step_only(tmp_path, capsys):
+    spec, platform = compile_dag(tmp_path, "--data-pvc", "datasets", "--data-mount", "/data",
+                                 "--set", "dataset.name=tiny-imagenet", "--set", "dataset.root=/data/tiny-imagenet-200")
+    mounted = {name for name, e in platform.items() if "pvcMount" in e}
+    assert mounted == {f"exec-{s.name}" for s in plan.PLAN if s.reads_dataset} == {"exec-prepare-data"}
+    assert platform["exec-prepare-data"]["pvcMount"] == [{"constant": "datasets", "mountPath": "/data", "pvcNameParameter": {
+        "runtimeValue": {"constant": "datasets"}}}]
+    code = infer_dag.main(["compile", "--output", str(tmp_path / "y.yaml"), "--image", IMAGE, "--data-pvc", "datasets",
+                           "--set", "dataset.name=tiny-imagenet", "--set", "dataset.root=/mnt/tiny-imagenet-200"])
+    assert code == 2 and "dataset.root=/mnt/tiny-imagenet-200 is outside --data-mount /data" in capsys.readouterr().err
+
+
+def test_component_yamls_compile_for_the_given_image(tmp_path):
+    paths = infer_dag.compile_components(IMAGE, tmp_path)
+    from components.infer_components import FUNCTIONS
+
+    assert sorted(p.parent.name for p in paths) == sorted(FUNCTIONS)
+    for path in paths:
+        (spec,) = yaml.safe_load_all(path.read_text())
+        assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {IMAGE}
 
 
 def test_config_the_dag_cannot_express(tmp_path, capsys):
-    code = infer_dag.main(["compile", "--output", str(tmp_path / "x.yaml"), "--set", "teachers.pretrained={resnet_tiny: /w.safetensors}"])
-    assert code == 2 and "teachers.pretrained.resnet_tiny" in capsys.readouterr().err
-    code = infer_dag.main(["compile", "--output", str(tmp_path / "x.yaml"), "--gpus", "0", "--set", "device=cuda"])
-    assert code == 2 and "device='cuda'" in capsys.readouterr().err
+    def compile_with(*options):
+        return infer_dag.main(["compile", "--output", str(tmp_path / "x.yaml"), "--image", IMAGE, *options])
+
+    assert compile_with("--set", "teachers.pretrained={resnet_tiny: /w.safetensors}") == 2
+    assert "teachers.pretrained.resnet_tiny" in capsys.readouterr().err
+    assert compile_with("--gpus", "0", "--set", "device=cuda") == 2
+    assert "device='cuda'" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
 
 
+@pytest.mark.parametrize("tag, ok", [("2.14.0", True), ("2.15.1", True), ("v2.16.0-rc.1", True), ("unknown", True), ("", True),
+                                     ("2.13.9", False), ("2.5.0", False), ("1.8.5", False)])
+def test_backend_version_check(tag, ok):
+    problem = infer_dag.backend_version_problem(tag)
+    assert (problem is None) == ok
+    if not ok:
+        assert f"backend is {tag}" in problem and "2.14.0" in problem
+
+
 def test_local_run_refuses_an_s3_root(capsys):
+    from infer_distill.cli import main as cli_main
+
     assert infer_dag.main(["run-local", "--out", "s3://bucket/run"]) == 2
     assert "kfp.local writes only to a local pipeline root" in capsys.readouterr().err
     assert cli_main(["run", "--engine", "kfp-local", "--out", "s3://bucket/run"]) == 2
 
 
-def test_submit_needs_an_object_store_root_and_a_reachable_host(capsys):
-    assert infer_dag.main(["submit", "--host", "http://127.0.0.1:1", "--pipeline-root", "/tmp/x"]) == 2
+@pytest.mark.processes  # connects to a port nothing listens on
+def test_submit_checks_its_input_before_connecting_and_names_an_unreachable_api(capsys):
+    args = ["--host", "http://127.0.0.1:1", "--image", IMAGE]
+    assert infer_dag.main(["submit", *args, "--pipeline-root", "/tmp/x"]) == 2
     assert "--pipeline-root /tmp/x" in capsys.readouterr().err
+    assert infer_dag.main(["submit", *args, "--pipeline-root", "s3://b/p", "--namespace", "team"]) == 2
+    assert "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:1" in capsys.readouterr().err
+    assert infer_dag.main(["upload", *args]) == 2
+    assert "cannot reach the Kubeflow Pipelines API" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_kfp_local_run_equals_the_in_process_run(tmp_path):
-    overrides = TINY + ["synthesis.subsets_per_shard=5"]
+    overrides = TINY + ["synthesis.subsets_per_shard=5", "students.baselines=[random_soft]"]
     cfg = load_config(None, overrides)
     report_uri = infer_dag.run_local(cfg, str(tmp_path / "kfp"))
     report = open_artifact(report_uri).read_manifest()
     run_root = Path(report_uri).parents[1]
 
     reference = str(tmp_path / "inproc")
-    run_pipeline(cfg, reference, progress=False)
+    run_in_process(cfg, reference, progress=False)
 
     def sha(uri, name):
         return open_artifact(uri).read_manifest()["files"][name]["sha256"]
@@ -147,5 +191,9 @@ def test_kfp_local_run_equals_the_in_process_run(tmp_path):
         assert sha(shard, "ufc.safetensors") == sha(Layout(reference).ufc(ids), "ufc.safetensors")
     assert sha(run_root / "soft-label" / "distilled", "distilled.safetensors") == \
         sha(Layout(reference).distilled, "distilled.safetensors")
+    (baseline,) = run_root.glob("for-loop-*-iteration-0/evaluate-baseline/student")
+    assert open_artifact(baseline).read_manifest()["metrics"]["baseline"] == "random_soft"
+    assert sha(baseline, "labels.safetensors") == sha(Layout(reference).baseline("convnet_d3_w32", 0, "random_soft"), "labels.safetensors")
+    assert [r["baseline"] for r in report["metrics"]["report"]["baselines"]] == ["random_soft"]
     assert report["metrics"]["report"]["budget"]["num_subsets"] == 8
     assert (run_root / "report" / "page").read_text().startswith("<!doctype html>")

@@ -10,8 +10,9 @@ import torch
 
 from conftest import TINY
 from infer_distill import stages
-from infer_distill.cli import main, run_pipeline
+from infer_distill.cli import main, print_step
 from infer_distill.config import load_config
+from infer_distill.plan import run_in_process
 from infer_distill.stages import Layout, build_model, distilled_instances, load_teachers, plan_ufc_shards
 from infer_distill.store import open_artifact
 from infer_distill.training import evaluate
@@ -38,7 +39,7 @@ def _verify_complete(cfg, out, num_classes):
 def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
     cfg = load_config("configs/quickstart.yaml", TINY + ["synthesis.subsets_per_shard=3"])
     out = str(tmp_path / "run")
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     report = _verify_complete(cfg, out, 10)
 
     # report.json holds what the issue asks for
@@ -75,14 +76,14 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
 
     # a second run skips every stage whose artifact is current
     before = {u: open_artifact(u).read_manifest()["created_at"] for u in _all_artifacts(cfg, out, 10) if u != Layout(out).report}
-    capsys.readouterr()
-    run_pipeline(cfg, out, progress=False)
-    assert capsys.readouterr().err.count("up to date, skipped") == len(before)
+    steps = []
+    run_in_process(cfg, out, progress=False, on_step=steps.append)
+    assert sum(step.skipped for step in steps) == len(before) and len(steps) == len(before) + 1  # + the report
     assert before == {u: open_artifact(u).read_manifest()["created_at"] for u in before}
 
     # the same config and seed give byte-identical UFCs (and labels) in a fresh directory
     out2 = str(tmp_path / "again")
-    run_pipeline(cfg, out2, progress=False)
+    run_in_process(cfg, out2, progress=False)
     for ids in cfg.shard_plan(10):
         a = open_artifact(Layout(out).ufc(ids)).read_manifest()["files"]["ufc.safetensors"]["sha256"]
         b2 = open_artifact(Layout(out2).ufc(ids)).read_manifest()["files"]["ufc.safetensors"]["sha256"]
@@ -97,7 +98,7 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
 def test_the_quickstart_student_beats_chance_by_far(tmp_path):
     """The whole method at the quickstart's own settings: the distilled set must teach (chance is 10 %)."""
     out = str(tmp_path / "run")
-    run_pipeline(load_config("configs/quickstart.yaml", ["device=cpu"]), out, progress=False)
+    run_in_process(load_config("configs/quickstart.yaml", ["device=cpu"]), out, progress=False, on_step=print_step)
     (student,) = json.loads(open_artifact(Layout(out).report).read_text("report.json"))["students"]
     assert student["final_acc"] > 0.85, student
 
@@ -108,7 +109,7 @@ def test_cifar10_from_the_shared_zips(tmp_path, datasets_dir):
         "dataset.test_per_class=5", "budget.ipc=3", "labels.modes=[static, dynamic]", "students.epochs_dynamic=1",
     ])
     out = str(tmp_path / "cifar")
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     report = _verify_complete(cfg, out, 10)
     dm = open_artifact(Layout(out).data).read_manifest()["metrics"]
     assert (dm["num_train"], dm["num_test"], dm["image_size"], dm["in_chans"]) == (120, 50, 32, 3)
@@ -138,13 +139,13 @@ def test_a_failed_stage_loses_no_finished_work(tmp_path, monkeypatch):
     real = stages.evaluate_student
     monkeypatch.setattr(stages, "evaluate_student", boom)
     with pytest.raises(RuntimeError, match="killed"):
-        run_pipeline(cfg, out, progress=False)
+        run_in_process(cfg, out, progress=False)
     layout = Layout(out)
     assert open_artifact(layout.distilled).exists() and not open_artifact(layout.student("convnet_d3_w32", 0, "static")).exists()
     done = {u: open_artifact(u).read_manifest()["created_at"] for u in [layout.data, layout.subsets, layout.distilled]}
 
     monkeypatch.setattr(stages, "evaluate_student", real)
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     assert done == {u: open_artifact(u).read_manifest()["created_at"] for u in done}
     assert open_artifact(layout.report).exists()
 
@@ -160,7 +161,7 @@ def test_stage_cli_with_explicit_uris(tmp_path):
     assert main(["stage", "train-teacher", "--data", f"{root}/d", "--out", f"{root}/t2", *sets]) == 2  # no --arch
     assert main(["stage", "select-subsets", "--data", f"{root}/d", "--out", f"{root}/s", "--shards-output", f"{root}/plan.json",
                  *sets, "--set", "synthesis.subsets_per_shard=3"]) == 0
-    assert json.loads(open(f"{root}/plan.json").read()) == ["0,1,2", "3,4,5", "6,7"]
+    assert json.loads(open(f"{root}/plan.json").read()) == [{"subset_ids": ids} for ids in ("0,1,2", "3,4,5", "6,7")]
 
 
 def test_teacher_weights_can_be_imported_instead_of_trained(tmp_path, capsys):
@@ -234,7 +235,7 @@ def _manifest_mtimes(made_from: dict[str, set[str]]) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished") / "run"
-    run_pipeline(load_config(None, SHARDED), str(out), progress=False)
+    run_in_process(load_config(None, SHARDED), str(out), progress=False, on_step=print_step)
     return out
 
 
@@ -255,7 +256,7 @@ def test_a_corrupt_byte_in_any_artifact_is_remade_with_everything_downstream(fin
     data[len(data) // 2] ^= 0x01
     (target / name).write_bytes(bytes(data))
 
-    run_pipeline(cfg, str(out), progress=False)
+    run_in_process(cfg, str(out), progress=False, on_step=print_step)
     after = _manifest_mtimes(made_from)
     remade = {uri for uri in made_from if after[uri] != before[uri]}
     assert remade == _downstream(made_from, str(target)) | {layout.report}  # the report is always rebuilt
@@ -269,7 +270,7 @@ def test_resharding_reuses_finished_ufcs_and_makes_only_missing_subsets(tmp_path
     one_shard, pairs = load_config(None, TINY), load_config(None, TINY + ["synthesis.subsets_per_shard=2"])
     out = str(tmp_path / "run")
     layout = Layout(out)
-    run_pipeline(one_shard, out, progress=False)
+    run_in_process(one_shard, out, progress=False, on_step=print_step)
     made_from = _made_from(one_shard, layout)
     before = _manifest_mtimes(made_from)
     everything = layout.ufc(list(range(8)))
@@ -277,7 +278,7 @@ def test_resharding_reuses_finished_ufcs_and_makes_only_missing_subsets(tmp_path
     # 0 -> 2 subsets per shard after a finished synthesis: nothing is synthesised again, nothing downstream either
     assert plan_ufc_shards(pairs, layout, 10) == [(list(range(8)), everything)]
     capsys.readouterr()
-    run_pipeline(pairs, out, progress=False)
+    run_in_process(pairs, out, progress=False, on_step=print_step)
     assert "synthesize-ufc subsets 0..7: up to date, skipped" in capsys.readouterr().err
     assert {u for u, t in _manifest_mtimes(made_from).items() if t != before[u]} == {layout.report}
 
@@ -285,13 +286,13 @@ def test_resharding_reuses_finished_ufcs_and_makes_only_missing_subsets(tmp_path
     # subsets makes only the lost pair
     one = open_artifact(everything).read_tensors("ufc.safetensors")["ufc"]
     shutil.rmtree(everything)
-    run_pipeline(pairs, out, progress=False)
+    run_in_process(pairs, out, progress=False, on_step=print_step)
     pair_uris = [layout.ufc([k, k + 1]) for k in range(0, 8, 2)]
     assert plan_ufc_shards(one_shard, layout, 10) == [([k, k + 1], u) for k, u in zip(range(0, 8, 2), pair_uris)]
     shutil.rmtree(pair_uris[1])
     kept = {u: os.stat(Path(u) / "manifest.json").st_mtime_ns for u in pair_uris if u != pair_uris[1]}
     capsys.readouterr()
-    run_pipeline(one_shard, out, progress=False)
+    run_in_process(one_shard, out, progress=False, on_step=print_step)
     err = capsys.readouterr().err
     assert "synthesize-ufc subsets 2..3: " in err and err.count("synthesize-ufc") == 4 and err.count("up to date, skipped") == 7
     assert kept == {u: os.stat(Path(u) / "manifest.json").st_mtime_ns for u in kept}
@@ -307,7 +308,7 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     cfg = load_config(None, TINY + ["students.baselines=[random_soft, random_soft_steps]", "students.seeds=[0, 1]"])
     out = str(tmp_path / "run")
     layout = Layout(out)
-    run_pipeline(cfg, out, progress=False)
+    run_in_process(cfg, out, progress=False)
     data = open_artifact(layout.data)
     train = data.read_tensors("train.safetensors")
     classes = data.read_manifest()["metrics"]["classes"]
@@ -340,7 +341,7 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     assert "What the distillation bought" in open_artifact(layout.report).read_text("report.md")
 
     # students.baselines: [] removes them (everything else is reused)
-    run_pipeline(load_config(None, TINY + ["students.seeds=[0, 1]"]), out, progress=False)
+    run_in_process(load_config(None, TINY + ["students.seeds=[0, 1]"]), out, progress=False)
     report = json.loads(open_artifact(layout.report).read_text("report.json"))
     assert report["baselines"] == [] and report["lift"] == []
     assert "What the distillation bought" not in open_artifact(layout.report).read_text("report.md")

@@ -8,7 +8,8 @@ import boto3
 import pytest
 import torch
 
-from infer_distill.store import SCHEMA_VERSION, Artifact, ArtifactError, LocalArtifact, S3Artifact, open_artifact, sha256_bytes
+from infer_distill import store
+from infer_distill.store import SCHEMA_VERSION, Artifact, ArtifactError, LocalArtifact, S3Artifact, StoreUnavailable, open_artifact, sha256_bytes
 
 
 def _s3(endpoint: str):
@@ -223,10 +224,28 @@ def test_s3_check_writable_no_credentials(s3_bucket: str, monkeypatch: pytest.Mo
         open_artifact(f"s3://{s3_bucket}/out").check_writable()
 
 
-def test_s3_unreachable_endpoint(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    with pytest.raises(ArtifactError, match=r"endpoint http://127\.0\.0\.1:1 is unreachable"):
+def test_s3_unreachable_endpoint_is_an_outage_after_botos_retries(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens: connection refused
+    attempts = []
+    client = store._s3_client()
+    client.meta.events.register("before-send.s3", lambda **_: attempts.append(1))
+    with pytest.raises(StoreUnavailable, match=r"endpoint http://127\.0\.0\.1:1 is unreachable \(EndpointConnectionError, after 6 attempts"):
         open_artifact("s3://b/out").check_writable()
+    assert len(attempts) == 6  # boto3's standard retry mode: the first try and five retries, then it gave up
+    assert not issubclass(StoreUnavailable, ArtifactError)  # an outage never reads as a missing or invalid artifact
+
+
+@pytest.mark.parametrize("code, status, outage", [
+    ("SlowDown", 503, True), ("InternalError", 500, True), ("ServiceUnavailable", 503, True), ("Throttling", 400, True),
+    ("RequestTimeout", 400, True), ("AccessDenied", 403, False), ("NoSuchBucket", 404, False), ("InvalidRequest", 400, False),
+])
+def test_s3_error_answers_are_outages_or_refusals(s3_env: str, code: str, status: int, outage: bool) -> None:
+    from botocore.exceptions import ClientError
+
+    answer = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    with pytest.raises(StoreUnavailable if outage else ArtifactError):
+        with open_artifact("s3://b/out")._errors("write") as _:
+            raise answer
 
 
 def test_local_check_writable(tmp_path: Path) -> None:

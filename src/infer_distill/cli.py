@@ -3,7 +3,11 @@
     infer-distill run --config configs/quickstart.yaml --out runs/quickstart [--set synthesis.iterations=50]
     infer-distill stage train-teacher --config C --root s3://bucket/run1 --arch resnet18
     infer-distill show runs/quickstart/report
+    infer-distill plan --config configs/cifar10-ipc10.yaml
+    infer-distill check-store s3://bucket/runs
     infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
+
+Exit codes: 0 done, 2 input refused (never worth retrying), 75 object store unavailable (retry later).
 """
 from __future__ import annotations
 
@@ -16,68 +20,28 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import stages
+from . import plan, stages
 from .config import STAGES, Config, ConfigError, dump_config, load_config
 from .data import DataError
 from .distilled import FORMATS, export
 from .stages import Layout, StageError
-from .store import ArtifactError, open_artifact
+from .store import ArtifactError, StoreUnavailable, open_artifact
 
 console = Console(stderr=True)
-USER_ERRORS = (ConfigError, DataError, ArtifactError, StageError)
+USER_ERRORS = (ConfigError, DataError, ArtifactError, StageError)  # refused input: exit plan.EXIT_REFUSED
 
 
 # ----------------------------------------------------------------------------------------
-# run: every stage in order, in this process, skipping artifacts that are already current
+# run: every step of the plan in order, in this process, skipping artifacts that are current
 # ----------------------------------------------------------------------------------------
 
 
-def run_pipeline(cfg: Config, out: str, progress: bool = True) -> dict:
-    """Run (or resume) the whole pipeline under `out`; returns the report manifest."""
-    layout = Layout(out)
-    stages.preflight(cfg, [out])
-
-    def step(name: str, uri: str, inputs: dict, fn, *, label: str = "", **keys):
-        full = f"{name} {label}".strip()
-        if stages.is_current(uri, cfg, name, inputs, **keys):
-            console.print(f"[dim]✓ {full}: up to date, skipped[/dim]")
-            return open_artifact(uri).read_manifest()
-        started = time.perf_counter()
-        manifest = fn()
-        seconds = time.perf_counter() - started
-        console.print(f"[green]✓[/green] {full}: {seconds:.1f}s")
-        return manifest
-
-    data, subsets, distilled, teachers = layout.data, layout.subsets, layout.distilled, layout.teachers(cfg)
-    dm = step("prepare-data", data, {}, lambda: stages.prepare_data(cfg, data))
-    for arch, uri in zip(cfg.teachers.archs, teachers):
-        step("train-teacher", uri, {"data": data}, lambda a=arch, u=uri: stages.train_teacher(cfg, a, data, u, progress),
-             label=arch, arch=arch)
-    step("select-subsets", subsets, {"data": data}, lambda: stages.select_subsets(cfg, data, subsets))
-    shards = stages.plan_ufc_shards(cfg, layout, dm["metrics"]["num_classes"])
-    for ids, uri in shards:
-        step("synthesize-ufc", uri, {"data": data, "subsets": subsets, "teachers": teachers},
-             lambda i=ids, u=uri: stages.synthesize_ufc(cfg, i, data, subsets, teachers, u, progress),
-             label=f"subsets {ids[0]}..{ids[-1]}", subset_ids=ids)
-    ufc = [uri for _, uri in shards]
-    step("soft-label", distilled, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc},
-         lambda: stages.soft_label(cfg, data, subsets, teachers, ufc, distilled))
-    for mode in cfg.labels.modes:
-        for arch in cfg.students.archs:
-            for seed in cfg.students.seeds:
-                uri = layout.student(arch, seed, mode)
-                step("evaluate-student", uri, {"data": data, "distilled": distilled, "teachers": teachers},
-                     lambda a=arch, s=seed, m=mode, u=uri: stages.evaluate_student(cfg, a, s, m, data, distilled, teachers, u,
-                                                                                  progress),
-                     label=f"{arch} {mode} seed {seed}", arch=arch, seed=seed, label_mode=mode)
-    for r in cfg.baseline_runs():
-        uri = layout.baseline(r["arch"], r["seed"], r["baseline"])
-        step("evaluate-baseline", uri, {"data": data, "subsets": subsets, "teachers": teachers},
-             lambda r=r, u=uri: stages.evaluate_baseline(cfg, r["arch"], r["seed"], r["baseline"], data, subsets, teachers, u,
-                                                         progress),
-             label=f"{r['baseline']} {r['arch']} seed {r['seed']}", **r)
-    # The report is cheap: always rebuilt, so it reflects exactly the artifacts above.
-    return stages.report(cfg, data, teachers, ufc, distilled, layout.students(cfg), layout.report, layout.baselines(cfg))
+def print_step(step: plan.StepResult) -> None:
+    name = f"{step.stage} {step.label}".strip()
+    if step.skipped:
+        console.print(f"[dim]✓ {name}: up to date, skipped[/dim]")
+    else:
+        console.print(f"[green]✓[/green] {name}: {step.seconds:.1f}s")
 
 
 def print_summary(report: dict) -> None:
@@ -123,9 +87,10 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         return stages.train_teacher(cfg, arch, data(), uri("--out", lambda l: l.teacher(arch)))
     if name == "select-subsets":
         manifest = stages.select_subsets(cfg, data(), uri("--out", lambda l: l.subsets))
-        if args.shards_output:  # for workflow engines that fan out over the plan (Argo withParam)
+        if args.shards_output:  # for workflow engines that fan out over the shards (Argo withParam)
+            items = plan.fanout_items(cfg, manifest["metrics"]["num_classes"])[plan.SHARDS.name]
             Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.shards_output).write_text(json.dumps([",".join(map(str, ids)) for ids in manifest["metrics"]["shards"]]))
+            Path(args.shards_output).write_text(json.dumps(items))
         return manifest
     subsets = uri("--subsets", lambda l: l.subsets)
     if name == "synthesize-ufc":
@@ -188,6 +153,31 @@ def show(uri: str) -> None:
     print(json.dumps(brief, indent=2))
 
 
+def print_plan(cfg: Config, items_dir: str | None) -> None:
+    """The steps this config runs, with every fan-out item; --items-dir also writes the items as JSON."""
+    num_classes = stages.KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    if num_classes is not None:
+        stages.check_budget(cfg, num_classes)
+    table = Table(title="INFER plan")
+    for col in ("step", "after", "runs", "items"):
+        table.add_column(col)
+    for step in plan.PLAN:
+        after = ", ".join(plan.depends(step))
+        if step.over is None:
+            table.add_row(step.name, after, "1", "")
+        elif step.over.source == "config" or num_classes is not None:
+            items = step.over.items(cfg, num_classes)
+            table.add_row(step.name, after, f"{len(items)}{' GPU' if step.gpu else ''}",
+                          "; ".join(step.over.label(i) for i in items))
+        else:
+            table.add_row(step.name, after, f"?{' GPU' if step.gpu else ''}", f"decided by {step.over.source} (number of classes)")
+    Console().print(table)
+    if items_dir:
+        Path(items_dir).mkdir(parents=True, exist_ok=True)
+        for name, items in plan.fanout_items(cfg).items():
+            (Path(items_dir) / f"{name}.json").write_text(json.dumps(items))
+
+
 def export_set(args: argparse.Namespace) -> None:
     out = export(args.uri, args.format, args.out, include_test=args.include_test)
     console.print(f"✓ exported {args.uri} as {args.format} to {out} (see {out / 'DATASHEET.md'})")
@@ -221,7 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
     s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")
     s.add_argument("--shards-output", metavar="FILE",
-                   help="select-subsets: also write the shard plan as a JSON list of id strings, e.g. [\"0,1\", \"2\"]")
+                   help="select-subsets: also write the shard plan as JSON items, e.g. [{\"subset_ids\": \"0,1\"}, ...]")
+
+    pl = sub.add_parser("plan", help="print the steps a config runs, with every fan-out item")
+    add_config(pl)
+    pl.add_argument("--items-dir", metavar="DIR",
+                    help="also write each fan-out's items as DIR/<fan-out>.json (what workflow engines iterate)")
+
+    ch = sub.add_parser("check-store", help="check that a run root can be written (S3: endpoint, bucket, credentials)")
+    ch.add_argument("uri", help="local directory or s3://bucket/prefix")
 
     sh = sub.add_parser("show", help="print an artifact's manifest, or a report")
     sh.add_argument("uri")
@@ -240,10 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 (plan.EXIT_REFUSED) input refused; 75 (plan.EXIT_TRANSIENT) the
+    object store is unavailable; anything else (a traceback) is a crash."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "show":
             show(args.uri)
+            return 0
+        if args.command == "check-store":
+            open_artifact(args.uri).check_writable()
+            print(f"ok: {args.uri} is writable")
             return 0
         if args.command == "export":
             export_set(args)
@@ -251,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         if args.command == "config":
             print(dump_config(cfg), end="")
+        elif args.command == "plan":
+            print_plan(cfg, args.items_dir)
         elif args.command == "run":
             started = time.perf_counter()
             if args.engine == "kfp-local":
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(open_artifact(report_uri).read_manifest())
             else:
                 report_uri = Layout(args.out).report
-                print_summary(run_pipeline(cfg, args.out, progress=not args.no_progress))
+                print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             manifest = run_stage(args, cfg)
@@ -266,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-
+        return plan.EXIT_REFUSED
+    except StoreUnavailable as e:
+        print(f"error (transient, worth retrying): {e}", file=sys.stderr)
+        return plan.EXIT_TRANSIENT
 
 if __name__ == "__main__":
     sys.exit(main())

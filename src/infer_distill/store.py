@@ -50,7 +50,15 @@ FileValue = bytes | Mapping[str, torch.Tensor]
 
 
 class ArtifactError(RuntimeError):
-    """Any store failure; the message names the artifact URI (and file) and how to fix it."""
+    """A store failure that trying again cannot fix; the message names the artifact URI (and file) and the fix."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store did not answer, or answered that it is busy or failing (network errors,
+    timeouts, HTTP 5xx, throttling), after boto3's own retries: trying again later may succeed.
+
+    Not an ArtifactError, so no caller mistakes an outage for a missing or invalid artifact.
+    """
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -303,6 +311,12 @@ def _fsync_dir(path: Path) -> None:
 # S3 (and S3-compatible stores such as MinIO, via AWS_ENDPOINT_URL)
 # ----------------------------------------------------------------------------------------
 
+_MAX_ATTEMPTS = 6  # the first try and 5 retries, in boto3's standard mode (backoff with jitter)
+# Error codes S3 and compatible stores use for "busy, slow down" (besides any HTTP 5xx).
+_BUSY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+               "RequestTimeout", "ServiceUnavailable", "InternalError"}
+
+
 # Everything that decides which client to build; a changed value gives a fresh client.
 _CLIENT_ENV = (
     "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -325,7 +339,7 @@ def _cached_client(env: tuple[str | None, ...]) -> Any:
         "s3",
         endpoint_url=settings["AWS_ENDPOINT_URL"] or None,
         region_name=settings["AWS_DEFAULT_REGION"] or "us-east-1",
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60),
+        config=Config(retries={"total_max_attempts": _MAX_ATTEMPTS, "mode": "standard"}, connect_timeout=10, read_timeout=60),
     )
 
 
@@ -342,11 +356,13 @@ class S3Artifact(Artifact):
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[Any]:
-        """Yield a client; turn any S3 failure into an ArtifactError that says what to fix."""
+        """Yield a client; turn any S3 failure into a StoreUnavailable (an outage: try again later) or
+        an ArtifactError (anything else), saying what to fix."""
         from botocore.exceptions import (
-            BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
-            EndpointConnectionError, NoCredentialsError, PartialCredentialsError,
+            BotoCoreError, ClientError, HTTPClientError, IncompleteReadError,
+            NoCredentialsError, PartialCredentialsError,
         )
+        from botocore.exceptions import ConnectionError as ConnectionFailed
 
         client = _s3_client()
         endpoint = client.meta.endpoint_url
@@ -354,13 +370,19 @@ class S3Artifact(Artifact):
             yield client
         except (NoCredentialsError, PartialCredentialsError) as e:
             raise ArtifactError(f"cannot {doing} {self.uri}: {_CREDENTIALS_HINT}") from e
-        except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as e:
-            raise ArtifactError(
-                f"cannot {doing} {self.uri}: S3 endpoint {endpoint} is unreachable ({type(e).__name__}): "
-                "check AWS_ENDPOINT_URL and that the S3 service is running"
+        except (ConnectionFailed, HTTPClientError, IncompleteReadError) as e:  # refused, reset, timed out, cut short
+            raise StoreUnavailable(
+                f"cannot {doing} {self.uri}: S3 endpoint {endpoint} is unreachable ({type(e).__name__}, "
+                f"after {_MAX_ATTEMPTS} attempts): check AWS_ENDPOINT_URL and that the S3 service is running"
             ) from e
         except ClientError as e:
             code = _error_code(e)
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500 or code in _BUSY_CODES:
+                raise StoreUnavailable(
+                    f"cannot {doing} {self.uri}: S3 endpoint {endpoint} answered {code or status} "
+                    f"after {_MAX_ATTEMPTS} attempts (the service is failing or throttling): try again later"
+                ) from e
             if code in ("NoSuchBucket", "404"):
                 raise ArtifactError(
                     f"S3 bucket '{self.bucket}' does not exist at endpoint {endpoint}: create it "

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import SynthesisConfig
 from .models import batchnorm_layers
+from .progress import progress_bar
 
 # ----------------------------------------------------------------------------------------
 # Grouped BatchNorm-statistics loss
@@ -249,7 +249,8 @@ def synthesize_ufcs(
     initial = torch.zeros(S, M, B)
     last = (torch.zeros(S, M, B),) * 3
     start = time.perf_counter()
-    for it in tqdm(range(cfg.iterations), desc=f"UFC subsets {subset_ids[0]}..{subset_ids[-1]}", disable=not progress, leave=False):
+    bar = progress_bar(range(cfg.iterations), f"UFC subsets {subset_ids[0]}..{subset_ids[-1]}", disable=not progress)
+    for it in bar:
         for group in opt.param_groups:  # cosine schedule to 0, no warm-up (official lr_cosine_policy)
             group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * it / cfg.iterations))
         opt.zero_grad(set_to_none=True)
@@ -268,5 +269,6 @@ def synthesize_ufcs(
         if it == 0:
             initial = stacked[0]
         last = stacked
+        bar.set_postfix(loss=f"{stacked[0].mean():.4f}")
     seconds = time.perf_counter() - start
     return SynthesisResult((normalised * std).detach().cpu(), initial, last[0], last[1], last[2], seconds)

@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import StudentConfig, TeacherConfig
 from .data import random_crop_flip
+from .progress import progress_bar
 
 # ----------------------------------------------------------------------------------------
 # Evaluation
@@ -153,7 +153,7 @@ def train_teacher_model(
     n = len(x_all)
     opt, sched = teacher_optimizer(model, cfg, cfg.epochs * math.ceil(n / cfg.batch_size))
     losses = []
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(cfg.epochs), desc, disable=not progress)
     for _ in bar:
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
@@ -211,7 +211,7 @@ def _fit_student(
     rng = random.Random(seed)
     opt, sched = student_optimizer(model, cfg, epochs * math.ceil(num_images / cfg.batch_size))
     result = StudentResult()
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, epochs + 1), desc, disable=not progress)
     for epoch in bar:
         model.train()
         order = torch.randperm(num_images, generator=gen).to(device)

@@ -43,16 +43,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{- define "infer-distill.configMapName" -}}
-{{- printf "%s-config" (include "infer-distill.fullname" .) | trunc 63 | trimSuffix "-" }}
-{{- end }}
-
+{{/*
+The project image. Pods on every node pull it, so its repository must name a registry.
+*/}}
 {{- define "infer-distill.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $repo := required "image.repository is required: the registry-qualified project image, e.g. --set image.repository=ghcr.io/acme/infer-distill (build, tag and push it: README, Containers)" .Values.image.repository }}
+{{- if not (regexMatch "^(localhost|[^/]*[.:][^/]*)/" $repo) }}
+{{- fail (printf "image.repository=%s names no registry, so no node can pull it: build, tag and push the image (README, Containers) and set e.g. image.repository=ghcr.io/acme/%s" $repo $repo) }}
+{{- end }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
 {{/*
-The run root every stage derives its input/output locations from: s3://<bucket>/<prefix>.
+The root runs are written under: s3://<bucket>/<prefix>; a run of the template writes to
+<root>/<workflow name>.
 */}}
 {{- define "infer-distill.prefix" -}}
 {{- default .Release.Name .Values.s3.prefix | trimAll "/" }}
@@ -63,125 +67,67 @@ The run root every stage derives its input/output locations from: s3://<bucket>/
 {{- printf "s3://%s/%s" $bucket (include "infer-distill.prefix" .) }}
 {{- end }}
 
-{{/*
-The evaluate-student fan-out: config.labels.modes x config.students.archs x config.students.seeds,
-in the order `infer-distill run` uses, as a JSON list of {arch, seed, mode}.
-*/}}
-{{- define "infer-distill.studentRuns" -}}
-{{- $cfg := .Values.config }}
-{{- $modes := required "config.labels.modes must list static and/or dynamic" $cfg.labels.modes }}
-{{- $archs := required "config.students.archs must list at least one student architecture" $cfg.students.archs }}
-{{- $seeds := required "config.students.seeds must list at least one seed" $cfg.students.seeds }}
-{{- $runs := list }}
-{{- range $mode := $modes }}
-{{- range $arch := $archs }}
-{{- range $seed := $seeds }}
-{{- $runs = append $runs (dict "arch" $arch "seed" (int64 $seed | toString) "mode" $mode) }}
-{{- end }}
-{{- end }}
-{{- end }}
-{{- toJson $runs }}
+{{/* A step's key under .Values.stages: train-teacher -> trainTeacher. */}}
+{{- define "infer-distill.stageKey" -}}
+{{- . | replace "-" "_" | camelcase | untitle }}
 {{- end }}
 
 {{/*
-One leaf template of the workflow: a pod running `infer-distill stage <name>`.
-Called with (dict "root" $ "stage" "train-teacher" "key" "trainTeacher" "inputs" (list "arch")
-"args" (list ...) "outputs" <yaml string or "">).
+One pod template of files/workflow-template.yaml (generated from the plan: name, command,
+inputs, outputs, retry strategy), completed with the values: image, resources and GPUs,
+scheduling, environment, volumes, security. Called with (dict "root" $ "template" <template>).
 */}}
-{{- define "infer-distill.stageTemplate" -}}
+{{- define "infer-distill.podTemplate" -}}
 {{- $ := .root }}
-{{- $s := index $.Values.stages .key }}
+{{- $t := deepCopy .template }}
+{{- $key := include "infer-distill.stageKey" $t.name }}
+{{- $s := required (printf "stages.%s is missing from the values (the settings of step %s)" $key $t.name) (index $.Values.stages $key) }}
 {{- $gpu := int64 (default 0 $s.gpu) }}
-- name: {{ .stage }}
-  metadata:
-    labels:
-      {{- include "infer-distill.selectorLabels" $ | nindent 6 }}
-      infer-distill/stage: {{ .stage }}
-  {{- with .inputs }}
-  inputs:
-    parameters:
-      {{- range . }}
-      - name: {{ . }}
-      {{- end }}
-  {{- end }}
-  {{- with .outputs }}
-  outputs:
-    {{- . | nindent 4 }}
-  {{- end }}
-  {{- $nodeSelector := $.Values.nodeSelector }}
-  {{- $tolerations := $.Values.tolerations }}
-  {{- if gt $gpu 0 }}
-  {{- $nodeSelector = merge (deepCopy $.Values.gpu.nodeSelector) $.Values.nodeSelector }}
-  {{- $tolerations = concat $.Values.tolerations $.Values.gpu.tolerations }}
-  {{- end }}
-  {{- with $nodeSelector }}
-  nodeSelector:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $tolerations }}
-  tolerations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $.Values.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- if and (gt $gpu 0) (gt (int64 $.Values.retry.limit) 0) }}
-  retryStrategy:
-    limit: {{ $.Values.retry.limit | int64 }}
-    retryPolicy: {{ $.Values.retry.retryPolicy }}
-    {{- with $.Values.retry.expression }}
-    expression: {{ . | quote }}
-    {{- end }}
-    {{- with $.Values.retry.backoff }}
-    backoff:
-      {{- toYaml . | nindent 6 }}
-    {{- end }}
-  {{- end }}
-  container:
-    image: {{ include "infer-distill.image" $ }}
-    imagePullPolicy: {{ $.Values.image.pullPolicy }}
-    command: [infer-distill]
-    args:
-      - stage
-      - {{ .stage }}
-      - --config
-      - /config/config.yaml
-      - --root
-      - {{ include "infer-distill.root" $ }}
-      {{- range .args }}
-      - {{ . | quote }}
-      {{- end }}
-    env:
-      {{- include "infer-distill.env" $ | trim | nindent 6 }}
-    resources:
-      requests:
-        {{- with $s.resources.requests }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
-        {{- if gt $gpu 0 }}
-        {{ $.Values.gpu.resourceName }}: {{ $gpu | quote }}
-        {{- end }}
-      limits:
-        {{- with $s.resources.limits }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
-        {{- if gt $gpu 0 }}
-        {{ $.Values.gpu.resourceName }}: {{ $gpu | quote }}
-        {{- end }}
-    securityContext:
-      {{- toYaml $.Values.securityContext | nindent 6 }}
-    volumeMounts:
-      - name: config
-        mountPath: /config
-        readOnly: true
-      - name: tmp
-        mountPath: /tmp
-      - name: dshm
-        mountPath: /dev/shm
-      {{- with $.Values.extraVolumeMounts }}
-      {{- toYaml . | nindent 6 }}
-      {{- end }}
+{{- $labels := merge (deepCopy $t.metadata.labels) (include "infer-distill.selectorLabels" $ | fromYaml) }}
+{{- $_ := set $t "metadata" (dict "labels" $labels) }}
+{{- $requests := deepCopy (default dict $s.resources.requests) }}
+{{- $limits := deepCopy (default dict $s.resources.limits) }}
+{{- $nodeSelector := $.Values.nodeSelector }}
+{{- $tolerations := $.Values.tolerations }}
+{{- if gt $gpu 0 }}
+{{- $_ := set $requests $.Values.gpu.resourceName ($gpu | toString) }}
+{{- $_ := set $limits $.Values.gpu.resourceName ($gpu | toString) }}
+{{- $nodeSelector = merge (deepCopy $.Values.gpu.nodeSelector) $.Values.nodeSelector }}
+{{- $tolerations = concat $.Values.tolerations $.Values.gpu.tolerations }}
+{{- end }}
+{{- with $nodeSelector }}{{ $_ := set $t "nodeSelector" . }}{{ end }}
+{{- with $tolerations }}{{ $_ := set $t "tolerations" . }}{{ end }}
+{{- with $.Values.affinity }}{{ $_ := set $t "affinity" . }}{{ end }}
+{{- $retry := $t.retryStrategy }}
+{{- if hasKey $.Values.retry "limit" }}{{ $_ := set $retry "limit" (int64 $.Values.retry.limit) }}{{ end }}
+{{- with $.Values.retry.backoff }}{{ $_ := set $retry "backoff" (merge (deepCopy .) $retry.backoff) }}{{ end }}
+{{- $mounts := list (dict "name" "tmp" "mountPath" "/tmp") (dict "name" "dshm" "mountPath" "/dev/shm") }}
+{{- if and $.Values.data.claimName (eq (index $labels "infer-distill/reads-dataset" | default "") "true") }}
+{{- $mounts = append $mounts (dict "name" "data" "mountPath" $.Values.data.mountPath "readOnly" true) }}
+{{- end }}
+{{- $c := $t.container }}
+{{- $_ := set $c "image" (include "infer-distill.image" $) }}
+{{- $_ := set $c "imagePullPolicy" $.Values.image.pullPolicy }}
+{{- $_ := set $c "env" (include "infer-distill.env" $ | fromYamlArray) }}
+{{- $_ := set $c "resources" (dict "requests" $requests "limits" $limits) }}
+{{- $_ := set $c "securityContext" $.Values.securityContext }}
+{{- $_ := set $c "volumeMounts" (concat $mounts $.Values.extraVolumeMounts) }}
+{{- toYaml (list $t) }}
+{{- end }}
+
+{{/*
+A fan-out of files/workflow-template.yaml (a DAG template whose one task runs a step once per
+item), with that step's parallelism from the values.
+*/}}
+{{- define "infer-distill.dagTemplate" -}}
+{{- $ := .root }}
+{{- $t := deepCopy .template }}
+{{- $tasks := $t.dag.tasks }}
+{{- if and (eq (len $tasks) 1) (index (first $tasks) "withParam") }}
+{{- $s := index $.Values.stages (include "infer-distill.stageKey" (first $tasks).template) }}
+{{- with $s.parallelism }}{{ $_ := set $t "parallelism" (int64 .) }}{{ end }}
+{{- end }}
+{{- toYaml (list $t) }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,231 @@
+"""The INFER DAG, written down once: every way of running it is derived from `PLAN`.
+
+    prepare-data -> train-teacher (one per teacher) --+-> synthesize-ufc (one per shard) -> soft-label
+                 -> select-subsets -------------------+      -> evaluate-student (one per student run) --+-> report
+                                                      +-> evaluate-baseline (one per baseline run) -----+
+
+- `run_in_process` walks it in one process: `infer-distill run`, and any script that wants the
+  same resumable walk (it skips artifacts that are current and reports every step);
+- pipelines/infer_dag.py renders it as the Kubeflow pipeline;
+- pipelines/render.py renders it as the Argo WorkflowTemplate of the Helm chart (with hera) and as
+  the docker compose files (one service per step and fan-out item).
+
+A step is one stage of `infer_distill.stages`; the CLI runs it as `infer-distill stage <name>`.
+Its inputs name the outputs of earlier steps (the stage function's arguments), so the edges of
+the DAG follow from them. A fan-out step runs once per item; an item's keys are the stage's own
+keys (`stages.is_current`, `Layout`) and, as `--key-name value`, its command-line flags.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from . import stages
+from .config import Config, ConfigError
+from .stages import Layout
+from .store import open_artifact
+
+# ----------------------------------------------------------------------------------------
+# Exit codes and the retry policy every engine applies to every step
+# ----------------------------------------------------------------------------------------
+
+EXIT_REFUSED = 2      # the input was refused (config, data, an artifact made with other settings): a retry is refused again
+EXIT_TRANSIENT = 75   # EX_TEMPFAIL: the object store stayed unreachable, throttled or failing after boto3's own retries
+# Any other non-zero exit is a crash (or a pod killed by eviction or preemption): retried too.
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    limit: int = 3
+    backoff_s: int = 60
+    factor: int = 2
+    # Argo (and KFP's backend, which compiles to Argo) count this from the START OF THE FIRST
+    # attempt, not between attempts: it must cover every attempt of the longest GPU step, or a
+    # step that fails after running longer than this is never retried.
+    max_duration_s: int = 72 * 3600
+    never_retried: tuple[int, ...] = (EXIT_REFUSED,)
+
+    def argo_expression(self) -> str:
+        return " && ".join(f"asInt(lastRetry.exitCode) != {code}" for code in self.never_retried)
+
+
+RETRY = RetryPolicy()
+
+
+# ----------------------------------------------------------------------------------------
+# Fan-outs and steps
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FanOut:
+    name: str
+    keys: tuple[str, ...]                                  # item keys: stage keys and CLI flags (--label-mode)
+    items: Callable[[Config, int | None], list[dict[str, Any]]]  # (config, number of classes) -> items, in run order
+    label: Callable[[dict[str, Any]], str]
+    # Where a workflow engine gets the items at run time: the config (resolve-config writes them),
+    # or select-subsets, which writes the shard plan once it knows the number of classes.
+    source: str = "config"
+    # The config may give it no items. An engine that cannot iterate an empty list (a Kubeflow
+    # loop collected downstream) leaves the step out when compiled for such a config, and
+    # `check_omitted` refuses a run whose config would need it.
+    optional: bool = False
+    # The items of a walk that resumes under a run root, where they may depend on what is already
+    # there (config, layout, number of classes); None: `items`.
+    resumed_items: Callable[[Config, Layout, int], list[dict[str, Any]]] | None = None
+
+
+TEACHERS = FanOut("teachers", ("arch",), lambda cfg, _: [{"arch": a} for a in cfg.teachers.archs], lambda i: i["arch"])
+# Engines start each run afresh: the config's shard plan. A resumed walk reuses every finished shard,
+# whatever grouping made it (stages.plan_ufc_shards), so resharding recomputes nothing.
+SHARDS = FanOut("shards", ("subset_ids",), lambda cfg, c: [{"subset_ids": ids} for ids in cfg.shard_plan(c)],
+                lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets",
+                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in stages.plan_ufc_shards(cfg, layout, c)])
+STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg.student_runs(),
+                  lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
+BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
+                   lambda i: f"{i['baseline']} {i['arch']} seed {i['seed']}", optional=True)
+FANOUTS = {f.name: f for f in (TEACHERS, SHARDS, STUDENTS, BASELINES)}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str                     # the stage: `infer-distill stage <name>`, `stages.<name_with_underscores>`
+    output: str                   # what later steps receive its artifact(s) as (a stage argument, a CLI flag)
+    location: str                 # the `stages.Layout` attribute of its artifact (called with the item's keys)
+    inputs: tuple[str, ...] = ()  # outputs of earlier steps it reads
+    over: FanOut | None = None
+    gpu: bool = False             # needs an accelerator on a cluster
+    reads_dataset: bool = False   # reads the dataset source itself (on a cluster: the pod that mounts the data volume)
+    always: bool = False          # rerun even when current (the report: cheap, and must reflect every artifact)
+    retry: RetryPolicy = field(default=RETRY)
+
+    @property
+    def function(self) -> Callable[..., dict]:
+        return getattr(stages, self.name.replace("-", "_"))
+
+
+PLAN: tuple[Step, ...] = (
+    Step("prepare-data", "data", "data", reads_dataset=True),
+    Step("train-teacher", "teachers", "teacher", ("data",), over=TEACHERS, gpu=True),
+    Step("select-subsets", "subsets", "subsets", ("data",)),
+    Step("synthesize-ufc", "ufc", "ufc", ("data", "subsets", "teachers"), over=SHARDS, gpu=True),
+    Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc")),
+    Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True),
+    Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True),
+    Step("report", "report", "report", ("data", "teachers", "ufc", "distilled", "students", "baselines"), always=True),
+)
+STEPS = {s.name: s for s in PLAN}
+PRODUCER = {s.output: s for s in PLAN}
+
+
+def upstream(step: Step) -> set[str]:
+    """Every step `step` depends on, directly or through another step."""
+    direct = {PRODUCER[i].name for i in step.inputs}
+    return direct.union(*(upstream(STEPS[d]) for d in direct))
+
+
+def depends(step: Step) -> list[str]:
+    """The steps `step` waits for, without those another of them already waits for (the DAG's edges)."""
+    direct = [PRODUCER[i].name for i in step.inputs]
+    implied = set().union(*(upstream(STEPS[d]) for d in direct))
+    return [d for d in dict.fromkeys(direct) if d not in implied]
+
+
+def omitted(cfg: Config) -> list[str]:
+    """The optional fan-outs this config gives no items."""
+    return [f.name for f in FANOUTS.values() if f.optional and not f.items(cfg, None)]
+
+
+def check_omitted(cfg: Config, left_out: list[str]) -> None:
+    """Refuse a config that needs a step the DAG was built without, or that leaves a built one empty."""
+    for name in sorted(set(omitted(cfg)) ^ set(left_out)):
+        step = next(s for s in PLAN if s.over and s.over.name == name)
+        if name in left_out:
+            problem = f"compiled without the {step.name} step (its config had no {name}), but this run's config has some"
+        else:
+            problem = f"compiled with the {step.name} step, but this run's config has no {name}"
+        raise ConfigError(f"this pipeline was {problem}: compile it again with this config")
+
+
+def cli_value(value: Any) -> str:
+    """An item value as its command-line flag takes it: subset ids as "0,1,2"."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def cli_args(item: dict[str, Any]) -> list[str]:
+    return [part for key, value in item.items() for part in (f"--{key.replace('_', '-')}", cli_value(value))]
+
+
+def location(layout: Layout, step: Step, item: dict[str, Any]) -> str:
+    where = getattr(layout, step.location)
+    return where(**item) if step.over else where
+
+
+def fanout_items(cfg: Config, num_classes: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The fan-outs' items as workflow engines iterate them (JSON values, subset ids as "0,1,2"): those
+    the config decides, and with the number of classes also those select-subsets decides."""
+    return {f.name: [{k: cli_value(v) if isinstance(v, list) else v for k, v in item.items()} for item in f.items(cfg, num_classes)]
+            for f in FANOUTS.values() if f.source == "config" or num_classes is not None}
+
+
+# ----------------------------------------------------------------------------------------
+# The in-process walk
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepResult:
+    stage: str
+    label: str          # the fan-out item, e.g. "resnet18" or "subsets 0..2"; "" for single steps
+    uri: str
+    seconds: float      # 0.0 when skipped
+    skipped: bool       # its artifact was current: not run again
+    manifest: dict
+
+
+def run_in_process(cfg: Config, root: str, progress: bool = True,
+                   on_step: Callable[[StepResult], None] | None = None) -> dict:
+    """Run (or resume) every step of PLAN under `root` in this process; returns the report's manifest.
+
+    A step whose artifact is current (`stages.is_current`: same settings) is skipped, so a killed
+    run picks up where it stopped. `on_step` is called after every step, run or skipped.
+    """
+    layout = Layout(root)
+    stages.preflight(cfg, [root])
+
+    @cache
+    def num_classes() -> int:
+        return open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+
+    produced: dict[str, Any] = {}
+    manifest: dict = {}
+    for step in PLAN:
+        if step.over is None:
+            items = [{}]
+        elif step.over.resumed_items:
+            items = step.over.resumed_items(cfg, layout, num_classes())
+        else:
+            items = step.over.items(cfg, num_classes())
+        uris = [location(layout, step, item) for item in items]
+        inputs = {name: produced[name] for name in step.inputs}
+        # (only stages with long loops take progress)
+        show = {"progress": progress} if "progress" in inspect.signature(step.function).parameters else {}
+        for item, uri in zip(items, uris):
+            label = step.over.label(item) if step.over else ""
+            # Current: same settings, intact files, made from the inputs now there (a remade input makes it stale).
+            if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
+                result = StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest())
+            else:
+                started = time.perf_counter()
+                manifest = step.function(cfg, **item, **inputs, **show, out=uri)
+                result = StepResult(step.name, label, uri, time.perf_counter() - started, False, manifest)
+            manifest = result.manifest
+            if on_step:
+                on_step(result)
+        produced[step.output] = uris if step.over else uris[0]
+    return manifest

@@ -1,0 +1,197 @@
+"""The plan (infer_distill.plan) and every rendering of it: the Kubeflow pipeline, the Argo
+WorkflowTemplate of the Helm chart, the compose files, and the in-process walk."""
+import re
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY
+from infer_distill import plan
+from infer_distill.cli import build_parser
+from infer_distill.config import ConfigError, load_config
+from infer_distill.stages import Layout
+
+sys.path.insert(0, str(REPO / "pipelines"))
+import infer_dag  # noqa: E402
+import render  # noqa: E402
+
+
+def test_the_dag_edges_follow_from_the_inputs():
+    assert {s.name: plan.depends(s) for s in plan.PLAN} == {
+        "prepare-data": [], "train-teacher": ["prepare-data"], "select-subsets": ["prepare-data"],
+        "synthesize-ufc": ["select-subsets", "train-teacher"], "soft-label": ["synthesize-ufc"],
+        "evaluate-student": ["soft-label"], "evaluate-baseline": ["select-subsets", "train-teacher"],
+        "report": ["evaluate-student", "evaluate-baseline"]}
+    for step in plan.PLAN:  # every input is produced by an earlier step
+        assert all(plan.PLAN.index(plan.PRODUCER[i]) < plan.PLAN.index(step) for i in step.inputs), step.name
+    assert plan.RETRY.argo_expression() == "asInt(lastRetry.exitCode) != 2"
+
+
+def test_a_run_needs_the_steps_its_dag_was_built_with():
+    with_baselines = load_config(None, ["students.baselines=[random_soft]"])
+    without = load_config(None)
+    assert plan.omitted(without) == ["baselines"] and plan.omitted(with_baselines) == []
+    plan.check_omitted(without, ["baselines"])
+    plan.check_omitted(with_baselines, [])
+    with pytest.raises(ConfigError, match="compiled without the evaluate-baseline step"):
+        plan.check_omitted(with_baselines, ["baselines"])
+    with pytest.raises(ConfigError, match="compiled with the evaluate-baseline step"):
+        plan.check_omitted(without, [])
+
+
+def test_fan_out_items_are_stage_keys_and_command_line_flags():
+    cfg = load_config(None, ["labels.modes=[static, dynamic]", "students.seeds=[0, 1]", "synthesis.subsets_per_shard=3",
+                             "students.baselines=[random_soft, random_soft_steps]"])
+    items = plan.fanout_items(cfg, 10)
+    assert items["teachers"] == [{"arch": a} for a in cfg.teachers.archs]
+    assert items["shards"] == [{"subset_ids": "0,1,2"}, {"subset_ids": "3,4,5"}, {"subset_ids": "6"}]
+    assert [(i["label_mode"], i["seed"]) for i in items["students"]] == [("static", 0), ("static", 1), ("dynamic", 0), ("dynamic", 1)]
+    assert [(i["baseline"], i["seed"]) for i in items["baselines"]] == [
+        ("random_soft", 0), ("random_soft", 1), ("random_soft_steps", 0), ("random_soft_steps", 1)]
+    assert set(plan.fanout_items(cfg)) == {"teachers", "students", "baselines"}  # without the number of classes: the config's
+    parser = build_parser()
+    for step in [s for s in plan.PLAN if s.over]:
+        for item in step.over.items(cfg, 10):
+            ns = parser.parse_args(["stage", step.name, *plan.cli_args(item)])
+            assert {k: getattr(ns, k) for k in item} == {k: plan.cli_value(v) if isinstance(v, list) else v for k, v in item.items()}
+            assert plan.location(Layout("r"), step, item).startswith("r/")
+
+
+# ----------------------------------------------------------------------------------------
+# Every rendering is the plan
+# ----------------------------------------------------------------------------------------
+
+
+def _kfp_graph(spec: dict) -> tuple[dict, dict]:
+    """From a compiled KFP pipeline: {step: steps whose artifacts it reads}, {step: (items source, item keys)}."""
+    tasks = {name: (dag, t) for dag, comp in [("root", spec["root"]), *spec["components"].items()]
+             for name, t in comp.get("dag", {}).get("tasks", {}).items()}
+    component = {name: re.sub(r"^comp-|-\d+$", "", t["componentRef"]["name"]) for name, (_, t) in tasks.items()}
+
+    def producer(ref: str) -> str:  # "pipelinechannel--prepare-data-data" -> "prepare-data"
+        ref = ref.removeprefix("pipelinechannel--")
+        return max((t for t in tasks if ref.startswith(f"{t}-")), key=len)
+
+    def reads(name: str) -> set[str]:
+        found = set()
+        for arg in tasks[name][1].get("inputs", {}).get("artifacts", {}).values():
+            if "componentInputArtifact" in arg:
+                source = producer(arg["componentInputArtifact"])
+            elif arg["taskOutputArtifact"]["producerTask"].startswith("for-loop"):      # dsl.Collected
+                source = producer(arg["taskOutputArtifact"]["outputArtifactKey"])
+            else:
+                source = arg["taskOutputArtifact"]["producerTask"]
+            source = component[source]
+            if source == "gather-teachers":
+                found |= reads(next(t for t in tasks if component[t] == "gather-teachers"))
+            elif source != "resolve-config":
+                found.add(source)
+        return found
+
+    graph, fanouts = {}, {}
+    for name, (dag, task) in tasks.items():
+        if component[name] not in plan.STEPS:
+            continue
+        graph[component[name]] = reads(name)
+        if dag != "root":
+            loop = next(t for t in tasks.values() if t[1].get("componentRef", {}).get("name") == dag)[1]
+            source_task = producer(loop["parameterIterator"]["items"]["inputParameter"])
+            source = tasks[source_task][1]["inputs"]["parameters"]["fanout"]["runtimeValue"]["constant"] \
+                if component[source_task] == "fanout-items" else component[source_task]
+            keys = {k for k, p in task["inputs"]["parameters"].items() if p["componentInputParameter"].endswith("-loop-item")}
+            fanouts[component[name]] = (source, keys)
+    return graph, fanouts
+
+
+def _compose_services(path) -> dict:
+    services = yaml.safe_load(path.read_text())["services"]
+    return {n: s for n, s in services.items() if (s.get("command") or [""])[0] == "stage"}
+
+
+def test_every_rendering_is_the_plan(tmp_path):
+    reads = {s.name: {plan.PRODUCER[i].name for i in s.inputs} for s in plan.PLAN}
+    fan_outs = {s.name: s.over for s in plan.PLAN if s.over}
+
+    # Kubeflow: each step reads the steps the plan says, and fans out over the plan's items; a step
+    # whose optional fan-out the compiled config leaves empty is left out (and so is its input)
+    for baselines in ("[random_soft]", "[]"):
+        out = tmp_path / "kfp.yaml"
+        assert infer_dag.main(["compile", "--output", str(out), "--image", "ghcr.io/acme/infer-distill:0.1.0",
+                               "--set", f"students.baselines={baselines}"]) == 0
+        spec = next(yaml.safe_load_all(out.read_text()))
+        graph, kfp_fanouts = _kfp_graph(spec)
+        left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and baselines == "[]"}
+        assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}
+        assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()
+                               if n not in left_out}
+        omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_fanouts"]
+        assert omitted == {"runtimeValue": {"constant": ["baselines"] if left_out else []}}
+
+    # Argo (the committed template the chart installs): the DAG's edges, fan-outs and each pod's flags
+    wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())
+    templates = {t["name"]: t for t in wt["spec"]["templates"]}
+    main = {t["name"]: t for t in templates["infer"]["dag"]["tasks"]}
+    task_of = {s.name: render.fanout_template(s) if s.over else s.name for s in plan.PLAN}
+    assert list(main) == ["resolve-config", *task_of.values()]
+    for step in plan.PLAN:
+        task = main[task_of[step.name]]
+        assert set(task["depends"].split(" && ")) == ({task_of[d] for d in plan.depends(step)} or {"resolve-config"})
+        args = templates[step.name]["container"]["args"]
+        assert args[:2] == ["stage", step.name]
+        if step.over:
+            source = "resolve-config" if step.over.source == "config" else step.over.source
+            assert task["arguments"]["parameters"] == [
+                {"name": "items", "value": f"{{{{tasks.{source}.outputs.parameters.{step.over.name}}}}}"}]
+            (inner,) = templates[task_of[step.name]]["dag"]["tasks"]
+            assert inner["template"] == step.name and inner["withParam"] == "{{inputs.parameters.items}}"
+            assert [p["name"] for p in templates[step.name]["inputs"]["parameters"]] == list(step.over.keys)
+            for key in step.over.keys:
+                flag = args.index(f"--{key.replace('_', '-')}")
+                assert args[flag + 1] == f"{{{{inputs.parameters.{key}}}}}"
+    produced = {p["name"] for t in templates.values() for p in t.get("outputs", {}).get("parameters", [])}
+    assert produced == set(plan.FANOUTS)
+
+    # compose: one service per step and item, waiting for every service of the steps before it
+    parser = build_parser()
+    for name in render.COMPOSE_HEADERS:
+        services = _compose_services(REPO / "docker" / name)
+        (sets,) = {tuple(s["command"][s["command"].index("--set"):]) for s in services.values()}
+        cfg = load_config(REPO / "configs" / "quickstart.yaml", list(sets[1::2]))
+        runs = {}  # service -> (step, item as its flags give it)
+        for service, spec in services.items():
+            ns = parser.parse_args(spec["command"])
+            keys = plan.STEPS[ns.name].over.keys if plan.STEPS[ns.name].over else ()
+            runs[service] = (ns.name, tuple((k, getattr(ns, k)) for k in keys))
+        expected = [(s.name, tuple(item.items())) for s in plan.PLAN
+                    for item in (plan.fanout_items(cfg, 10)[s.over.name] if s.over else [{}])]
+        assert sorted(runs.values(), key=str) == sorted(expected, key=str), name
+        for service, spec in services.items():
+            step = runs[service][0]
+            waits = {d for d in spec["depends_on"] if d in services}
+            assert waits == {n for n, (s, _) in runs.items() if s in plan.depends(plan.STEPS[step])}, (name, service)
+
+
+def test_generated_files_are_current():
+    stale = [str(p.relative_to(REPO)) for p, text in render.generated().items() if not p.is_file() or p.read_text() != text]
+    assert not stale, f"stale generated files {stale}: run `python pipelines/render.py`"
+
+
+# ----------------------------------------------------------------------------------------
+# The in-process walk
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_in_process_reports_every_step_and_skips_current_ones(tmp_path):
+    cfg = load_config(None, TINY + ["synthesis.subsets_per_shard=5"])
+    first, again = [], []
+    manifest = plan.run_in_process(cfg, str(tmp_path), progress=False, on_step=first.append)
+    assert manifest["stage"] == "report"
+    expected = [(s.name, s.over.label(i) if s.over else "") for s in plan.PLAN
+                for i in (s.over.items(cfg, 10) if s.over else [{}])]
+    assert [(r.stage, r.label) for r in first] == expected
+    assert not any(r.skipped for r in first) and all(r.seconds > 0 for r in first)
+    plan.run_in_process(cfg, str(tmp_path), progress=False, on_step=again.append)
+    assert [(r.stage, r.skipped) for r in again] == [(s, s != "report") for s, _ in expected]
+    assert all(r.seconds == 0.0 for r in again if r.skipped)
