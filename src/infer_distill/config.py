@@ -113,7 +113,7 @@ class StudentConfig(_Strict):
     mixup_alpha: float = Field(0.8, ge=0)
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and always after the last)")
     baselines: list[Literal["random_soft", "random_soft_steps"]] = Field(
-        default_factory=list,
+        default_factory=lambda: ["random_soft"],
         description="students trained beside INFER's on ipc random real images per class with the same ensemble labels and "
                     "training: random_soft for the same epochs, random_soft_steps for the same optimiser steps; [] skips them")
 
