@@ -121,7 +121,8 @@ class Config(_Strict):
     # The fast path (fast_path.py): how the work is computed on its device, never what is computed.
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast for teacher and student training on a CUDA GPU with native bf16, fp32 "
-                            "elsewhere; fp32: IEEE fp32 everywhere (TF32 off); bf16: bf16 autocast for training on any device")
+                            "elsewhere; fp32: no autocast; bf16: bf16 autocast for training on any device. All other work "
+                            "(synthesis, labels, evaluation) is IEEE fp32")
     channels_last: Literal["auto"] | bool = Field("auto", description="channels_last models; auto: on CUDA only")
     cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times its convolution algorithms once per shape")
     compile: bool = Field(False, description="torch.compile the teacher and student in training (compile time in the manifests)")
