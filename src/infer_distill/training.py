@@ -3,7 +3,7 @@
 Data lives on the device as tensors; augmentation is batched torch (no per-image PIL calls).
 Every random draw comes from an explicit generator seeded by the caller. A `FastPath`
 (fast_path.py) says how training computes: the default, PLAIN, is fp32, NCHW and eager; on CUDA the
-stages pass bf16 autocast and channels_last. Evaluation is always fp32 (TF32 on CUDA when allowed).
+stages pass bf16 autocast and channels_last. Evaluation is always IEEE fp32.
 """
 from __future__ import annotations
 
