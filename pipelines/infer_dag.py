@@ -15,7 +15,7 @@ submit it to a cluster, or run it here with KFP's local runner.
     python pipelines/infer_dag.py compile-components --image REGISTRY/infer-distill:TAG --output-dir components/
 
 The pipeline's parameters are the config's sections (dataset, budget, teachers, synthesis, labels,
-students: one JSON object each; device, seed), their defaults from the --config given here.
+students: one JSON object each; device, the fast-path switches, seed), their defaults from the --config given here.
 Cluster placement (image, GPUs, node selector, tolerations, retries, fan-out parallelism, the data
 volume) is fixed at compile time by the options below.
 """
@@ -162,11 +162,13 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
     def infer_pipeline(
         dataset: dict = d["dataset"], budget: dict = d["budget"], teachers: dict = d["teachers"],
         synthesis: dict = d["synthesis"], labels: dict = d["labels"], students: dict = d["students"],
-        device: str = d["device"], seed: int = d["seed"],
+        device: str = d["device"], precision: str = d["precision"], channels_last: str = str(d["channels_last"]).lower(),
+        cudnn_benchmark: bool = d["cudnn_benchmark"], compile: bool = d["compile"], seed: int = d["seed"],
     ) -> Artifact:
         config = _place(comps["resolve-config"](
             dataset=dataset, budget=budget, teachers=teachers, synthesis=synthesis, labels=labels, students=students,
-            device=device, seed=seed, omitted_fanouts=left_out), opts).outputs["config"]
+            device=device, precision=precision, channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,
+            compile=compile, seed=seed, omitted_fanouts=left_out), opts).outputs["config"]
         tasks: dict[str, object] = {}      # step name -> its task (inside its loop for a fan-out)
         gathered: dict[str, object] = {}   # plan output -> the one artifact a fan-out's outputs were gathered into
 

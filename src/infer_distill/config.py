@@ -136,6 +136,14 @@ class Config(_Strict):
     labels: LabelConfig = Field(default_factory=LabelConfig)
     students: StudentConfig = Field(default_factory=StudentConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The fast path (fast_path.py): how the work is computed on its device, never what is computed.
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast for teacher and student training on a CUDA GPU with native bf16, fp32 "
+                            "elsewhere; fp32: no autocast; bf16: bf16 autocast for training on any device. All other work "
+                            "(synthesis, labels, evaluation) is IEEE fp32")
+    channels_last: Literal["auto"] | bool = Field("auto", description="channels_last models; auto: on CUDA only")
+    cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times its convolution algorithms once per shape")
+    compile: bool = Field(False, description="torch.compile the teacher and student in training (compile time in the manifests)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -217,8 +225,10 @@ STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "
           "evaluate-baseline", "report")
 
 # Placement: where and how the work is spread, never what it computes. None of these is part of
-# any artifact's settings, so changing one reuses finished work (`device` is not either; a
-# subset's UFCs do not depend on which subsets share its shard, docs/method.md section 4).
+# any artifact's settings, so changing one reuses finished work (`device` and the fast-path keys
+# `precision`, `channels_last`, `cudnn_benchmark`, `compile` are not either: stage_config never
+# reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
+# section 4).
 PLACEMENT = {"synthesis": {"subsets_per_shard"}}
 
 

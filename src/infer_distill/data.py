@@ -135,7 +135,8 @@ def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, generator: torc
     top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
     left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
     flip = torch.rand(b, generator=generator) < 0.5 if hflip else torch.zeros(b, dtype=torch.bool)
-    top, left, flip = top.to(x.device), left.to(x.device), flip.to(x.device)
+    # non_blocking: a blocking copy to a GPU would wait for all the work queued before it, once per batch
+    top, left, flip = (t.to(x.device, non_blocking=True) for t in (top, left, flip))
 
     # Index arithmetic instead of a loop over samples: rows[b, i] and cols[b, j] are where output
     # pixel (i, j) of sample b comes from in the padded image; a flip reads the columns backwards.

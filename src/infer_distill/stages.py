@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+from datetime import datetime, timezone
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import nn
 from . import __version__
 from .config import Config, ConfigError, diff_settings, fingerprint, stage_config
 from .data import DataError, augmentation, load_dataset
+from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
 from .models import create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
@@ -87,7 +89,8 @@ def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, **
         "input_digests": out.input_digests,
         "metrics": metrics,
         "elapsed_s": round(time.perf_counter() - out.started, 3),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # microseconds: a remade input gets a manifest (and digest) of its own even within one second
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "infer_distill_version": __version__,
     }
     return open_artifact(out.uri).write(files, manifest)
@@ -148,7 +151,9 @@ def build_model(arch: str, data_manifest: dict) -> nn.Module:
                         mean=m["mean"], std=m["std"])
 
 
-def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str) -> list[nn.Module]:
+def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str, fast_path: FastPath = PLAIN
+                  ) -> list[nn.Module]:
+    """The frozen teachers, in eval mode, placed on `device` as `fast_path` says (channels_last or not)."""
     if len(uris) != len(cfg.teachers.archs):
         raise StageError(f"{len(uris)} teacher artifacts given, but teachers.archs lists {len(cfg.teachers.archs)}: {cfg.teachers.archs}")
     models = []
@@ -156,8 +161,25 @@ def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str
         art, _ = load_input(uri, cfg, "train-teacher", arch=arch)
         model = build_model(arch, data_manifest)
         model.load_state_dict(art.read_tensors("weights.safetensors"))
-        models.append(model.to(device).eval().requires_grad_(False))
+        models.append(fast_path.place(model, device).eval().requires_grad_(False))
     return models
+
+
+def compute_setup(cfg: Config, trains: bool) -> tuple[str, FastPath]:
+    """A stage's device and fast path (all of it if the stage `trains` a model, else cuDNN autotuning
+    alone: synthesis and labels stay fp32, see fast_path.py); on CUDA it sets this process's cuDNN switches."""
+    device = cfg.resolve_device()
+    fast = resolve_fast_path(cfg, device)
+    if not trains:
+        fast = fast.without_training()
+    if device == "cuda":
+        fast.set_cuda_backends()
+    return device, fast
+
+
+def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors (channels_last weights are stored in the usual layout)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -203,7 +225,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
     for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
         _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
-    cfg.resolve_device()
+    resolve_fast_path(cfg, cfg.resolve_device())  # precision and compile against what this device and torch can do
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,26 +258,29 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     if arch not in cfg.teachers.archs:
         raise StageError(f"teacher {arch!r} is not in teachers.archs {cfg.teachers.archs}")
     output = _begin(out, {"data": data})
+    device, fast = compute_setup(cfg, trains=True)
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")
-    device = cfg.resolve_device()
     torch.manual_seed(cfg.seed)
     model = build_model(arch, dm)
     _require_teacher(model, arch, dm["metrics"]["in_chans"], dm["metrics"]["image_size"])
     source = cfg.teachers.pretrained.get(arch)
     losses: list[float] = []
-    if source:
-        _import_weights(model, arch, source)
-    else:
-        model.to(device)
-        losses = train_teacher_model(model, train_x, train_y, cfg.teachers, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]),
-                                     device, cfg.seed, desc=f"teacher {arch}", progress=progress)
-    model.to(device)
+    trained = {}  # the precision of training, when there is any
+    with CompileTime(fast.compile) as compile_time:
+        if source:
+            _import_weights(model, arch, source)
+        else:
+            losses = train_teacher_model(model, train_x, train_y, cfg.teachers,
+                                         (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
+                                         desc=f"teacher {arch}", progress=progress, fast_path=fast)
+            trained = {"training": fast.training_precision}
+    fast.place(model, device)
     acc = evaluate(model, test_x, test_y, device)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
-               "num_params": sum(p.numel() for p in model.parameters())}
-    return _write(output, cfg, "train-teacher", {"weights.safetensors": state}, metrics, arch=arch)
+               "num_params": sum(p.numel() for p in model.parameters()),
+               "compute": fast.describe(device, compile_time.seconds, **trained, evaluation="fp32")}
+    return _write(output, cfg, "train-teacher", {"weights.safetensors": cpu_weights(model)}, metrics, arch=arch)
 
 
 TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "shufflenetv2": "shufflenet_v2_x1_0"}
@@ -327,7 +352,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     K = len(indices)
     if not subset_ids or len(set(subset_ids)) != len(subset_ids) or subset_ids[0] < 0 or subset_ids[-1] >= K:
         raise StageError(f"subset ids {subset_ids} must be distinct and within 0..{K - 1} (K={K})")
-    device = cfg.resolve_device()
+    device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
     result = synthesize_ufcs(models, natural, subset_ids, cfg.synthesis, cfg.seed, device, progress,
@@ -339,6 +364,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
         "images_per_s": ufc_iters / max(result.seconds, 1e-9) * natural.shape[1] / result.ufc.shape[2],
         "initial_loss": result.initial_loss.tolist(), "final_loss": result.final_loss.tolist(),
         "final_ce": result.final_ce.tolist(), "final_bn": result.final_bn.tolist(),
+        "compute": fast.describe(device, synthesis="fp32"),
     }
     files = {"ufc.safetensors": {"ufc": result.ufc, "subset_ids": torch.tensor(subset_ids)}}
     return _write(output, cfg, "synthesize-ufc", files, metrics, subset_ids=subset_ids)
@@ -405,7 +431,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     # what a student will see: the stored (rounded) UFCs, composed and clipped.
     stored_ufc = encode_ufc(torch.stack([shards[k] for k in range(K)]), cfg.synthesis.ufc_dtype)   # [K, M, B, ch, H, W]
     natural = train_x[indices]                                               # [K, C, ch, H, W]
-    device = cfg.resolve_device()
+    device, fast = compute_setup(cfg, trains=False)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     instances = distilled_instances(natural, decode_ufc(stored_ufc), cfg.synthesis.classes_per_ufc)
     labels = ensemble_logits(ensemble, instances, device).to(getattr(torch, cfg.labels.dtype))
@@ -423,7 +449,8 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     }
     described = {k: dm["metrics"][k] for k in DISTILLED_DESCRIPTION}
     metrics = {"budget": budget, **described,
-               "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each"}
+               "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each",
+               "compute": fast.describe(device, labels="fp32")}
     return _write(output, cfg, "soft-label", files, metrics)
 
 
@@ -438,19 +465,21 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     art, _ = load_input(distilled, cfg, "soft-label")
     t = read_distilled(art)
     images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
-    device = cfg.resolve_device()
-    ensemble = Ensemble(load_teachers(cfg, teachers, dm, device)) if label_mode == "dynamic" else None
+    device, fast = compute_setup(cfg, trains=True)
+    # dynamic labels: the teachers label every batch inside the training step, so they run as the student does
+    ensemble = Ensemble(load_teachers(cfg, teachers, dm, device, fast)) if label_mode == "dynamic" else None
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
-    result: StudentResult = train_student_model(
-        student, images, t["soft_labels"] if ensemble is None else None, ensemble, test_x, test_y, cfg.students,
-        cfg.students.epochs_for(label_mode), cfg.labels.temperature, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed,
-        desc=f"student {arch} {label_mode} seed {seed}", progress=progress)
+    with CompileTime(fast.compile) as compile_time:
+        result: StudentResult = train_student_model(
+            student, images, t["soft_labels"] if ensemble is None else None, ensemble, test_x, test_y, cfg.students,
+            cfg.students.epochs_for(label_mode), cfg.labels.temperature, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]),
+            device, seed, desc=f"student {arch} {label_mode} seed {seed}", progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = {"arch": arch, "seed": seed, "label_mode": label_mode, "final_acc": result.final_acc, "best_acc": best_acc,
-               "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses}
-    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    return _write(output, cfg, "evaluate-student", {"weights.safetensors": state}, metrics,
+               "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses,
+               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
+    return _write(output, cfg, "evaluate-student", {"weights.safetensors": cpu_weights(student)}, metrics,
                   arch=arch, seed=seed, label_mode=label_mode)
 
 

@@ -120,8 +120,10 @@ def group_losses(
     with recorded_bn_inputs(teacher) as bn_inputs:
         logits = teacher(images)
     ce_per_sample = F.cross_entropy(logits, labels, reduction="none")
-    counts = torch.bincount(group_ids, minlength=num_groups).to(ce_per_sample.dtype)
-    ce = torch.zeros(num_groups, dtype=ce_per_sample.dtype, device=images.device).index_add(0, group_ids, ce_per_sample) / counts
+    zeros = torch.zeros(num_groups, dtype=ce_per_sample.dtype, device=images.device)
+    # index_add, not bincount: bincount sizes its output from the data, which makes a GPU wait
+    counts = zeros.index_add(0, group_ids, torch.ones_like(ce_per_sample))
+    ce = zeros.index_add(0, group_ids, ce_per_sample) / counts
     bn = group_bn_loss(bn_inputs, bn_layers, group_ids, num_groups, first_bn_multiplier)
     return ce + r_bn * bn, ce, bn
 
@@ -236,6 +238,8 @@ def synthesize_ufcs(
 
     natural_f = natural.to(device, torch.float32) / 255.0
     labels = torch.arange(C, device=device).repeat(S)
+    # the classes each UFC of a (subset, teacher) pair is added to, as device indices (a boolean mask would make a GPU wait)
+    classes_of_batch = [torch.nonzero(batch_of_class == b).flatten().to(device) for b in range(B)]
     # group of image (s, c) = s * B + batch_of_class[c]: one group per UFC of one teacher
     group_ids = (torch.arange(S).unsqueeze(1) * B + batch_of_class.unsqueeze(0)).flatten().to(device)
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in subset_ids]
@@ -246,8 +250,7 @@ def synthesize_ufcs(
     normalised = torch.zeros(S, M, B, *natural.shape[2:], device=device, requires_grad=True)
     opt = torch.optim.Adam([normalised], lr=cfg.lr, betas=cfg.betas)
 
-    initial = torch.zeros(S, M, B)
-    last = (torch.zeros(S, M, B),) * 3
+    initial = last = None
     start = time.perf_counter()
     bar = progress_bar(range(cfg.iterations), f"UFC subsets {subset_ids[0]}..{subset_ids[-1]}", disable=not progress)
     for it in bar:
@@ -258,17 +261,18 @@ def synthesize_ufcs(
         for m, teacher in enumerate(teachers):
             composed = compose(natural_f, normalised[:, m] * std, batch_of_class, cfg.clip_during_optimisation)  # [S, C, ch, H, W]
             jittered = torch.stack([
-                torch.cat([_jitter(composed[s, batch_of_class == b], cfg, gens[s]) for b in range(B)])
+                torch.cat([_jitter(composed[s, classes], cfg, gens[s]) for classes in classes_of_batch])
                 for s in range(S)
             ]) if (cfg.jitter or cfg.random_resized_crop) else composed
             total, ce, bn = group_losses(teacher, jittered.flatten(0, 1), labels, group_ids, S * B, cfg.r_bn, cfg.first_bn_multiplier)
             total.sum().backward()   # per teacher, so only one teacher's activations are alive at a time
             step_losses.append((total.detach().view(S, B), ce.detach().view(S, B), bn.detach().view(S, B)))
         opt.step()
-        stacked = [torch.stack([sl[i] for sl in step_losses], 1).cpu() for i in range(3)]  # [S, M, B]
+        last = [torch.stack([sl[i] for sl in step_losses], 1) for i in range(3)]  # [S, M, B], kept on the device
         if it == 0:
-            initial = stacked[0]
-        last = stacked
-        bar.set_postfix(loss=f"{stacked[0].mean():.4f}")
+            initial = last[0]
+        if it % 50 == 0 or it == cfg.iterations - 1:  # reading the loss waits for the device: now and then only
+            bar.set_postfix(loss=f"{last[0].mean():.4f}")
+    ufc = (normalised * std).detach().cpu()  # waits for the device: the time below is the whole optimisation
     seconds = time.perf_counter() - start
-    return SynthesisResult((normalised * std).detach().cpu(), initial, last[0], last[1], last[2], seconds)
+    return SynthesisResult(ufc, initial.cpu(), *(loss.cpu() for loss in last), seconds)
