@@ -1,729 +1,374 @@
-"""Run a benchmark profile: INFER and its baselines through the library's stages, with seeds and timings.
+"""The benchmark: several runs of the pipeline side by side, each with its fair baselines.
 
-    python -m benchmarks.run                      # the CPU benchmark (make bench)
-    python -m benchmarks.run --quick              # the quick variant (make bench ARGS=--quick)
-    python -m benchmarks.run --methods random_soft --seeds 0 1 2   # one row again (teachers are reused)
+    python -m benchmarks.run                                   # = make bench: profile cifar10-cpu
+    python -m benchmarks.run --profile cifar10-ablations --variants m1,m1-f32 --jobs 4 --device cuda
 
-Artifacts go to benchmarks/runs/<profile name>/ (resumable: an artifact made with the same settings is
-reused, as `infer-distill run` does); the results to benchmarks/results/<profile name>.json, after every
-method, and BENCHMARKS.md is regenerated from all results files at the end.
+A profile (benchmarks/profiles/<name>.yaml) is one library config plus named variants, each a
+few `--set`-style overrides of it (M = 1, 2, 3; a teacher recipe; an ablation). Every variant is
+an ordinary run of the pipeline (infer_distill.plan) under its own root, so it trains INFER's
+students and, beside them, the baselines the config names (random real images with the same
+ensemble soft labels, for the same epochs and for the same optimiser steps), and its report holds
+the accuracies, curves, stored bytes and the lift over each baseline, paired by seed. Nothing
+here re-implements a stage.
 
-Layout under the run folder:
-    data/, teachers/<arch>/                        shared by every method and budget
-    ipc<N>/m<M>/{subsets,ufc/...,distilled,students/...,report}   INFER with M teachers (stages.Layout)
-    ipc<N>/baselines/<method>-<arch>-seed<s>/      students on real images (no-UFC, random soft / hard)
+What the benchmark adds:
+- one data and teacher pool (benchmarks/common.py): variants with the same teacher recipe share
+  their teachers, and `--reuse-teachers` keeps them between invocations;
+- `--jobs N`: the steps of all variants run in N worker processes as soon as their inputs are
+  there (one thread each on a CPU of N cores), the walk of the plan spread over processes;
+- benchmarks/results/<profile>.json: every report, the machine, the wall time of each step and of
+  the whole invocation; `python -m benchmarks.report` turns it into BENCHMARKS.md's tables.
+
+Resuming: a step whose artifact is current is skipped (the library's rule), so a killed benchmark
+picks up where it stopped; `--fresh` starts from nothing.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
+import concurrent.futures as cf
 import json
+import multiprocessing
 import os
-import platform
-import re
-import resource
+import shlex
 import shutil
-import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import yaml
 
-from infer_distill import __version__, stages
-from infer_distill.config import Config, fingerprint, stage_config
+from benchmarks.common import machine_info, pooled_inputs
+from infer_distill import plan, stages
+from infer_distill.config import Config, ConfigError, apply_overrides, fingerprint, stage_config, validate_config
 from infer_distill.stages import Layout
-from infer_distill.store import ArtifactError, open_artifact
-from infer_distill.synthesis import synthesize_ufcs
-from infer_distill.training import Ensemble, StudentResult, train_student_hard, train_student_model
+from infer_distill.store import open_artifact
 
-from .profiles import METHODS, PROFILES, Profile
-
-SCHEMA = "infer-distill-benchmark/1"
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
-RUNS_DIR = REPO / "benchmarks" / "runs"
+PROFILES = REPO / "benchmarks" / "profiles"
+RESULTS = REPO / "benchmarks" / "results"
+RUNS = REPO / "benchmarks" / "runs"
+SCHEMA = "infer-distill-benchmark/2"
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
 # ----------------------------------------------------------------------------------------
-# Wall time and peak memory of every step
+# Profiles
 # ----------------------------------------------------------------------------------------
 
 
-def _vm_hwm_mb() -> float | None:
-    try:
-        match = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
-    except OSError:
-        return None
-    return int(match.group(1)) / 1024 if match else None
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    title: str
+    overrides: tuple[str, ...]
+    question: str = ""          # what this row answers, printed beside it
 
 
-def _reset_vm_hwm() -> bool:
-    """Linux: writing 5 to /proc/self/clear_refs resets the peak resident set size (VmHWM)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    title: str
+    notes: tuple[str, ...]
+    config: dict                # the library config every variant starts from
+    variants: dict[str, Variant]
+
+    def variant_config(self, variant: str, datasets: str | None = None, extra: list[str] | None = None) -> Config:
+        raw = json.loads(json.dumps(self.config))
+        if datasets is not None and raw.get("dataset", {}).get("name") == "imagefolder":
+            raw["dataset"]["root"] = str(Path(datasets) / "cifar10")
+        raw = apply_overrides(raw, [*self.variants[variant].overrides, *(extra or [])])
+        return validate_config(raw, source=f"benchmark profile {self.name!r}, variant {variant!r}")
 
 
-class Recorder:
-    """Wall time and peak memory of each step: the process's peak resident memory during the step
-    (VmHWM, reset at its start; where that cannot be reset, the peak since the process started), and
-    on CUDA the peak memory allocated by torch."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.steps: list[dict] = []
-        self.started = time.perf_counter()
-
-    @contextmanager
-    def measure(self, stage: str, label: str = ""):
-        reset = _reset_vm_hwm()
-        cuda = self.device == "cuda" and torch.cuda.is_available()
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        record: dict[str, Any] = {"stage": stage, "label": label, "reused": False}
-        t0 = time.perf_counter()
-        yield record
-        if cuda:
-            torch.cuda.synchronize()
-        record["seconds"] = round(time.perf_counter() - t0, 3)
-        hwm = _vm_hwm_mb()
-        record["peak_rss_mb"] = round(hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        record["peak_rss_scope"] = "step" if reset and hwm is not None else "process"
-        if cuda:
-            record["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        self.steps.append(record)
-        log(f"[{time.perf_counter() - self.started:7.1f}s] {stage} {label}: {record['seconds']:.1f}s, "
-            f"peak RSS {record['peak_rss_mb']:.0f} MB" + (f", CUDA {record['peak_cuda_mb']:.0f} MB" if cuda else ""))
-
-    def reused(self, stage: str, label: str, manifest: dict) -> None:
-        self.steps.append({"stage": stage, "label": label, "reused": True, "seconds": 0.0,
-                           "original_seconds": manifest.get("elapsed_s")})
-        log(f"[{time.perf_counter() - self.started:7.1f}s] {stage} {label}: reused ({manifest.get('elapsed_s', 0):.1f}s when made)")
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.yaml"))
 
 
-def stage_step(rec: Recorder, stage: str, label: str, uri: str, cfg: Config, fn: Callable[[], dict], **keys) -> dict:
-    """Run one library stage unless its artifact is current (same settings), as `infer-distill run` does."""
-    if stages.is_current(uri, cfg, stage, **keys):
-        manifest = open_artifact(uri).read_manifest()
-        rec.reused(stage, label, manifest)
-        return manifest
-    with rec.measure(stage, label):
-        return fn()
+def load_profile(name: str) -> Profile:
+    """A profile by name (benchmarks/profiles/<name>.yaml) or by the path of its YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no benchmark profile {name!r}; profiles: {', '.join(profile_names())}")
+    raw = yaml.safe_load(path.read_text())
+    variants = {v: Variant(v, spec["title"], tuple(spec.get("set", [])), spec.get("question", ""))
+                for v, spec in raw["variants"].items()}
+    profile = Profile(path.stem, raw["title"], tuple(raw.get("notes", [])), raw["config"], variants)
+    for v in variants:  # every variant must be a valid config before anything runs
+        profile.variant_config(v)
+    return profile
+
+
+def default_datasets() -> str:
+    """The folder holding cifar10/ (ImageFolder zips or directories): $INFER_DATASETS, else ../shared/datasets."""
+    return os.environ.get("INFER_DATASETS") or str(REPO.parent / "shared" / "datasets")
 
 
 # ----------------------------------------------------------------------------------------
-# Students on real images (the baselines): the library's training loops, cached as artifacts
+# The walk of every variant's plan, spread over worker processes
 # ----------------------------------------------------------------------------------------
 
 
-def random_real_indices(train_y: torch.Tensor, per_class: int, num_classes: int, seed: int) -> torch.Tensor:
-    """[per_class, C] training indices drawn as select-subsets draws its natural images.
+def _worker_init(threads: int) -> None:
+    import torch
 
-    Same generator, seed and per-class order, so the first K rows ARE INFER's K natural subsets
-    (of the same seed): the random-real set holds INFER's natural images plus ipc - K more per class.
+    torch.set_num_threads(threads)
+
+
+def _run_step(cfg: Config, step_name: str, item: dict, inputs: dict, uri: str) -> tuple[float, dict]:
+    step = plan.STEPS[step_name]
+    started = time.perf_counter()
+    manifest = step.function(cfg, **item, **inputs, out=uri)
+    return time.perf_counter() - started, manifest
+
+
+@dataclass
+class Run:
+    """One variant's walk of the plan: which step is next, what its finished steps produced."""
+
+    variant: str
+    cfg: Config
+    root: str
+    pool: str
+    produced: dict
+    next_step: int = 0        # index into plan.PLAN
+    pending: int = 0          # items of the current step not finished yet
+    report: dict | None = None
+
+
+def pool_dir(pools: Path, cfg: Config) -> Path:
+    """Variants whose data and teacher settings agree share one pool (the teacher list aside)."""
+    settings = {"data": stage_config(cfg, "prepare-data"),
+                "teachers": {a: stage_config(cfg, "train-teacher", arch=a) for a in cfg.teachers.archs}}
+    # one pool per data + teacher recipe: the teachers' settings without the architecture name
+    recipe = {k: v for k, v in settings["teachers"][cfg.teachers.archs[0]].items() if k != "arch"}
+    return pools / f"pool-{fingerprint({'data': settings['data'], 'recipe': recipe})[:12]}"
+
+
+def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_step, on_report) -> list[str]:
+    """Run every variant's steps in `jobs` processes (here for jobs = 1) as soon as their inputs are there.
+
+    First the pools: every pool's data, then every teacher of every pool (each once, however many
+    variants use it). Then each variant walks PLAN; a step starts when the steps before it are
+    done (PLAN's order respects every edge) and its items run side by side, beside the steps of
+    the other variants. `on_report(run)` is called as each variant finishes. At `deadline` no
+    step starts any more (those queued are cancelled, those running finish). Returns the variants
+    that did not finish.
     """
-    gen = torch.Generator().manual_seed(seed)
-    columns = []
-    for c in range(num_classes):
-        pool = (train_y == c).nonzero().flatten()
-        if len(pool) < per_class:
-            raise stages.StageError(f"class {c} has {len(pool)} training images, fewer than {per_class} per class")
-        columns.append(pool[torch.randperm(len(pool), generator=gen)[:per_class]])
-    return torch.stack(columns, 1)
+    ctx = multiprocessing.get_context("spawn")
+    executor = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) if jobs > 1 else None
+    futures: dict[cf.Future, tuple] = {}
 
-
-def _result_metrics(result: StudentResult, epochs: int, n: int, batch_size: int) -> dict:
-    best_epoch, best_acc = result.best
-    return {"final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
-            "steps": epochs * -(-n // batch_size), "num_instances": n, "curve": result.curve, "train_losses": result.losses}
-
-
-def baseline_student(rec: Recorder, cfg: Config, method: str, uri: str, seed: int, images: torch.Tensor,
-                     labels: torch.Tensor, soft: bool, selection: torch.Tensor, test: tuple, dm: dict, device: str,
-                     progress: bool) -> dict:
-    """Train the benchmark's student on given real images: static ensemble logits (MixUp + KL) or hard labels (CE)."""
-    arch = cfg.students.archs[0]
-    student_cfg = cfg.students.model_dump(mode="json", exclude={"archs", "seeds", "epochs_dynamic"})
-    settings = {
-        "method": method, "labels": "ensemble-static" if soft else "hard",
-        "data": stage_config(cfg, "prepare-data"),
-        "teachers": [stage_config(cfg, "train-teacher", arch=a)["teacher"] for a in cfg.teachers.archs] if soft else [],
-        "selection_sha256": hashlib.sha256(selection.numpy().tobytes()).hexdigest(),
-        "student": {"arch": arch, "seed": seed, **student_cfg},
-        "temperature": cfg.labels.temperature if soft else None,
-    }
-    art = open_artifact(uri)
-    try:
-        manifest = art.read_manifest()
-        if manifest.get("settings") == settings:
-            rec.reused("benchmark-student", f"{method} seed {seed}", manifest)
-            return _student_row(manifest)
-    except ArtifactError:
-        pass
-    augment = (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"])
-    with rec.measure("benchmark-student", f"{method} seed {seed}") as record:
-        torch.manual_seed(seed)
-        model = stages.build_model(arch, dm).to(device)
-        desc = f"student {arch} {method} seed {seed}"
-        if soft:
-            result = train_student_model(model, images, labels, None, *test, cfg.students, cfg.students.epochs,
-                                         cfg.labels.temperature, augment, device, seed, desc=desc, progress=progress)
+    def submit(owner: Run | None, cfg: Config, step: plan.Step, item: dict, inputs: dict, uri: str, label: str) -> None:
+        if executor is None:
+            seconds, manifest = _run_step(cfg, step.name, item, inputs, uri)
+            finish(owner, step, label, uri, seconds, manifest)
         else:
-            result = train_student_hard(model, images, labels, *test, cfg.students, cfg.students.epochs, augment, device,
-                                        seed, desc=desc, progress=progress)
-        metrics = {"arch": arch, "seed": seed, "method": method,
-                   **_result_metrics(result, cfg.students.epochs, len(images), cfg.students.batch_size)}
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return _student_row(art.write({"weights.safetensors": state}, {
-        "stage": "benchmark-student", "fingerprint": fingerprint(settings), "settings": settings, "seed": seed,
-        "metrics": metrics, "elapsed_s": record["seconds"], "infer_distill_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }))
+            futures[executor.submit(_run_step, cfg, step.name, item, inputs, uri)] = (owner, step, label, uri)
 
+    def finish(owner: Run | None, step: plan.Step, label: str, uri: str, seconds: float, manifest: dict) -> None:
+        on_step(owner.variant if owner else "pool", plan.StepResult(step.name, label, uri, seconds, False, manifest))
+        if owner is not None:
+            owner.pending -= 1
+            if owner.pending == 0:
+                advance(owner)
 
-# ----------------------------------------------------------------------------------------
-# Analysis: cosine similarity of instances, and the synthesis speed check
-# ----------------------------------------------------------------------------------------
+    def drain() -> None:
+        while futures:
+            done, _ = cf.wait(list(futures), timeout=10, return_when=cf.FIRST_COMPLETED)
+            if deadline is not None and time.time() > deadline:
+                for future in [f for f in futures if f.cancel()]:
+                    owner, step, label, _ = futures.pop(future)
+                    log(f"{owner.variant if owner else 'pool'}: the deadline passed; {step.name} {label} not started")
+                    if owner is not None:
+                        owner.next_step = len(plan.PLAN) + 1  # never finishes
+            for future in done:
+                if future not in futures:
+                    continue
+                owner, step, label, uri = futures.pop(future)
+                seconds, manifest = future.result()  # a failed step ends the benchmark with its error
+                finish(owner, step, label, uri, seconds, manifest)
 
+    def run_items(owner: Run | None, cfg: Config, step: plan.Step, items: list[dict], inputs: dict, uris: list[str]) -> int:
+        """Submit the items that are not current; returns how many were submitted."""
+        submitted = 0
+        for item, uri in zip(items, uris):
+            label = step.over.label(item) if step.over else ""
+            if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
+                on_step(owner.variant if owner else "pool", plan.StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest()))
+            else:
+                if owner is not None:
+                    owner.pending += 1
+                submit(owner, cfg, step, item, inputs, uri, label)
+                submitted += 1
+        return submitted
 
-@contextmanager
-def _penultimate(model: torch.nn.Module):
-    """Record the input of the model's last Linear layer (its classifier): the penultimate features."""
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    feats: list[torch.Tensor] = []
-    handle = linear.register_forward_pre_hook(lambda _m, args: feats.append(args[0].detach().flatten(1)))
+    def advance(run: Run) -> None:
+        """Start the next step of `run` that has work (skipping current ones); at the end, keep its report."""
+        if run.next_step > len(plan.PLAN):  # stopped at the deadline
+            return
+        layout = Layout(run.root)
+        num_classes = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+        while run.next_step < len(plan.PLAN):
+            step = plan.PLAN[run.next_step]
+            run.next_step += 1
+            if step.over is None:
+                items = [{}]
+            elif step.over.resumed_items:
+                items = step.over.resumed_items(run.cfg, layout, num_classes)
+            else:
+                items = step.over.items(run.cfg, num_classes)
+            uris = [plan.location(layout, step, item) for item in items]
+            inputs = {name: run.produced[name] for name in step.inputs}
+            run.produced[step.output] = uris if step.over else uris[0]
+            if deadline is not None and time.time() > deadline:
+                log(f"{run.variant}: the deadline passed before {step.name}; it and later steps not started")
+                run.next_step = len(plan.PLAN) + 1
+                return
+            if run.next_step > len(plan.PLAN) or run_items(run, run.cfg, step, items, inputs, uris):
+                return
+        run.report = open_artifact(layout.report).read_manifest()["metrics"]["report"]
+        on_report(run)
+
     try:
-        yield feats
+        # the pools: data, then teachers (each pooled artifact once)
+        pools = {run.pool: run.cfg for run in runs}
+        for pool, cfg in pools.items():
+            run_items(None, cfg, plan.STEPS["prepare-data"], [{}], {}, [Layout(pool).data])
+        drain()
+        seen: set[str] = set()
+        for run in runs:
+            layout = Layout(run.pool)
+            items = [{"arch": a} for a in run.cfg.teachers.archs if layout.teacher(a) not in seen]
+            seen.update(layout.teacher(i["arch"]) for i in items)
+            run_items(None, run.cfg, plan.STEPS["train-teacher"], items, {"data": layout.data}, [layout.teacher(i["arch"]) for i in items])
+        drain()
+        # every variant's walk, its data and teachers linked from its pool (current there: skipped)
+        for run in runs:
+            if all(Path(u).is_dir() for u in [Layout(run.pool).data, *Layout(run.pool).teachers(run.cfg)]):
+                pooled_inputs(run.cfg, run.pool, run.root)
+                advance(run)
+        drain()
     finally:
-        handle.remove()
-
-
-def cosine_stats(vectors: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Mean cosine similarity over pairs of distinct instances of the same class and of different classes."""
-    v = torch.nn.functional.normalize(vectors.double().flatten(1), dim=1)
-    sim = v @ v.T
-    same = labels[:, None] == labels[None, :]
-    off_diag = ~torch.eye(len(labels), dtype=torch.bool)
-    within, across = sim[same & off_diag], sim[~same]
-    return {"within_class": within.mean().item(), "across_classes": across.mean().item(),
-            "gap": within.mean().item() - across.mean().item(), "num_instances": len(labels)}
-
-
-@torch.no_grad()
-def similarity_analysis(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], teachers: list[torch.nn.Module],
-                        archs: list[str], mean: list[float], device: str) -> dict:
-    """Per instance set: cosine similarity in pixel space (centred by the dataset mean) and in every
-    teacher's penultimate feature space (and their average)."""
-    centre = torch.tensor(mean).view(1, -1, 1, 1)
-    out: dict[str, dict] = {}
-    for name, (images, labels) in sets.items():
-        entry = {"pixels": cosine_stats(images - centre, labels), "features": {}}
-        for arch, teacher in zip(archs, teachers):
-            with _penultimate(teacher) as feats:
-                for i in range(0, len(images), 500):
-                    teacher(images[i : i + 500].to(device))
-            entry["features"][arch] = cosine_stats(torch.cat(feats).cpu(), labels)
-        per = list(entry["features"].values())
-        entry["features_mean"] = {k: statistics.fmean(p[k] for p in per) for k in ("within_class", "across_classes", "gap")}
-        out[name] = entry
-    return out
-
-
-def synthesis_speed(cfg: Config, teachers: list[torch.nn.Module], natural: torch.Tensor, iterations: int, device: str) -> dict:
-    """UFC throughput of grouped synthesis (all subsets and teachers at once) against the same code
-    run one subset and one teacher at a time, same process, same teachers and subsets."""
-    S, C = natural.shape[:2]
-    scfg = cfg.synthesis.model_copy(update={"iterations": iterations})
-    B = cfg.class_batches(C)
-    synthesize_ufcs(teachers, natural[:1], [0], scfg.model_copy(update={"iterations": 1}), cfg.seed, device, False)  # warm-up
-
-    def timed(fn) -> float:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    ids = list(range(S))
-    grouped = timed(lambda: synthesize_ufcs(teachers, natural, ids, scfg, cfg.seed, device, False))
-    one_at_a_time = timed(lambda: [synthesize_ufcs([t], natural[s : s + 1], [s], scfg, cfg.seed, device, False)
-                                   for s in ids for t in teachers])
-    ufc_iters = S * len(teachers) * B * iterations
-
-    def rates(seconds: float) -> dict:
-        return {"seconds": round(seconds, 3), "ufc_iterations_per_s": ufc_iters / seconds,
-                "images_per_s": ufc_iters / seconds * C / B}
-
-    return {"subsets": S, "teachers": len(teachers), "class_batches": B, "classes": C, "iterations": iterations,
-            "ufc_iterations": ufc_iters, "grouped": rates(grouped), "one_at_a_time": rates(one_at_a_time),
-            "speedup": one_at_a_time / grouped}
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    return [r.variant for r in runs if r.report is None]
 
 
 # ----------------------------------------------------------------------------------------
-# Machine and versions
+# One invocation: profile -> runs -> results JSON
 # ----------------------------------------------------------------------------------------
-
-
-def machine_info(device: str) -> dict:
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    try:
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-        info["cpu_model"] = model.group(1).strip() if model else None
-        mem = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-        info["memory_gb"] = round(int(mem.group(1)) / 2**20, 1) if mem else None
-    except OSError:
-        pass
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    if device == "cuda" and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
-                       "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-                       "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    return info
-
-
-def versions() -> dict:
-    import numpy
-    import pydantic
-    import timm
-    import torchvision
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "timm": timm.__version__, "numpy": numpy.__version__, "pydantic": pydantic.__version__,
-           "infer_distill": __version__, "cuda": torch.version.cuda}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10)
-        if commit.returncode == 0:
-            out["git_commit"] = commit.stdout.strip()
-            out["git_dirty"] = bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
-
-
-# ----------------------------------------------------------------------------------------
-# The benchmark
-# ----------------------------------------------------------------------------------------
-
-
-def _summary(runs: list[dict]) -> dict:
-    def ms(key: str) -> tuple[float, float]:
-        vals = [r[key] for r in runs]
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-    (fm, fs), (bm, bs) = ms("final_acc"), ms("best_acc")
-    return {"final_mean": fm, "final_std": fs, "best_mean": bm, "best_std": bs, "seeds": [r["seed"] for r in runs]}
-
-
-def _student_row(manifest: dict) -> dict:
-    m = manifest["metrics"]
-    keep = ("arch", "seed", "final_acc", "best_acc", "best_epoch", "epochs", "curve", "train_losses")
-    return {**{k: m[k] for k in keep if k in m}, "seconds": manifest.get("elapsed_s")}
 
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
-class Benchmark:
-    def __init__(self, profile: Profile, root: Path, results_dir: Path, progress: bool = True, speed: bool = True,
-                 deadline: float | None = None, estimate: Callable[[str, int], float] | None = None):
-        self.p = profile
-        self.root = root
-        self.results_dir = results_dir
-        self.progress = progress
-        self.speed = speed
-        self.deadline = deadline       # time.perf_counter() value after which no further method starts
-        self.estimate = estimate       # (method, ipc) -> predicted seconds, for the deadline check
-        self.results_path = results_dir / f"{profile.name}.json"
-        base = profile.config(profile.ipcs[0])
-        self.device = base.resolve_device()
-        self.rec = Recorder(self.device)
-        self.data_uri = str(root / "data")
-        self.results = self._initial_results()
+def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Path, jobs: int = 1,
+                  datasets: str | None = None, extra: list[str] | None = None, deadline_s: float | None = None,
+                  command: str = "") -> dict:
+    started, wall0 = time.time(), time.perf_counter()
+    cfgs = {v: profile.variant_config(v, datasets, extra) for v in variants}
+    for v, cfg in cfgs.items():
+        stages.preflight(cfg, [str(root / v)])
+    runs = [Run(v, cfg, str(root / v), str(pool_dir(root, cfg)), {}) for v, cfg in cfgs.items()]
+    device = runs[0].cfg.resolve_device()
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 2
+    steps: list[dict] = []
 
-    # ---- results file ------------------------------------------------------------------
+    def on_step(variant: str, r: plan.StepResult) -> None:
+        steps.append({"variant": variant, "stage": r.stage, "label": r.label, "seconds": round(r.seconds, 2), "skipped": r.skipped,
+                      **({"elapsed_s": r.manifest.get("elapsed_s")} if r.manifest else {})})
+        if not r.skipped:
+            log(f"{variant}: {r.stage} {r.label} {r.seconds:.0f} s".replace("  ", " "))
 
-    def set_profile(self, profile: Profile) -> None:
-        """Change the profile after `prepare` (the GPU script sizes its profile once the data is loaded);
-        the dataset settings must stay the same."""
-        if profile.dataset != self.p.dataset or profile.name != self.p.name:
-            raise ValueError("set_profile keeps the dataset and the name; build a new Benchmark for others")
-        plan = self.results.get("plan")
-        self.p = profile
-        self.results = self._initial_results() | {k: self.results[k] for k in ("machine", "versions") if k in self.results}
-        if plan is not None:
-            self.results["plan"] = plan
+    path = results / f"{profile.name}.json"
+    kept = {}  # variants of an earlier invocation that this one does not run (or does not finish)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("schema") == SCHEMA:
+            kept = {v: e for v, e in old.get("variants", {}).items() if v in profile.variants and e.get("report")}
+    result = {
+        "schema": SCHEMA, "profile": profile.name, "title": profile.title, "notes": list(profile.notes),
+        "command": command, "jobs": jobs, "threads_per_job": threads, "machine": machine_info(device), "config": profile.config,
+    }
 
-    def _initial_results(self) -> dict:
-        fp = fingerprint(self.p.as_dict() | {"methods": None, "seeds": None, "ipcs": None})
-        results = {"schema": SCHEMA, "name": self.p.name, "title": self.p.title, "command": self.p.command,
-                   "profile": self.p.as_dict(), "profile_fingerprint": fp, "methods": {}, "analysis": {}, "teachers": [],
-                   "ceilings": {}, "speed": {}, "configs": {}, "skipped": []}
-        if self.results_path.is_file():  # a run of some methods only adds to (or replaces) its rows
-            try:
-                old = json.loads(self.results_path.read_text())
-            except ValueError:
-                old = {}
-            if old.get("schema") == SCHEMA and old.get("profile_fingerprint") == fp:
-                for key in ("methods", "analysis", "ceilings", "speed", "configs"):
-                    results[key] = old.get(key, {})
-                results["teachers"] = old.get("teachers", [])
-        return results
+    def save(unfinished: list[str] | None = None) -> None:
+        entries = dict(kept)
+        for r in runs:
+            if r.report is not None or r.variant not in entries:
+                entries[r.variant] = {"title": profile.variants[r.variant].title, "question": profile.variants[r.variant].question,
+                                      "overrides": list(profile.variants[r.variant].overrides), "report": r.report,
+                                      "config": json.loads(r.cfg.model_dump_json())}
+        result.update({
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.perf_counter() - wall0, 1),
+            "variants": {v: entries[v] for v in profile.variants if v in entries},
+            "unfinished": unfinished if unfinished is not None else [r.variant for r in runs if r.report is None],
+            "steps": steps,
+        })
+        _atomic_write(path, json.dumps(result, indent=1))
 
-    def save(self) -> None:
-        r = self.results
-        r["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        r["wall_s"] = round(time.perf_counter() - self.rec.started, 1)
-        r["steps"] = self.rec.steps
-        r["stage_totals_s"] = self._stage_totals()
-        r["missing"] = [f"ipc{i}/{m}" for i in self.p.ipcs for m in METHODS if f"ipc{i}/{m}" not in r["methods"]]
-        r["complete"] = not r["missing"]
-        _atomic_write(self.results_path, json.dumps(r, indent=1) + "\n")
-
-    def _stage_totals(self) -> dict:
-        totals: dict[str, dict] = {}
-        for s in self.rec.steps:
-            t = totals.setdefault(s["stage"], {"seconds": 0.0, "peak_rss_mb": 0.0, "runs": 0, "reused": 0})
-            t["seconds"] = round(t["seconds"] + s["seconds"], 3)
-            t["runs" if not s["reused"] else "reused"] += 1
-            t["peak_rss_mb"] = max(t["peak_rss_mb"], s.get("peak_rss_mb", 0.0))
-            if "peak_cuda_mb" in s:
-                t["peak_cuda_mb"] = max(t.get("peak_cuda_mb", 0.0), s["peak_cuda_mb"])
-        return totals
-
-    def _fits(self, method: str, ipc: int) -> bool:
-        if self.deadline is None:
-            return True
-        need = self.estimate(method, ipc) if self.estimate else 0.0
-        left = self.deadline - time.perf_counter()
-        if need > left:
-            self.results["skipped"].append({"method": method, "ipc": ipc, "reason": f"time: needs ~{need:.0f}s, {left:.0f}s left"})
-            log(f"skipping {method} at ipc {ipc}: needs ~{need:.0f}s, {left:.0f}s left before the deadline")
-            return False
-        return True
-
-    def _command(self, method: str, ipc: int) -> str:
-        return self.p.row_command.format(method=method, ipc=ipc)
-
-    # ---- shared stages --------------------------------------------------------------------
-
-    def prepare(self) -> None:
-        cfg = self.p.config(self.p.ipcs[0])
-        stages.preflight(cfg, [str(self.root)])
-        self.results["machine"] = machine_info(self.device)
-        self.results["versions"] = versions()
-        stage_step(self.rec, "prepare-data", "", self.data_uri, cfg, lambda: stages.prepare_data(cfg, self.data_uri))
-        art, self.dm = stages.load_input(self.data_uri, cfg, "prepare-data")
-        t = art.read_tensors("train.safetensors")
-        self.train_x, self.train_y = t["x"], t["y"]
-        t = art.read_tensors("test.safetensors")
-        self.test = (t["x"], t["y"])
-        self.C = self.dm["metrics"]["num_classes"]
-
-    def teacher_uri(self, arch: str) -> str:
-        return str(self.root / "teachers" / arch)
-
-    def train_teachers(self, archs: list[str]) -> None:
-        for arch in archs:
-            cfg = self.p.config(self.p.ipcs[0], [arch])  # a teacher's settings do not depend on the others
-            uri = self.teacher_uri(arch)
-            stage_step(self.rec, "train-teacher", arch, uri, cfg,
-                       lambda a=arch, u=uri, c=cfg: stages.train_teacher(c, a, self.data_uri, u, self.progress), arch=arch)
-            self.save()
-
-    def infer_distill(self, ipc: int, archs: list[str]) -> dict:
-        """INFER's distilled set with these teachers, through the stages: subsets, UFCs, static labels."""
-        cfg = self.p.config(ipc, archs)
-        key = f"ipc{ipc}/m{len(archs)}"
-        self.results["configs"][key] = cfg.model_dump(mode="json")
-        lay = Layout(str(self.root / f"ipc{ipc}" / f"m{len(archs)}"))
-        teachers = [self.teacher_uri(a) for a in archs]
-        stage_step(self.rec, "select-subsets", key, lay.subsets, cfg, lambda: stages.select_subsets(cfg, self.data_uri, lay.subsets))
-        ufc = []
-        for ids in cfg.shard_plan(self.C):
-            uri = lay.ufc(ids)
-            stage_step(self.rec, "synthesize-ufc", f"{key} subsets {ids[0]}..{ids[-1]}", uri, cfg,
-                       lambda i=ids, u=uri: stages.synthesize_ufc(cfg, i, self.data_uri, lay.subsets, teachers, u, self.progress),
-                       subset_ids=ids)
-            ufc.append(uri)
-        dist = stage_step(self.rec, "soft-label", key, lay.distilled, cfg,
-                          lambda: stages.soft_label(cfg, self.data_uri, lay.subsets, teachers, ufc, lay.distilled))
-        shards = [open_artifact(u).read_manifest()["metrics"] for u in ufc]
-        seconds = sum(m["synthesis_s"] for m in shards)
-        ufc_iterations = sum(m["ufc_iterations_per_s"] * m["synthesis_s"] for m in shards)
-        synthesis = {"seconds": round(seconds, 3), "iterations": cfg.synthesis.iterations,
-                     "ufc_iterations_per_s": ufc_iterations / max(seconds, 1e-9),
-                     "images_per_s": sum(m["images_per_s"] * m["synthesis_s"] for m in shards) / max(seconds, 1e-9)}
-        return {"key": key, "cfg": cfg, "layout": lay, "teachers": teachers, "ufc": ufc, "distilled": dist,
-                "synthesis": synthesis, "student_uris": []}
-
-    def infer_students(self, run: dict, mode: str) -> list[dict]:
-        cfg, lay, rows = run["cfg"], run["layout"], []
-        for seed in self.p.seeds:
-            uri = lay.student(self.p.student, seed, mode)
-            m = stage_step(self.rec, "evaluate-student", f"{run['key']} {mode} seed {seed}", uri, cfg,
-                           lambda s=seed, u=uri: stages.evaluate_student(
-                               cfg, self.p.student, s, mode, self.data_uri, lay.distilled, run["teachers"], u, self.progress),
-                           arch=self.p.student, seed=seed, label_mode=mode)
-            rows.append(_student_row(m))
-            run["student_uris"].append(uri)
-        return rows
-
-    def infer_report(self, run: dict) -> None:
-        """The library's own report of this run (report.md, plots) beside its artifacts."""
-        if run["student_uris"]:
-            with self.rec.measure("report", run["key"]):
-                stages.report(run["cfg"], self.data_uri, run["teachers"], run["ufc"], run["layout"].distilled,
-                              run["student_uris"], run["layout"].report)
-
-    # ---- methods ------------------------------------------------------------------------
-
-    def _storage_infer(self, dist_manifest: dict) -> dict:
-        b = dist_manifest["metrics"]["budget"]
-        return {"images_per_class": b["images_per_class_equivalent"], "stored_bytes": b["stored_bytes"],
-                "compression_ratio": b["compression_ratio"], "num_instances": b["num_instances"],
-                "natural_per_class": b["num_subsets"], "num_ufcs": b["num_ufcs"], "teachers": b["num_teachers"]}
-
-    def _storage_real(self, per_class: int, soft: bool) -> dict:
-        m = self.dm["metrics"]
-        n = per_class * self.C
-        image_bytes = n * m["in_chans"] * m["image_size"] ** 2
-        label_bytes = n * self.C * 4 if soft else n * 8   # float32 logits, or int64 class indices
-        train_bytes = m["num_train"] * m["in_chans"] * m["image_size"] ** 2
-        return {"images_per_class": per_class, "stored_bytes": image_bytes + label_bytes,
-                "compression_ratio": (image_bytes + label_bytes) / train_bytes, "num_instances": n,
-                "natural_per_class": per_class, "num_ufcs": 0}
-
-    def _method(self, ipc: int, method: str, runs: list[dict], storage: dict, **extra) -> None:
-        self.results["methods"][f"ipc{ipc}/{method}"] = {
-            "method": method, "label": METHODS[method], "ipc": ipc, "storage": storage, "runs": runs,
-            "summary": _summary(runs), "command": self._command(method, ipc), **extra}
-        self.save()
-
-    def _infer_training(self, mode: str, storage: dict, labels: str) -> dict:
-        epochs = self.p.student_epochs_dynamic if mode == "dynamic" else self.p.student_epochs
-        return {"epochs": epochs, "steps": epochs * -(-storage["num_instances"] // self.p.student_batch_size),
-                "labels": labels, "loss": "MixUp + KL, T=30"}
-
-    def run_ipc(self, ipc: int, first: bool) -> None:
-        want = set(self.p.methods)
-        archs = list(self.p.teachers)
-        cfg = self.p.config(ipc, archs)
-        K = cfg.num_subsets(self.C)
-        main = None
-        if want & {"infer", "infer_dyn", "no_ufc"} and self._fits("synthesis", ipc):
-            main = self.infer_distill(ipc, archs)
-            storage = self._storage_infer(main["distilled"])
-            for mode, name in (("static", "infer"), ("dynamic", "infer_dyn")):
-                if name in want and self._fits(name, ipc):
-                    rows = self.infer_students(main, mode)
-                    self._method(ipc, name, rows, storage, synthesis=main["synthesis"],
-                                 training=self._infer_training(mode, storage, f"{mode} ensemble logits of {len(archs)} teachers"))
-            self.infer_report(main)
-
-        real = random_real_indices(self.train_y, ipc, self.C, cfg.seed)   # [ipc, C]; its first K rows = INFER's subsets
-        if main is not None:
-            subsets = open_artifact(main["layout"].subsets).read_tensors("subsets.safetensors")["indices"]
-            if not torch.equal(real[:K], subsets):
-                raise RuntimeError("random-real draw does not start with INFER's natural subsets: select-subsets changed its draw")
-        base = self.root / f"ipc{ipc}" / "baselines"
-        ensemble = None
-        for method, rows, soft in (("random_soft", ipc, True), ("random_hard", ipc, False), ("no_ufc", K, True)):
-            if method not in want or (method == "no_ufc" and main is None) or not self._fits(method, ipc):
-                continue
-            if soft and ensemble is None:
-                ensemble = Ensemble(stages.load_teachers(cfg, [self.teacher_uri(a) for a in archs], self.dm, self.device))
-            idx = real[:rows].flatten()                                      # subset-major, class-minor, as INFER's order
-            images = self.train_x[idx].float() / 255.0
-            if soft:
-                labels = stages.ensemble_logits(ensemble, images, self.device)
-            else:
-                labels = self.train_y[idx]
-            runs = [baseline_student(self.rec, cfg, method, str(base / f"{method}-{self.p.student}-seed{seed}"), seed, images,
-                                     labels, soft, idx, self.test, self.dm, self.device, self.progress)
-                    for seed in self.p.seeds]
-            storage = self._storage_real(rows, soft)
-            if method == "no_ufc":
-                storage["note"] = f"below budget: {K} of {ipc} images per class (INFER's natural images, no compensators)"
-            training = {"epochs": self.p.student_epochs, "steps": self.p.student_epochs * -(-len(idx) // self.p.student_batch_size),
-                        "labels": f"static ensemble logits of {len(archs)} teachers" if soft else "hard (class index)",
-                        "loss": "MixUp + KL, T=30" if soft else "cross-entropy, no MixUp"}
-            self._method(ipc, method, runs, storage, training=training)
-
-        if "infer_m1" in want and self._fits("infer_m1", ipc):
-            m1 = self.infer_distill(ipc, [self.p.m1])
-            rows = self.infer_students(m1, "static")
-            self.infer_report(m1)
-            storage = self._storage_infer(m1["distilled"])
-            self._method(ipc, "infer_m1", rows, storage, synthesis=m1["synthesis"], teacher=self.p.m1,
-                         training=self._infer_training("static", storage, f"static logits of {self.p.m1}"))
-        if main is not None:
-            self.analyse(ipc, main, K)
-            if first and self.speed and self._fits("speed", ipc):
-                self.speed_check(main, K)
-
-    def analyse(self, ipc: int, main: dict, K: int) -> None:
-        from infer_distill import report as rep
-
-        cfg, lay = main["cfg"], main["layout"]
-        with self.rec.measure("analysis", f"ipc{ipc}"):
-            t = open_artifact(lay.distilled).read_tensors("distilled.safetensors")
-            infer_x = stages.distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
-            infer_y = torch.arange(self.C).repeat(len(infer_x) // self.C)
-            nat_x = t["natural"].flatten(0, 1).float() / 255.0
-            nat_y = torch.arange(self.C).repeat(K)
-            teachers = stages.load_teachers(cfg, main["teachers"], self.dm, self.device)
-            sims = similarity_analysis({"infer": (infer_x, infer_y), "no_ufc": (nat_x, nat_y)}, teachers, list(cfg.teachers.archs),
-                                       self.dm["metrics"]["mean"], self.device)
-            png = f"{self.p.name}-ufc-ipc{ipc}.png"
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            (self.results_dir / png).write_bytes(rep.ufc_examples_png(t["natural"], t["ufc"], self.dm["metrics"]["classes"],
-                                                                      list(cfg.teachers.archs), cfg.synthesis.classes_per_ufc))
-        self.results["analysis"][f"ipc{ipc}"] = {"cosine_similarity": sims, "ufc_examples_png": png}
-        self.save()
-
-    def speed_check(self, main: dict, K: int) -> None:
-        cfg = main["cfg"]
-        subsets = open_artifact(main["layout"].subsets).read_tensors("subsets.safetensors")["indices"]
-        S = min(K, self.p.speed_subsets or K)
-        natural = self.train_x[subsets[:S]]
-        teachers = stages.load_teachers(cfg, main["teachers"], self.dm, self.device)
-        with self.rec.measure("speed-check", f"{S} subsets x {len(teachers)} teachers x {self.p.speed_iterations} it"):
-            result = synthesis_speed(cfg, teachers, natural, self.p.speed_iterations, self.device)
-        self.results["speed"]["synthesis"] = result
-        log(f"synthesis: grouped {result['grouped']['ufc_iterations_per_s']:.2f} UFC-it/s vs one at a time "
-            f"{result['one_at_a_time']['ufc_iterations_per_s']:.2f} UFC-it/s (x{result['speedup']:.2f})")
-        self.save()
-
-    def ceilings(self) -> None:
-        teachers = []
-        for arch in self.p.teachers:
-            m = open_artifact(self.teacher_uri(arch)).read_manifest()
-            teachers.append({"arch": arch, "test_acc": m["metrics"]["test_acc"], "num_params": m["metrics"]["num_params"],
-                             "epochs": self.p.teacher_epochs, "train_images": self.dm["metrics"]["num_train"],
-                             "seconds": m["elapsed_s"]})
-        self.results["teachers"] = teachers
-        student = self.p.student
-        if student not in self.p.teachers:  # the student architecture on the full training set, teacher recipe
-            cfg = self.p.config(self.p.ipcs[0], [student])
-            stage_step(self.rec, "train-teacher", f"{student} (full-train ceiling)", self.teacher_uri(student), cfg,
-                       lambda: stages.train_teacher(cfg, student, self.data_uri, self.teacher_uri(student), self.progress), arch=student)
-        m = open_artifact(self.teacher_uri(student)).read_manifest()
-        self.results["ceilings"]["full_train"] = {
-            "arch": student, "test_acc": m["metrics"]["test_acc"], "train_images": self.dm["metrics"]["num_train"],
-            "epochs": self.p.teacher_epochs, "seed": self.p.seed,
-            "recipe": "the train-teacher stage (SGD + Nesterov, one-cycle, label smoothing, crop/flip) on the whole training set"
-                      + ("; the same artifact as the teacher of this architecture" if student in self.p.teachers else ""),
-        }
-        self.save()
-
-    def run(self) -> dict:
-        self.prepare()
-        return self.run_after_data()
-
-    def run_after_data(self) -> dict:
-        self.train_teachers(list(self.p.teachers))
-        self.ceilings()
-        for i, ipc in enumerate(self.p.ipcs):
-            self.run_ipc(ipc, first=i == 0)
-        self.save()
-        log(f"results: {self.results_path} ({self.results['wall_s']:.0f}s)")
-        return self.results
-
-
-def run_benchmark(profile: Profile, root: str | Path | None = None, results_dir: str | Path | None = None, **kw) -> dict:
-    root = Path(root) if root else RUNS_DIR / profile.name
-    return Benchmark(profile, root, Path(results_dir) if results_dir else RESULTS_DIR, **kw).run()
-
-
-# ----------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------
+    if jobs == 1:
+        _worker_init(threads)
+    unfinished = walk(runs, jobs, threads, started + deadline_s if deadline_s else None, on_step, lambda run: save())
+    save(unfinished)
+    log(f"wrote {path} ({result['wall_s']:.0f} s{', unfinished: ' + ', '.join(unfinished) if unfinished else ''})")
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    p.add_argument("--quick", action="store_true", help="the quick profile (same as --profile quick)")
-    p.add_argument("--datasets", help="CIFAR-10 folder (zips or <split>/<class>/ folders); default $INFER_DATASETS/cifar10 or ../shared/datasets/cifar10")
-    p.add_argument("--out", help="run folder (default benchmarks/runs/<profile name>)")
-    p.add_argument("--results", help="results folder (default benchmarks/results)")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="run only these methods (rows merge into the results file)")
-    p.add_argument("--seeds", nargs="+", type=int)
-    p.add_argument("--ipc", nargs="+", type=int, help="budgets to run (default: the profile's)")
-    p.add_argument("--name", help="results name (default: the profile's)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="cifar10-cpu", help=f"benchmarks/profiles/<name>.yaml; one of {', '.join(profile_names())}")
+    p.add_argument("--variants", default="", help="comma-separated variants of the profile (default: all)")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: CPU cores on a CPU, up to 2; 4 on CUDA)")
+    p.add_argument("--datasets", default=None, help="the folder holding cifar10/ (default: $INFER_DATASETS, else ../shared/datasets)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="override the profile's device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every variant")
+    p.add_argument("--root", type=Path, default=None, help="where the runs live (default: benchmarks/runs/<profile>)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where <profile>.json is written")
+    p.add_argument("--deadline-s", type=float, default=None, help="start no step after this many seconds; unfinished variants are listed")
     fresh = p.add_mutually_exclusive_group()
-    fresh.add_argument("--fresh", action="store_true", help="delete the run folder first: measure the run from nothing")
-    fresh.add_argument("--reuse-teachers", action="store_true",
-                       help="keep only data/ and teachers/ of the run folder: measure the run with teachers reused")
-    p.add_argument("--no-speed", action="store_true", help="skip the grouped vs one-at-a-time synthesis timing")
-    p.add_argument("--report", help="BENCHMARKS.md to regenerate from every results file (default: the repository's)")
-    p.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md")
-    p.add_argument("--no-progress", action="store_true")
+    fresh.add_argument("--fresh", action="store_true", help="delete the profile's runs and pool first: a benchmark from nothing")
+    fresh.add_argument("--reuse-teachers", action="store_true", help="delete everything but the data and teacher pool first")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    profile = PROFILES["quick" if args.quick else args.profile]
-    changes: dict[str, Any] = {}
-    if args.datasets:
-        changes["dataset"] = {**profile.dataset, "root": args.datasets}
-    if args.methods:
-        changes["methods"] = tuple(m for m in METHODS if m in args.methods)
-    if args.seeds:
-        changes["seeds"] = tuple(args.seeds)
-    if args.ipc:
-        changes["ipcs"] = tuple(args.ipc)
-    if args.name:
-        changes["name"] = args.name
-    profile = profile.replace(**changes)
-    root = Path(args.out) if args.out else RUNS_DIR / profile.name
+    try:
+        profile = load_profile(args.profile)
+        variants = [v for v in args.variants.split(",") if v] or list(profile.variants)
+        unknown = [v for v in variants if v not in profile.variants]
+        if unknown:
+            raise ConfigError(f"--variants: {unknown} not in profile {profile.name!r}: {', '.join(profile.variants)}")
+        extra = list(args.set) + ([f"device={args.device}"] if args.device else [])
+        cfg0 = profile.variant_config(variants[0], args.datasets or default_datasets(), extra)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    root = args.root or RUNS / profile.name
     if args.fresh and root.exists():
         shutil.rmtree(root)
     if args.reuse_teachers and root.exists():
         for child in root.iterdir():
-            if child.name not in ("data", "teachers"):
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    results_dir = Path(args.results) if args.results else RESULTS_DIR
-    started = time.perf_counter()
-    run_benchmark(profile, root, results_dir, progress=not args.no_progress, speed=not args.no_speed)
-    log(f"benchmark {profile.name}: {time.perf_counter() - started:.0f}s wall")
-    if not args.no_report:
-        from . import report
-
-        report.main(["--results", str(results_dir), "--out", args.report or str(REPO / "BENCHMARKS.md")])
-    return 0
+            if not child.name.startswith("pool-"):
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    device = cfg0.resolve_device()
+    jobs = args.jobs or (min(2, os.cpu_count() or 1) if device == "cpu" else 4)
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    log(f"profile {profile.name}: {len(variants)} variants, {jobs} jobs on {device}, runs under {root}")
+    result = run_benchmark(profile, variants, root, args.results, jobs, args.datasets or default_datasets(), extra,
+                           args.deadline_s, command.strip())
+    return 0 if not result["unfinished"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
