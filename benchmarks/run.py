@@ -67,6 +67,7 @@ class Variant:
     title: str
     overrides: tuple[str, ...]
     question: str = ""          # what this row answers, printed beside it
+    baselines_from: str = ""    # a variant with the same teachers, subsets and labels whose baselines this one is compared with
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def load_profile(name: str) -> Profile:
     if not path.is_file():
         raise ConfigError(f"no benchmark profile {name!r}; profiles: {', '.join(profile_names())}")
     raw = yaml.safe_load(path.read_text())
-    variants = {v: Variant(v, spec["title"], tuple(spec.get("set", [])), spec.get("question", ""))
+    variants = {v: Variant(v, spec["title"], tuple(spec.get("set", [])), spec.get("question", ""), spec.get("baselines_from", ""))
                 for v, spec in raw["variants"].items()}
     profile = Profile(path.stem, raw["title"], tuple(raw.get("notes", [])), raw["config"], variants)
     for v in variants:  # every variant must be a valid config before anything runs
@@ -163,10 +164,11 @@ def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_st
     executor = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) if jobs > 1 else None
     futures: dict[cf.Future, tuple] = {}
 
+    inline: list[tuple] = []  # jobs = 1: steps run here, in submission order, by drain()
+
     def submit(owner: Run | None, cfg: Config, step: plan.Step, item: dict, inputs: dict, uri: str, label: str) -> None:
         if executor is None:
-            seconds, manifest = _run_step(cfg, step.name, item, inputs, uri)
-            finish(owner, step, label, uri, seconds, manifest)
+            inline.append((owner, cfg, step, item, inputs, uri, label))
         else:
             futures[executor.submit(_run_step, cfg, step.name, item, inputs, uri)] = (owner, step, label, uri)
 
@@ -178,6 +180,15 @@ def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_st
                 advance(owner)
 
     def drain() -> None:
+        while inline:
+            owner, cfg, step, item, inputs, uri, label = inline.pop(0)
+            if deadline is not None and time.time() > deadline:
+                log(f"{owner.variant if owner else 'pool'}: the deadline passed; {step.name} {label} not started")
+                if owner is not None:
+                    owner.next_step = len(plan.PLAN) + 1  # never finishes
+                continue
+            seconds, manifest = _run_step(cfg, step.name, item, inputs, uri)
+            finish(owner, step, label, uri, seconds, manifest)
         while futures:
             done, _ = cf.wait(list(futures), timeout=10, return_when=cf.FIRST_COMPLETED)
             if deadline is not None and time.time() > deadline:
@@ -305,6 +316,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
         for r in runs:
             if r.report is not None or r.variant not in entries:
                 entries[r.variant] = {"title": profile.variants[r.variant].title, "question": profile.variants[r.variant].question,
+                                      "baselines_from": profile.variants[r.variant].baselines_from,
                                       "overrides": list(profile.variants[r.variant].overrides), "report": r.report,
                                       "config": json.loads(r.cfg.model_dump_json())}
         result.update({
@@ -317,7 +329,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
 
     if jobs == 1:
         _worker_init(threads)
-    unfinished = walk(runs, jobs, threads, started + deadline_s if deadline_s else None, on_step, lambda run: save())
+    unfinished = walk(runs, jobs, threads, started + deadline_s if deadline_s is not None else None, on_step, lambda run: save())
     save(unfinished)
     log(f"wrote {path} ({result['wall_s']:.0f} s{', unfinished: ' + ', '.join(unfinished) if unfinished else ''})")
     return result

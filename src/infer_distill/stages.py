@@ -514,7 +514,8 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
         raise StageError(f"{subsets} holds subsets that are not the first rows of this config's draw: rerun select-subsets")
     natural = train_x[drawn.flatten()]                                           # row-major: INFER's instance order
     images = natural.float() / 255.0
-    device = cfg.resolve_device()
+    # labelled as soft-label labels (fp32 teachers), trained as evaluate-student trains (the fast path on CUDA)
+    device, fast = compute_setup(cfg, trains=True)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     labels = ensemble_logits(ensemble, images, device).to(getattr(torch, cfg.labels.dtype))
 
@@ -525,18 +526,19 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     epochs = cfg.students.epochs if baseline == "random_soft" else max(1, round(infer_steps / steps_per_epoch))
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
-    result = train_student_model(
-        student, images, labels.float(), None, test_x, test_y, cfg.students, epochs, cfg.labels.temperature,
-        (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed, desc=f"baseline {baseline} {arch} seed {seed}",
-        progress=progress)
+    with CompileTime(fast.compile) as compile_time:
+        result = train_student_model(
+            student, images, labels.float(), None, test_x, test_y, cfg.students, epochs, cfg.labels.temperature,
+            (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed, desc=f"baseline {baseline} {arch} seed {seed}",
+            progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = {"arch": arch, "seed": seed, "baseline": baseline, "description": BASELINES[baseline].format(per_class=per_class),
                "per_class": per_class,
                "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
                "steps": epochs * steps_per_epoch, "infer_static_steps": infer_steps, "num_instances": len(images),
-               "stored_bytes": tensor_bytes(natural) + tensor_bytes(labels), "curve": result.curve, "train_losses": result.losses}
-    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-    return _write(output, cfg, "evaluate-baseline", {"weights.safetensors": state, "labels.safetensors": {"soft_labels": labels}},
+               "stored_bytes": tensor_bytes(natural) + tensor_bytes(labels), "curve": result.curve, "train_losses": result.losses,
+               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
+    return _write(output, cfg, "evaluate-baseline", {"weights.safetensors": cpu_weights(student), "labels.safetensors": {"soft_labels": labels}},
                   metrics, arch=arch, seed=seed, baseline=baseline)
 
 

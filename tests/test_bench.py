@@ -1,0 +1,113 @@
+"""The benchmark client (benchmarks/run.py, benchmarks/report.py) on tiny profiles: pools, workers, resume, rendering."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not part of the installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.run import load_profile, main, profile_names  # noqa: E402
+from infer_distill.config import ConfigError  # noqa: E402
+
+TINY_PROFILE = {
+    "title": "digits, tiny",
+    "notes": ["a tiny profile on scikit-learn's digits"],
+    "config": {
+        "dataset": {"name": "digits"},
+        "budget": {"ipc": 3},
+        "teachers": {"archs": ["convnet_d2_w32", "resnet_tiny"], "epochs": 1},
+        "synthesis": {"iterations": 2},
+        "students": {"archs": ["convnet_d2_w32"], "seeds": [0, 1], "epochs": 2, "eval_every": 1,
+                     "baselines": ["random_soft", "random_soft_steps"]},
+        "device": "cpu",
+    },
+    "variants": {
+        "m1": {"title": "M = 1", "set": ["teachers.archs=[convnet_d2_w32]"]},
+        "m2": {"title": "M = 2", "set": []},
+        "m1-ls0": {"title": "M = 1, no label smoothing", "set": ["teachers.archs=[convnet_d2_w32]", "teachers.label_smoothing=0.0"],
+                   "question": "does label smoothing matter?"},
+        "m1-f32": {"title": "M = 1, float32 UFCs", "set": ["teachers.archs=[convnet_d2_w32]", "synthesis.ufc_dtype=float32",
+                                                          "students.baselines=[]"], "baselines_from": "m1"},
+    },
+}
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_every_profile_is_valid_and_infer_never_stores_more_than_its_baselines(name):
+    profile = load_profile(name)
+    assert profile.variants and profile.notes
+    for variant in profile.variants.values():
+        cfg = profile.variant_config(variant.name)
+        if variant.baselines_from:
+            assert variant.baselines_from in profile.variants and not cfg.students.baselines
+            continue
+        assert cfg.students.baselines == ["random_soft", "random_soft_steps"], variant.name
+        image_bytes = 3 * 32 * 32
+        baseline_images = cfg.baseline_per_class(10, image_bytes) * 10
+        assert cfg.infer_stored_bytes(10, image_bytes) <= baseline_images * image_bytes + baseline_images * 10 * 2, variant.name
+
+
+def test_a_bad_profile_is_refused_before_anything_runs(tmp_path, capsys):
+    bad = json.loads(json.dumps(TINY_PROFILE))
+    bad["variants"]["m1"]["set"] = ["teachers.epochs=-1"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(ConfigError, match="teachers.epochs"):
+        load_profile(str(path))
+    assert main(["--profile", str(path), "--root", str(tmp_path / "runs")]) == 2
+    assert "teachers.epochs" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    assert main(["--profile", "no-such-profile"]) == 2
+
+
+@pytest.mark.slow
+def test_variants_share_a_pool_run_in_workers_resume_and_render(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    args = ["--profile", str(path), "--root", str(runs), "--results", str(results)]
+    assert main([*args, "--jobs", "2"]) == 0
+    result = json.loads((results / "tiny.json").read_text())
+    assert result["unfinished"] == [] and list(result["variants"]) == ["m1", "m2", "m1-ls0", "m1-f32"]
+
+    # one teacher per recipe and architecture: m1, m2 and m1-f32 link the same convnet_d2_w32
+    pools = sorted(p.name for p in runs.iterdir() if p.name.startswith("pool-"))
+    assert len(pools) == 2  # label smoothing 0.1 and 0.0
+    linked = {v: (runs / v / "teachers" / "convnet_d2_w32").resolve() for v in ("m1", "m2", "m1-f32", "m1-ls0")}
+    assert linked["m1"] == linked["m2"] == linked["m1-f32"] != linked["m1-ls0"]
+    trained = [s for s in result["steps"] if s["stage"] == "train-teacher" and not s["skipped"]]
+    assert len(trained) == 3  # convnet_d2_w32 twice (two recipes), resnet_tiny once
+
+    m2 = result["variants"]["m2"]["report"]
+    assert m2["budget"]["num_teachers"] == 2 and {b["baseline"] for b in m2["baselines"]} == {"random_soft", "random_soft_steps"}
+    assert {(b["baseline"], b["seed"]) for b in m2["baselines"]} == {(n, s) for n in ("random_soft", "random_soft_steps") for s in (0, 1)}
+    assert result["variants"]["m1-f32"]["report"]["baselines"] == []
+
+    # resumed: every step but the reports is current, and the results are the same
+    assert main([*args, "--jobs", "1"]) == 0
+    again = json.loads((results / "tiny.json").read_text())
+    assert all(s["skipped"] for s in again["steps"] if s["stage"] != "report")
+    assert again["variants"]["m2"]["report"]["students"] == m2["students"]
+
+    # --reuse-teachers keeps the pools only; a deadline already passed starts nothing after them
+    assert main([*args, "--jobs", "1", "--reuse-teachers", "--variants", "m1", "--deadline-s", "0"]) == 1
+    stopped = json.loads((results / "tiny.json").read_text())
+    assert stopped["unfinished"] == ["m1"] and not (runs / "m2").exists()
+    assert stopped["variants"]["m2"]["report"] == m2  # kept from the earlier invocation
+    assert all(s["skipped"] for s in stopped["steps"] if s["stage"] == "train-teacher")
+
+    # BENCHMARKS.md's region and the figure, from the results
+    md = tmp_path / "B.md"
+    md.write_text(f"# Benchmarks\n\nprose stays\n\n{report.BEGIN}\nold\n{report.END}\ntail stays\n")
+    report.main(["--results", str(results), "--out", str(md)])
+    text = md.read_text()
+    assert "prose stays" in text and "tail stays" in text and "old" not in text.split(report.BEGIN)[1]
+    assert (results / "tiny.png").read_bytes().startswith(b"\x89PNG")
+    table = [line for line in text.splitlines() if line.startswith("| m")]
+    assert any(line.startswith("| m1-f32: M = 1, float32 UFCs (baselines of m1)") for line in table)
+    assert "does label smoothing matter?" in text and "--variants VARIANT" in text
