@@ -30,8 +30,9 @@ test-fast: install
 clean:
 	rm -rf runs .pytest_cache
 
-# The CPU benchmark on CIFAR-10 (BENCHMARKS.md): `make bench`, `make bench ARGS=--quick`,
-# `make bench ARGS=--fresh` (from nothing), `make bench ARGS=--reuse-teachers`.
+# The CPU benchmark on CIFAR-10, then BENCHMARKS.md from its results: `make bench`,
+# `make bench ARGS=--fresh` (from nothing), `make bench ARGS=--reuse-teachers`, `ARGS="--variants m2"`.
 .PHONY: bench
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.report

@@ -1,7 +1,8 @@
-"""Benchmarks of infer-distill: INFER against fair baselines, with seeds, timings and a GPU script.
+"""Benchmarks of infer-distill: INFER against its fair baselines, with seeds, timings and curves.
 
-    python -m benchmarks.run [--quick]     # the CPU benchmark on CIFAR-10 (make bench)
-    python -m benchmarks.report            # BENCHMARKS.md and plots from benchmarks/results/*.json
+    python -m benchmarks.run [--profile cifar10-cpu]   # runs of the pipeline side by side (make bench)
+    python -m benchmarks.report                       # BENCHMARKS.md's tables and plots from benchmarks/results/*.json
+    python -m benchmarks.gpu --profile cifar10-ipc10 --out DIR [--budget-s N]   # the paper's setting on a GPU
 
-See BENCHMARKS.md for the protocol and the numbers.
+See BENCHMARKS.md for the protocols and the numbers.
 """
