@@ -11,10 +11,10 @@
 #                     nothing can be pulled: BASE_IMAGE=infer-distill-base:bookworm-py3.11, which
 #                     build-base.sh makes with debootstrap when missing (Linux, root)
 #   IMAGE_PREFIX      image name (default infer-distill): tags are $IMAGE_PREFIX:cpu|cuda
-#   WHEEL_DIRS        folders with torch/torchvision/nvidia wheels to use before any index
-#                     (default: /opt/wheels /opt/pypi-more/files where they exist). They are
-#                     served read-only on 127.0.0.1:$WHEELS_PORT for the build (no copy into
-#                     the build context, nothing of them stays in the image but the install).
+#   WHEEL_DIRS        local folders (space-separated) with torch/torchvision/nvidia wheels to
+#                     use before any index, e.g. WHEEL_DIRS=/path/to/wheels (default: none).
+#                     They are served read-only on 127.0.0.1:$WHEELS_PORT for the build (no copy
+#                     into the build context, nothing of them stays in the image but the install).
 #   WHEELS_PORT       default 8799; fixed, because the URL is part of the layer cache key
 #   PIP_CERT          CA bundle pip must trust (e.g. behind a TLS-intercepting proxy): served
 #                     the same way, used and deleted within each pip step (default: SSL_CERT_FILE)
@@ -50,7 +50,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     fi
 fi
 
-# --- wheels (and the CA pip needs) from this machine, served on loopback -------------------------
+# --- local wheels (and the CA pip needs) from the build host, served on loopback ----------------
 # The build's RUN steps reach 127.0.0.1 through --network host. Nothing is copied into the
 # build context, and nothing served stays in an image.
 WHEELS_URL=""
@@ -80,17 +80,15 @@ take_lock() {
 start_server() {
     local dirs=${WHEEL_DIRS-} stage=${TMPDIR:-/tmp}/infer-distill-wheels d f n=0
     local cert=${PIP_CERT:-${SSL_CERT_FILE:-}}
-    if [ -z "${WHEEL_DIRS+set}" ]; then
-        for d in /opt/wheels /opt/pypi-more/files /opt/pypi/files; do [ -d "$d" ] && dirs="$dirs $d"; done
-    fi
     rm -rf "$stage"; mkdir -p "$stage/wheels"
     for d in $dirs; do
+        [ -d "$d" ] || echo "warning: WHEEL_DIRS names $d, which is not a directory" >&2
         for f in "$d"/torch-*.whl "$d"/torchvision-*.whl "$d"/nvidia_*.whl "$d"/cuda_*.whl "$d"/triton-*.whl; do
             [ -f "$f" ] || continue
             ln -sf "$f" "$stage/wheels/$(basename "$f")"; n=$((n + 1))
         done
     done
-    # A CA bundle that pip on this machine is told to use (e.g. a TLS-intercepting proxy's).
+    # A CA bundle that pip on the build host is told to use (e.g. a TLS-intercepting proxy's).
     [ -n "$cert" ] && [ -f "$cert" ] && ln -sf "$cert" "$stage/ca-bundle.crt"
     [ "$n" -gt 0 ] || [ -e "$stage/ca-bundle.crt" ] || return 0
     take_lock
@@ -100,7 +98,7 @@ start_server() {
         if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$WHEELS_PORT/', timeout=1)" 2>/dev/null; then
             [ "$n" -gt 0 ] && WHEELS_URL="http://127.0.0.1:$WHEELS_PORT/wheels/"
             [ -e "$stage/ca-bundle.crt" ] && PIP_CERT_URL="http://127.0.0.1:$WHEELS_PORT/ca-bundle.crt"
-            echo "serving on 127.0.0.1:$WHEELS_PORT: $n local wheels (from$dirs)${PIP_CERT_URL:+, CA bundle $cert for pip}"
+            echo "serving on 127.0.0.1:$WHEELS_PORT: $n local wheels${dirs:+ (from $dirs)}${PIP_CERT_URL:+, CA bundle $cert for pip}"
             return 0
         fi
         kill -0 "$SERVER_PID" 2>/dev/null || break

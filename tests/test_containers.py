@@ -3,7 +3,9 @@
 Needs a Docker daemon: one that answers is used; otherwise, as root with dockerd installed, one
 is started loopback-only by docker/dockerd-loopback.sh (and left running for the next). Without
 a daemon (or the Compose v2 CLI) the tier skips, except under CI (env CI set), where it fails:
-CI must not skip it. Images are built with docker/build.sh (cached: seconds when warm).
+CI must not skip it. Images are built with docker/build.sh (cached: seconds when warm), which
+reads its settings from the environment: where torch cannot be downloaded, point WHEEL_DIRS at
+a folder of local torch/torchvision wheels (docker/README.md, "Local wheels").
 
 Every compose project here has its own name, its own S3 port on 127.0.0.1 and its own run
 prefix, and is always taken down (with its volumes) at the end.
