@@ -146,12 +146,13 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    """The shared datasets folder ($INFER_DATASETS, else ../shared/datasets beside the repository)."""
+    """The folder holding cifar10/cifar10-train-jpeg.zip and cifar10-test-png.zip: $INFER_DATASETS, by default
+    ../shared/datasets beside the repository."""
     path = Path(os.environ.get("INFER_DATASETS") or REPO.parent / "shared" / "datasets")
     missing = [z for z in ("cifar10-train-jpeg.zip", "cifar10-test-png.zip") if not (path / "cifar10" / z).is_file()]
     if missing:
         raise RuntimeError(f"CIFAR-10 archives {missing} not found under {path / 'cifar10'}; "
-                           "set INFER_DATASETS to the shared datasets folder")
+                           "set INFER_DATASETS to the folder that holds cifar10/ with them")
     return path
 
 

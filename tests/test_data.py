@@ -1,4 +1,4 @@
-"""Dataset loading (digits, image folders, zips, Tiny-ImageNet layout, the shared CIFAR-10 zips) and augmentation."""
+"""Dataset loading (digits, image folders, zips, Tiny-ImageNet layout, CIFAR-10 as one zip per split) and augmentation."""
 from __future__ import annotations
 
 import urllib.error
@@ -159,7 +159,7 @@ def test_imagefolder_mixed_sizes_need_image_size(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
-# The shared CIFAR-10 zips (one per split, in one directory)
+# CIFAR-10 as one zip per split in one directory ($INFER_DATASETS/cifar10, see conftest.datasets_dir)
 # ----------------------------------------------------------------------------------------
 
 def test_real_cifar10_zips(datasets_dir):

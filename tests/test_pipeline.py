@@ -103,7 +103,7 @@ def test_the_quickstart_student_beats_chance_by_far(tmp_path):
     assert student["final_acc"] > 0.85, student
 
 
-def test_cifar10_from_the_shared_zips(tmp_path, datasets_dir):
+def test_cifar10_from_zips_one_per_split(tmp_path, datasets_dir):
     cfg = load_config(None, TINY + [
         "dataset.name=imagefolder", f"dataset.root={datasets_dir / 'cifar10'}", "dataset.train_per_class=12",
         "dataset.test_per_class=5", "budget.ipc=3", "labels.modes=[static, dynamic]", "students.epochs_dynamic=1",

@@ -7,7 +7,7 @@ labels, class names and the per-channel normalisation. Sources, by `dataset.name
 - cifar10 / cifar100: torchvision's datasets under `dataset.root` (`dataset.download=true` fetches them).
 - imagefolder: `<split>/<class>/<file>` under `dataset.root`, which is a directory, a zip (optionally
   with one top-level folder wrapping the splits), or a directory holding zips whose members start
-  with `<split>/` (e.g. one zip per split, as in the shared CIFAR-10 copy).
+  with `<split>/` (e.g. one zip per split, such as `cifar10-train-jpeg.zip` and `cifar10-test-png.zip`).
 - tiny-imagenet: the official layout (`train/<wnid>/images/*.JPEG`, `val/images/*.JPEG` labelled by
   `val/val_annotations.txt`); its val split is the test split.
 - imagenet: the prepared ImageFolder layout (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), resized to
