@@ -147,7 +147,7 @@ def _stage_times(result: dict) -> list[tuple[str, float, int]]:
 
 def section(result: dict, rel: str) -> list[str]:
     profile = result["profile"]
-    # the command without where this machine kept its files, or when it had to stop
+    # the command without the run's own paths or its time limit: what another machine types
     command = re.sub(r"\s--(results|root|datasets|deadline-s)\s+\S+", "", result["command"])
     reproduce = re.sub(r"\s--(fresh|reuse-teachers)", "", command)
     lines = [f"## {result['title']}", "",
