@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 def _all_artifacts(cfg, out, num_classes):
     layout = Layout(out)
-    uris = [layout.data, layout.subsets, layout.distilled, layout.report, *layout.teachers(cfg), *layout.students(cfg)]
+    uris = [layout.data, layout.subsets, layout.distilled, layout.report, *layout.teachers(cfg), *layout.students(cfg),
+            *layout.baselines(cfg)]
     return uris + [layout.ufc(ids) for ids in cfg.shard_plan(num_classes)]
 
 
@@ -194,11 +195,12 @@ def test_every_stage_through_the_cli_with_a_run_root(tmp_path):
     root = str(tmp_path / "r")
     steps = [["prepare-data"], ["train-teacher", "--arch", "convnet_d2_w32"], ["train-teacher", "--arch", "resnet_tiny"],
              ["select-subsets"], ["synthesize-ufc", "--subset-ids", "0,1,2,3,4"], ["synthesize-ufc", "--subset-ids", "5,6,7"],
-             ["soft-label"], ["evaluate-student", "--arch", "convnet_d3_w32", "--seed", "0"], ["report"]]
+             ["soft-label"], ["evaluate-student", "--arch", "convnet_d3_w32", "--seed", "0"],
+             ["evaluate-baseline", "--arch", "convnet_d3_w32", "--seed", "0", "--baseline", "random_soft"], ["report"]]
     for step in steps:
         assert main(["stage", step[0], "--root", root, *step[1:], *sets]) == 0, step
     report = json.loads(open_artifact(f"{root}/report").read_text("report.json"))
-    assert report["budget"]["num_subsets"] == 8 and len(report["students"]) == 1
+    assert report["budget"]["num_subsets"] == 8 and len(report["students"]) == 1 and len(report["baselines"]) == 1
 
 
 # ----------------------------------------------------------------------------------------
@@ -211,12 +213,13 @@ SHARDED = TINY + ["synthesis.subsets_per_shard=3"]   # K = 8: shards [0,1,2] [3,
 def _made_from(cfg, layout: Layout) -> dict[str, set[str]]:
     """Each artifact of a run and the artifacts it is made from, directly: the DAG, written out by hand."""
     teachers, shards = set(layout.teachers(cfg)), {layout.ufc(ids) for ids in cfg.shard_plan(10)}
-    students = set(layout.students(cfg))
+    students, baselines = set(layout.students(cfg)), set(layout.baselines(cfg))
     return {layout.data: set(), **{t: {layout.data} for t in teachers}, layout.subsets: {layout.data},
             **{u: {layout.data, layout.subsets, *teachers} for u in shards},
             layout.distilled: {layout.data, layout.subsets, *teachers, *shards},
             **{s: {layout.data, layout.distilled} for s in students},
-            layout.report: {layout.data, *teachers, *shards, layout.distilled, *students}}
+            **{b: {layout.data, layout.subsets, *teachers} for b in baselines},
+            layout.report: {layout.data, *teachers, *shards, layout.distilled, *students, *baselines}}
 
 
 def _downstream(made_from: dict[str, set[str]], uri: str) -> set[str]:
@@ -294,7 +297,7 @@ def test_resharding_reuses_finished_ufcs_and_makes_only_missing_subsets(tmp_path
     capsys.readouterr()
     run_in_process(one_shard, out, progress=False, on_step=print_step)
     err = capsys.readouterr().err
-    assert "synthesize-ufc subsets 2..3: " in err and err.count("synthesize-ufc") == 4 and err.count("up to date, skipped") == 7
+    assert "synthesize-ufc subsets 2..3: " in err and err.count("synthesize-ufc") == 4 and err.count("up to date, skipped") == 8
     assert kept == {u: os.stat(Path(u) / "manifest.json").st_mtime_ns for u in kept}
     # a subset's UFCs do not depend on the shard that made them, up to rounding (which Adam's first steps can
     # enlarge where a gradient is almost zero: measured on digits, at most 1e-3 in pixels, 2e-5 on average)
@@ -341,7 +344,7 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     assert "What the distillation bought" in open_artifact(layout.report).read_text("report.md")
 
     # students.baselines: [] removes them (everything else is reused)
-    run_in_process(load_config(None, TINY + ["students.seeds=[0, 1]"]), out, progress=False)
+    run_in_process(load_config(None, TINY + ["students.seeds=[0, 1]", "students.baselines=[]"]), out, progress=False)
     report = json.loads(open_artifact(layout.report).read_text("report.json"))
     assert report["baselines"] == [] and report["lift"] == []
     assert "What the distillation bought" not in open_artifact(layout.report).read_text("report.md")
