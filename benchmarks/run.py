@@ -240,7 +240,7 @@ def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_st
                 log(f"{run.variant}: the deadline passed before {step.name}; it and later steps not started")
                 run.next_step = len(plan.PLAN) + 1
                 return
-            if run.next_step > len(plan.PLAN) or run_items(run, run.cfg, step, items, inputs, uris):
+            if run_items(run, run.cfg, step, items, inputs, uris):
                 return
         run.report = open_artifact(layout.report).read_manifest()["metrics"]["report"]
         on_report(run)
