@@ -1,7 +1,6 @@
 """The benchmark client (benchmarks/run.py, benchmarks/report.py) on tiny profiles: pools, workers, resume, rendering."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
