@@ -11,17 +11,15 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from infer_distill import __version__, stages
+from infer_distill import __version__, plan
 from infer_distill.config import Config
 from infer_distill.plan import StepResult
 from infer_distill.stages import Layout
-from infer_distill.store import open_artifact
 
 
 def pooled_inputs(cfg: Config, pool: str | Path, root: str | Path, progress: bool = False,
@@ -32,19 +30,10 @@ def pooled_inputs(cfg: Config, pool: str | Path, root: str | Path, progress: boo
     two runs that disagree on the teacher recipe need two pools.
     """
     pool_layout, run_layout = Layout(str(pool)), Layout(str(root))
-    steps = [("prepare-data", "", pool_layout.data, {}, lambda out: stages.prepare_data(cfg, out=out))]
-    for arch in cfg.teachers.archs:
-        steps.append(("train-teacher", arch, pool_layout.teacher(arch), {"data": pool_layout.data, "arch": arch},
-                      lambda out, arch=arch: stages.train_teacher(cfg, arch, pool_layout.data, out=out, progress=progress)))
-    for stage, label, uri, inputs, make in steps:
-        keys = {k: v for k, v in inputs.items() if k == "arch"}
-        made_from = {k: v for k, v in inputs.items() if k != "arch"}
-        if stages.is_current(uri, cfg, stage, made_from, **keys):
-            result = StepResult(stage, label, uri, 0.0, True, open_artifact(uri).read_manifest())
-        else:
-            started = time.perf_counter()
-            manifest = make(uri)
-            result = StepResult(stage, label, uri, time.perf_counter() - started, False, manifest)
+    pooled = [(plan.STEPS["prepare-data"], {}, {}, pool_layout.data)]
+    pooled += [(plan.STEPS["train-teacher"], {"arch": a}, {"data": pool_layout.data}, pool_layout.teacher(a)) for a in cfg.teachers.archs]
+    for step, item, inputs, uri in pooled:
+        result = plan.run_item(cfg, step, item, inputs, uri, progress)
         if on_step:
             on_step(result)
     links = [(pool_layout.data, run_layout.data)] + [(pool_layout.teacher(a), run_layout.teacher(a)) for a in cfg.teachers.archs]

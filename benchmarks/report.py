@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.run import RESULTS, SCHEMA, load_profile  # noqa: E402
-from infer_distill.report import figure_png  # noqa: E402
+from infer_distill.report import figure_png, mean_std, pct  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (python -m benchmarks.report) -->", "<!-- results:end -->"
@@ -35,17 +35,9 @@ BASELINE_TITLES = {
 # ----------------------------------------------------------------------------------------
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
-
-
 def pm(xs: list[float], sign: bool = False) -> str:
-    """Accuracies (fractions) as 'mean ± std' in percent points."""
-    if not xs:
-        return "-"
-    m, s = mean_std([100 * x for x in xs])
-    return f"{m:{'+' if sign else ''}.2f} ± {s:.2f}"
+    """Accuracies (fractions) as 'mean ± std' in percent points, as the run reports write them."""
+    return pct(*mean_std(xs), sign=sign) if xs else "-"
 
 
 def by_seed(rows: list[dict], key: str = "final_acc") -> dict[int, float]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import copy
 import json
 import multiprocessing
 import os
@@ -78,7 +79,7 @@ class Profile:
     variants: dict[str, Variant]
 
     def variant_config(self, variant: str, datasets: str | None = None, extra: list[str] | None = None) -> Config:
-        raw = json.loads(json.dumps(self.config))
+        raw = copy.deepcopy(self.config)
         if datasets is not None and raw.get("dataset", {}).get("name") == "imagefolder":
             raw["dataset"]["root"] = str(Path(datasets) / "cifar10")
         raw = apply_overrides(raw, [*self.variants[variant].overrides, *(extra or [])])
@@ -119,11 +120,8 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_step(cfg: Config, step_name: str, item: dict, inputs: dict, uri: str) -> tuple[float, dict]:
-    step = plan.STEPS[step_name]
-    started = time.perf_counter()
-    manifest = step.function(cfg, **item, **inputs, out=uri)
-    return time.perf_counter() - started, manifest
+def _run_item(cfg: Config, step_name: str, item: dict, inputs: dict, uri: str) -> plan.StepResult:
+    return plan.run_item(cfg, plan.STEPS[step_name], item, inputs, uri)
 
 
 @dataclass
@@ -141,12 +139,11 @@ class Run:
 
 
 def pool_dir(pools: Path, cfg: Config) -> Path:
-    """Variants whose data and teacher settings agree share one pool (the teacher list aside)."""
-    settings = {"data": stage_config(cfg, "prepare-data"),
-                "teachers": {a: stage_config(cfg, "train-teacher", arch=a) for a in cfg.teachers.archs}}
-    # one pool per data + teacher recipe: the teachers' settings without the architecture name
-    recipe = {k: v for k, v in settings["teachers"][cfg.teachers.archs[0]].items() if k != "arch"}
-    return pools / f"pool-{fingerprint({'data': settings['data'], 'recipe': recipe})[:12]}"
+    """Variants whose data and teacher recipe agree share one pool, whatever their teacher lists."""
+    settings = stage_config(cfg, "train-teacher", arch=cfg.teachers.archs[0])  # data, teacher recipe, seed
+    recipe = {**settings, "teacher": {k: v for k, v in settings["teacher"].items() if k not in ("arch", "pretrained")},
+              "pretrained": cfg.teachers.pretrained}
+    return pools / f"pool-{fingerprint(recipe)[:12]}"
 
 
 def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_step, on_report) -> list[str]:
@@ -165,73 +162,57 @@ def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_st
 
     inline: list[tuple] = []  # jobs = 1: steps run here, in submission order, by drain()
 
-    def submit(owner: Run | None, cfg: Config, step: plan.Step, item: dict, inputs: dict, uri: str, label: str) -> None:
+    def submit(owner: Run | None, cfg: Config, step: plan.Step, item: dict, inputs: dict, uri: str) -> None:
+        if owner is not None:
+            owner.pending += 1
         if executor is None:
-            inline.append((owner, cfg, step, item, inputs, uri, label))
+            inline.append((owner, cfg, step, item, inputs, uri))
         else:
-            futures[executor.submit(_run_step, cfg, step.name, item, inputs, uri)] = (owner, step, label, uri)
+            futures[executor.submit(_run_item, cfg, step.name, item, inputs, uri)] = (owner, step, item)
 
-    def finish(owner: Run | None, step: plan.Step, label: str, uri: str, seconds: float, manifest: dict) -> None:
-        on_step(owner.variant if owner else "pool", plan.StepResult(step.name, label, uri, seconds, False, manifest))
+    def finish(owner: Run | None, result: plan.StepResult) -> None:
+        on_step(owner.variant if owner else "pool", result)
         if owner is not None:
             owner.pending -= 1
             if owner.pending == 0:
                 advance(owner)
 
+    def stopped(owner: Run | None, step: plan.Step, item: dict) -> None:
+        label = step.over.label(item) if step.over else ""
+        log(f"{owner.variant if owner else 'pool'}: the deadline passed; {step.name} {label} not started")
+        if owner is not None:
+            owner.next_step = len(plan.PLAN) + 1  # never finishes
+
     def drain() -> None:
         while inline:
-            owner, cfg, step, item, inputs, uri, label = inline.pop(0)
+            owner, cfg, step, item, inputs, uri = inline.pop(0)
             if deadline is not None and time.time() > deadline:
-                log(f"{owner.variant if owner else 'pool'}: the deadline passed; {step.name} {label} not started")
-                if owner is not None:
-                    owner.next_step = len(plan.PLAN) + 1  # never finishes
+                stopped(owner, step, item)
                 continue
-            seconds, manifest = _run_step(cfg, step.name, item, inputs, uri)
-            finish(owner, step, label, uri, seconds, manifest)
+            finish(owner, _run_item(cfg, step.name, item, inputs, uri))
         while futures:
             done, _ = cf.wait(list(futures), timeout=10, return_when=cf.FIRST_COMPLETED)
             if deadline is not None and time.time() > deadline:
                 for future in [f for f in futures if f.cancel()]:
-                    owner, step, label, _ = futures.pop(future)
-                    log(f"{owner.variant if owner else 'pool'}: the deadline passed; {step.name} {label} not started")
-                    if owner is not None:
-                        owner.next_step = len(plan.PLAN) + 1  # never finishes
+                    stopped(*futures.pop(future))
             for future in done:
-                if future not in futures:
-                    continue
-                owner, step, label, uri = futures.pop(future)
-                seconds, manifest = future.result()  # a failed step ends the benchmark with its error
-                finish(owner, step, label, uri, seconds, manifest)
-
-    def run_items(owner: Run | None, cfg: Config, step: plan.Step, items: list[dict], inputs: dict, uris: list[str]) -> int:
-        """Submit the items that are not current; returns how many were submitted."""
-        submitted = 0
-        for item, uri in zip(items, uris):
-            label = step.over.label(item) if step.over else ""
-            if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
-                on_step(owner.variant if owner else "pool", plan.StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest()))
-            else:
-                if owner is not None:
-                    owner.pending += 1
-                submit(owner, cfg, step, item, inputs, uri, label)
-                submitted += 1
-        return submitted
+                if future in futures:
+                    owner, _, _ = futures.pop(future)
+                    finish(owner, future.result())  # a failed step ends the benchmark with its error
 
     def advance(run: Run) -> None:
-        """Start the next step of `run` that has work (skipping current ones); at the end, keep its report."""
+        """Start the next step of `run` that has items; at the end, keep its report."""
         if run.next_step > len(plan.PLAN):  # stopped at the deadline
             return
         layout = Layout(run.root)
-        num_classes = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+
+        def num_classes() -> int:
+            return open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+
         while run.next_step < len(plan.PLAN):
             step = plan.PLAN[run.next_step]
             run.next_step += 1
-            if step.over is None:
-                items = [{}]
-            elif step.over.resumed_items:
-                items = step.over.resumed_items(run.cfg, layout, num_classes)
-            else:
-                items = step.over.items(run.cfg, num_classes)
+            items = plan.step_items(step, run.cfg, layout, num_classes)
             uris = [plan.location(layout, step, item) for item in items]
             inputs = {name: run.produced[name] for name in step.inputs}
             run.produced[step.output] = uris if step.over else uris[0]
@@ -239,7 +220,9 @@ def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_st
                 log(f"{run.variant}: the deadline passed before {step.name}; it and later steps not started")
                 run.next_step = len(plan.PLAN) + 1
                 return
-            if run_items(run, run.cfg, step, items, inputs, uris):
+            for item, uri in zip(items, uris):  # each is skipped where it runs if its artifact is current
+                submit(run, run.cfg, step, item, inputs, uri)
+            if items:
                 return
         run.report = open_artifact(layout.report).read_manifest()["metrics"]["report"]
         on_report(run)
@@ -248,14 +231,15 @@ def walk(runs: list[Run], jobs: int, threads: int, deadline: float | None, on_st
         # the pools: data, then teachers (each pooled artifact once)
         pools = {run.pool: run.cfg for run in runs}
         for pool, cfg in pools.items():
-            run_items(None, cfg, plan.STEPS["prepare-data"], [{}], {}, [Layout(pool).data])
+            submit(None, cfg, plan.STEPS["prepare-data"], {}, {}, Layout(pool).data)
         drain()
         seen: set[str] = set()
         for run in runs:
             layout = Layout(run.pool)
-            items = [{"arch": a} for a in run.cfg.teachers.archs if layout.teacher(a) not in seen]
-            seen.update(layout.teacher(i["arch"]) for i in items)
-            run_items(None, run.cfg, plan.STEPS["train-teacher"], items, {"data": layout.data}, [layout.teacher(i["arch"]) for i in items])
+            for arch in run.cfg.teachers.archs:
+                if layout.teacher(arch) not in seen:
+                    seen.add(layout.teacher(arch))
+                    submit(None, run.cfg, plan.STEPS["train-teacher"], {"arch": arch}, {"data": layout.data}, layout.teacher(arch))
         drain()
         # every variant's walk, its data and teachers linked from its pool (current there: skipped)
         for run in runs:

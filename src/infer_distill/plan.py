@@ -188,6 +188,29 @@ class StepResult:
     manifest: dict
 
 
+def step_items(step: Step, cfg: Config, layout: Layout, num_classes: Callable[[], int]) -> list[dict[str, Any]]:
+    """The items a walk under `layout` runs `step` for ([{}] for a single step); `num_classes` is asked only when needed."""
+    if step.over is None:
+        return [{}]
+    if step.over.resumed_items:
+        return step.over.resumed_items(cfg, layout, num_classes())
+    return step.over.items(cfg, num_classes())
+
+
+def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, Any], uri: str,
+             progress: bool = True) -> StepResult:
+    """One item of one step: skipped when its artifact is current, else run into `uri`."""
+    label = step.over.label(item) if step.over else ""
+    # Current: same settings, intact files, made from the inputs now there (a remade input makes it stale).
+    if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
+        return StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest())
+    # (only stages with long loops take progress)
+    show = {"progress": progress} if "progress" in inspect.signature(step.function).parameters else {}
+    started = time.perf_counter()
+    manifest = step.function(cfg, **item, **inputs, **show, out=uri)
+    return StepResult(step.name, label, uri, time.perf_counter() - started, False, manifest)
+
+
 def run_in_process(cfg: Config, root: str, progress: bool = True,
                    on_step: Callable[[StepResult], None] | None = None) -> dict:
     """Run (or resume) every step of PLAN under `root` in this process; returns the report's manifest.
@@ -205,25 +228,11 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     produced: dict[str, Any] = {}
     manifest: dict = {}
     for step in PLAN:
-        if step.over is None:
-            items = [{}]
-        elif step.over.resumed_items:
-            items = step.over.resumed_items(cfg, layout, num_classes())
-        else:
-            items = step.over.items(cfg, num_classes())
+        items = step_items(step, cfg, layout, num_classes)
         uris = [location(layout, step, item) for item in items]
         inputs = {name: produced[name] for name in step.inputs}
-        # (only stages with long loops take progress)
-        show = {"progress": progress} if "progress" in inspect.signature(step.function).parameters else {}
         for item, uri in zip(items, uris):
-            label = step.over.label(item) if step.over else ""
-            # Current: same settings, intact files, made from the inputs now there (a remade input makes it stale).
-            if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
-                result = StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest())
-            else:
-                started = time.perf_counter()
-                manifest = step.function(cfg, **item, **inputs, **show, out=uri)
-                result = StepResult(step.name, label, uri, time.perf_counter() - started, False, manifest)
+            result = run_item(cfg, step, item, inputs, uri, progress)
             manifest = result.manifest
             if on_step:
                 on_step(result)

@@ -22,7 +22,7 @@ from .config import STAGES  # noqa: E402
 from .synthesis import class_batch_index, compose  # noqa: E402
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -51,7 +51,7 @@ def summarise(teachers: list[dict], budget: dict, students: list[dict], timings:
             seeds = sorted(set(ours) & set(theirs))
             if not seeds:
                 continue
-            m, s = _mean_std([ours[k] - theirs[k] for k in seeds])
+            m, s = mean_std([ours[k] - theirs[k] for k in seeds])
             lift.append({"arch": arch, "label_mode": mode, "baseline": name, "seeds": seeds, "lift_mean": m, "lift_std": s,
                          "infer_stored_bytes": budget["stored_bytes"], "baseline_stored_bytes": b_rows[0]["stored_bytes"]})
     return {"students": students, "student_summary": aggregates, "baselines": baselines, "baseline_summary": baseline_summary,
@@ -59,12 +59,12 @@ def summarise(teachers: list[dict], budget: dict, students: list[dict], timings:
 
 
 def _aggregate(rows: list[dict]) -> dict:
-    fm, fs = _mean_std([r["final_acc"] for r in rows])
-    bm, bs = _mean_std([r["best_acc"] for r in rows])
+    fm, fs = mean_std([r["final_acc"] for r in rows])
+    bm, bs = mean_std([r["best_acc"] for r in rows])
     return {"seeds": [r["seed"] for r in rows], "final_acc_mean": fm, "final_acc_std": fs, "best_acc_mean": bm, "best_acc_std": bs}
 
 
-def _pct(mean: float, std: float, sign: bool = False) -> str:
+def pct(mean: float, std: float, sign: bool = False) -> str:
     return f"{100 * mean:{'+' if sign else ''}.2f} ± {100 * std:.2f}"
 
 
@@ -72,17 +72,17 @@ def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str
     """(title, note, header, rows) of every table, shared by the Markdown and the HTML report."""
     b = report["budget"]
     students = [[a["arch"], f"INFER, {a['label_mode']} labels", str(len(a["seeds"])), f"{b['stored_bytes']:,}",
-                 _pct(a["final_acc_mean"], a["final_acc_std"]), _pct(a["best_acc_mean"], a["best_acc_std"])]
+                 pct(a["final_acc_mean"], a["final_acc_std"]), pct(a["best_acc_mean"], a["best_acc_std"])]
                 for a in report["student_summary"]]
     students += [[a["arch"], a["description"], str(len(a["seeds"])), f"{a['stored_bytes']:,}",
-                  _pct(a["final_acc_mean"], a["final_acc_std"]), _pct(a["best_acc_mean"], a["best_acc_std"])]
+                  pct(a["final_acc_mean"], a["final_acc_std"]), pct(a["best_acc_mean"], a["best_acc_std"])]
                  for a in report["baseline_summary"]]
     tables = [("Students (top-1 % on the real test set)",
                "Headline: final-epoch accuracy, mean ± std over seeds. Best-over-epochs (what the paper reports) beside it.",
                ["student", "trained on", "seeds", "stored bytes", "final acc", "best acc (secondary)"], students)]
     if report["lift"]:
         rows = [[x["arch"], x["label_mode"], next(a["description"] for a in report["baseline_summary"] if a["baseline"] == x["baseline"]),
-                 str(len(x["seeds"])), _pct(x["lift_mean"], x["lift_std"], sign=True),
+                 str(len(x["seeds"])), pct(x["lift_mean"], x["lift_std"], sign=True),
                  f"{x['infer_stored_bytes']:,} vs {x['baseline_stored_bytes']:,}"] for x in report["lift"]]
         tables.append(("What the distillation bought",
                        "Lift = INFER's final accuracy minus the baseline's, paired by seed (mean ± std, points). The baseline "
