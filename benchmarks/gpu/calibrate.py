@@ -24,7 +24,8 @@ from infer_distill.training import Ensemble, cross_entropy_step, evaluate, stude
 STEP_OVERHEAD_S = 1.0   # per pipeline step besides reading the data: building models, writing the artifact
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device's queued work, so a host clock read after it times the work."""
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -32,11 +33,11 @@ def _sync(device: str) -> None:
 def _timed(fn: Callable[[], object], device: str, warm: int, n: int) -> float:
     for _ in range(warm):
         fn()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / n
 
 
@@ -128,10 +129,10 @@ def calibrate_synthesis(cfg: Config, dm: dict, teachers: list[torch.nn.Module], 
     def per_iteration(models: list[torch.nn.Module], nat: torch.Tensor) -> tuple[float, float]:
         ids = list(range(len(nat)))
         synthesize_ufcs(models, nat, ids, cfg.synthesis.model_copy(update={"iterations": warm}), cfg.seed, device, False, m["std"])
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         r = synthesize_ufcs(models, nat, ids, cfg.synthesis.model_copy(update={"iterations": n}), cfg.seed, device, False, m["std"])
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - t0
         return r.seconds / n, max(0.0, wall - r.seconds)
 

@@ -27,13 +27,9 @@ from infer_distill.store import open_artifact
 from infer_distill.synthesis import synthesize_ufcs
 
 from .budget import SPEED_WARMUP_ITERATIONS
+from .calibrate import sync
 
 TARGET_SPEEDUP = 10.0   # the target at CIFAR-10 ipc 50 (K = 35, M = 4: 140 UFCs)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def sample_pairs(K: int, M: int, n: int) -> list[tuple[int, int]]:
@@ -59,10 +55,10 @@ def measure_speed(cfg: Config, root: str, iterations: int, full_iterations: int,
 
     def run(models: list[torch.nn.Module], ids: list[int], iters: int) -> tuple[float, float]:
         syn = cfg.synthesis.model_copy(update={"iterations": iters})
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         r = synthesize_ufcs(models, natural[ids], ids, syn, cfg.seed, device, False, std)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0, r.seconds
 
     # warm-up: each shape once (the grouped batch; one subset through each teacher)
