@@ -178,6 +178,13 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
             (Path(items_dir) / f"{name}.json").write_text(json.dumps(items))
 
 
+def print_threads() -> None:
+    from .threads import configure_cpu_threads
+
+    threads, why = configure_cpu_threads()
+    console.print(f"CPU threads: {threads} ({why}); artifacts are byte-identical across runs at the same count")
+
+
 def export_set(args: argparse.Namespace) -> None:
     out = export(args.uri, args.format, args.out, include_test=args.include_test)
     console.print(f"✓ exported {args.uri} as {args.format} to {out} (see {out / 'DATASHEET.md'})")
@@ -259,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(cfg, args.items_dir)
         elif args.command == "run":
             started = time.perf_counter()
+            print_threads()
             if args.engine == "kfp-local":
                 report_uri = _kfp_dag().run_local(cfg, args.out)
                 print_summary(open_artifact(report_uri).read_manifest())
@@ -267,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
+            print_threads()
             manifest = run_stage(args, cfg)
             console.print(f"✓ {args.name}: {manifest['elapsed_s']:.1f}s, fingerprint {manifest['fingerprint']}")
         return 0

@@ -1,0 +1,55 @@
+"""CPU threads: the cores a process may use, from its cgroup quota and affinity mask."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from infer_distill import threads
+
+
+def _tree(tmp_path: Path, files: dict[str, str], proc: str) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    root.mkdir(exist_ok=True)
+    (tmp_path / "proc_cgroup").write_text(proc)
+    return root, tmp_path / "proc_cgroup"
+
+
+@pytest.mark.parametrize("files, proc, expected", [
+    ({"kubepods/pod1/cpu.max": "250000 100000\n"}, "0::/kubepods/pod1\n", 2.5),
+    ({"cpu.max": "max 100000\n"}, "0::/\n", None),
+    # the tightest quota on the way up counts: a pod's limit, with no limit on the container itself
+    ({"kubepods/cpu.max": "100000 100000\n", "kubepods/c1/cpu.max": "max 100000\n"}, "0::/kubepods/c1\n", 1.0),
+    ({"cpu/docker/x/cpu.cfs_quota_us": "150000\n", "cpu/docker/x/cpu.cfs_period_us": "100000\n"},
+     "4:cpu,cpuacct:/docker/x\n0::/\n", 1.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n", None),
+])
+def test_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], proc: str, expected: float | None) -> None:
+    root, proc_cgroup = _tree(tmp_path, files, proc)
+    assert threads.cgroup_cpu_limit(root, proc_cgroup) == expected
+
+
+def test_usable_cpus_is_the_affinity_capped_by_the_quota() -> None:
+    assert threads.usable_cpus(limit=2.5, affinity=64) == 3
+    assert threads.usable_cpus(limit=None, affinity=4) == 4
+    assert threads.usable_cpus(limit=8.0, affinity=2) == 2
+    assert threads.usable_cpus(limit=0.1, affinity=2) == 1
+
+
+def test_configure_sets_torch_threads_unless_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(threads, "usable_cpus", lambda: 1)
+        assert threads.configure_cpu_threads()[0] == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        monkeypatch.setattr(threads, "usable_cpus", lambda: 1)
+        count, why = threads.configure_cpu_threads()
+        assert (count, why) == (3, "OMP_NUM_THREADS") and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
