@@ -24,6 +24,7 @@ from . import plan, stages
 from .config import STAGES, Config, ConfigError, dump_config, load_config
 from .data import DataError
 from .distilled import FORMATS, export
+from .executor import parse_devices
 from .stages import Layout, StageError
 from .store import ArtifactError, StoreUnavailable, open_artifact
 
@@ -202,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(r)
     r.add_argument("--out", default="runs/default", help="local directory or s3://bucket/prefix")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="worker processes: independent steps (teachers, shards, students, baselines) run side by side")
+    r.add_argument("--devices", default="", metavar="cuda:0,cuda:1",
+                   help="GPUs to spread the workers over, one each in turn (default: every worker uses the default device)")
     r.add_argument("--engine", choices=["local", "kfp-local"], default="local",
                    help="local: every stage in this process; kfp-local: the Kubeflow DAG under KFP's local runner")
 
@@ -272,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(open_artifact(report_uri).read_manifest())
             else:
                 report_uri = Layout(args.out).report
-                print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step))
+                devices = tuple(parse_devices(args.devices))
+                print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step,
+                                                  jobs=args.jobs, devices=devices))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             print_threads()

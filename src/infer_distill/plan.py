@@ -21,7 +21,6 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from . import stages
@@ -212,29 +211,18 @@ def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, An
 
 
 def run_in_process(cfg: Config, root: str, progress: bool = True,
-                   on_step: Callable[[StepResult], None] | None = None) -> dict:
-    """Run (or resume) every step of PLAN under `root` in this process; returns the report's manifest.
+                   on_step: Callable[[StepResult], None] | None = None, jobs: int = 1,
+                   devices: tuple[str, ...] = ()) -> dict:
+    """Run (or resume) every step of PLAN under `root`; returns the report's manifest.
 
     A step whose artifact is current (`stages.is_current`: same settings) is skipped, so a killed
-    run picks up where it stopped. `on_step` is called after every step, run or skipped.
+    run picks up where it stopped. `on_step` is called after every step, run or skipped. With one
+    job the steps run in this process in PLAN's order; with more, independent steps run side by
+    side in worker processes (infer_distill.executor).
     """
-    layout = Layout(root)
+    from .executor import Walk, run_walks
+
     stages.preflight(cfg, [root])
-
-    @cache
-    def num_classes() -> int:
-        return open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
-
-    produced: dict[str, Any] = {}
-    manifest: dict = {}
-    for step in PLAN:
-        items = step_items(step, cfg, layout, num_classes)
-        uris = [location(layout, step, item) for item in items]
-        inputs = {name: produced[name] for name in step.inputs}
-        for item, uri in zip(items, uris):
-            result = run_item(cfg, step, item, inputs, uri, progress)
-            manifest = result.manifest
-            if on_step:
-                on_step(result)
-        produced[step.output] = uris if step.over else uris[0]
-    return manifest
+    run_walks([Walk("run", cfg, root)], jobs, devices, progress,
+              on_step=(lambda _walk, result: on_step(result)) if on_step else None)
+    return open_artifact(Layout(root).report).read_manifest()

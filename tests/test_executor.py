@@ -1,0 +1,86 @@
+"""The executor: the plan's walk in worker processes (`infer-distill run --jobs N`), with the serial walk's rules."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infer_distill import executor, plan, stages
+from infer_distill.config import ConfigError, load_config
+from infer_distill.executor import Walk, parse_devices, run_walks
+from infer_distill.stages import Layout, StageError
+
+TINY = ["teachers.archs=[convnet_d2_w32,resnet_tiny]", "teachers.epochs=1", "synthesis.iterations=2",
+        "students.epochs=1", "students.seeds=[0,1]", "synthesis.subsets_per_shard=3"]
+
+
+def test_devices_parse_and_bad_ones_are_refused() -> None:
+    assert parse_devices("cuda:0, cuda:1") == ["cuda:0", "cuda:1"] and parse_devices("2,3") == ["cuda:2", "cuda:3"]
+    assert parse_devices("") == []
+    with pytest.raises(ConfigError, match="--devices: 'gpu0'"):
+        parse_devices("gpu0")
+    with pytest.raises(ConfigError, match="--jobs 0"):
+        run_walks([], jobs=0)
+
+
+def test_a_failed_step_stops_its_dependants_and_keeps_finished_work(tmp_path, monkeypatch) -> None:
+    """Serial walk: synthesis fails; the steps before it stay, nothing after it starts, the error is raised."""
+    cfg = load_config(None, TINY)
+    ran = []
+    real = plan.run_item
+
+    def run_item(cfg, step, item, inputs, uri, progress=True):
+        ran.append(step.name)
+        if step.name == "synthesize-ufc":
+            raise StageError("synthesis failed on purpose")
+        return real(cfg, step, item, inputs, uri, progress)
+
+    monkeypatch.setattr(executor, "run_item", run_item)
+    with pytest.raises(StageError, match="on purpose"):
+        run_walks([Walk("w", cfg, str(tmp_path))], jobs=1, progress=False)
+    assert ran == ["prepare-data", "train-teacher", "train-teacher", "select-subsets", "synthesize-ufc"]
+    layout = Layout(str(tmp_path))
+    assert stages.is_current(layout.data, cfg, "prepare-data") and stages.is_current(layout.subsets, cfg, "select-subsets")
+    assert all(stages.is_current(layout.teacher(a), cfg, "train-teacher", arch=a) for a in cfg.teachers.archs)
+    assert not (tmp_path / "distilled").exists() and not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_current(tmp_path) -> None:
+    cfg = load_config(None, TINY)
+    results = []
+    unfinished = run_walks([Walk("w", cfg, str(tmp_path))], jobs=2, progress=False,
+                           on_step=lambda walk, r: results.append(r))
+    assert unfinished == []
+    expected = {(s.name, s.over.label(i) if s.over else "") for s in plan.PLAN
+                for i in (s.over.items(cfg, 10) if s.over else [{}])}
+    assert {(r.stage, r.label) for r in results} == expected and not any(r.skipped for r in results)
+    # the order respects every edge: nothing finished before a step it reads from
+    finished = [r.stage for r in results]
+    for step in plan.PLAN:
+        for before in plan.upstream(step):
+            assert max(i for i, s in enumerate(finished) if s == before) < finished.index(step.name)
+    again = []
+    plan.run_in_process(cfg, str(tmp_path), progress=False, on_step=again.append)
+    assert all(r.skipped for r in again if r.stage != "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["students"]) == 2
+
+
+@pytest.mark.slow
+def test_walks_that_share_an_artifact_location_run_it_once(tmp_path) -> None:
+    """The benchmark's pool: two walks (other students) whose data and teachers are one artifact each."""
+    a = load_config(None, TINY)
+    b = load_config(None, [*TINY, "teachers.archs=[convnet_d2_w32]"])
+    results: list[tuple[str, str, str]] = []
+    pool = str(tmp_path / "pool")
+    walks = [Walk("a", a, pool, steps=("prepare-data", "train-teacher")), Walk("b", b, pool, steps=("prepare-data", "train-teacher"))]
+    assert run_walks(walks, jobs=1, progress=False, on_step=lambda w, r: results.append((w.name, r.stage, r.label))) == []
+    ran = [(stage, label) for _, stage, label in results]
+    assert ran.count(("prepare-data", "")) == 2 and ran.count(("train-teacher", "convnet_d2_w32")) == 2  # both walks are told
+    assert len(list((tmp_path / "pool" / "teachers").iterdir())) == 2
+    bad = load_config(None, [*TINY, "teachers.epochs=2"])
+    with pytest.raises(ConfigError, match="different settings"):
+        run_walks([Walk("a", a, pool, steps=("prepare-data", "train-teacher")), Walk("c", bad, pool, steps=("prepare-data", "train-teacher"))],
+                  jobs=1, progress=False)
