@@ -38,6 +38,7 @@ from kfp import compiler, dsl, kubernetes  # noqa: E402
 from kfp.dsl import Artifact  # noqa: E402
 
 from infer_distill import __version__, plan  # noqa: E402
+from infer_distill.accelerator import REQUIRE_CUDA  # noqa: E402
 from infer_distill.config import Config, ConfigError, load_config  # noqa: E402
 
 # dsl.Collected of artifacts (soft-label and report collect the shards and students) reached the KFP
@@ -119,6 +120,8 @@ def _place(task, opts: ClusterOptions, step: plan.Step | None = None):
     tolerations = list(opts.tolerations)
     if opts.gpus:
         task.set_accelerator_type(opts.accelerator).set_accelerator_limit(opts.gpus)
+        # A pod holding a GPU must not fall back to training on its CPU (infer_distill.accelerator).
+        task.set_env_variable(REQUIRE_CUDA, "1")
         taint = {"key": opts.accelerator, "operator": "Exists", "value": None, "effect": "NoSchedule"}
         if opts.gpu_toleration and taint not in tolerations:
             tolerations.insert(0, taint)

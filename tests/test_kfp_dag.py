@@ -8,6 +8,7 @@ import yaml
 
 from conftest import REPO, TINY
 from infer_distill import plan
+from infer_distill.accelerator import REQUIRE_CUDA
 from infer_distill.config import load_config
 from infer_distill.plan import run_in_process
 from infer_distill.stages import Layout
@@ -53,6 +54,19 @@ def test_gpu_pods_get_accelerators_the_gpu_toleration_and_the_node_selector(comp
     for stage in [s.name for s in plan.PLAN if not s.gpu]:
         assert "accelerator" not in executors[f"exec-{stage}"]["container"].get("resources", {})
         assert f"exec-{stage}" not in platform
+
+
+def _requires_cuda(executor: dict) -> bool:
+    env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+    return env.get(REQUIRE_CUDA) == "1"
+
+
+def test_exactly_the_gpu_pods_refuse_to_run_without_cuda(compiled, tmp_path):
+    spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert {name for name, e in executors.items() if _requires_cuda(e)} == {f"exec-{s}" for s in GPU_STAGES}
+    cpu_only, _ = compile_dag(tmp_path, "--gpus", "0")  # no GPU requested: device auto may use the CPU
+    assert not any(_requires_cuda(e) for e in cpu_only["deploymentSpec"]["executors"].values())
 
 
 def test_every_task_retries_with_the_shared_policy(compiled):

@@ -139,5 +139,5 @@ def no_cuda_message(device: str, torch_version: str, torch_cuda: str | None, dri
         cause = ("the driver is new enough, so the GPU is not reaching this container: check the NVIDIA container "
                  "runtime / device plugin (nvidia.com/gpu resource, NVIDIA_VISIBLE_DEVICES)")
         return f"{asked}, but torch sees no usable CUDA device; found {found}; {need}: {cause}"
-    fix = f"a node with driver >= {floor} " if floor else "a node with a driver for that CUDA version "
+    fix = f"a node with driver >= {floor}, " if floor else "a node with a driver for that CUDA version, "
     return f"{asked}, but torch sees no usable CUDA device; found {found}; {need}. Fix: {fix}{rebuild}"
