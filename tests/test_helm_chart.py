@@ -561,6 +561,15 @@ def test_service_account_and_executor_rbac(case):
         assert sa["metadata"]["annotations"] == CUSTOM["serviceAccount"]["annotations"]
 
 
+def test_the_pod_spec_patch_may_also_be_given_as_a_map():
+    values = _merge(DEFAULT, {"workflow": {"podSpecPatch": yaml.safe_load(EXECUTOR_PATCH)}})
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    (wt,) = [o for path, text in rendered.items() if path.endswith(".yaml")
+             for o in yaml.safe_load_all(text) if o and o["kind"] == "WorkflowTemplate"]
+    assert json.loads(wt["spec"]["podSpecPatch"]) == yaml.safe_load(EXECUTOR_PATCH)  # Argo takes it as text: JSON
+
+
 @pytest.mark.processes  # runs bash
 def test_the_notes_kubectl_heredoc_works_as_pasted(case, tmp_path):
     import subprocess
