@@ -29,6 +29,8 @@ PROC_VERSION = Path("/proc/driver/nvidia/version")
 # Release Notes, table "CUDA Toolkit and Corresponding Driver Versions"
 # (https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/). PyTorch's wheels bundle the CUDA
 # runtime of their toolkit, so this is the driver floor of a torch built for that CUDA version.
+# (Through CUDA's minor-version compatibility an older driver of the same major version may still
+# run it; the guard speaks only when torch finds CUDA unusable, and then names this floor.)
 DRIVER_FLOOR: dict[str, str] = {
     "11.8": "520.61.05",
     "12.1": "530.30.02",
