@@ -5,8 +5,18 @@
 #   docker/build.sh cuda          # infer-distill:cuda (torch 2.14.1 + CUDA 13 wheels, ~7 GB)
 #   docker/build.sh moto          # infer-distill-moto:5.2.5, the S3 server of compose.moto.yaml
 #   docker/build.sh cpu moto      # several at once
+#   docker/build.sh --platform linux/arm64 cpu    # another platform (default linux/amd64)
+#
+# cpu and cuda are tagged $IMAGE_PREFIX:<variant> and $IMAGE_PREFIX:<version>-<variant> (version
+# from pyproject.toml, e.g. infer-distill:0.1.0-cuda: the Helm chart's default tag).
 #
 # Environment:
+#   PLATFORM          the image's platform (default linux/amd64, what x86 GPU nodes run, also when
+#                     building on Apple Silicon; --platform overrides it); empty: the build host's.
+#                     A local base (build-base.sh) has the build host's platform.
+#   TORCH_CUDA        cuda only: PyTorch's CUDA build for older drivers, e.g. cu126 (driver >= 560.28)
+#                     or cu128 (>= 570.26), from https://download.pytorch.org/whl/<TORCH_CUDA>;
+#                     default: PyPI's CUDA 13.0 build (driver >= 580.65.06)
 #   BASE_IMAGE        base image (default python:3.11-slim-bookworm, pulled from Docker Hub). Where
 #                     nothing can be pulled: BASE_IMAGE=infer-distill-base:bookworm-py3.11, which
 #                     build-base.sh makes with debootstrap when missing (Linux, root)
@@ -30,6 +40,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim-bookworm}
+PLATFORM=${PLATFORM-linux/amd64}
+VERSION=$(awk -F'"' '/^version *=/ {print $2; exit}' pyproject.toml)
 IMAGE_PREFIX=${IMAGE_PREFIX:-infer-distill}
 WHEELS_PORT=${WHEELS_PORT:-8799}
 MOTO_VERSION=${MOTO_VERSION:-5.2.5}
@@ -37,7 +49,14 @@ if [ -z "${DOCKER_BUILDKIT:-}" ]; then
     if docker buildx version >/dev/null 2>&1; then DOCKER_BUILDKIT=1; else DOCKER_BUILDKIT=0; fi
 fi
 export DOCKER_BUILDKIT
-targets=("$@")
+targets=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --platform) [ $# -ge 2 ] || { echo "--platform needs a value, e.g. linux/amd64" >&2; exit 2; }; PLATFORM=$2; shift 2 ;;
+        --platform=*) PLATFORM=${1#--platform=}; shift ;;
+        *) targets+=("$1"); shift ;;
+    esac
+done
 [ ${#targets[@]} -gt 0 ] || targets=(cpu)
 
 docker info >/dev/null 2>&1 || { echo "no Docker daemon answers: start one (as root: docker/dockerd-loopback.sh)" >&2; exit 1; }
@@ -46,7 +65,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     if [ "$BASE_IMAGE" = infer-distill-base:bookworm-py3.11 ]; then
         BASE_IMAGE=$BASE_IMAGE bash docker/build-base.sh
     else
-        docker pull "$BASE_IMAGE"
+        docker pull ${PLATFORM:+--platform "$PLATFORM"} "$BASE_IMAGE"
     fi
 fi
 
@@ -117,8 +136,9 @@ build() {  # build TARGET TAG DOCKERFILE CONTEXT ARGS...
     # The RUN steps reach the wheel server on the host's loopback; nothing else needs the host network.
     [ -z "$SERVER_PID" ] || set -- "$@" --network host
     [ "$DOCKER_BUILDKIT" = 1 ] || set -- "$@" --force-rm
+    [ -z "$PLATFORM" ] || set -- "$@" --platform "$PLATFORM"
     log="${TMPDIR:-/tmp}/infer-distill-build-${tag//[:\/]/_}.log"
-    echo "== building $tag (from $BASE_IMAGE, $([ "$DOCKER_BUILDKIT" = 1 ] && echo BuildKit || echo legacy builder))"
+    echo "== building $tag (${PLATFORM:-native platform}, from $BASE_IMAGE, $([ "$DOCKER_BUILDKIT" = 1 ] && echo BuildKit || echo legacy builder))"
     # shellcheck disable=SC2086
     docker build -f "$file" --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_CERT_URL="$PIP_CERT_URL" "$@" ${DOCKER_BUILD_ARGS:-} -t "$tag" "$context" \
         >"$log" 2>&1 || { tail -n 40 "$log" >&2; echo "build of $tag failed; full log: $log" >&2; exit 1; }
@@ -134,7 +154,8 @@ for target in "${targets[@]}"; do
                 index=https://download.pytorch.org/whl/cpu
             fi
             build "$target" "$IMAGE_PREFIX:$target" docker/Dockerfile . --build-arg VARIANT="$target" \
-                --build-arg TORCH_FIND_LINKS="$WHEELS_URL" --build-arg TORCH_INDEX_URL="$index"
+                --build-arg TORCH_FIND_LINKS="$WHEELS_URL" --build-arg TORCH_INDEX_URL="$index" \
+                --build-arg TORCH_CUDA="$([ "$target" = cuda ] && echo "${TORCH_CUDA-}")" -t "$IMAGE_PREFIX:$VERSION-$target"
             ;;
         moto)
             build moto "$IMAGE_PREFIX-moto:$MOTO_VERSION" docker/moto.Dockerfile docker --build-arg MOTO_VERSION="$MOTO_VERSION"

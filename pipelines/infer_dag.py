@@ -38,6 +38,7 @@ from kfp import compiler, dsl, kubernetes  # noqa: E402
 from kfp.dsl import Artifact  # noqa: E402
 
 from infer_distill import __version__, plan  # noqa: E402
+from infer_distill.accelerator import REQUIRE_CUDA  # noqa: E402
 from infer_distill.config import Config, ConfigError, load_config  # noqa: E402
 
 # dsl.Collected of artifacts (soft-label and report collect the shards and students) reached the KFP
@@ -119,6 +120,8 @@ def _place(task, opts: ClusterOptions, step: plan.Step | None = None):
     tolerations = list(opts.tolerations)
     if opts.gpus:
         task.set_accelerator_type(opts.accelerator).set_accelerator_limit(opts.gpus)
+        # A pod holding a GPU must not fall back to training on its CPU (infer_distill.accelerator).
+        task.set_env_variable(REQUIRE_CUDA, "1")
         taint = {"key": opts.accelerator, "operator": "Exists", "value": None, "effect": "NoSchedule"}
         if opts.gpu_toleration and taint not in tolerations:
             tolerations.insert(0, taint)
@@ -270,19 +273,36 @@ def connect(host: str, namespace: str | None, token_file: str | None, ssl_ca_cer
     return client
 
 
+def find_pipeline(client, name: str, namespace: str | None) -> str | None:
+    """The id of pipeline `name` in `namespace` (without one: the shared pipelines), or None.
+
+    (kfp.Client.get_pipeline_id takes no namespace: the API then lists only the shared pipelines, so
+    in multi-user Kubeflow a pipeline uploaded to a profile namespace is never found, and creating it
+    again hits the API's unique (namespace, name) index.)
+    """
+    by_name = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    found = client.list_pipelines(filter=by_name, namespace=namespace, page_size=2).pipelines or []
+    if len(found) > 1:
+        raise DagError(f"{len(found)} pipelines are named {name!r} in {f'namespace {namespace}' if namespace else 'the shared pipelines'}: "
+                       "give --pipeline-name one of them alone has")
+    return found[0].pipeline_id if found else None
+
+
 def upload(cfg: Config, opts: ClusterOptions, client, name: str, version: str | None, namespace: str | None) -> str:
-    """Upload the compiled pipeline as a new version of pipeline `name` (created if missing); returns a summary."""
+    """Upload the compiled pipeline as a new version of pipeline `name` in `namespace` (created if missing); returns a summary."""
     version = version or f"{__version__}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory() as tmp:
         package = f"{tmp}/{name}.yaml"
         compile_pipeline(cfg, opts, package)
         try:
-            pipeline_id = client.get_pipeline_id(name)
+            pipeline_id = find_pipeline(client, name, namespace)
             if pipeline_id is None:
                 pipeline = client.upload_pipeline(package, pipeline_name=name, namespace=namespace,
                                                   description="INFER dataset distillation (infer-distill)")
                 pipeline_id = pipeline.pipeline_id
             made = client.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pipeline_id)
+        except DagError:
+            raise
         except Exception as e:  # noqa: BLE001 - API errors all mean: not uploaded
             raise DagError(f"could not upload pipeline {name!r} version {version!r}: {e}") from None
     return f"pipeline {name} ({pipeline_id}), version {version} ({made.pipeline_version_id})"

@@ -9,20 +9,28 @@
   scheduling, S3, volumes, security).
 - docker/compose.yaml: the quickstart as services (one per step and fan-out item) on a bridge
   network, with MinIO published on 127.0.0.1 so the host can read the bucket.
+- docker/compose.cuda.yaml: compose.yaml on an NVIDIA GPU: the CUDA image, a GPU reserved for
+  every GPU step, which refuses to run on the CPU (INFER_REQUIRE_CUDA=1).
 - docker/compose.moto.yaml: the same on the host's network with a locally built moto S3 server,
   for machines that cannot pull images; docker/compose.test.yaml: that, at test size.
+
+The services (one per teacher, shard and student run) follow the config at render time, while
+the containers read it live from the bind mount: every stage service first checks that the
+config's sha256 is the one it was rendered from, and refuses with exit 2 (re-render) otherwise.
 
 Edit the plan (or this file), never the generated files: the test fails when one is stale.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
 import yaml
 
 from infer_distill import plan
+from infer_distill.accelerator import REQUIRE_CUDA
 from infer_distill.config import Config, load_config
 from infer_distill.stages import KNOWN_NUM_CLASSES, Layout
 
@@ -114,6 +122,8 @@ TEST_SETS = ["teachers.epochs=1", "synthesis.iterations=3", "students.epochs=2",
 MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
 MOTO_IMAGE = "infer-distill-moto:5.2.5"  # docker/build.sh moto
 INFER_IMAGE = "infer-distill:cpu"        # docker/build.sh
+CUDA_IMAGE = "infer-distill:cuda"        # docker/build.sh cuda
+GPU_RESERVATION = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
 ROOT = "s3://${INFER_BUCKET:-infer}/${INFER_RUN:-quickstart}"
 S3_PORT = "${S3_PORT:-9000}"
 
@@ -130,8 +140,25 @@ def service_name(step: plan.Step, layout: Layout, item: dict) -> str:
     return f"{step.name}-{plan.location(layout, step, item).rsplit('/', 1)[-1]}".replace("_", "-").lower()
 
 
-def compose(s3: str, sets: list[str]) -> dict:
-    """The quickstart's DAG as compose services; s3 is 'minio' (bridge network) or 'moto' (host network)."""
+def config_check(file: str) -> list[str]:
+    """The entrypoint of a stage service: run `infer-distill <command>` only if the --config it is given is
+    byte for byte the one `file`'s services were rendered from (compose reads `$$` as `$`)."""
+    digest = hashlib.sha256((REPO / "configs" / COMPOSE_CONFIG).read_bytes()).hexdigest()
+    script = ("set -eu\n"
+              "config=; previous=\n"
+              "for arg in \"$$@\"; do [ \"$$previous\" != --config ] || config=$$arg; previous=$$arg; done\n"
+              f"if [ \"$$(sha256sum \"$$config\" | cut -d' ' -f1)\" != {digest} ]; then\n"
+              f"  echo \"error: $$config is not the config docker/{file} was rendered from (its services follow its teachers, "
+              f"shards and student runs): render them again: python pipelines/render.py\" >&2\n"
+              "  exit 2\n"
+              "fi\n"
+              "exec \"$$0\" \"$$@\"\n")
+    return ["sh", "-c", script, "infer-distill"]
+
+
+def compose(file: str, s3: str, sets: list[str], cuda: bool = False) -> dict:
+    """The quickstart's DAG as compose services; s3 is 'minio' (bridge network) or 'moto' (host network);
+    cuda: the CUDA image, with a GPU reserved for (and required by) every GPU step."""
     cfg: Config = load_config(REPO / "configs" / COMPOSE_CONFIG, sets)
     num_classes = KNOWN_NUM_CLASSES[cfg.dataset.name]
     layout = Layout(ROOT)
@@ -187,6 +214,7 @@ def compose(s3: str, sets: list[str]) -> dict:
                         "    print(f'created bucket s3://{bucket}')\n"],
         }
     set_args = [part for s in sets for part in ("--set", s)]
+    image = CUDA_IMAGE if cuda else INFER_IMAGE
     names: dict[str, list[str]] = {}
     for step in plan.PLAN:
         items = step.over.items(cfg, num_classes) if step.over else [{}]
@@ -195,8 +223,9 @@ def compose(s3: str, sets: list[str]) -> dict:
         for item in items:
             name = service_name(step, layout, item)
             names[step.name].append(name)
+            gpu = cuda and step.gpu
             services[name] = {
-                "image": f"${{INFER_IMAGE:-{INFER_IMAGE}}}", **network, "restart": "no",
+                "image": f"${{INFER_IMAGE:-{image}}}", **network, "restart": "no",
                 "depends_on": {d: {"condition": "service_completed_successfully"} for d in after},
                 "volumes": ["../configs:/config:ro"],
                 "environment": {
@@ -204,7 +233,10 @@ def compose(s3: str, sets: list[str]) -> dict:
                     # the stage empty, and the first stage says what is missing.
                     "AWS_ENDPOINT_URL": f"${{INFER_S3_ENDPOINT:-{endpoint}}}", "AWS_ACCESS_KEY_ID": "${AWS_ACCESS_KEY_ID:-}",
                     "AWS_SECRET_ACCESS_KEY": "${AWS_SECRET_ACCESS_KEY:-}", "AWS_SESSION_TOKEN": "${AWS_SESSION_TOKEN:-}",
-                    "AWS_DEFAULT_REGION": "${AWS_DEFAULT_REGION:-us-east-1}", "AWS_EC2_METADATA_DISABLED": "true"},
+                    "AWS_DEFAULT_REGION": "${AWS_DEFAULT_REGION:-us-east-1}", "AWS_EC2_METADATA_DISABLED": "true",
+                    **({REQUIRE_CUDA: "1"} if gpu else {})},
+                **({"deploy": GPU_RESERVATION} if gpu else {}),
+                "entrypoint": config_check(file),
                 "command": ["stage", step.name, *plan.cli_args(item), "--config", f"/config/{COMPOSE_CONFIG}", "--root", ROOT, *set_args],
             }
     out = {"name": "infer-distill", "services": services}
@@ -223,6 +255,13 @@ COMPOSE_HEADERS = {
 #   AWS_ENDPOINT_URL=http://127.0.0.1:9000 infer-distill show s3://infer/quickstart/report   # from the host
 #   docker compose -f docker/compose.yaml down -v
 """,
+    "compose.cuda.yaml": """\
+# compose.yaml on an NVIDIA GPU: the infer-distill:cuda image, and a GPU reserved for every GPU
+# step (the NVIDIA Container Toolkit must be installed), which refuses to run on the CPU when CUDA
+# is unusable (INFER_REQUIRE_CUDA=1; README, GPU: the driver it needs).
+#   docker/build.sh cuda
+#   docker compose -f docker/compose.cuda.yaml up -d && docker compose -f docker/compose.cuda.yaml wait report
+""",
     "compose.moto.yaml": """\
 # The quickstart DAG with a moto S3 server built here (docker/build.sh cpu moto), every service on
 # the host's network and 127.0.0.1 only: for machines that cannot pull images.
@@ -236,9 +275,10 @@ COMPOSE_HEADERS = {
 
 
 def render_compose(name: str) -> str:
-    s3, sets = {"compose.yaml": ("minio", COMPOSE_SETS), "compose.moto.yaml": ("moto", COMPOSE_SETS),
-                "compose.test.yaml": ("moto", COMPOSE_SETS + TEST_SETS)}[name]
-    body = yaml.dump(compose(s3, sets), Dumper=_Dumper, sort_keys=False, width=120)
+    s3, sets, cuda = {"compose.yaml": ("minio", COMPOSE_SETS, False), "compose.cuda.yaml": ("minio", COMPOSE_SETS, True),
+                      "compose.moto.yaml": ("moto", COMPOSE_SETS, False),
+                      "compose.test.yaml": ("moto", COMPOSE_SETS + TEST_SETS, False)}[name]
+    body = yaml.dump(compose(name, s3, sets, cuda), Dumper=_Dumper, sort_keys=False, width=120)
     return f"{COMPOSE_HEADERS[name]}#\n# {GENERATED_BY}\n" + body
 
 

@@ -24,11 +24,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from infer_distill import plan
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
 DOCKER_DIR = REPO / "docker"
 MINIO = DOCKER_DIR / "compose.yaml"        # MinIO on a bridge network: needs pulled images, validated as a file here
+CUDA = DOCKER_DIR / "compose.cuda.yaml"    # compose.yaml on an NVIDIA GPU: validated as a file here
 MOTO = DOCKER_DIR / "compose.moto.yaml"    # moto on the host network: runs with images built here
 TEST = DOCKER_DIR / "compose.test.yaml"    # compose.moto.yaml at test size: the dry run below
 BUCKET = "infer-test"
@@ -183,7 +185,7 @@ def test_compose_files_validate_and_keep_s3_on_loopback(compose_cli, tmp_path):
     (tmp_path / "empty.env").write_text("")
     base_cmd = [*compose_cli, "--env-file", str(tmp_path / "empty.env")]
     resolved = {}
-    for f in (MINIO, MOTO, TEST):
+    for f in (MINIO, CUDA, MOTO, TEST):
         out = _run([*base_cmd, "-f", str(f), "config", "--format", "json"], env=env)
         assert out.returncode == 0, f"{f.name}: {out.stderr}"
         resolved[f.name] = json.loads(out.stdout)["services"]
@@ -200,6 +202,12 @@ def test_compose_files_validate_and_keep_s3_on_loopback(compose_cli, tmp_path):
     assert "mc mb --ignore-existing" in minio["create-bucket"]["command"][0]
     stages = {n: s for n, s in minio.items() if s["command"][0] == "stage"}
     assert {s["environment"]["AWS_ENDPOINT_URL"] for s in stages.values()} == {"http://s3:9000"}
+    # the CUDA variant: a GPU reserved for exactly the GPU steps, as Compose reads the file
+    gpu_steps = {s.name for s in plan.PLAN if s.gpu}
+    for name, service in resolved["compose.cuda.yaml"].items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        gpu = service["command"][0] == "stage" and service["command"][1] in gpu_steps
+        assert [d["driver"] for d in devices] == (["nvidia"] if gpu else []), name
     for name in ("compose.moto.yaml", "compose.test.yaml"):  # no registry: everything on the host's loopback
         assert all(s.get("network_mode") == "host" for s in resolved[name].values()), name
         assert {s["environment"]["AWS_ENDPOINT_URL"] for s in resolved[name].values() if "environment" in s} == {"http://127.0.0.1:9000"}

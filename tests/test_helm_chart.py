@@ -30,6 +30,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 hera_models = pytest.importorskip("hera.workflows.models")
 
 from infer_distill import plan  # noqa: E402
+from infer_distill.accelerator import REQUIRE_CUDA  # noqa: E402
 from infer_distill.cli import build_parser, main as cli_main  # noqa: E402
 from infer_distill.config import Config, validate_config  # noqa: E402
 
@@ -42,6 +43,13 @@ WORKFLOW = "infer-infer-distill-x7k2p"  # the name Argo gives a run of the templ
 
 # Default values, plus the two required ones.
 DEFAULT = {"s3": {"bucket": "infer-runs"}, "image": {"repository": "ghcr.io/acme/infer-distill"}}
+
+# Argo's executor containers hardened for a namespace enforcing the restricted Pod Security Standard
+# (the example in values.yaml).
+_RESTRICTED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+               "seccompProfile": {"type": "RuntimeDefault"}}
+EXECUTOR_PATCH = yaml.safe_dump({"initContainers": [{"name": "init", "securityContext": _RESTRICTED}],
+                                 "containers": [{"name": "wait", "securityContext": _RESTRICTED}]})
 
 # Everything non-default at once.
 CUSTOM_CONFIG = {
@@ -56,7 +64,7 @@ CUSTOM_CONFIG = {
 }
 CUSTOM = {
     "image": {"repository": "registry.example.com:5000/ml/infer-distill", "tag": "0.1.0-cuda", "pullPolicy": "Always"},
-    "imagePullSecrets": ["registry-pull"],
+    "imagePullSecrets": ["registry-pull", {"name": "registry-mirror"}],  # both usual forms
     "s3": {"endpoint": "http://minio.minio.svc:9000", "bucket": "ml-artifacts", "prefix": "experiments/infer/",
            "region": "us-east-1",
            "credentialsSecret": {"name": "minio-creds", "accessKeyIdKey": "accesskey", "secretAccessKeyKey": "secretkey"}},
@@ -74,7 +82,7 @@ CUSTOM = {
     "extraEnv": [{"name": "INFER_S3_MULTIPART_THRESHOLD", "value": "134217728"}],
     "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/infer"}},
     "workflow": {"activeDeadlineSeconds": 86400, "podGC": {"strategy": "OnPodSuccess"},
-                 "ttlStrategy": {"secondsAfterCompletion": 604800}},
+                 "ttlStrategy": {"secondsAfterCompletion": 604800}, "podSpecPatch": EXECUTOR_PATCH},
 }
 
 
@@ -146,7 +154,7 @@ def _default_case() -> Case:
                 gpu_node_selector={}, gpu_tolerations=[GPU_TAINT], node_selector={}, retry=PLAN_RETRY,
                 parallelism={"train-teachers": None, "synthesize-ufcs": None, "evaluate-students": None,
                              "evaluate-baselines": None},
-                secret=None, endpoint=None, image="ghcr.io/acme/infer-distill:0.1.0", num_classes=10, data_mount=None)
+                secret=None, endpoint=None, image="ghcr.io/acme/infer-distill:0.1.0-cuda", num_classes=10, data_mount=None)
 
 
 def _custom_case() -> Case:
@@ -207,6 +215,50 @@ def _pods(case: Case) -> list[dict]:
         pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{WORKFLOW}-{t['name']}", **t.get("metadata", {})},
                      "spec": pod_spec})
     return pods
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    """What the restricted Pod Security Standard refuses in `pod`, per container (the checks of
+    Kubernetes' pod-security admission for privilege escalation, capabilities, non-root and seccomp)."""
+    spec, found = pod["spec"], []
+    pod_sc = spec.get("securityContext", {})
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{c['name']}: allowPrivilegeEscalation")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            found.append(f"{c['name']}: capabilities.drop")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            found.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{c['name']}: seccompProfile")
+    return found
+
+
+def _with_executor(pod: dict, pod_spec_patch: str | None) -> dict:
+    """`pod` as Argo creates it: its executor containers added (securityContext from the controller's
+    `executor` setting, empty by default), then the workflow's podSpecPatch merged in by container name."""
+    pod = copy.deepcopy(pod)
+    argoexec = {"image": "quay.io/argoproj/argoexec:v3.6.5", "command": ["argoexec"]}
+    pod["spec"]["initContainers"] = [{"name": "init", **argoexec, "args": ["init"]}]
+    pod["spec"]["containers"].append({"name": "wait", **argoexec, "args": ["wait"]})
+    for key, patches in (yaml.safe_load(pod_spec_patch) if pod_spec_patch else {}).items():
+        containers = {c["name"]: c for c in pod["spec"][key]}
+        for patch in patches:
+            containers[patch["name"]].update(_merge(containers[patch["name"]], patch))
+    return pod
+
+
+def test_the_pod_spec_patch_lets_argos_executor_containers_pass_restricted_pod_security(case):
+    patch = case.template["spec"].get("podSpecPatch")
+    for pod in _pods(case):
+        assert _restricted_violations(pod) == [], pod["metadata"]["name"]  # the chart's own container
+        bare = _restricted_violations(_with_executor(pod, None))            # the controller's default: refused
+        assert bare and all(v.startswith(("init:", "wait:")) for v in bare)
+        if case.name == "custom":
+            patched = _with_executor(pod, patch)
+            kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+            assert _restricted_violations(patched) == [], pod["metadata"]["name"]
 
 
 def test_step_pods_validate_strictly(case):
@@ -338,6 +390,9 @@ def test_gpu_steps_request_gpus_and_are_scheduled_on_gpu_nodes(case):
         stage_values = _stage_values(case, name)
         assert {k: res["requests"][k] for k in ("cpu", "memory")} == stage_values["resources"]["requests"]
         assert {k: res["limits"][k] for k in ("cpu", "memory")} == stage_values["resources"]["limits"]
+        env = {e["name"]: e.get("value") for e in tmpl["container"]["env"]}
+        # a pod that holds a GPU refuses to fall back to its CPU (infer_distill.accelerator); no other pod does
+        assert env.get(REQUIRE_CUDA) == ("1" if gpus else None), name
         if gpus:
             assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == str(gpus), name
             assert tmpl.get("nodeSelector", {}) == case.gpu_node_selector, name
@@ -377,13 +432,14 @@ def test_workflow_level_settings(case):
         assert spec["activeDeadlineSeconds"] == 86400
         assert spec["podGC"] == {"strategy": "OnPodSuccess"}
         assert spec["ttlStrategy"] == {"secondsAfterCompletion": 604800}
-        assert spec["imagePullSecrets"] == [{"name": "registry-pull"}]
+        assert spec["imagePullSecrets"] == [{"name": "registry-pull"}, {"name": "registry-mirror"}]
+        assert yaml.safe_load(spec["podSpecPatch"]) == yaml.safe_load(EXECUTOR_PATCH)
         assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in spec["volumes"]
         for tmpl in case.pod_templates:
             assert {"name": "scratch", "mountPath": "/scratch"} in tmpl["container"]["volumeMounts"]
             assert {"name": "INFER_S3_MULTIPART_THRESHOLD", "value": "134217728"} in tmpl["container"]["env"]
     else:
-        assert not {"activeDeadlineSeconds", "podGC", "ttlStrategy", "imagePullSecrets"} & set(spec)
+        assert not {"activeDeadlineSeconds", "podGC", "ttlStrategy", "imagePullSecrets", "podSpecPatch"} & set(spec)
 
 
 # ----------------------------------------------------------------------------------------
@@ -505,6 +561,33 @@ def test_service_account_and_executor_rbac(case):
         assert sa["metadata"]["annotations"] == CUSTOM["serviceAccount"]["annotations"]
 
 
+def test_the_pod_spec_patch_may_also_be_given_as_a_map():
+    values = _merge(DEFAULT, {"workflow": {"podSpecPatch": yaml.safe_load(EXECUTOR_PATCH)}})
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    (wt,) = [o for path, text in rendered.items() if path.endswith(".yaml")
+             for o in yaml.safe_load_all(text) if o and o["kind"] == "WorkflowTemplate"]
+    assert json.loads(wt["spec"]["podSpecPatch"]) == yaml.safe_load(EXECUTOR_PATCH)  # Argo takes it as text: JSON
+
+
+@pytest.mark.processes  # runs bash
+def test_the_notes_kubectl_heredoc_works_as_pasted(case, tmp_path):
+    import subprocess
+
+    lines = case.notes.splitlines()
+    start = next(i for i, line in enumerate(lines) if "kubectl" in line and "<<YAML" in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "YAML")
+    pasted = "\n".join(lines[start:end + 1]) + "\necho pasted-after\n"
+    # kubectl as a shell function that keeps what `create -f -` reads
+    script = f'kubectl() {{ cat > "{tmp_path}/created.yaml"; }}\n{pasted}'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == "pasted-after\n" and "warning" not in done.stderr, done.stderr
+    created = yaml.safe_load((tmp_path / "created.yaml").read_text())
+    wt = case.template["metadata"]["name"]
+    assert created == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"generateName": f"{wt}-"},
+                       "spec": {"workflowTemplateRef": {"name": wt}}}
+
+
 def test_notes_say_how_to_test_submit_and_follow_a_run(case):
     wt = case.template["metadata"]["name"]
     for needle in (f"helm test {RELEASE} -n {NAMESPACE}", f"argo submit -n {NAMESPACE} --from workflowtemplate/{wt}",
@@ -559,6 +642,10 @@ def test_default_values_are_the_quickstart_and_the_plans_gpu_steps():
      "'retryPolicy' not allowed"),
     ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "data": {"claimName": "d", "mountPath": "data"}},
      "/data/mountPath"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "imagePullSecrets": [{"nam": "regcred"}]},
+     "/imagePullSecrets/0"),
+    ({"image": {"repository": "ghcr.io/a/b"}, "s3": {"bucket": "b12"}, "workflow": {"podSpecPatch": 3}},
+     "/workflow/podSpecPatch"),
 ])
 def test_bad_values_fail_at_render_time_naming_the_field(values, needle):
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as err:

@@ -1,5 +1,6 @@
 """The Kubeflow DAG: compiled structure and placement, the image and backend checks, a kfp.local run
 equal to the in-process run. (That the compiled DAG is the plan is checked in test_plan.py.)"""
+import json
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import yaml
 
 from conftest import REPO, TINY
 from infer_distill import plan
+from infer_distill.accelerator import REQUIRE_CUDA
 from infer_distill.config import load_config
 from infer_distill.plan import run_in_process
 from infer_distill.stages import Layout
@@ -53,6 +55,21 @@ def test_gpu_pods_get_accelerators_the_gpu_toleration_and_the_node_selector(comp
     for stage in [s.name for s in plan.PLAN if not s.gpu]:
         assert "accelerator" not in executors[f"exec-{stage}"]["container"].get("resources", {})
         assert f"exec-{stage}" not in platform
+
+
+def _requires_cuda(executor: dict) -> bool:
+    env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+    return env.get(REQUIRE_CUDA) == "1"
+
+
+def test_exactly_the_gpu_pods_refuse_to_run_without_cuda(compiled, tmp_path):
+    spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert {name for name, e in executors.items() if _requires_cuda(e)} == {f"exec-{s}" for s in GPU_STAGES}
+    out = tmp_path / "cpu-only.yaml"  # no GPU requested: device auto may use the CPU
+    assert infer_dag.main(["compile", "--output", str(out), "--image", IMAGE, "--gpus", "0"]) == 0
+    cpu_only = next(yaml.safe_load_all(out.read_text()))
+    assert not any(_requires_cuda(e) for e in cpu_only["deploymentSpec"]["executors"].values())
 
 
 def test_every_task_retries_with_the_shared_policy(compiled):
@@ -197,3 +214,111 @@ def test_kfp_local_run_equals_the_in_process_run(tmp_path):
     assert [r["baseline"] for r in report["metrics"]["report"]["baselines"]] == ["random_soft"]
     assert report["metrics"]["report"]["budget"]["num_subsets"] == 8
     assert (run_root / "report" / "page").read_text().startswith("<!doctype html>")
+
+
+# ----------------------------------------------------------------------------------------
+# Upload, through kfp.Client's own code paths, to a local server speaking the KFP v2beta1 API
+# ----------------------------------------------------------------------------------------
+
+
+class _KfpApi:
+    """The few endpoints `upload` reaches, with the API's multi-user rules: a pipeline lives in a
+    namespace ("" for the shared ones), a list without a namespace sees only the shared ones, and
+    (namespace, name) is unique."""
+
+    def __init__(self):
+        import itertools
+
+        self.pipelines: dict[str, dict] = {"shared-1": {"pipeline_id": "shared-1", "display_name": "infer-distill", "namespace": ""}}
+        self.versions: list[dict] = []
+        self.requests: list[tuple[str, str, dict]] = []
+        self._ids = itertools.count(1)
+
+    def handle(self, method: str, path: str, query: dict) -> tuple[int, dict]:
+        self.requests.append((method, path, query))
+        one = {k: v[0] for k, v in query.items()}
+        if (method, path) == ("GET", "/apis/v2beta1/healthz"):
+            return 200, {"tag_name": "2.15.0", "multi_user": True}
+        if (method, path) == ("GET", "/apis/v2beta1/pipelines"):
+            found = [p for p in self.pipelines.values() if p["namespace"] == one.get("namespace", "")]
+            for pred in json.loads(one.get("filter") or '{"predicates": []}')["predicates"]:
+                assert pred["key"] == "display_name" and pred["operation"] in ("EQUALS", 1), pred
+                found = [p for p in found if p["display_name"] == pred.get("stringValue", pred.get("string_value"))]
+            return 200, {"pipelines": found[:int(one.get("page_size", 10))], "total_size": len(found)} if found else {}
+        if (method, path) == ("POST", "/apis/v2beta1/pipelines/upload"):
+            namespace, name = one.get("namespace", ""), one["name"]
+            if any((p["namespace"], p["display_name"]) == (namespace, name) for p in self.pipelines.values()):
+                return 409, {"code": 6, "message": f"Already exists: pipeline {name} in namespace {namespace!r}"}
+            pid = f"pipeline-{next(self._ids)}"
+            self.pipelines[pid] = {"pipeline_id": pid, "display_name": name, "namespace": namespace}
+            return 200, self.pipelines[pid]
+        if (method, path) == ("POST", "/apis/v2beta1/pipelines/upload_version"):
+            if one.get("pipelineid") not in self.pipelines:
+                return 404, {"code": 5, "message": "pipeline not found"}
+            version = {"pipeline_id": one["pipelineid"], "pipeline_version_id": f"version-{next(self._ids)}",
+                       "display_name": one["name"]}
+            self.versions.append(version)
+            return 200, version
+        return 404, {"code": 5, "message": f"no such endpoint {method} {path}"}
+
+
+@pytest.fixture
+def kfp_api():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    api = _KfpApi()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the uploaded package
+            url = urlsplit(self.path)
+            status, body = api.handle(self.command, url.path, parse_qs(url.query))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield api
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.processes  # a local HTTP server
+def test_upload_finds_the_pipeline_in_its_namespace_and_adds_a_version(kfp_api, capsys):
+    def upload(*options):
+        return infer_dag.main(["upload", "--host", kfp_api.url, "--image", IMAGE, *options])
+
+    assert upload("--namespace", "team", "--version", "v1") == 0, capsys.readouterr().err
+    (team,) = [p for p in kfp_api.pipelines.values() if p["namespace"] == "team"]
+    assert upload("--namespace", "team", "--version", "v2") == 0, capsys.readouterr().err  # found again: no second create
+    assert [p for p in kfp_api.pipelines.values() if p["namespace"] == "team"] == [team]
+    assert [(v["pipeline_id"], v["display_name"]) for v in kfp_api.versions] == [(team["pipeline_id"], "v1"),
+                                                                                 (team["pipeline_id"], "v2")]
+    lists = [q for m, path, q in kfp_api.requests if (m, path) == ("GET", "/apis/v2beta1/pipelines")]
+    assert [q.get("namespace") for q in lists] == [["team"], ["team"]]
+    # without a namespace: the shared pipeline of that name
+    assert upload("--version", "v3") == 0, capsys.readouterr().err
+    assert kfp_api.versions[-1]["pipeline_id"] == "shared-1" and len(kfp_api.pipelines) == 2
+    assert "uploaded pipeline infer-distill (shared-1), version v3" in capsys.readouterr().out
+
+
+@pytest.mark.processes  # a local HTTP server
+def test_upload_refuses_an_ambiguous_name(kfp_api, capsys):
+    kfp_api.pipelines["team-2"] = {"pipeline_id": "team-2", "display_name": "infer-distill", "namespace": "team"}
+    kfp_api.pipelines["team-3"] = {"pipeline_id": "team-3", "display_name": "infer-distill", "namespace": "team"}
+    assert infer_dag.main(["upload", "--host", kfp_api.url, "--image", IMAGE, "--namespace", "team"]) == 2
+    assert "2 pipelines are named 'infer-distill' in namespace team" in capsys.readouterr().err
+    assert kfp_api.versions == []

@@ -198,8 +198,9 @@ class Config(_Strict):
     def resolve_device(self) -> str:
         import torch
 
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device: 'cuda' was asked for but no CUDA device is visible; use device=auto or device=cpu")
+        from .accelerator import check_cuda
+
+        check_cuda(self.device)  # device: cuda, or a pod that requested a GPU, with no usable CUDA: refused
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device

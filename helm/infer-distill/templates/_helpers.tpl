@@ -51,7 +51,7 @@ The project image. Pods on every node pull it, so its repository must name a reg
 {{- if not (regexMatch "^(localhost|[^/]*[.:][^/]*)/" $repo) }}
 {{- fail (printf "image.repository=%s names no registry, so no node can pull it: build, tag and push the image (README, Containers) and set e.g. image.repository=ghcr.io/acme/%s" $repo $repo) }}
 {{- end }}
-{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repo (default (printf "%s-cuda" .Chart.AppVersion) .Values.image.tag) }}
 {{- end }}
 
 {{/*
@@ -108,7 +108,12 @@ scheduling, environment, volumes, security. Called with (dict "root" $ "template
 {{- $c := $t.container }}
 {{- $_ := set $c "image" (include "infer-distill.image" $) }}
 {{- $_ := set $c "imagePullPolicy" $.Values.image.pullPolicy }}
-{{- $_ := set $c "env" (include "infer-distill.env" $ | fromYamlArray) }}
+{{- $env := include "infer-distill.env" $ | fromYamlArray }}
+{{- if gt $gpu 0 }}
+{{- /* A pod holding a GPU refuses to fall back to its CPU when CUDA is unusable (infer_distill.accelerator). */}}
+{{- $env = append $env (dict "name" "INFER_REQUIRE_CUDA" "value" "1") }}
+{{- end }}
+{{- $_ := set $c "env" $env }}
 {{- $_ := set $c "resources" (dict "requests" $requests "limits" $limits) }}
 {{- $_ := set $c "securityContext" $.Values.securityContext }}
 {{- $_ := set $c "volumeMounts" (concat $mounts $.Values.extraVolumeMounts) }}
