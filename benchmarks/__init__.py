@@ -2,7 +2,8 @@
 
     python -m benchmarks.run [--profile cifar10-cpu]   # runs of the pipeline side by side (make bench)
     python -m benchmarks.report                       # BENCHMARKS.md's tables and plots from benchmarks/results/*.json
-    python -m benchmarks.gpu --profile cifar10-ipc10 --out DIR [--budget-s N]   # the paper's setting on a GPU
+    python -m benchmarks.run --profile cifar10-paper --device cuda --jobs 8   # the paper's protocol on a GPU
+    python -m benchmarks.speed --profile cifar10-paper --variant ipc50        # grouped against one-at-a-time synthesis
 
 See BENCHMARKS.md for the protocols and the numbers.
 """

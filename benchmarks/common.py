@@ -1,41 +1,34 @@
 """What the benchmark commands share: one data and teacher pool for many runs, machine facts.
 
 A benchmark compares several runs of the pipeline (M = 1, 2, 3; ipc 10 and 50; ablations) that
-differ after the teachers. Each run has its own root, walked by `plan.run_in_process`; their data
-and teachers live once in a pool and are linked into every root. `run_in_process` then finds
-them current (same settings, same input digests) and skips them, so a teacher is trained once
-per benchmark, and again only when its settings change.
+differ after the teachers. Each run has its own root; their data and teachers live once in a
+pool, written there by the executor (`executor.Walk.pool`: a location two runs share is run
+once) and linked into every root, so a teacher is trained once per benchmark, and again only
+when its settings change.
 """
 from __future__ import annotations
 
 import os
 import platform
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from infer_distill import __version__, plan
+from infer_distill import __version__
 from infer_distill.config import Config
-from infer_distill.plan import StepResult
 from infer_distill.stages import Layout
 
+REPO = Path(__file__).resolve().parents[1]
 
-def pooled_inputs(cfg: Config, pool: str | Path, root: str | Path, progress: bool = False,
-                  on_step: Callable[[StepResult], None] | None = None) -> None:
-    """Make (or reuse) the data and `cfg`'s teachers under `pool`, and link them into run `root`.
 
-    Local paths only (links). A pooled artifact is remade when `cfg` asks for other settings, so
-    two runs that disagree on the teacher recipe need two pools.
+def link_pool(cfg: Config, pool: str | Path, root: str | Path) -> None:
+    """Link the pool's data and `cfg`'s teachers into run `root` (made there later, or already).
+
+    The executor writes them at the pool (executor.Walk.pool); the links let every later step of
+    the run, and a resumed run, find them under its own root. Local paths only.
     """
     pool_layout, run_layout = Layout(str(pool)), Layout(str(root))
-    pooled = [(plan.STEPS["prepare-data"], {}, {}, pool_layout.data)]
-    pooled += [(plan.STEPS["train-teacher"], {"arch": a}, {"data": pool_layout.data}, pool_layout.teacher(a)) for a in cfg.teachers.archs]
-    for step, item, inputs, uri in pooled:
-        result = plan.run_item(cfg, step, item, inputs, uri, progress)
-        if on_step:
-            on_step(result)
     links = [(pool_layout.data, run_layout.data)] + [(pool_layout.teacher(a), run_layout.teacher(a)) for a in cfg.teachers.archs]
     for target, link in links:
         link_path = Path(link)
@@ -47,6 +40,28 @@ def pooled_inputs(cfg: Config, pool: str | Path, root: str | Path, progress: boo
                 raise FileExistsError(f"{link} is a directory, not a link into the pool {pool}: remove it or use a fresh root")
             link_path.unlink()
         link_path.symlink_to(Path(target).resolve(), target_is_directory=True)
+
+
+def torch_threads(threads: int | None = None) -> int:
+    """torch's intra-op threads (set them first when given)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def source_info() -> dict:
+    """Which code made a result: the git commit, whether the tree had uncommitted changes, the library version."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status), "infer_distill": __version__}
 
 
 def machine_info(device: str) -> dict:
@@ -74,3 +89,58 @@ def machine_info(device: str) -> dict:
         except (OSError, subprocess.SubprocessError):
             info["driver"] = None
     return info
+
+
+class GpuSampler:
+    """GPU utilisation (nvidia-smi's percent of time a kernel ran, mean over the GPUs) sampled every
+    `every_s` in a thread, so each stage's busy fraction can be read off its items' time spans."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        import threading
+
+        self.every_s, self.samples = every_s, []  # (seconds since start, utilisation %)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.t0 = 0.0
+
+    def _query(self) -> float | None:
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10)
+            values = [float(v) for v in out.stdout.split()]
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        return sum(values) / len(values) if values else None
+
+    def _loop(self) -> None:
+        import time
+
+        while not self.stop_event.wait(self.every_s):
+            value = self._query()
+            if value is not None:
+                self.samples.append((time.time() - self.t0, value))
+
+    def __enter__(self) -> GpuSampler:
+        import time
+
+        self.t0 = time.time()
+        if self._query() is not None:  # no nvidia-smi: nothing to sample
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def busy_by_stage(self, steps: list[dict]) -> dict[str, float]:
+        """Per stage: the mean utilisation over the samples taken while one of its items ran."""
+        out = {}
+        for stage in dict.fromkeys(s["stage"] for s in steps):
+            spans = [(s["finished_at"] - s["seconds"], s["finished_at"]) for s in steps if s["stage"] == stage and not s["skipped"]]
+            inside = [u for t, u in self.samples if any(a <= t <= b for a, b in spans)]
+            if inside:
+                out[stage] = round(sum(inside) / len(inside), 1)
+        return out

@@ -129,6 +129,13 @@ def _machine(m: dict) -> str:
     return f"{m.get('cpu')}, {m.get('cpu_count')} cores"
 
 
+def _source(result: dict) -> str:
+    src = result.get("source")
+    if not src or not src.get("commit"):
+        return ""
+    return f" Code: commit {src['commit'][:10]}{' with uncommitted changes' if src.get('dirty') else ''}."
+
+
 def _stage_times(result: dict) -> list[tuple[str, float, int]]:
     totals: dict[str, list[float]] = {}
     for s in result.get("steps", []):
@@ -145,7 +152,7 @@ def section(result: dict, rel: str) -> list[str]:
     lines = [f"## {result['title']}", "",
              f"`{rel}/{profile}.json`, written {result['created_at']}; ran on {_machine(result['machine'])}, "
              f"{result['jobs']} worker processes, torch {result['machine'].get('torch')}; "
-             f"wall time of the invocation {result['wall_s'] / 60:.1f} min. Command: `{command}`.", ""]
+             f"wall time of the invocation {result['wall_s'] / 60:.1f} min. Command: `{command}`.{_source(result)}", ""]
     if result.get("unfinished"):
         lines += [f"Unfinished in that invocation: {', '.join(result['unfinished'])}.", ""]
     lines += ["Protocol:", ""] + [f"- {n}" for n in result["notes"]] + [""]
@@ -171,20 +178,43 @@ def section(result: dict, rel: str) -> list[str]:
         lines.append(f"| {r['variant']}: {r['title']}{mode}{via} | {b['num_teachers']} | {b['num_subsets']} | {b['num_instances']} | "
                      f"{r['steps']} | {b['stored_bytes']:,} | **{pm([s['final_acc'] for s in r['students']])}** | "
                      f"{cells[0][0]} | {cells[1][0]} | {cells[0][1]} | {cells[1][1]} | {teachers} |")
+    papers = {r["variant"]: result["variants"][r["variant"]].get("paper") or {} for r in rows}
+    paper_col = any(papers.values())
     lines += ["", "Best over the evaluated epochs (what the paper reports), same runs:", "",
-              "| variant | INFER best | random real, same epochs, best | random real, same steps, best |", "|---|---|---|---|"]
+              "| variant | INFER best | random real, same epochs, best | random real, same steps, best |"
+              + (" paper (best) |" if paper_col else ""), "|---|---|---|---|" + ("---|" if paper_col else "")]
     for r in rows:
         best = [pm([x["best_acc"] for x in r["baselines"].get(n, [])]) for n in ("random_soft", "random_soft_steps")]
+        paper = papers[r["variant"]].get(r["label_mode"])
         lines.append(f"| {r['variant']}{'' if r['label_mode'] == 'static' else ' (' + r['label_mode'] + ')'} | "
-                     f"{pm([s['best_acc'] for s in r['students']])} | {best[0]} | {best[1]} |")
+                     f"{pm([s['best_acc'] for s in r['students']])} | {best[0]} | {best[1]} |"
+                     + (f" {'-' if paper is None else f'{paper:.1f}'} |" if paper_col else ""))
     questions = [r for r in rows if r["question"]]
     if questions:
         lines += ["", "What each ablation asks:", ""] + [f"- {r['variant']}: {r['question']}" for r in questions]
+    busy = result.get("gpu_utilisation_by_stage") or {}
     lines += ["", f"![test accuracy over epochs]({rel}/{profile}.png)", "",
               "Time spent per stage in that invocation (seconds of work summed over worker processes; skipped steps not counted):", "",
-              "| stage | steps run | seconds |", "|---|---|---|"]
-    lines += [f"| {stage} | {n} | {sec:.0f} |" for stage, sec, n in _stage_times(result)]
+              "| stage | steps run | seconds |" + (" mean GPU utilisation while running |" if busy else ""),
+              "|---|---|---|" + ("---|" if busy else "")]
+    lines += [f"| {stage} | {n} | {sec:.0f} |" + (f" {f'{busy[stage]:.0f} %' if stage in busy else '-'} |" if busy else "")
+              for stage, sec, n in _stage_times(result)]
+    lines += _speed_lines(result)
     lines += ["", "Reproduce one row: `" + reproduce + " --variants VARIANT` (add `--fresh` to start from nothing).", ""]
+    return lines
+
+
+def _speed_lines(result: dict) -> list[str]:
+    lines = []
+    for speed in result.get("speed", []):
+        one = speed["one_at_a_time"]
+        how = f"{one['timed']} of {one['of']} timed, the rest extrapolated per teacher" if one["extrapolated"] else "all timed"
+        lines += ["", f"Synthesis speed, {speed['variant']} ({speed['K']} subsets x {speed['M']} teachers = {speed['ufcs']} UFCs, "
+                      f"{speed['iterations']} iterations each way, {speed['device']}, written {speed['created_at']}):", "",
+                  "| way | calls | seconds |", "|---|---|---|",
+                  f"| grouped (the pipeline's) | 1 | {speed['grouped']['seconds']:.2f} |",
+                  f"| one UFC at a time (the official loop; {how}) | {one['of']} | {one['seconds']:.2f} |",
+                  "", f"Speed-up: **{speed['speedup']:.1f}x**."]
     return lines
 
 
@@ -193,6 +223,7 @@ def render(results_dir: Path, rel: str = "benchmarks/results") -> str:
     for path in sorted(results_dir.glob("*.json")):
         result = json.loads(path.read_text())
         if result.get("schema") == SCHEMA:
+            result["speed"] = [json.loads(p.read_text()) for p in sorted(results_dir.glob(f"{result['profile']}-*-speed.json"))]
             results.append(result)
             (results_dir / f"{result['profile']}.png").write_bytes(curves_png(result))
     order = {"cifar10-cpu": 0}

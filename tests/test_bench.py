@@ -10,7 +10,7 @@ from conftest import REPO
 if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not part of the installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks import report  # noqa: E402
+from benchmarks import report, speed  # noqa: E402
 from benchmarks.run import load_profile, main, profile_names  # noqa: E402
 from infer_distill.config import ConfigError  # noqa: E402
 
@@ -79,8 +79,16 @@ def test_variants_share_a_pool_run_in_workers_resume_and_render(tmp_path):
     assert len(pools) == 2  # label smoothing 0.1 and 0.0
     linked = {v: (runs / v / "teachers" / "convnet_d2_w32").resolve() for v in ("m1", "m2", "m1-f32", "m1-ls0")}
     assert linked["m1"] == linked["m2"] == linked["m1-f32"] != linked["m1-ls0"]
-    trained = [s for s in result["steps"] if s["stage"] == "train-teacher" and not s["skipped"]]
+    trained = {s["uri"] for s in result["steps"] if s["stage"] == "train-teacher" and not s["skipped"]}
     assert len(trained) == 3  # convnet_d2_w32 twice (two recipes), resnet_tiny once
+    assert result["source"]["commit"] and result["source"]["dirty"] in (True, False)
+
+    # the synthesis speed measurement on a finished variant: grouped against one UFC at a time
+    assert speed.main(["--profile", str(path), "--variant", "m2", "--root", str(runs), "--results", str(results),
+                       "--iterations", "2", "--sample", "1"]) == 0
+    measured = json.loads((results / "tiny-m2-speed.json").read_text())
+    assert measured["ufcs"] == measured["K"] * 2 and measured["one_at_a_time"]["timed"] == 1 and measured["one_at_a_time"]["extrapolated"]
+    assert measured["speedup"] > 0 and measured["source"]["commit"]
 
     m2 = result["variants"]["m2"]["report"]
     assert m2["budget"]["num_teachers"] == 2 and {b["baseline"] for b in m2["baselines"]} == {"random_soft", "random_soft_steps"}
@@ -110,3 +118,14 @@ def test_variants_share_a_pool_run_in_workers_resume_and_render(tmp_path):
     table = [line for line in text.splitlines() if line.startswith("| m")]
     assert any(line.startswith("| m1-f32: M = 1, float32 UFCs (baselines of m1)") for line in table)
     assert "does label smoothing matter?" in text and "--variants VARIANT" in text
+    assert "Synthesis speed, m2" in text and "Speed-up: **" in text
+
+
+def test_speed_sample_and_a_variant_not_run_yet(tmp_path, capsys):
+    assert speed.sample_pairs(3, 2, 100) == [(k, m) for m in range(2) for k in range(3)]  # all of them
+    pairs = speed.sample_pairs(35, 4, 20)
+    assert len(set(pairs)) == 20 and {m for _, m in pairs} == {0, 1, 2, 3}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
+    assert speed.main(["--profile", str(path), "--variant", "m1", "--root", str(tmp_path / "runs")]) == 2
+    assert "run the benchmark first" in capsys.readouterr().err

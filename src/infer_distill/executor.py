@@ -38,6 +38,9 @@ from .stages import Layout
 from .store import open_artifact
 
 
+POOLED = ("prepare-data", "train-teacher")  # the steps that read nothing but the dataset and the teacher recipe
+
+
 @dataclass
 class Walk:
     """One walk of the plan: a config and the run root its artifacts live under."""
@@ -45,7 +48,9 @@ class Walk:
     name: str
     cfg: Config
     root: str
-    steps: tuple[str, ...] | None = None   # only these steps (e.g. the benchmark's data and teacher pool); None: all
+    steps: tuple[str, ...] | None = None   # only these steps; None: all
+    # where its data and teachers live, when several walks share them (the benchmark's variants); None: root
+    pool: str | None = None
     # filled in by the executor
     produced: dict[str, Any] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
@@ -159,7 +164,7 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
     errors: list[BaseException] = []
 
     def start(walk: Walk, step: Step) -> None:
-        layout = Layout(walk.root)
+        layout = Layout(walk.pool if walk.pool and step.name in POOLED else walk.root)
         walk.started.add(step.name)
 
         def num_classes() -> int:
