@@ -105,7 +105,9 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         try:
             ids = [int(i) for i in text.split(",") if i.strip()]
         except ValueError:
-            raise StageError(f"--subset-ids {text!r}: expected comma-separated subset numbers, e.g. --subset-ids 0,1,2") from None
+            ids = []
+        if not ids:
+            raise StageError(f"--subset-ids {text!r}: expected comma-separated subset numbers, e.g. --subset-ids 0,1,2")
         return stages.synthesize_ufc(cfg, ids, data(), subsets, teachers(), uri("--out", lambda l: l.ufc(ids)))
     if name == "soft-label":
         return stages.soft_label(cfg, data(), subsets, teachers(), ufc(), uri("--out", lambda l: l.distilled))

@@ -317,6 +317,9 @@ def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) 
     alone (a pickle is recognised and never loaded). Tensor shapes are checked where the images are known: with
     the data artifact's manifest, or for the datasets of KNOWN_IMAGES; else the tensor names alone."""
     source = cfg.teachers.pretrained.get(arch)
+    if source == "torchvision" and arch not in TORCHVISION_NAMES:
+        raise ConfigError(f"teachers.pretrained.{arch}=torchvision: torchvision has no weights for our {arch}; "
+                          f"use one of {sorted(TORCHVISION_NAMES)} or a .safetensors path")
     if not source or source == "torchvision":
         return
     if data_manifest is not None:
@@ -455,9 +458,6 @@ def _import_weights(model: nn.Module, arch: str, source: str) -> dict:
     if source == "torchvision":
         import torchvision
 
-        if arch not in TORCHVISION_NAMES:
-            raise StageError(f"teachers.pretrained.{arch}=torchvision: torchvision has no weights for our {arch}; "
-                             f"use one of {sorted(TORCHVISION_NAMES)} or a .safetensors path")
         try:
             weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[arch]).DEFAULT
             state = weights.get_state_dict(progress=False)
