@@ -78,6 +78,13 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
             raise StageError(f"stage {name} needs {flag} (or --root to derive every location)")
         return derive(layout)
 
+    def student_seed() -> int:
+        """--seed, else the first of students.seeds; a seed as the config takes it, 0 <= seed < 2^63."""
+        value = args.seed if args.seed is not None else cfg.students.seeds[0]
+        if not 0 <= value < 2**63:
+            raise StageError(f"--seed {value}: a seed must be at least 0 and below 2^63")
+        return value
+
     data = lambda: uri("--data", lambda l: l.data)  # noqa: E731
     teachers = lambda: uri("--teachers", lambda l: l.teachers(cfg))  # noqa: E731
     ufc = lambda: uri("--ufc", lambda l: [u for _, u in stages.plan_ufc_shards(cfg, l, _num_classes(data()))])  # noqa: E731
@@ -95,19 +102,23 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         return manifest
     subsets = uri("--subsets", lambda l: l.subsets)
     if name == "synthesize-ufc":
-        ids = [int(i) for i in _need(args.subset_ids, "--subset-ids", name).split(",") if i.strip()]
+        text = _need(args.subset_ids, "--subset-ids", name)
+        try:
+            ids = [int(i) for i in text.split(",") if i.strip()]
+        except ValueError:
+            ids = []
+        if not ids:
+            raise StageError(f"--subset-ids {text!r}: expected comma-separated subset numbers, e.g. --subset-ids 0,1,2")
         return stages.synthesize_ufc(cfg, ids, data(), subsets, teachers(), uri("--out", lambda l: l.ufc(ids)))
     if name == "soft-label":
         return stages.soft_label(cfg, data(), subsets, teachers(), ufc(), uri("--out", lambda l: l.distilled))
     if name == "evaluate-baseline":
-        arch, baseline = _need(args.arch, "--arch", name), _need(args.baseline, "--baseline", name)
-        seed = args.seed if args.seed is not None else cfg.students.seeds[0]
+        arch, baseline, seed = _need(args.arch, "--arch", name), _need(args.baseline, "--baseline", name), student_seed()
         return stages.evaluate_baseline(cfg, arch, seed, baseline, data(), subsets, teachers(),
                                         uri("--out", lambda l: l.baseline(arch, seed, baseline)))
     distilled = uri("--distilled", lambda l: l.distilled)
     if name == "evaluate-student":
-        arch, mode = _need(args.arch, "--arch", name), args.label_mode
-        seed = args.seed if args.seed is not None else cfg.students.seeds[0]
+        arch, mode, seed = _need(args.arch, "--arch", name), args.label_mode, student_seed()
         return stages.evaluate_student(cfg, arch, seed, mode, data(), distilled, teachers(),
                                        uri("--out", lambda l: l.student(arch, seed, mode)))
     return stages.report(cfg, data(), teachers(), ufc(), distilled, uri("--students", lambda l: l.students(cfg)),

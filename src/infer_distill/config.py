@@ -15,10 +15,10 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -26,7 +26,22 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite or NaN number (`teachers.lr=.inf`) is refused, never trained with
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Seeds feed torch.manual_seed and numpy, which take at most 64 bits; the JSON of every manifest keeps them exact below 2^63.
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: 0 <= seed < 2^63")]
+
+
+def _folder_name(name: str) -> str:
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"{name!r} is not a folder name: give the name of one folder directly under dataset.root, e.g. 'train'")
+    return name
+
+
+# A split is one folder under dataset.root (or at a zip's top level), never a path that leaves it.
+SplitName = Annotated[str, AfterValidator(_folder_name)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -40,8 +55,8 @@ class DatasetConfig(_Strict):
     name: DatasetName = "digits"
     root: str | None = Field(None, description="data directory or .zip (not used by digits)")
     download: bool = Field(False, description="cifar10/cifar100: let torchvision download")
-    train_split: str = "train"
-    test_split: str = "test"
+    train_split: SplitName = "train"
+    test_split: SplitName = "test"
     image_size: int | None = Field(None, ge=8, description="resize to this square size; None keeps the source size")
     train_per_class: int | None = Field(None, ge=1, description="keep only the first N training images per class")
     test_per_class: int | None = Field(None, ge=1, description="keep only the first N test images per class")
@@ -57,11 +72,11 @@ class TeacherConfig(_Strict):
     archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32", "convnet_d2_w64", "resnet_tiny"], min_length=1)
     epochs: int = Field(15, ge=0)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum, constant through training")
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    pretrained: dict[str, str] = Field(
+    pretrained: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
         description="arch -> weights to import instead of training: a .safetensors path, or 'torchvision' (ImageNet weights)",
     )
@@ -76,10 +91,10 @@ class TeacherConfig(_Strict):
 
 class SynthesisConfig(_Strict):
     iterations: int = Field(1000, ge=1, description="official: 1000 (CIFAR), 2000 (ImageNet)")
-    lr: float = Field(0.25, gt=0)
-    betas: tuple[float, float] = (0.5, 0.9)
-    r_bn: float = Field(1.0, ge=0)
-    first_bn_multiplier: float = Field(10.0, ge=0)
+    lr: float = Field(0.25, gt=0, le=100)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
+    r_bn: float = Field(1.0, ge=0, le=1e6)
+    first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
     jitter: int = Field(1, ge=0, description="random roll of up to this many pixels (official CIFAR: 4)")
     random_resized_crop: bool = Field(False, description="ImageNet-style RandomResizedCrop + flip during synthesis")
     classes_per_ufc: int | None = Field(None, ge=1, description="classes one UFC covers; None: all classes")
@@ -96,7 +111,7 @@ class LabelConfig(_Strict):
         description="static: the teachers' mean logits on the un-augmented instances, computed once and reused under "
                     "crop/flip/MixUp (as in the paper); dynamic: the teachers label every augmented, mixed batch",
     )
-    temperature: float = Field(30.0, gt=0)
+    temperature: float = Field(30.0, gt=0, le=1e4)
     dtype: Literal["float16", "float32"] = Field(
         "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)"
     )
@@ -104,13 +119,13 @@ class LabelConfig(_Strict):
 
 class StudentConfig(_Strict):
     archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     epochs: int = Field(100, ge=1, description="epochs with static labels")
     epochs_dynamic: int | None = Field(None, ge=1, description="epochs with dynamic labels; None: same as epochs")
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    mixup_alpha: float = Field(0.8, ge=0)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    mixup_alpha: float = Field(0.8, ge=0, le=100)
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and always after the last)")
     baselines: list[Literal["random_soft", "random_soft_steps"]] = Field(
         default_factory=lambda: ["random_soft"],
@@ -144,7 +159,7 @@ class Config(_Strict):
     channels_last: Literal["auto"] | bool = Field("auto", description="channels_last models; auto: on CUDA only")
     cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times its convolution algorithms once per shape")
     compile: bool = Field(False, description="torch.compile the teacher and student in training (compile time in the manifests)")
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _known_archs(self) -> "Config":
@@ -319,6 +334,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         path, value = item.split("=", 1)
         node = raw
         parts = path.strip().split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"--set {item!r}: the key {path.strip()!r} has an empty part; expected key.path=value, "
+                              "e.g. --set synthesis.iterations=100")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -350,9 +368,11 @@ def validate_config(raw: dict, source: str = "config") -> Config:
         lines = []
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see configs/quickstart.yaml for every key)"
+            elif err["type"] != "value_error" and not isinstance(err.get("input"), dict):  # a section's own errors are listed by key
+                msg += f" (given: {err['input']!r})"
             lines.append(f"  {loc}: {msg}")
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 

@@ -16,9 +16,18 @@ labels, class names and the per-channel normalisation. Sources, by `dataset.name
 Everything is materialised as uint8 in memory (50,000 CIFAR images are 150 MB; all of ImageNet at
 224 px would be about 190 GB), so for ImageNet set `dataset.train_per_class`: when the teachers are
 imported pretrained, only a few natural images per class are needed.
+
+Images are 8 bits per sample: a 16-bit image (PIL mode I;16, say a 16-bit grayscale PNG) is refused,
+naming the file, rather than clipped to 255 as PIL's conversion would do; convert the dataset to 8
+bits first. An image larger than PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS` x 2)
+is refused before it is decoded, and so is a zip member whose name leaves its folder (`..`).
+
+`source_digest(cfg)` digests what a load reads (names, sizes, modification times) without reading
+it, so a resumed run remakes the data artifact when its source changed.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -101,6 +110,46 @@ def load_dataset(cfg: DatasetConfig) -> ImageData:
     return loaders[cfg.name](cfg)
 
 
+def source_digest(cfg: DatasetConfig) -> dict | None:
+    """What loading `cfg` reads, by name, size and modification time: {"files": n, "sha256": ...}, or None
+    where the source is a package's constant data (digits). One stat per file, nothing decoded.
+
+    The files are those the loader opens: the split folders (walked as the loader walks them) and
+    the zips at the top of dataset.root, the zip dataset.root names, or torchvision's CIFAR files;
+    a file that is missing counts as missing, so its appearing later changes the digest too.
+    """
+    if cfg.name == "digits" or cfg.root is None:
+        return None  # digits: scikit-learn's data; no root: loading refuses the config
+    root = Path(cfg.root).expanduser()
+    if cfg.name in _CIFAR:
+        dataset_cls = getattr(torchvision.datasets, _CIFAR[cfg.name][1])
+        names = [name for name, _ in dataset_cls.train_list + dataset_cls.test_list] + [dataset_cls.meta["filename"]]
+        return _digest((f"{dataset_cls.base_folder}/{n}", root / dataset_cls.base_folder / n) for n in names)
+    if not root.is_dir():
+        return _digest([(root.name, root)])
+    files = [(p.name, p) for p in sorted(root.glob("*.zip"))]
+    for split in dict.fromkeys(_splits(cfg)):
+        for dirpath, _dirnames, filenames in os.walk(root / split):
+            rel = Path(dirpath).relative_to(root).as_posix()
+            files += [(f"{rel}/{f}", Path(dirpath, f)) for f in filenames]
+    return _digest(files)
+
+
+def _digest(files) -> dict:
+    """{"files": n, "sha256": digest of the sorted (name, size, mtime) lines} of (name, path) pairs."""
+    lines = []
+    for name, path in files:
+        try:
+            st = path.stat()
+            lines.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n")
+        except FileNotFoundError:
+            lines.append(f"{name}\tmissing\n")
+    digest = hashlib.sha256()
+    for line in sorted(lines):
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return {"files": len(lines), "sha256": digest.hexdigest()}
+
+
 def dataset_defaults(name: str, image_size: int | None = None) -> dict:
     """{"hflip": bool, "crop_padding": int} for a dataset; padding scales with `image_size` (default: native)."""
     if name not in _NATIVE_SIZE:
@@ -169,11 +218,12 @@ def _load_digits(cfg: DatasetConfig) -> ImageData:
                            [str(d) for d in range(10)], stats=None)
 
 
+_CIFAR = {"cifar10": ("CIFAR-10", "CIFAR10", CIFAR10_STATS), "cifar100": ("CIFAR-100", "CIFAR100", CIFAR100_STATS)}
+
+
 def _load_cifar(cfg: DatasetConfig) -> ImageData:
-    title, dataset_cls, stats = {
-        "cifar10": ("CIFAR-10", torchvision.datasets.CIFAR10, CIFAR10_STATS),
-        "cifar100": ("CIFAR-100", torchvision.datasets.CIFAR100, CIFAR100_STATS),
-    }[cfg.name]
+    title, class_name, stats = _CIFAR[cfg.name]
+    dataset_cls = getattr(torchvision.datasets, class_name)
     if cfg.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.name}: the directory torchvision keeps {title} in")
     try:
@@ -315,9 +365,16 @@ class _Tree:
     def _zip(self, archive: Path) -> zipfile.ZipFile:
         if archive not in self._zips:
             try:
-                self._zips[archive] = zipfile.ZipFile(archive)
+                zf = zipfile.ZipFile(archive)
             except zipfile.BadZipFile as e:
                 raise DataError(f"{archive} under dataset.root is not a readable zip archive: {e}") from None
+            # train/a/../../x.png would count as an image of class a: a member must stay in its folder
+            escaping = [n for n in zf.namelist() if n.startswith("/") or ".." in n.replace("\\", "/").split("/")]
+            if escaping:
+                zf.close()
+                raise DataError(f"{archive} under dataset.root: member {escaping[0]!r} leaves its folder ('..' or an "
+                                f"absolute path; {len(escaping)} such members); rebuild the zip with plain <split>/<class>/<file> names")
+            self._zips[archive] = zf
         return self._zips[archive]
 
     def _top_level(self) -> str:
@@ -394,6 +451,11 @@ def _load_tiny_imagenet(cfg: DatasetConfig) -> ImageData:
         test = {c: sorted(files, key=lambda f: f.name)[: cfg.test_per_class] for c, files in test.items()}
         return _decoded_dataset(tree, classes, _items(train, classes), _items(test, classes), cfg.image_size,
                                 IMAGENET_STATS)
+
+
+def _splits(cfg: DatasetConfig) -> tuple[str, str]:
+    """(train split, test split) as the loader of `cfg.name` reads them."""
+    return cfg.train_split, cfg.test_split if cfg.name == "imagefolder" else _val_split(cfg)
 
 
 def _val_split(cfg: DatasetConfig) -> str:
@@ -477,13 +539,24 @@ def _decode_images(tree: _Tree, items: Items, image_size: int | None, size: tupl
     return out, labels
 
 
+# PIL modes with more than 8 bits per sample: converting them to RGB clips every value above 255
+_WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
 def _decode(tree: _Tree, file: _File, image_size: int | None) -> np.ndarray:
     """One image as uint8 RGB [H, W, 3]; with `image_size`, shorter side resized to it, then center-cropped."""
     try:
         with Image.open(io.BytesIO(tree.read(file))) as img:
+            if img.mode in _WIDE_MODES:
+                raise DataError(f"image {file} has {_WIDE_MODES[img.mode]}-bit samples (PIL mode {img.mode}); the pipeline "
+                                "stores 8-bit images and does not reduce them silently: convert the dataset to 8 bits per "
+                                "sample first (e.g. the top byte of each 16-bit value)")
             rgb = img if img.mode == "RGB" else img.convert("RGB")  # most files are RGB: skip convert's copy
             if image_size is not None and rgb.size != (image_size, image_size):
                 rgb = TF.center_crop(TF.resize(rgb, image_size), [image_size, image_size])
             return np.array(rgb)  # a copy: np.asarray of a PIL image is read-only, which torch warns about
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    except Image.DecompressionBombError as e:  # raised when the header is read, before any pixel is decoded
+        raise DataError(f"image {file} is refused as a possible decompression bomb ({e}); remove the file, or store it "
+                        f"at fewer than {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, SyntaxError, zipfile.BadZipFile) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DataError(f"cannot decode image {file}: {e}; remove or replace the file") from None

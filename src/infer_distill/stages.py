@@ -7,18 +7,21 @@ The CLI, the KFP components, the compose services and the Helm templates all cal
 functions (through `infer-distill stage NAME`); none re-implements a stage.
 
 Every output is an artifact (store.py): safetensors + manifest.json recording the slice of the
-config it depends on (config.stage_config) and the sha256 of each input artifact's manifest.
-Reading an input checks that slice against the current config, so an artifact made with other
-settings is refused with the differing keys; `is_current` also checks the files and that the
-inputs are still the ones it was made from, which is all a resumed run needs to redo a corrupt
-stage and everything downstream of it.
+config it depends on (config.stage_config), what it read from outside the pipeline by content
+(`sources`: the dataset's file list, a pretrained teacher file's sha256) and the sha256 of each
+input artifact's manifest. Reading an input checks that slice against the current config, so an
+artifact made with other settings is refused with the differing keys; `is_current` also checks
+the sources, the files and that the inputs are still the ones it was made from, which is all a
+resumed run needs to redo a corrupt or stale stage and everything downstream of it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import time
+import zipfile
 from datetime import datetime, timezone
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +32,9 @@ from torch import nn
 
 from . import __version__
 from .config import Config, ConfigError, diff_settings, fingerprint, stage_config
-from .data import DataError, augmentation, load_dataset
+from .data import DataError, augmentation, load_dataset, source_digest
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
-from .models import create_model, require_batchnorm
+from .models import MODEL_REGISTRY, Normalize, create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
@@ -78,12 +81,14 @@ def _begin(out: str, inputs: Inputs) -> _Output:
     return _Output(out, dict(inputs), input_digests(inputs), started)
 
 
-def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, **keys) -> dict:
+def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, read: dict | None = None, **keys) -> dict:
+    """Write the artifact; `read`: what the stage read from outside the pipeline, as `sources` gives it."""
     settings = stage_config(cfg, stage, **keys)
     manifest = {
         "stage": stage,
-        "fingerprint": fingerprint(settings),
+        "fingerprint": fingerprint({**settings, "sources": read} if read else settings),
         "settings": settings,
+        **({"sources": read} if read else {}),
         "seed": cfg.seed,
         "inputs": out.inputs,
         "input_digests": out.input_digests,
@@ -115,16 +120,21 @@ def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dic
 def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, **keys) -> bool:
     """True if the artifact at `uri` can stand for running `stage` now, so a resumed run skips it.
 
-    It must have these settings, every file must match its recorded size and sha256, and the
-    manifests of the inputs it was made from must be the ones now at `inputs`: the artifacts the
-    stage would read (a walker may name more than the stage used); None: the locations the
-    artifact records. So a corrupt artifact is remade, and remaking a stage makes everything made
-    from it stale, with no bookkeeping in the walker.
+    It must have these settings, have read the sources there now (`sources`), every file must
+    match its recorded size and sha256 (a safetensors file must also have a readable header), and
+    the manifests of the inputs it was made from must be the ones now at `inputs`: the artifacts
+    the stage would read (a walker may name more than the stage used); None: the locations the
+    artifact records. So a corrupt or stale artifact is remade, and remaking a stage makes
+    everything made from it stale, with no bookkeeping in the walker.
     """
     try:
         art, manifest = load_input(uri, cfg, stage, **keys)
+        if manifest.get("sources", {}) != sources(cfg, stage, **keys):
+            return False
         for name in manifest["files"]:
-            art.read_bytes(name)
+            data = art.read_bytes(name)
+            if name.endswith(".safetensors") and not safetensors_header_ok(data):
+                return False
         recorded = manifest.get("input_digests")
         inputs = manifest.get("inputs", {}) if inputs is None else inputs
         if not isinstance(recorded, dict) or not set(recorded) <= set(inputs):
@@ -132,6 +142,77 @@ def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, 
         return recorded == input_digests({name: inputs[name] for name in recorded})
     except ArtifactError:
         return False
+
+
+def sources(cfg: Config, stage: str, **keys) -> dict:
+    """What `stage` reads from outside the pipeline, by content: prepare-data the dataset source's file
+    list (data.source_digest), train-teacher a pretrained weights file's sha256; {} where nothing is read
+    (digits, torchvision's own weights, every later stage). Only the stage that reads a source computes
+    this: a later stage learns of a change through its inputs' manifests, so its pod needs no dataset.
+    """
+    if stage == "prepare-data":
+        digest = source_digest(cfg.dataset)
+        return {"dataset": digest} if digest else {}
+    if stage == "train-teacher":
+        source = cfg.teachers.pretrained.get(keys["arch"])
+        if source and source != "torchvision":
+            return {"pretrained_sha256": file_sha256(source)}
+    return {}
+
+
+def file_sha256(path: str) -> str | None:
+    """sha256 of a local file, None if there is none; computed once per file version (path, size, times, inode)."""
+    try:
+        st = Path(path).expanduser().stat()
+    except OSError:
+        return None
+    return _file_sha256(str(Path(path).expanduser().resolve()), (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, version: tuple) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+# Bytes per element of each safetensors dtype (the format's own names)
+_SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                       "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def safetensors_header_ok(data: bytes) -> bool:
+    """Whether `data` is a safetensors file a reader can load: its header (read alone, no tensor copied) is a
+    JSON table whose tensors, by dtype and shape, tile the bytes after it exactly, as safetensors requires."""
+    if len(data) < 8:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        return False
+    try:
+        header = json.loads(data[8 : 8 + size])
+        spans = []
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            shape = entry["shape"]
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or end - begin != math.prod(shape) * _SAFETENSORS_DTYPES[entry["dtype"]]:
+                return False
+            spans.append((begin, end))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            return False
+        position = end
+    return position == len(data) - 8 - size
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -186,7 +267,9 @@ def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 # Checks that run before any expensive work
 # ----------------------------------------------------------------------------------------
 
-KNOWN_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+# (classes, channels, native side) of the datasets whose images are known before they are loaded
+KNOWN_IMAGES = {"digits": (10, 1, 8), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
+KNOWN_NUM_CLASSES = {name: classes for name, (classes, _, _) in KNOWN_IMAGES.items()}
 
 
 def check_budget(cfg: Config, num_classes: int) -> int:
@@ -225,7 +308,83 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
     for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
         _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
+        check_pretrained(cfg, arch)
     resolve_fast_path(cfg, cfg.resolve_device())  # precision and compile against what this device and torch can do
+
+
+def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) -> None:
+    """Refuse a `teachers.pretrained.<arch>` file that is no safetensors state dict of `arch`, reading its header
+    alone (a pickle is recognised and never loaded). Tensor shapes are checked where the images are known: with
+    the data artifact's manifest, or for the datasets of KNOWN_IMAGES; else the tensor names alone."""
+    source = cfg.teachers.pretrained.get(arch)
+    if source == "torchvision" and arch not in TORCHVISION_NAMES:
+        raise ConfigError(f"teachers.pretrained.{arch}=torchvision: torchvision has no weights for our {arch}; "
+                          f"use one of {sorted(TORCHVISION_NAMES)} or a .safetensors path")
+    if not source or source == "torchvision":
+        return
+    if data_manifest is not None:
+        m = data_manifest["metrics"]
+        model, shapes = create_model(arch, num_classes=m["num_classes"], in_chans=m["in_chans"], image_size=m["image_size"]), True
+    elif cfg.dataset.name in KNOWN_IMAGES:
+        classes, chans, side = KNOWN_IMAGES[cfg.dataset.name]
+        model, shapes = create_model(arch, num_classes=classes, in_chans=chans, image_size=cfg.dataset.image_size or side), True
+    else:
+        model, shapes = create_model(arch, num_classes=2, in_chans=3, image_size=32), False
+    expected = {k: list(v.shape) for k, v in _network(model).state_dict().items()}
+    _check_fits(arch, source, expected, _safetensors_shapes(arch, source), shapes)
+
+
+def _safetensors_shapes(arch: str, source: str) -> dict[str, list[int]]:
+    """{tensor name: shape} from a weights file's safetensors header; refuses anything else, naming the file."""
+    from safetensors import safe_open
+
+    field, path = f"teachers.pretrained.{arch}", Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors state dict, or 'torchvision'")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError; OSError when unreadable
+        problem = e
+    if _is_pickle(path):
+        raise ConfigError(f"{field}: {source} is a pickle (torch.save's format); it is never loaded here, as unpickling "
+                          "can run any code: convert it where you trust it, e.g. safetensors.torch.save_file("
+                          "torch.load(path, weights_only=True), 'teacher.safetensors'), and give the .safetensors file")
+    raise ConfigError(f"{field}: {source} is not a safetensors file ({problem}); give a state dict saved with "
+                      "safetensors.torch.save_file")
+
+
+def _is_pickle(path: Path) -> bool:
+    """torch.save's zip (it holds a data.pkl) or a bare pickle (protocol 2 and later start with 0x80 and the protocol)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _check_fits(arch: str, source: str, expected: dict[str, list[int]], found: dict[str, list[int]], shapes: bool) -> None:
+    """Refuse weights whose tensor names (and with `shapes`, shapes) are not those of `arch`'s network."""
+    field = f"teachers.pretrained.{arch}"
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(f"{field}: the weights in {source} do not fit {arch}: {len(missing)} tensors missing "
+                          f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}; give a state dict of {arch} "
+                          "as infer_distill.models.create_model builds it (without the Normalize wrapper)")
+    wrong = [k for k in expected if shapes and expected[k] != found[k]]
+    if wrong:
+        k = wrong[0]
+        raise ConfigError(f"{field}: the weights in {source} do not fit {arch} for this dataset: tensor {k!r} has shape "
+                          f"{found[k]}, {expected[k]} needed ({len(wrong)} tensors differ); give weights trained for this "
+                          "dataset's classes, channels and image size")
+
+
+def _network(model: nn.Module) -> nn.Module:
+    """The network inside build_model's Sequential(Normalize, net): what pretrained weights are loaded into."""
+    if isinstance(model, nn.Sequential) and isinstance(model[0], Normalize):
+        return model[1]
+    return model
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,7 +395,10 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
 def prepare_data(cfg: Config, out: str) -> dict:
     """Materialise the train/test split once, as uint8 tensors, so later stages never touch the source."""
     output = _begin(out, {})
+    read = sources(cfg, "prepare-data")  # before loading: a source changed while it is read is remade next time
     data = load_dataset(cfg.dataset)
+    if cfg.dataset.download:
+        read = sources(cfg, "prepare-data")  # the files the download has just fetched
     k = check_budget(cfg, data.num_classes)
     counts = torch.bincount(data.train_y, minlength=data.num_classes)
     if int(counts.min()) < k:  # select-subsets would fail only after the teachers trained
@@ -250,13 +412,14 @@ def prepare_data(cfg: Config, out: str) -> dict:
         "min_train_per_class": int(counts.min()), "crop_padding": padding, "hflip": hflip,
     }
     files = {"train.safetensors": {"x": data.train_x, "y": data.train_y}, "test.safetensors": {"x": data.test_x, "y": data.test_y}}
-    return _write(output, cfg, "prepare-data", files, metrics)
+    return _write(output, cfg, "prepare-data", files, metrics, read)
 
 
 def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
     """Train one teacher architecture on the real training set (or import given weights); record its test accuracy."""
     if arch not in cfg.teachers.archs:
         raise StageError(f"teacher {arch!r} is not in teachers.archs {cfg.teachers.archs}")
+    check_pretrained(cfg, arch)
     output = _begin(out, {"data": data})
     device, fast = compute_setup(cfg, trains=True)
     train_x, train_y, dm = _data(cfg, data, "train")
@@ -265,11 +428,13 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     model = build_model(arch, dm)
     _require_teacher(model, arch, dm["metrics"]["in_chans"], dm["metrics"]["image_size"])
     source = cfg.teachers.pretrained.get(arch)
+    check_pretrained(cfg, arch, dm)
     losses: list[float] = []
     trained = {}  # the precision of training, when there is any
+    read = {}
     with CompileTime(fast.compile) as compile_time:
         if source:
-            _import_weights(model, arch, source)
+            read = _import_weights(model, arch, source)
         else:
             losses = train_teacher_model(model, train_x, train_y, cfg.teachers,
                                          (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
@@ -280,20 +445,19 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
                "num_params": sum(p.numel() for p in model.parameters()),
                "compute": fast.describe(device, compile_time.seconds, **trained, evaluation="fp32")}
-    return _write(output, cfg, "train-teacher", {"weights.safetensors": cpu_weights(model)}, metrics, arch=arch)
+    return _write(output, cfg, "train-teacher", {"weights.safetensors": cpu_weights(model)}, metrics, read, arch=arch)
 
 
 TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "shufflenetv2": "shufflenet_v2_x1_0"}
 
 
-def _import_weights(model: nn.Module, arch: str, source: str) -> None:
-    net = model[1] if isinstance(model, nn.Sequential) else model
+def _import_weights(model: nn.Module, arch: str, source: str) -> dict:
+    """Load `source` into the model's network; returns what was read, as `sources` records it."""
+    net = _network(model)
+    read = {}
     if source == "torchvision":
         import torchvision
 
-        if arch not in TORCHVISION_NAMES:
-            raise StageError(f"teachers.pretrained.{arch}=torchvision: torchvision has no weights for our {arch}; "
-                             f"use one of {sorted(TORCHVISION_NAMES)} or a .safetensors path")
         try:
             weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[arch]).DEFAULT
             state = weights.get_state_dict(progress=False)
@@ -301,15 +465,15 @@ def _import_weights(model: nn.Module, arch: str, source: str) -> None:
             raise StageError(f"teachers.pretrained.{arch}=torchvision: could not get torchvision's ImageNet weights ({e}); "
                              "download them where there is internet and pass a .safetensors path instead") from None
     else:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        if not Path(source).is_file():
-            raise StageError(f"teachers.pretrained.{arch}: {source} is not a file; give a .safetensors state dict")
-        state = load_file(source)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise StageError(f"teachers.pretrained.{arch}: weights do not fit {arch} "
-                         f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+        raw = Path(source).expanduser().read_bytes()  # check_pretrained has read its header
+        state = load(raw)
+        read = {"pretrained_sha256": hashlib.sha256(raw).hexdigest()}
+    _check_fits(arch, source, {k: list(v.shape) for k, v in net.state_dict().items()},
+                {k: list(v.shape) for k, v in state.items()}, shapes=True)
+    net.load_state_dict(state)
+    return read
 
 
 def draw_per_class(train_y: torch.Tensor, per_class: int, seed: int, class_names: list[str]) -> torch.Tensor:
@@ -345,13 +509,15 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
                    progress: bool = True) -> dict:
     """Optimise the UFCs of the given subsets against every teacher, grouped into one batch per teacher."""
     subset_ids = sorted(subset_ids)
+    if not subset_ids or len(set(subset_ids)) != len(subset_ids) or subset_ids[0] < 0:
+        raise StageError(f"subset ids {subset_ids} must be distinct numbers from 0, e.g. --subset-ids 0,1,2")
     output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
     train_x, _, dm = _data(cfg, data, "train")
     sub_art, sub_manifest = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
     K = len(indices)
-    if not subset_ids or len(set(subset_ids)) != len(subset_ids) or subset_ids[0] < 0 or subset_ids[-1] >= K:
-        raise StageError(f"subset ids {subset_ids} must be distinct and within 0..{K - 1} (K={K})")
+    if subset_ids[-1] >= K:
+        raise StageError(f"subset ids {subset_ids} must be within 0..{K - 1} (K={K})")
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
@@ -459,6 +625,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     """Train a fresh student on the distilled set (MixUp + KL at temperature T) and test it on the real test set."""
     if label_mode not in ("static", "dynamic"):
         raise StageError(f"label mode {label_mode!r}: use 'static' or 'dynamic'")
+    _check_student_arch(arch)
     # Static labels come with the distilled set; only dynamic ones ask the teachers.
     output = _begin(out, {"data": data, "distilled": distilled, **({"teachers": teachers} if label_mode == "dynamic" else {})})
     test_x, test_y, dm = _data(cfg, data, "test")
@@ -483,6 +650,11 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
                   arch=arch, seed=seed, label_mode=label_mode)
 
 
+def _check_student_arch(arch: str) -> None:
+    if arch not in MODEL_REGISTRY:
+        raise StageError(f"student architecture {arch!r} (--arch) is unknown; known: {', '.join(sorted(MODEL_REGISTRY))}")
+
+
 BASELINES = {
     "random_soft": "random real ({per_class}/class) + soft labels, same epochs",
     "random_soft_steps": "random real ({per_class}/class) + soft labels, same optimiser steps",
@@ -502,6 +674,7 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     """
     if baseline not in BASELINES:
         raise StageError(f"baseline {baseline!r}: use one of {', '.join(BASELINES)}")
+    _check_student_arch(arch)
     output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")

@@ -1,0 +1,363 @@
+"""Every bad input a user can give, as one table: the real CLI exits 2, names the field or file and the fix, and
+leaves nothing behind.
+
+Each row builds its inputs under `given/`, runs `infer_distill.cli.main` in this process with `--out` (or
+`--root`) at `out/`, and checks the exit code, fragments of the message and that the test folder holds nothing
+the run made. Every failure happens before any training, so the whole table takes seconds. The store's own
+cases (S3 URIs, manifests) have their table beside the store's tests.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, make_folder
+from infer_distill.cli import main
+
+# `check_writable` creates the output folder (and a stage's artifact folder) before a refusal that comes after it:
+# empty folders, no file. True tolerates exactly that; set it to False once the store creates nothing there.
+STORE_LEAVES_EMPTY_FOLDERS = True
+
+Build = Callable[[Path, Path], list[str]]  # (given folder, out folder) -> argv
+
+
+def _sets(sets) -> list[str]:
+    return [part for s in sets for part in ("--set", s)]
+
+
+def _run(out: Path, sets=(), *args: str) -> list[str]:
+    return ["run", "--out", str(out), "--no-progress", *_sets([*TINY, *sets]), *args]
+
+
+# ----------------------------------------------------------------------------------------
+# Row builders: config values, datasets, weight files, stage flags
+# ----------------------------------------------------------------------------------------
+
+
+def config(id: str, sets: list[str], *fragments: str):
+    """`run` with these --set values."""
+    return pytest.param(lambda given, out: _run(out, sets), fragments, id=id)
+
+
+def config_file(id: str, text: str | None, *fragments: str):
+    """`run --config FILE` with FILE holding `text` (None: no file there)."""
+    def build(given: Path, out: Path) -> list[str]:
+        path = given / "config.yaml"
+        if text is not None:
+            path.write_text(text)
+        return ["run", "--config", str(path), "--out", str(out), "--no-progress"]
+    return pytest.param(build, fragments, id=id)
+
+
+def dataset(id: str, make: Callable[[Path], Path | str], *fragments: str, sets: tuple[str, ...] = (), name="imagefolder"):
+    """`run` on the dataset `make` builds under given/ (it returns dataset.root)."""
+    def build(given: Path, out: Path) -> list[str]:
+        return _run(out, [f"dataset.name={name}", f"dataset.root={make(given)}", "budget.ipc=2", *sets])
+    return pytest.param(build, fragments, id=id)
+
+
+def weights(id: str, make: Callable[[Path], Path], *fragments: str, arch: str = "convnet_d2_w32"):
+    """`run` on digits with teachers.pretrained.<arch> the file `make` writes."""
+    def build(given: Path, out: Path) -> list[str]:
+        return _run(out, [f"teachers.pretrained={{{arch}: {make(given)}}}"])
+    return pytest.param(build, fragments, id=id)
+
+
+def stage(id: str, args: list[str], *fragments: str, sets: tuple[str, ...] = ()):
+    """`stage ARGS --root out/`."""
+    return pytest.param(lambda given, out: ["stage", *args, "--root", str(out), *_sets([*TINY, *sets])], fragments, id=id)
+
+
+# ---- files the rows give ---------------------------------------------------------------------
+
+
+def images(given: Path, train: int = 4) -> Path:
+    """A valid image folder (3 classes, 12x12 PNGs) that K=1 subsets fit."""
+    return make_folder(given / "images", {"train": train, "test": 2})
+
+
+def with_file(name: str, content: Callable[[], bytes]) -> Callable[[Path], Path]:
+    """The valid image folder plus train/sky/<name> holding `content`."""
+    def make(given: Path) -> Path:
+        root = images(given)
+        (root / "train" / "sky" / name).write_bytes(content())
+        return root
+    return make
+
+
+def png(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bomb() -> bytes:
+    """A PNG whose header says 20000 x 20000 pixels (over PIL's bomb limit): a few bytes, never decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def zipped(members: dict[str, bytes]) -> Callable[[Path], Path]:
+    def make(given: Path) -> Path:
+        with zipfile.ZipFile(given / "data.zip", "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return given / "data.zip"
+    return make
+
+
+def folder(layout: dict[str, bytes | None]) -> Callable[[Path], Path]:
+    """A dataset root holding `layout`: path -> file bytes, or None for a folder."""
+    def make(given: Path) -> Path:
+        root = given / "root"
+        root.mkdir()
+        for rel, data in layout.items():
+            path = root / rel
+            if data is None:
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        return root
+    return make
+
+
+def solid(w: int = 12, h: int = 12) -> bytes:
+    return png(Image.new("RGB", (w, h), (0, 0, 255)))
+
+
+def state_file(name: str, state: Callable[[], dict], save: str = "safetensors") -> Callable[[Path], Path]:
+    def make(given: Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = given / name
+        tensors = state()
+        if save == "safetensors":
+            save_file(tensors, path)
+        else:  # written, never read back here: what a user may hand over
+            torch.save(tensors, path)
+        return path
+    return make
+
+
+def net_state(arch: str, **sizes) -> Callable[[], dict]:
+    def state() -> dict:
+        from infer_distill.models import create_model
+
+        return create_model(arch, **{"num_classes": 10, "in_chans": 1, "image_size": 8, **sizes}).state_dict()
+    return state
+
+
+def raw_file(name: str, data: bytes) -> Callable[[Path], Path]:
+    def make(given: Path) -> Path:
+        (given / name).write_bytes(data)
+        return given / name
+    return make
+
+
+# ----------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------
+
+ROWS = [
+    # ---- config: non-finite and out-of-range numbers, types, unknown keys ---------------------
+    config("teachers.lr infinite", ["teachers.lr=.inf"], "teachers.lr: Input should be a finite number"),
+    config("teachers.lr NaN", ["teachers.lr=.nan"], "teachers.lr: Input should be a finite number"),
+    config("teachers.lr negative", ["teachers.lr=-0.1"], "teachers.lr: Input should be greater than 0"),
+    config("teachers.lr huge", ["teachers.lr=1e9"], "teachers.lr: Input should be less than or equal to 10"),
+    config("teachers.momentum 1", ["teachers.momentum=1"], "teachers.momentum: Input should be less than 1"),
+    config("teachers.weight_decay negative", ["teachers.weight_decay=-1"], "teachers.weight_decay: Input should be greater"),
+    config("teachers.label_smoothing above 1", ["teachers.label_smoothing=1.5"], "teachers.label_smoothing: Input should be less than 1"),
+    config("teachers.epochs negative", ["teachers.epochs=-1"], "teachers.epochs: Input should be greater than or equal to 0"),
+    config("teachers.epochs not a number", ["teachers.epochs=many"], "teachers.epochs: Input should be a valid integer", "'many'"),
+    config("teachers.batch_size 0", ["teachers.batch_size=0"], "teachers.batch_size: Input should be greater than or equal to 1"),
+    config("teachers.archs empty", ["teachers.archs=[]"], "teachers.archs: List should have at least 1 item"),
+    config("teachers.archs a string", ["teachers.archs=resnet_tiny"], "teachers.archs: Input should be a valid list"),
+    config("teachers.archs unknown", ["teachers.archs=[resnet_tiny, vgg99]"], "teachers.archs: unknown architecture 'vgg99'", "known: "),
+    config("teachers.archs twice", ["teachers.archs=[resnet_tiny, resnet_tiny]"], "teachers.archs", "must be distinct"),
+    config("teachers.archs without BatchNorm", ["teachers.archs=[convnet_d3_w32_nonorm, resnet_tiny]"],
+           "teachers.archs", "no BatchNorm2d layers", "choose another architecture"),
+    config("teachers.pretrained not a teacher", ["teachers.pretrained={resnet50: torchvision}"], "not in teachers.archs"),
+    config("teachers.pretrained empty path", ["teachers.pretrained={resnet_tiny: ''}"], "teachers.pretrained.resnet_tiny: String should have at least 1 character"),
+    config("teachers.pretrained torchvision for a convnet", ["teachers.pretrained={convnet_d2_w32: torchvision}"],
+           "teachers.pretrained.convnet_d2_w32=torchvision: torchvision has no weights", "or a .safetensors path"),
+    config("synthesis.lr minus infinity", ["synthesis.lr=-.inf"], "synthesis.lr: Input should be a finite number"),
+    config("synthesis.iterations 0", ["synthesis.iterations=0"], "synthesis.iterations: Input should be greater than or equal to 1"),
+    config("synthesis.betas above 1", ["synthesis.betas=[0.5, 1.5]"], "synthesis.betas.1: Input should be less than 1"),
+    config("synthesis.betas one value", ["synthesis.betas=[0.5]"], "synthesis.betas.1: Field required"),
+    config("synthesis.r_bn NaN", ["synthesis.r_bn=.nan"], "synthesis.r_bn: Input should be a finite number"),
+    config("synthesis.first_bn_multiplier negative", ["synthesis.first_bn_multiplier=-1"], "synthesis.first_bn_multiplier: Input should be greater"),
+    config("synthesis.jitter negative", ["synthesis.jitter=-1"], "synthesis.jitter: Input should be greater than or equal to 0"),
+    config("synthesis.classes_per_ufc 0", ["synthesis.classes_per_ufc=0"], "synthesis.classes_per_ufc: Input should be greater"),
+    config("synthesis.ufc_dtype unknown", ["synthesis.ufc_dtype=int8"], "synthesis.ufc_dtype: Input should be 'uint8', 'float16' or 'float32'"),
+    config("labels.temperature 0", ["labels.temperature=0"], "labels.temperature: Input should be greater than 0"),
+    config("labels.temperature infinite", ["labels.temperature=.inf"], "labels.temperature: Input should be a finite number"),
+    config("labels.modes unknown", ["labels.modes=[soft]"], "labels.modes.0: Input should be 'static' or 'dynamic'"),
+    config("labels.dtype unknown", ["labels.dtype=bfloat16"], "labels.dtype: Input should be 'float16' or 'float32'"),
+    config("students.lr infinite", ["students.lr=.inf"], "students.lr: Input should be a finite number"),
+    config("students.mixup_alpha negative", ["students.mixup_alpha=-1"], "students.mixup_alpha: Input should be greater"),
+    config("students.weight_decay NaN", ["students.weight_decay=.nan"], "students.weight_decay: Input should be a finite number"),
+    config("students.seeds negative", ["students.seeds=[0, -1]"], "students.seeds.1: Input should be greater than or equal to 0"),
+    config("students.seeds 2^64", ["students.seeds=[18446744073709551616]"], "students.seeds.0: Input should be less than 9223372036854775808"),
+    config("students.seeds empty", ["students.seeds=[]"], "students.seeds: List should have at least 1 item"),
+    config("students.epochs 0", ["students.epochs=0"], "students.epochs: Input should be greater than or equal to 1"),
+    config("students.baselines twice", ["students.baselines=[random_soft, random_soft]"], "students.baselines", "must be distinct"),
+    config("students.baselines unknown", ["students.baselines=[nope]"], "students.baselines.0: Input should be 'random_soft' or 'random_soft_steps'"),
+    config("students.archs unknown", ["students.archs=[nope]"], "students.archs: unknown architecture 'nope'"),
+    config("seed negative", ["seed=-1"], "seed: Input should be greater than or equal to 0"),
+    config("seed 2^63", ["seed=9223372036854775808"], "seed: Input should be less than 9223372036854775808"),
+    config("seed a fraction", ["seed=1.5"], "seed: Input should be a valid integer", "(given: 1.5)"),
+    config("device unknown", ["device=tpu"], "device: Input should be 'auto', 'cpu' or 'cuda'"),
+    config("precision unknown", ["precision=fp8"], "precision: Input should be 'auto', 'fp32' or 'bf16'"),
+    config("budget.ipc 0", ["budget.ipc=0"], "budget.ipc: Input should be greater than or equal to 1"),
+    config("budget.ipc too small for the teachers", ["budget.ipc=1"], "budget.ipc=1 is too small for 2 teachers and 10 classes",
+           "Raise budget.ipc to at least 2"),
+    config("dataset.name unknown", ["dataset.name=mnist"], "dataset.name: Input should be 'digits'"),
+    config("dataset.image_size too small", ["dataset.image_size=4"], "dataset.image_size: Input should be greater than or equal to 8"),
+    config("dataset.train_split leaves the root", ["dataset.train_split=../x"], "dataset.train_split: '../x' is not a folder name"),
+    config("dataset.test_split a parent", ["dataset.test_split=.."], "dataset.test_split: '..' is not a folder name"),
+    config("dataset.train_per_class 0", ["dataset.train_per_class=0"], "dataset.train_per_class: Input should be greater"),
+    config("unknown key", ["synthesis.iteratons=5"], "synthesis.iteratons: unknown key (check the spelling"),
+    config("unknown section", ["optimiser.lr=1"], "optimiser: unknown key"),
+    config("section given a value", ["teachers=5"], "teachers: Input should be a valid dictionary"),
+    # ---- --set syntax and config files --------------------------------------------------------
+    config("--set without =", ["synthesis.iterations"], "--set 'synthesis.iterations': expected key.path=value"),
+    config("--set empty key", ["=5"], "--set '=5': the key '' has an empty part"),
+    config("--set empty key part", ["teachers..lr=1"], "--set 'teachers..lr=1': the key 'teachers..lr' has an empty part"),
+    config("--set below a value", ["teachers.epochs.x=1"], "--set 'teachers.epochs.x=1': 'epochs' is a value, not a section"),
+    config_file("--config missing", None, "config.yaml does not exist; see configs/"),
+    config_file("--config not YAML", "teachers: [unclosed\n", "config.yaml is not valid YAML"),
+    config_file("--config a list", "- a\n- b\n", "must hold a mapping of sections"),
+    config_file("--config unknown key", "teachers:\n  lrr: 0.1\n", "config.yaml is invalid", "teachers.lrr: unknown key"),
+    config_file("--config non-finite number", "students:\n  lr: .nan\n", "students.lr: Input should be a finite number"),
+    # ---- datasets ------------------------------------------------------------------------------
+    dataset("dataset.root missing", lambda given: given / "no-such-data", "no-such-data does not exist", "point it at the data directory"),
+    pytest.param(lambda given, out: _run(out, ["dataset.name=imagefolder"]), ("dataset.root must be set",), id="dataset.root unset"),
+    dataset("dataset.root a text file", raw_file("notes.txt", b"hello"), "notes.txt is neither a directory nor a zip archive"),
+    dataset("dataset.root empty", folder({}), "has no 'train' split", "found top-level entries: (none: it is empty)"),
+    dataset("split without class folders", folder({"train/README.txt": b"x", "test": None}), "split 'train' has no class folders"),
+    dataset("class folder without images", folder({"train/a/notes.txt": b"x", "test/a/0.png": solid()}),
+            "class folders without images", "['a']", "remove them or add images"),
+    dataset("splits with other classes", folder({"train/a/0.png": solid(), "test/b/0.png": solid()}),
+            "have different classes", "only in 'train': ['a']"),
+    dataset("corrupted PNG", with_file("999-corrupt.png", lambda: b"\x89PNG\r\n\x1a\nnot really"), "cannot decode image",
+            "999-corrupt.png", "remove or replace the file"),
+    dataset("truncated PNG", with_file("999-truncated.png", lambda: solid(64, 64)[:60]), "cannot decode image", "999-truncated.png"),
+    dataset("decompression bomb", with_file("999-bomb.png", bomb), "999-bomb.png is refused as a possible decompression bomb",
+            "remove the file"),
+    dataset("16-bit PNG", with_file("999-deep.png", lambda: png(Image.fromarray(np.full((12, 12), 40000, np.uint16)))),
+            "999-deep.png has 16-bit samples (PIL mode I;16)", "convert the dataset to 8 bits"),
+    dataset("zip member leaves its folder", zipped({"train/a/0.png": solid(), "train/a/../../x.png": solid(), "test/a/0.png": solid()}),
+            "data.zip under dataset.root: member 'train/a/../../x.png' leaves its folder"),
+    dataset("zip member absolute", zipped({"/train/a/0.png": solid()}), "member '/train/a/0.png' leaves its folder"),
+    dataset("zip with another layout", zipped({"images/cat/0.png": solid()}), "data.zip", "train/<class>/<file>", "[images]"),
+    dataset("broken zip in the root", folder({"part.zip": b"PK\x03\x04 not a zip"}), "part.zip under dataset.root is not a readable zip"),
+    dataset("too few images per class", lambda given: images(given, train=2), "has 2 training images, but K=6",
+            "lower budget.ipc or raise dataset.train_per_class", sets=("budget.ipc=10",)),
+    dataset("images not square", folder({"train/a/0.png": solid(12, 9), "test/a/0.png": solid(12, 9)}), "is 12x9, not square",
+            "set dataset.image_size"),
+    dataset("images of two sizes", with_file("999-big.png", lambda: solid(16, 16)), "999-big.png is 16x16",
+            "set dataset.image_size to resize"),
+    dataset("cifar10 files missing", lambda given: given, "cannot read CIFAR-10", "set dataset.download=true", name="cifar10"),
+    dataset("tiny-imagenet without annotations", folder({"train/n1/images/0.JPEG": solid(), "val/images/0.JPEG": solid()}),
+            "val/val_annotations.txt is missing", name="tiny-imagenet"),
+    # ---- teacher weight files ------------------------------------------------------------------
+    weights("pretrained file missing", lambda given: given / "none.safetensors", "teachers.pretrained.convnet_d2_w32",
+            "none.safetensors is not a file; give a .safetensors state dict"),
+    weights("pretrained a folder", lambda given: given, "teachers.pretrained.convnet_d2_w32", "is not a file"),
+    weights("pretrained a text file", raw_file("notes.safetensors", b"these are no weights"),
+            "notes.safetensors is not a safetensors file", "safetensors.torch.save_file"),
+    weights("pretrained header too large", raw_file("huge.safetensors", (2**62).to_bytes(8, "little") + b"{}"),
+            "huge.safetensors is not a safetensors file"),
+    weights("pretrained torch.save pickle", state_file("teacher.pt", net_state("convnet_d2_w32"), save="torch"),
+            "teacher.pt is a pickle", "never loaded", "weights_only=True"),
+    weights("pretrained bare pickle", raw_file("teacher.pkl", pickle.dumps({"w": [1.0]}, protocol=4)),
+            "teacher.pkl is a pickle", "never loaded"),
+    weights("pretrained of another architecture", state_file("other.safetensors", net_state("resnet_tiny")),
+            "the weights in", "other.safetensors do not fit convnet_d2_w32", "missing", "unexpected"),
+    weights("pretrained with the Normalize wrapper", state_file("wrapped.safetensors", net_state("convnet_d2_w32", mean=[0.5], std=[0.2])),
+            "wrapped.safetensors do not fit convnet_d2_w32", "without the Normalize wrapper"),
+    weights("pretrained for other classes", state_file("cifar100.safetensors", net_state("convnet_d2_w32", num_classes=100)),
+            "do not fit convnet_d2_w32 for this dataset", "'classifier.weight' has shape [100, 128], [10, 128] needed"),
+    weights("pretrained for other channels", state_file("rgb.safetensors", net_state("convnet_d2_w32", in_chans=3)),
+            "tensor 'features.0.weight' has shape [32, 3, 3, 3], [32, 1, 3, 3] needed"),
+    # ---- stage flags ---------------------------------------------------------------------------
+    stage("--subset-ids not numbers", ["synthesize-ufc", "--subset-ids", "0,x"], "--subset-ids '0,x': expected comma-separated subset numbers"),
+    stage("--subset-ids twice the same", ["synthesize-ufc", "--subset-ids", "1,1"], "subset ids [1, 1] must be distinct numbers from 0"),
+    stage("--subset-ids negative", ["synthesize-ufc", "--subset-ids=-1,0"], "must be distinct numbers from 0"),
+    stage("--subset-ids empty", ["synthesize-ufc", "--subset-ids", ","], "--subset-ids ',': expected comma-separated subset numbers"),
+    stage("--subset-ids missing", ["synthesize-ufc"], "stage synthesize-ufc needs --subset-ids"),
+    stage("--arch missing", ["train-teacher"], "stage train-teacher needs --arch"),
+    stage("--arch not a teacher", ["train-teacher", "--arch", "resnet50"], "teacher 'resnet50' is not in teachers.archs"),
+    stage("--arch unknown student", ["evaluate-student", "--arch", "vgg99"], "student architecture 'vgg99' (--arch) is unknown", "known: "),
+    stage("--arch unknown baseline student", ["evaluate-baseline", "--arch", "vgg99", "--baseline", "random_soft"],
+          "student architecture 'vgg99' (--arch) is unknown"),
+    stage("--baseline missing", ["evaluate-baseline", "--arch", "convnet_d3_w32"], "stage evaluate-baseline needs --baseline"),
+    stage("--baseline unknown", ["evaluate-baseline", "--arch", "convnet_d3_w32", "--baseline", "nope"],
+          "argument --baseline: invalid choice: 'nope'", "random_soft"),
+    stage("--seed negative", ["evaluate-student", "--arch", "convnet_d3_w32", "--seed=-1"], "--seed -1: a seed must be at least 0"),
+    stage("--seed 2^64", ["evaluate-student", "--arch", "convnet_d3_w32", "--seed", str(2**64)], "a seed must be at least 0 and below 2^63"),
+    stage("--seed not a number", ["evaluate-student", "--arch", "convnet_d3_w32", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    stage("--label-mode unknown", ["evaluate-student", "--arch", "convnet_d3_w32", "--label-mode", "soft"],
+          "argument --label-mode: invalid choice: 'soft'"),
+    stage("stage unknown", ["distil"], "invalid choice: 'distil'", "prepare-data"),
+    stage("train-teacher, pretrained file missing", ["train-teacher", "--arch", "resnet_tiny"],
+          "teachers.pretrained.resnet_tiny: /no/such.safetensors is not a file", sets=("teachers.pretrained={resnet_tiny: /no/such.safetensors}",)),
+    pytest.param(lambda given, out: ["stage", "select-subsets", "--out", str(out), *_sets(TINY)],
+                 ("stage select-subsets needs --data (or --root to derive every location)",), id="input location missing"),
+]
+
+
+# ----------------------------------------------------------------------------------------
+# The test
+# ----------------------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def assert_nothing_left(root: Path, before: set[Path]) -> None:
+    """Nothing under `root` the run made: no file, and (unless STORE_LEAVES_EMPTY_FOLDERS) no folder."""
+    made = sorted(_tree(root) - before)
+    files = [p for p in made if not p.is_dir()]
+    assert not files, f"the refused run left files: {files}"
+    if not STORE_LEAVES_EMPTY_FOLDERS:
+        assert not made, f"the refused run left folders: {made}"
+
+
+def test_the_table_is_large_and_its_ids_distinct():
+    assert len(ROWS) >= 60 and len({row.id for row in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize("build, fragments", ROWS)
+def test_bad_input_exits_2_naming_it_and_leaves_nothing(build: Build, fragments: tuple[str, ...], tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written relative to the working directory would show in the tree too
+    given, out = tmp_path / "given", tmp_path / "out"
+    given.mkdir()
+    argv = build(given, out)
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refuses flags by exiting 2
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+    assert "Traceback" not in err
+    assert_nothing_left(tmp_path, before)
