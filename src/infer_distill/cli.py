@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--engine", choices=["local", "kfp-local"], default="local",
                    help="local: every stage in this process; kfp-local: the Kubeflow DAG under KFP's local runner")
+    r.add_argument("--force-unlock", action="store_true",
+                   help="remove the run root's lock first, whoever holds it: only when the run it names is dead")
 
     s = sub.add_parser("stage", help="run one stage (the entry point of every container)")
     s.add_argument("name", choices=STAGES)
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(open_artifact(report_uri).read_manifest())
             else:
                 report_uri = Layout(args.out).report
-                print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step))
+                print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step,
+                                                 force_unlock=args.force_unlock))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             manifest = run_stage(args, cfg)

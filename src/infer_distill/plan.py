@@ -27,7 +27,8 @@ from typing import Any
 from . import stages
 from .config import Config, ConfigError
 from .stages import Layout
-from .store import open_artifact
+from .lock import run_lock
+from .store import ArtifactError, open_artifact
 
 # ----------------------------------------------------------------------------------------
 # Exit codes and the retry policy every engine applies to every step
@@ -212,11 +213,14 @@ def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, An
 
 
 def run_in_process(cfg: Config, root: str, progress: bool = True,
-                   on_step: Callable[[StepResult], None] | None = None) -> dict:
+                   on_step: Callable[[StepResult], None] | None = None, force_unlock: bool = False) -> dict:
     """Run (or resume) every step of PLAN under `root` in this process; returns the report's manifest.
 
     A step whose artifact is current (`stages.is_current`: same settings) is skipped, so a killed
-    run picks up where it stopped. `on_step` is called after every step, run or skipped.
+    run picks up where it stopped. `on_step` is called after every step, run or skipped. The walk
+    holds the root's lock (`lock.run_lock`: one run per root; `force_unlock` removes a stuck one),
+    and refuses, before any work, a root where a location it would write holds something it did
+    not write there.
     """
     layout = Layout(root)
     stages.preflight(cfg, [root])
@@ -225,16 +229,35 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     def num_classes() -> int:
         return open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
 
-    produced: dict[str, Any] = {}
-    manifest: dict = {}
+    with run_lock(root, force_unlock):
+        _check_replaceable(cfg, layout)
+        produced: dict[str, Any] = {}
+        manifest: dict = {}
+        for step in PLAN:
+            items = step_items(step, cfg, layout, num_classes)
+            uris = [location(layout, step, item) for item in items]
+            inputs = {name: produced[name] for name in step.inputs}
+            for item, uri in zip(items, uris):
+                result = run_item(cfg, step, item, inputs, uri, progress)
+                manifest = result.manifest
+                if on_step:
+                    on_step(result)
+            produced[step.output] = uris if step.over else uris[0]
+        return manifest
+
+
+def _check_replaceable(cfg: Config, layout: Layout) -> None:
+    """Refuse a walk that would replace what it did not write, before its first step: every location whose
+    items the config decides, and the shards too when the number of classes is known (a built-in
+    dataset, or a readable data artifact); the write itself refuses any other (`Artifact.write`)."""
+    known = stages.KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    if known is None:
+        try:
+            known = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+        except (ArtifactError, KeyError, TypeError):
+            known = None
     for step in PLAN:
-        items = step_items(step, cfg, layout, num_classes)
-        uris = [location(layout, step, item) for item in items]
-        inputs = {name: produced[name] for name in step.inputs}
-        for item, uri in zip(items, uris):
-            result = run_item(cfg, step, item, inputs, uri, progress)
-            manifest = result.manifest
-            if on_step:
-                on_step(result)
-        produced[step.output] = uris if step.over else uris[0]
-    return manifest
+        if step.over is not None and step.over.source != "config" and known is None:
+            continue
+        for item in (step.over.items(cfg, known) if step.over else [{}]):
+            open_artifact(location(layout, step, item)).check_replaceable(step.name)
