@@ -106,3 +106,16 @@ def test_staging_folders_a_crash_left_are_removed_by_the_next_write(tmp_path: Pa
     art.write({"w.bin": b"new"}, {"stage": "train-teacher"})
     assert sorted(os.listdir(tmp_path)) == sorted(["teacher", neighbour.name, user.name])
     assert art.read_bytes("w.bin") == b"new"
+
+
+def test_a_link_to_an_artifact_is_replaced_and_its_target_kept(tmp_path: Path) -> None:
+    pooled = open_artifact(tmp_path / "pool" / "data")
+    pooled.write({"x.bin": b"pooled"}, {"stage": "prepare-data"})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "data").symlink_to(tmp_path / "pool" / "data", target_is_directory=True)
+    open_artifact(tmp_path / "run" / "data").write({"x.bin": b"own"}, {"stage": "prepare-data"})
+    assert not (tmp_path / "run" / "data").is_symlink() and os.listdir(tmp_path / "run") == ["data"]
+    assert pooled.read_bytes("x.bin") == b"pooled"
+    (tmp_path / "run" / "other").symlink_to(tmp_path / "pool" / "data", target_is_directory=True)
+    with pytest.raises(ArtifactError, match="holds a 'prepare-data' artifact"):
+        open_artifact(tmp_path / "run" / "other").write({}, {"stage": "report"})

@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,8 @@ class _LocalLease:
 
     def renew(self, body: bytes, version: Any) -> bool:
         # Renewed in place (an atomic rename over it), so the lock never goes missing for a moment.
-        if self.read() is None or self.read()[1] != version:
+        found = self.read()
+        if found is None or found[1] != version:
             return False
         fresh = self.path.with_name(f"{LOCK}.{uuid.uuid4().hex}")
         fresh.write_bytes(body)
@@ -274,7 +275,9 @@ def _acquire(lease: _LocalLease | _S3Lease, body: bytes, token: str, expiry: flo
     raise LockHeld(f"run root {root}: the lock {lease.where} keeps changing hands: another run is starting; try again later")
 
 
-def _heartbeat(lease: _LocalLease | _S3Lease, body, state: dict, stop: threading.Event, every: float) -> None:
+def _heartbeat(lease: _LocalLease | _S3Lease, body: Callable[[], bytes], state: dict[str, Any], stop: threading.Event,
+               every: float) -> None:
+    """Renew the lock every `every` seconds until `stop`; a renewal lost to an outage is tried again at the next beat."""
     while not stop.wait(every):
         try:
             fresh = body()
@@ -282,5 +285,5 @@ def _heartbeat(lease: _LocalLease | _S3Lease, body, state: dict, stop: threading
                 print(f"warning: the lock {lease.where} was taken over by another run", file=sys.stderr)
                 return
             state["version"] = lease.read()[1]
-        except (ArtifactError, StoreUnavailable) as e:  # an outage: the next beat tries again
+        except (ArtifactError, StoreUnavailable) as e:
             print(f"warning: could not renew the lock {lease.where}: {e}", file=sys.stderr)

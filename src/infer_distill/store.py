@@ -40,6 +40,7 @@ S3 settings, from the environment (checked by `check_writable`, the preflight of
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import io
@@ -338,28 +339,25 @@ class LocalArtifact(Artifact):
                 if not p.name.startswith(".") and (p / MANIFEST).is_file()]
 
     def check_writable(self) -> None:
-        # write() stages a sibling temp dir and renames it in, so the parent must be writable; the
-        # folders this check makes to find out are removed again (a refused run leaves no trace).
-        made: list[Path] = []
+        # write() stages a sibling folder and renames it in; the folders on the way do not exist yet
+        # when a run starts. Creating a file in the nearest one that does is what creating them takes,
+        # and probing with a file makes no folder: a refused run leaves none behind, and runs starting
+        # side by side never see a folder another one's check made and removed.
+        existing = next(p for p in self.path.parents if os.path.lexists(p))
+        probe = existing / f".{self.path.name}.probe-{uuid.uuid4().hex}"
         try:
-            for folder in reversed([self.path, *self.path.parents]):
-                if not folder.is_dir():
-                    folder.mkdir()
-                    made.append(folder)
-            probe = self.path.parent / f".{self.path.name}.probe-{uuid.uuid4().hex}"
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
             raise ArtifactError(
                 f"output location {self.uri} is not writable: {e.strerror or e}; choose another --out"
             ) from e
-        finally:
-            for folder in reversed(made):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
 
     def _resident(self) -> dict[str, Any] | str | None:
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+        # A link to an artifact counts as one (a write replaces the link, never what it points to).
+        if self.path.exists() and not self.path.is_dir():
             return "a file, not a folder"
         try:
             entries = set(os.listdir(self.path))
@@ -400,7 +398,7 @@ class LocalArtifact(Artifact):
                     f.flush()
                     os.fsync(f.fileno())
             _fsync_dir(tmp)
-            if self.path.exists():
+            if os.path.lexists(self.path):
                 # No atomic directory swap in POSIX rename: move the old one aside first.
                 old = parent / f".{self.path.name}.old-{tag}"
                 os.rename(self.path, old)
@@ -409,7 +407,7 @@ class LocalArtifact(Artifact):
                 except OSError:
                     os.rename(old, self.path)
                     raise
-                shutil.rmtree(old, ignore_errors=True)
+                old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, self.path)
             _fsync_dir(parent)
