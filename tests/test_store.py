@@ -230,7 +230,7 @@ def test_s3_unreachable_endpoint_is_an_outage_after_botos_retries(s3_env: str, m
     client = store._s3_client()
     client.meta.events.register("before-send.s3", lambda **_: attempts.append(1))
     with pytest.raises(StoreUnavailable, match=r"endpoint http://127\.0\.0\.1:1 is unreachable \(EndpointConnectionError, after 6 attempts"):
-        open_artifact("s3://b/out").check_writable()
+        open_artifact("s3://bkt/out").check_writable()
     assert len(attempts) == 6  # boto3's standard retry mode: the first try and five retries, then it gave up
     assert not issubclass(StoreUnavailable, ArtifactError)  # an outage never reads as a missing or invalid artifact
 
@@ -244,15 +244,17 @@ def test_s3_error_answers_are_outages_or_refusals(s3_env: str, code: str, status
 
     answer = ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
     with pytest.raises(StoreUnavailable if outage else ArtifactError):
-        with open_artifact("s3://b/out")._errors("write") as _:
+        with open_artifact("s3://bkt/out")._errors("write") as _:
             raise answer
 
 
 def test_local_check_writable(tmp_path: Path) -> None:
     art = open_artifact(tmp_path / "deep" / "out")
     art.check_writable()
-    assert (tmp_path / "deep" / "out").is_dir()
-    assert sorted(os.listdir(tmp_path / "deep")) == ["out"]  # probe removed
+    assert os.listdir(tmp_path) == []  # the folders it made to find out, and its probe, removed again
+    (tmp_path / "deep").mkdir()
+    art.check_writable()
+    assert os.listdir(tmp_path) == ["deep"] and os.listdir(tmp_path / "deep") == []  # what was there stays
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

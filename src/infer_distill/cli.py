@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs to spread the workers over, one each in turn (default: every worker uses the default device)")
     r.add_argument("--engine", choices=["local", "kfp-local"], default="local",
                    help="local: every stage in this process; kfp-local: the Kubeflow DAG under KFP's local runner")
+    r.add_argument("--force-unlock", action="store_true",
+                   help="remove the run root's lock first, whoever holds it: only when the run it names is dead")
 
     s = sub.add_parser("stage", help="run one stage (the entry point of every container)")
     s.add_argument("name", choices=STAGES)
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 report_uri = Layout(args.out).report
                 devices = tuple(parse_devices(args.devices))
                 print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step,
-                                                  jobs=args.jobs, devices=devices))
+                                                  jobs=args.jobs, devices=devices, force_unlock=args.force_unlock))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             print_threads()

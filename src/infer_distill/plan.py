@@ -26,7 +26,8 @@ from typing import Any
 from . import stages
 from .config import Config, ConfigError
 from .stages import Layout
-from .store import open_artifact
+from .lock import run_lock
+from .store import ArtifactError, open_artifact
 
 # ----------------------------------------------------------------------------------------
 # Exit codes and the retry policy every engine applies to every step
@@ -212,17 +213,39 @@ def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, An
 
 def run_in_process(cfg: Config, root: str, progress: bool = True,
                    on_step: Callable[[StepResult], None] | None = None, jobs: int = 1,
-                   devices: tuple[str, ...] = ()) -> dict:
+                   devices: tuple[str, ...] = (), force_unlock: bool = False) -> dict:
     """Run (or resume) every step of PLAN under `root`; returns the report's manifest.
 
     A step whose artifact is current (`stages.is_current`: same settings) is skipped, so a killed
     run picks up where it stopped. `on_step` is called after every step, run or skipped. With one
     job the steps run in this process in PLAN's order; with more, independent steps run side by
-    side in worker processes (infer_distill.executor).
+    side in worker processes (infer_distill.executor). The walk holds the root's lock
+    (`lock.run_lock`: one run per root; `force_unlock` removes a stuck one), and refuses, before
+    any work, a root where a location it would write holds something it did not write there.
     """
     from .executor import Walk, run_walks
 
     stages.preflight(cfg, [root])
-    run_walks([Walk("run", cfg, root)], jobs, devices, progress,
-              on_step=(lambda _walk, result: on_step(result)) if on_step else None)
-    return open_artifact(Layout(root).report).read_manifest()
+    layout = Layout(root)
+    with run_lock(root, force_unlock):
+        _check_replaceable(cfg, layout)
+        run_walks([Walk("run", cfg, root)], jobs, devices, progress,
+                  on_step=(lambda _walk, result: on_step(result)) if on_step else None)
+        return open_artifact(layout.report).read_manifest()
+
+
+def _check_replaceable(cfg: Config, layout: Layout) -> None:
+    """Refuse a walk that would replace what it did not write, before its first step: every location whose
+    items the config decides, and the shards too when the number of classes is known (a built-in
+    dataset, or a readable data artifact); the write itself refuses any other (`Artifact.write`)."""
+    known = stages.KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    if known is None:
+        try:
+            known = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+        except (ArtifactError, KeyError, TypeError):
+            known = None
+    for step in PLAN:
+        if step.over is not None and step.over.source != "config" and known is None:
+            continue
+        for item in (step.over.items(cfg, known) if step.over else [{}]):
+            open_artifact(location(layout, step, item)).check_replaceable(step.name)
