@@ -23,10 +23,6 @@ from PIL import Image
 from conftest import TINY, make_folder
 from infer_distill.cli import main
 
-# `check_writable` creates the output folder (and a stage's artifact folder) before a refusal that comes after it:
-# empty folders, no file. True tolerates exactly that; set it to False once the store creates nothing there.
-STORE_LEAVES_EMPTY_FOLDERS = True
-
 Build = Callable[[Path, Path], list[str]]  # (given folder, out folder) -> argv
 
 
@@ -331,12 +327,9 @@ def _tree(root: Path) -> set[Path]:
 
 
 def assert_nothing_left(root: Path, before: set[Path]) -> None:
-    """Nothing under `root` the run made: no file, and (unless STORE_LEAVES_EMPTY_FOLDERS) no folder."""
+    """Nothing under `root` that the refused run made: no file, no folder."""
     made = sorted(_tree(root) - before)
-    files = [p for p in made if not p.is_dir()]
-    assert not files, f"the refused run left files: {files}"
-    if not STORE_LEAVES_EMPTY_FOLDERS:
-        assert not made, f"the refused run left folders: {made}"
+    assert not made, f"the refused run left: {made}"
 
 
 def test_the_table_is_large_and_its_ids_distinct():

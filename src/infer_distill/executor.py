@@ -216,14 +216,12 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
             future.cancel()
 
     def schedule() -> None:
-        """Start what is ready; with one job, only up to the first step that has items to run."""
-        while not errors and not past_deadline():
+        """Start what is ready; with one job, one step at a time (the next once its items have run)."""
+        while not errors and not past_deadline() and not (jobs == 1 and waiting):
             step_walk = next(((w, s) for w in walks for s in w.ready()), None)
             if step_walk is None:
                 return
             start(*step_walk)  # a step with no items is done at once, and may make others ready
-            if jobs == 1 and waiting:
-                return
 
     try:
         while True:
