@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not part of the installed package
-    sys.path.insert(0, str(REPO))
+from benchmarks.gpu import budget as bud
+from benchmarks.gpu import protocol
 
-from benchmarks.gpu import budget as bud  # noqa: E402
-from benchmarks.gpu import protocol  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student",
           "evaluate-baseline", "report")

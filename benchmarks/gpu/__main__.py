@@ -6,13 +6,7 @@ import time
 T0 = time.perf_counter()  # the budget counts from here, imports included
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-if importlib.util.find_spec("infer_distill") is None:  # not installed: the library from the checkout
-    sys.path.insert(0, str(REPO / "src"))
 
 from .protocol import PROFILES, default_datasets  # noqa: E402
 

@@ -21,12 +21,13 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import stages
 from .config import Config, ConfigError
-from .stages import Layout
 from .store import open_artifact
+
+if TYPE_CHECKING:  # the stages import torch: `infer-distill plan` and the DAG renderers read the plan without them
+    from .stages import Layout
 
 # ----------------------------------------------------------------------------------------
 # Exit codes and the retry policy every engine applies to every step
@@ -83,7 +84,7 @@ TEACHERS = FanOut("teachers", ("arch",), lambda cfg, _: [{"arch": a} for a in cf
 # whatever grouping made it (stages.plan_ufc_shards), so resharding recomputes nothing.
 SHARDS = FanOut("shards", ("subset_ids",), lambda cfg, c: [{"subset_ids": ids} for ids in cfg.shard_plan(c)],
                 lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets",
-                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in stages.plan_ufc_shards(cfg, layout, c)])
+                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in _stages().plan_ufc_shards(cfg, layout, c)])
 STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg.student_runs(),
                   lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
 BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
@@ -105,7 +106,14 @@ class Step:
 
     @property
     def function(self) -> Callable[..., dict]:
-        return getattr(stages, self.name.replace("-", "_"))
+        return getattr(_stages(), self.name.replace("-", "_"))
+
+
+def _stages():
+    """`infer_distill.stages`, imported when a step runs (it imports torch)."""
+    from . import stages
+
+    return stages
 
 
 PLAN: tuple[Step, ...] = (
@@ -201,7 +209,7 @@ def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, An
     """One item of one step: skipped when its artifact is current, else run into `uri`."""
     label = step.over.label(item) if step.over else ""
     # Current: same settings, intact files, made from the inputs now there (a remade input makes it stale).
-    if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
+    if not step.always and _stages().is_current(uri, cfg, step.name, inputs, **item):
         return StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest())
     # (only stages with long loops take progress)
     show = {"progress": progress} if "progress" in inspect.signature(step.function).parameters else {}
@@ -221,8 +229,9 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     side in worker processes (infer_distill.executor).
     """
     from .executor import Walk, run_walks
+    from .stages import Layout, preflight
 
-    stages.preflight(cfg, [root])
+    preflight(cfg, [root])
     run_walks([Walk("run", cfg, root)], jobs, devices, progress,
               on_step=(lambda _walk, result: on_step(result)) if on_step else None)
     return open_artifact(Layout(root).report).read_manifest()
