@@ -234,7 +234,7 @@ ROWS = [
     config("--set empty key", ["=5"], "--set '=5': the key '' has an empty part"),
     config("--set empty key part", ["teachers..lr=1"], "--set 'teachers..lr=1': the key 'teachers..lr' has an empty part"),
     config("--set below a value", ["teachers.epochs.x=1"], "--set 'teachers.epochs.x=1': 'epochs' is a value, not a section"),
-    config_file("--config missing", None, "config.yaml does not exist; see configs/"),
+    config_file("--config missing", None, "config.yaml does not exist: give a path to a YAML file, or one of the shipped configs"),
     config_file("--config not YAML", "teachers: [unclosed\n", "config.yaml is not valid YAML"),
     config_file("--config a list", "- a\n- b\n", "must hold a mapping of sections"),
     config_file("--config unknown key", "teachers:\n  lrr: 0.1\n", "config.yaml is invalid", "teachers.lrr: unknown key"),

@@ -1,18 +1,12 @@
 """The benchmark client (benchmarks/run.py, benchmarks/report.py) on tiny profiles: pools, workers, resume, rendering."""
 import json
-import sys
 
 import pytest
 import yaml
 
-from conftest import REPO
-
-if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not part of the installed package
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import report, speed  # noqa: E402
-from benchmarks.run import load_profile, main, profile_names  # noqa: E402
-from infer_distill.config import ConfigError  # noqa: E402
+from benchmarks import report, speed
+from benchmarks.run import load_profile, main, profile_names
+from infer_distill.config import ConfigError
 
 TINY_PROFILE = {
     "title": "digits, tiny",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -15,9 +14,7 @@ from conftest import REPO
 from infer_distill import plan
 from infer_distill.accelerator import REQUIRE_CUDA
 from infer_distill.cli import build_parser
-
-sys.path.insert(0, str(REPO / "pipelines"))
-import render  # noqa: E402
+from pipelines import render
 
 GPU_RESERVATION = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
 

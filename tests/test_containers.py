@@ -228,7 +228,7 @@ def test_image_is_non_root_with_the_pinned_dependencies(images):
     info = json.loads(out.stdout)
     assert info["uid"] == 1000 and info["home"] == "/tmp" and info["mpl"].startswith("/tmp")
     assert info["creds"] == []
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["kfp"]
     kfp = next(Requirement(d) for d in deps if Requirement(d).name == "kfp")
     assert kfp.specifier.contains(info["kfp"]), (info["kfp"], str(kfp))
     entry = _run(["docker", "image", "inspect", "-f", "{{json .Config.Entrypoint}} {{.Config.User}}", images["cpu"]])

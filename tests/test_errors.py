@@ -6,6 +6,7 @@ here: the cases that need more than one row can say (a custom teacher, S3, artif
 import pytest
 
 from conftest import TINY, OddBatchNorms
+from infer_distill import architectures
 from infer_distill.models import MODEL_REGISTRY
 from infer_distill.cli import main
 from infer_distill.store import open_artifact
@@ -25,6 +26,7 @@ def test_teacher_whose_batchnorm_never_runs_is_refused_naming_the_layer(tmp_path
         return OddBatchNorms(num_classes, in_chans, image_size)
 
     monkeypatch.setitem(MODEL_REGISTRY, "odd_bn", odd_bn)
+    monkeypatch.setattr(architectures, "NAMES", architectures.NAMES | {"odd_bn"})
     code, err = _run(capsys, tmp_path / "out", ["teachers.archs=[resnet_tiny, odd_bn]"])
     assert code == 2 and "teachers.archs: teacher 'odd_bn'" in err and "BatchNorm layer 'spare' did not run" in err
     assert not list((tmp_path / "out").rglob("manifest.json"))

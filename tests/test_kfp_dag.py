@@ -1,7 +1,7 @@
 """The Kubeflow DAG: compiled structure and placement, the image and backend checks, a kfp.local run
 equal to the in-process run. (That the compiled DAG is the plan is checked in test_plan.py.)"""
 import json
-import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +11,10 @@ from conftest import REPO, TINY
 from infer_distill import plan
 from infer_distill.accelerator import REQUIRE_CUDA
 from infer_distill.config import load_config
+from infer_distill.kfp import dag as infer_dag
 from infer_distill.plan import run_in_process
 from infer_distill.stages import Layout
 from infer_distill.store import open_artifact
-
-sys.path.insert(0, str(REPO / "pipelines"))
-import infer_dag  # noqa: E402
 
 IMAGE = "registry.example.com:5000/ml/infer-distill:0.1.0-cuda"
 GPU_STAGES = [s.name for s in plan.PLAN if s.gpu]
@@ -140,7 +138,7 @@ def test_data_volume_is_mounted_into_the_data_step_only(tmp_path, capsys):
 
 def test_component_yamls_compile_for_the_given_image(tmp_path):
     paths = infer_dag.compile_components(IMAGE, tmp_path)
-    from components.infer_components import FUNCTIONS
+    from infer_distill.kfp.components import FUNCTIONS
 
     assert sorted(p.parent.name for p in paths) == sorted(FUNCTIONS)
     for path in paths:
@@ -185,6 +183,23 @@ def test_submit_checks_its_input_before_connecting_and_names_an_unreachable_api(
     assert "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:1" in capsys.readouterr().err
     assert infer_dag.main(["upload", *args]) == 2
     assert "cannot reach the Kubeflow Pipelines API" in capsys.readouterr().err
+
+
+@pytest.mark.processes
+def test_the_dag_script_compiles_from_any_directory(tmp_path):
+    """pipelines/infer_dag.py, the file users run, is a script over the installed package."""
+    import subprocess
+    import sys
+
+    import infer_distill
+
+    env = {**os.environ, "PYTHONPATH": str(Path(infer_distill.__file__).parents[1])}
+    done = subprocess.run([sys.executable, str(REPO / "pipelines" / "infer_dag.py"), "compile", "--image", IMAGE,
+                           "--config", "cifar10-ipc10", "--output", "infer.yaml"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    spec = next(yaml.safe_load_all((tmp_path / "infer.yaml").read_text()))
+    assert spec["root"]["inputDefinitions"]["parameters"]["budget"]["defaultValue"]["ipc"] == 10
 
 
 @pytest.mark.slow

@@ -5,11 +5,14 @@ import pytest
 import torch
 from torch import nn
 
+from infer_distill import architectures, models
+from infer_distill.config import validate_config
 from infer_distill.models import (
     MODEL_REGISTRY,
     Normalize,
     batchnorm_layers,
     create_model,
+    register_model,
     require_batchnorm,
 )
 
@@ -33,6 +36,24 @@ def test_registry_has_the_documented_names() -> None:
         "resnet50", "mobilenetv2", "efficientnet_b0", "shufflenetv2",
     }
     assert expected <= set(MODEL_REGISTRY)
+
+
+def test_the_torch_free_names_are_the_builders_defined_here() -> None:
+    """Config validation checks architectures against `architectures.BUILTIN` without importing models."""
+    assert {name for name, fn in MODEL_REGISTRY.items() if fn.__module__ == models.__name__} == architectures.BUILTIN
+
+
+def test_a_registered_architecture_is_a_valid_config_name(monkeypatch) -> None:
+    monkeypatch.setattr(models, "MODEL_REGISTRY", dict(MODEL_REGISTRY))
+    monkeypatch.setattr(architectures, "NAMES", set(architectures.NAMES))
+    with pytest.raises(ValueError, match="unknown architecture 'my_net'"):
+        validate_config({"students": {"archs": ["my_net"]}})
+
+    @register_model
+    def my_net(num_classes: int, in_chans: int = 3, image_size: int = 32) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size * image_size, num_classes))
+
+    assert validate_config({"students": {"archs": ["my_net"]}}).students.archs == ["my_net"]
 
 
 @pytest.mark.parametrize("name", WITH_SLOW_BIG_ONES)

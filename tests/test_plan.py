@@ -1,7 +1,6 @@
 """The plan (infer_distill.plan) and every rendering of it: the Kubeflow pipeline, the Argo
 WorkflowTemplate of the Helm chart, the compose files, and the in-process walk."""
 import re
-import sys
 
 import pytest
 import yaml
@@ -10,11 +9,9 @@ from conftest import REPO, TINY
 from infer_distill import plan
 from infer_distill.cli import build_parser
 from infer_distill.config import ConfigError, load_config
+from infer_distill.kfp import dag as infer_dag
 from infer_distill.stages import Layout
-
-sys.path.insert(0, str(REPO / "pipelines"))
-import infer_dag  # noqa: E402
-import render  # noqa: E402
+from pipelines import render
 
 
 def test_the_dag_edges_follow_from_the_inputs():

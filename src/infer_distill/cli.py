@@ -1,9 +1,10 @@
 """`infer-distill`: run the whole pipeline, one stage (what containers call), or show an artifact.
 
-    infer-distill run --config configs/quickstart.yaml --out runs/quickstart [--set synthesis.iterations=50]
+    infer-distill configs
+    infer-distill run --config quickstart --out runs/quickstart [--set synthesis.iterations=50]
     infer-distill stage train-teacher --config C --root s3://bucket/run1 --arch resnet18
     infer-distill show runs/quickstart/report
-    infer-distill plan --config configs/cifar10-ipc10.yaml
+    infer-distill plan --config cifar10-ipc10
     infer-distill check-store s3://bucket/runs
     infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
 
@@ -20,16 +21,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import plan, stages
-from .config import STAGES, Config, ConfigError, dump_config, load_config
-from .data import DataError
-from .distilled import FORMATS, export
-from .executor import parse_devices
-from .stages import Layout, StageError
-from .store import ArtifactError, StoreUnavailable, open_artifact
+from . import plan
+from .config import BASELINES, KNOWN_NUM_CLASSES, STAGES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
+from .errors import USER_ERRORS, StageError
+from .store import StoreUnavailable, open_artifact
 
+# Modules that import torch (stages, executor, distilled, report) are imported by the commands
+# that need them: --help, config, configs and plan start in a fraction of a second.
 console = Console(stderr=True)
-USER_ERRORS = (ConfigError, DataError, ArtifactError, StageError)  # refused input: exit plan.EXIT_REFUSED
 
 
 # ----------------------------------------------------------------------------------------
@@ -66,6 +65,9 @@ def print_summary(report: dict) -> None:
 
 
 def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
+    from . import stages
+    from .stages import Layout
+
     layout = Layout(args.root) if args.root else None
     name = args.name
 
@@ -140,19 +142,6 @@ def _num_classes(data: str) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def _kfp_dag():
-    """pipelines/infer_dag.py of the checkout this package is installed from (src layout)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "pipelines" / "infer_dag.py"
-    if not path.is_file():
-        raise StageError(f"--engine kfp-local needs the repository checkout ({path} not found); run from a clone")
-    spec = importlib.util.spec_from_file_location("infer_dag", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def show(uri: str) -> None:
     art = open_artifact(uri)
     manifest = art.read_manifest()
@@ -167,9 +156,9 @@ def show(uri: str) -> None:
 
 def print_plan(cfg: Config, items_dir: str | None) -> None:
     """The steps this config runs, with every fan-out item; --items-dir also writes the items as JSON."""
-    num_classes = stages.KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if num_classes is not None:
-        stages.check_budget(cfg, num_classes)
+        check_budget(cfg, num_classes)
     table = Table(title="INFER plan")
     for col in ("step", "after", "runs", "items"):
         table.add_column(col)
@@ -197,7 +186,17 @@ def print_threads() -> None:
     console.print(f"CPU threads: {threads} ({why}); artifacts are byte-identical across runs at the same count")
 
 
+def print_configs() -> None:
+    """The configs shipped with the package, each with the first sentence of its comment."""
+    shipped = packaged_configs()
+    width = max(map(len, shipped))
+    for name, path in shipped.items():
+        print(f"{name:<{width}}  {config_description(path)}")
+
+
 def export_set(args: argparse.Namespace) -> None:
+    from .distilled import export
+
     out = export(args.uri, args.format, args.out, include_test=args.include_test)
     console.print(f"✓ exported {args.uri} as {args.format} to {out} (see {out / 'DATASHEET.md'})")
 
@@ -207,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_config(sp):
-        sp.add_argument("--config", help="YAML config (default: the embedded quickstart defaults)")
+        sp.add_argument("--config", help="a YAML file, or the name of a shipped config (`infer-distill configs`); "
+                                          "default: the embedded quickstart defaults")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. synthesis.iterations=50")
 
     r = sub.add_parser("run", help="run every stage in order, in this process (resumes: current artifacts are skipped)")
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data"), s.add_argument("--subsets"), s.add_argument("--distilled")
     s.add_argument("--teachers", nargs="+"), s.add_argument("--ufc", nargs="+"), s.add_argument("--students", nargs="+")
     s.add_argument("--baselines", nargs="*", help="report: the evaluate-baseline artifacts (default: derived from --root)")
-    s.add_argument("--baseline", choices=list(stages.BASELINES), help="evaluate-baseline: which baseline")
+    s.add_argument("--baseline", choices=list(BASELINES), help="evaluate-baseline: which baseline")
     s.add_argument("--arch"), s.add_argument("--seed", type=int)
     s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
     s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a distilled set as an ImageFolder of PNGs or one .npz, with a DATASHEET.md")
     e.add_argument("uri", help="the soft-label stage's artifact, e.g. runs/quickstart/distilled or s3://bucket/run1/distilled")
-    e.add_argument("--format", required=True, choices=FORMATS,
+    e.add_argument("--format", required=True,
                    help="imagefolder: train/<class>/<subset>_<teacher>.png + soft_labels.npy; npz: one distilled.npz")
     e.add_argument("--out", required=True, help="a new (or empty) local directory; written whole or not at all")
     e.add_argument("--include-test", action="store_true",
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the resolved config")
     add_config(c)
+
+    sub.add_parser("configs", help="list the configs shipped with the package (give one by name: --config cifar10-ipc10)")
     return p
 
 
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             export_set(args)
             return 0
+        if args.command == "configs":
+            print_configs()
+            return 0
         cfg = load_config(args.config, args.set)
         if args.command == "config":
             print(dump_config(cfg), end="")
@@ -286,9 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             print_threads()
             if args.engine == "kfp-local":
-                report_uri = _kfp_dag().run_local(cfg, args.out)
+                from .kfp import dag
+
+                report_uri = dag.run_local(cfg, args.out)
                 print_summary(open_artifact(report_uri).read_manifest())
             else:
+                from .executor import parse_devices
+                from .stages import Layout
+
                 report_uri = Layout(args.out).report
                 devices = tuple(parse_devices(args.devices))
                 print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step,

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import architectures
+
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the field and how to fix it."""
@@ -163,12 +165,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _known_archs(self) -> "Config":
-        from .models import MODEL_REGISTRY
-
         for section, archs in (("teachers.archs", self.teachers.archs), ("students.archs", self.students.archs)):
             for arch in archs:
-                if arch not in MODEL_REGISTRY:
-                    raise ValueError(f"{section}: unknown architecture {arch!r}; known: {', '.join(sorted(MODEL_REGISTRY))}")
+                if arch not in architectures.NAMES:
+                    raise ValueError(f"{section}: unknown architecture {arch!r}; known: {', '.join(sorted(architectures.NAMES))}")
         for arch in self.teachers.pretrained:
             if arch not in self.teachers.archs:
                 raise ValueError(f"teachers.pretrained names {arch!r}, which is not in teachers.archs {self.teachers.archs}")
@@ -231,6 +231,31 @@ def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: in
     Integer arithmetic, so K*(C + M*B) <= ipc*C holds exactly.
     """
     return (ipc * num_classes) // (num_classes + num_teachers * class_batches)
+
+
+# The datasets whose number of classes is known before the data is loaded (plan and preflight check the budget).
+# (classes, channels, native side) of the datasets whose images are known before they are loaded
+KNOWN_IMAGES = {"digits": (10, 1, 8), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
+KNOWN_NUM_CLASSES = {name: classes for name, (classes, _, _) in KNOWN_IMAGES.items()}
+
+
+def check_budget(cfg: Config, num_classes: int) -> int:
+    k = cfg.num_subsets(num_classes)
+    if k < 1:
+        m, b = len(cfg.teachers.archs), cfg.class_batches(num_classes)
+        need = -(-(num_classes + m * b) // num_classes)
+        raise ConfigError(
+            f"budget.ipc={cfg.budget.ipc} is too small for {m} teachers and {num_classes} classes: "
+            f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least {need} or use fewer teachers."
+        )
+    return k
+
+
+# students.baselines: what each baseline trains on (its manifest's description)
+BASELINES = {
+    "random_soft": "random real ({per_class}/class) + soft labels, same epochs",
+    "random_soft_steps": "random real ({per_class}/class) + soft labels, same optimiser steps",
+}
 
 
 # ----------------------------------------------------------------------------------------
@@ -345,12 +370,45 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+# ----------------------------------------------------------------------------------------
+# The configs shipped with the package (infer_distill/configs; configs/ in a checkout links there)
+# ----------------------------------------------------------------------------------------
+
+PACKAGED_CONFIGS = Path(__file__).with_name("configs")
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The shipped configs by name, e.g. {"quickstart": .../configs/quickstart.yaml}."""
+    return {p.stem: p for p in sorted(PACKAGED_CONFIGS.glob("*.yaml"))}
+
+
+def config_description(path: Path) -> str:
+    """The first sentence of a config's leading comment."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    return text[: end + 1] if (end := text.find(". ")) >= 0 else text
+
+
+def find_config(spec: str | Path) -> Path:
+    """A config file by path, or a shipped config by name (`cifar10-ipc10`, with or without .yaml)."""
+    path, shipped = Path(spec), packaged_configs()
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and name in shipped:
+        return shipped[name]
+    hint = f"--config {name} (shipped with the package)" if name in shipped else f"one of the shipped configs: {', '.join(shipped)}"
+    raise ConfigError(f"config file {path} does not exist: give a path to a YAML file, or {hint} (`infer-distill configs` lists them)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        path = find_config(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

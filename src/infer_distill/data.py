@@ -45,10 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import DatasetConfig
-
-
-class DataError(ValueError):
-    """Data that cannot be loaded; the message names the field or file and how to fix it."""
+from .errors import DataError
 
 
 @dataclass

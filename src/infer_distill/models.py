@@ -20,6 +20,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from . import architectures
+
 __all__ = [
     "MODEL_REGISTRY",
     "Normalize",
@@ -50,6 +52,7 @@ def register_model(fn: _B) -> _B:
     if name in MODEL_REGISTRY:
         raise ValueError(f"architecture '{name}' is already registered")
     MODEL_REGISTRY[name] = fn
+    architectures.NAMES.add(name)  # configs may name it (validated without importing this module)
     return fn
 
 

@@ -21,13 +21,14 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import stages
-from .config import Config, ConfigError
-from .stages import Layout
+from .config import KNOWN_NUM_CLASSES, Config, ConfigError
 from .lock import run_lock
 from .store import ArtifactError, open_artifact
+
+if TYPE_CHECKING:  # the stages import torch: `infer-distill plan` and the DAG renderers read the plan without them
+    from .stages import Layout
 
 # ----------------------------------------------------------------------------------------
 # Exit codes and the retry policy every engine applies to every step
@@ -84,7 +85,7 @@ TEACHERS = FanOut("teachers", ("arch",), lambda cfg, _: [{"arch": a} for a in cf
 # whatever grouping made it (stages.plan_ufc_shards), so resharding recomputes nothing.
 SHARDS = FanOut("shards", ("subset_ids",), lambda cfg, c: [{"subset_ids": ids} for ids in cfg.shard_plan(c)],
                 lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets",
-                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in stages.plan_ufc_shards(cfg, layout, c)])
+                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in _stages().plan_ufc_shards(cfg, layout, c)])
 STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg.student_runs(),
                   lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
 BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
@@ -106,7 +107,14 @@ class Step:
 
     @property
     def function(self) -> Callable[..., dict]:
-        return getattr(stages, self.name.replace("-", "_"))
+        return getattr(_stages(), self.name.replace("-", "_"))
+
+
+def _stages():
+    """`infer_distill.stages`, imported when a step runs (it imports torch)."""
+    from . import stages
+
+    return stages
 
 
 PLAN: tuple[Step, ...] = (
@@ -202,7 +210,7 @@ def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, An
     """One item of one step: skipped when its artifact is current, else run into `uri`."""
     label = step.over.label(item) if step.over else ""
     # Current: same settings, intact files, made from the inputs now there (a remade input makes it stale).
-    if not step.always and stages.is_current(uri, cfg, step.name, inputs, **item):
+    if not step.always and _stages().is_current(uri, cfg, step.name, inputs, **item):
         return StepResult(step.name, label, uri, 0.0, True, open_artifact(uri).read_manifest())
     # (only stages with long loops take progress)
     show = {"progress": progress} if "progress" in inspect.signature(step.function).parameters else {}
@@ -224,8 +232,9 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     any work, a root where a location it would write holds something it did not write there.
     """
     from .executor import Walk, run_walks
+    from .stages import Layout, preflight
 
-    stages.preflight(cfg, [root])
+    preflight(cfg, [root])
     layout = Layout(root)
     with run_lock(root, force_unlock):
         _check_replaceable(cfg, layout)
@@ -238,7 +247,7 @@ def _check_replaceable(cfg: Config, layout: Layout) -> None:
     """Refuse a walk that would replace what it did not write, before its first step: every location whose
     items the config decides, and the shards too when the number of classes is known (a built-in
     dataset, or a readable data artifact); the write itself refuses any other (`Artifact.write`)."""
-    known = stages.KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+    known = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if known is None:
         try:
             known = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]

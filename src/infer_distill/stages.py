@@ -31,17 +31,14 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import Config, ConfigError, diff_settings, fingerprint, stage_config
-from .data import DataError, augmentation, load_dataset, source_digest
+from .config import BASELINES, KNOWN_IMAGES, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
+from .data import augmentation, load_dataset, source_digest
+from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
 from .models import MODEL_REGISTRY, Normalize, create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
-
-
-class StageError(RuntimeError):
-    """A stage cannot run with these inputs; the message says why and what to do."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,22 +263,6 @@ def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------
 # Checks that run before any expensive work
 # ----------------------------------------------------------------------------------------
-
-# (classes, channels, native side) of the datasets whose images are known before they are loaded
-KNOWN_IMAGES = {"digits": (10, 1, 8), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
-KNOWN_NUM_CLASSES = {name: classes for name, (classes, _, _) in KNOWN_IMAGES.items()}
-
-
-def check_budget(cfg: Config, num_classes: int) -> int:
-    k = cfg.num_subsets(num_classes)
-    if k < 1:
-        m, b = len(cfg.teachers.archs), cfg.class_batches(num_classes)
-        need = -(-(num_classes + m * b) // num_classes)
-        raise ConfigError(
-            f"budget.ipc={cfg.budget.ipc} is too small for {m} teachers and {num_classes} classes: "
-            f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least {need} or use fewer teachers."
-        )
-    return k
 
 
 def _require_teacher(model: nn.Module, arch: str, in_chans: int = 3, image_size: int = 32) -> None:
@@ -653,12 +634,6 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
 def _check_student_arch(arch: str) -> None:
     if arch not in MODEL_REGISTRY:
         raise StageError(f"student architecture {arch!r} (--arch) is unknown; known: {', '.join(sorted(MODEL_REGISTRY))}")
-
-
-BASELINES = {
-    "random_soft": "random real ({per_class}/class) + soft labels, same epochs",
-    "random_soft_steps": "random real ({per_class}/class) + soft labels, same optimiser steps",
-}
 
 
 def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: str, subsets: str, teachers: list[str],

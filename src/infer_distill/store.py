@@ -54,11 +54,10 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
+if TYPE_CHECKING:  # torch is imported by the code that reads or writes tensors: the CLI's plan and config stay free of it
+    import torch
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -73,7 +72,7 @@ _CREDENTIALS_HINT = (
 )
 _MOVE_IT = "move it away (or delete it yourself if it is not needed), or choose another --out"
 
-FileValue = bytes | Mapping[str, torch.Tensor]
+FileValue = "bytes | Mapping[str, torch.Tensor]"
 
 
 class ArtifactError(RuntimeError):
@@ -257,9 +256,11 @@ class Artifact(ABC):
         return data
 
     def read_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load
+
         data = self.read_bytes(name)
         try:
-            return _st_load(data)
+            return load(data)
         except Exception as e:  # safetensors raises its own SafetensorError type
             raise ArtifactError(f"artifact {self.uri}: file {name!r} is not a safetensors file: {e}") from e
 
@@ -270,16 +271,18 @@ class Artifact(ABC):
         if isinstance(value, (bytes, bytearray, memoryview)):
             data = bytes(value)
             return data, {"sha256": sha256_bytes(data), "bytes": len(data)}
-        if isinstance(value, Mapping) and all(
-            isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items()
-        ):
-            tensors = {k: t.detach().cpu().contiguous() for k, t in value.items()}
-            try:
-                data = _st_save(tensors)
-            except Exception as e:
-                raise ArtifactError(f"artifact {self.uri}: cannot serialise tensors of {name!r}: {e}") from e
-            meta = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for k, t in tensors.items()}
-            return data, {"sha256": sha256_bytes(data), "bytes": len(data), "tensors": meta}
+        if isinstance(value, Mapping):
+            import torch  # (a mapping of tensors comes from code that has imported torch already)
+            from safetensors.torch import save
+
+            if all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items()):
+                tensors = {k: t.detach().cpu().contiguous() for k, t in value.items()}
+                try:
+                    data = save(tensors)
+                except Exception as e:
+                    raise ArtifactError(f"artifact {self.uri}: cannot serialise tensors of {name!r}: {e}") from e
+                meta = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for k, t in tensors.items()}
+                return data, {"sha256": sha256_bytes(data), "bytes": len(data), "tensors": meta}
         raise ArtifactError(
             f"artifact {self.uri}: file {name!r} must be bytes or a dict of str -> torch.Tensor, "
             f"got {type(value).__name__}"
