@@ -1,7 +1,7 @@
 """The DAG as text, drawn from `plan.PLAN`: the drawing in README.md, kept current by a test.
 
     python -m infer_distill.dag_text                 # print the drawing
-    python -m infer_distill.dag_text --update README.md
+    python -m infer_distill.dag_text --update README.md     # and docs/kubeflow.md
 
 Each line is one step of the plan, in run order: its fan-out (one run per item, and the item's
 keys) and the steps it waits for (`plan.depends`: its inputs' producers, without those another
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import plan
 
-MARKER = "<!-- the plan's drawing: python -m infer_distill.dag_text --update README.md -->"
+MARKER = "<!-- the plan's drawing, generated: python -m infer_distill.dag_text --update <this file> -->"
 
 
 def drawing(steps: tuple[plan.Step, ...] = plan.PLAN) -> str:
