@@ -18,9 +18,10 @@ def test_the_drawing_reads_back_as_the_plan():
             assert head.strip() == step.name, line
 
 
-def test_the_readme_drawing_is_current():
-    text = (REPO / "README.md").read_text()
-    assert updated(text) == text, "README.md's DAG drawing is stale: python -m infer_distill.dag_text --update README.md"
+@pytest.mark.parametrize("page", ["README.md", "docs/kubeflow.md"])
+def test_the_drawings_in_the_docs_are_current(page):
+    text = (REPO / page).read_text()
+    assert updated(text, page) == text, f"{page}'s DAG drawing is stale: python -m infer_distill.dag_text --update {page}"
 
 
 def test_a_stale_drawing_is_rewritten_and_a_missing_marker_refused(tmp_path, capsys):
