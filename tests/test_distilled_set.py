@@ -271,7 +271,7 @@ def test_the_datasheet_states_the_runs_own_student_recipe(run, tmp_path):
     assert main(["export", copy.distilled, "--format", "npz", "--out", str(tmp_path / "npz")]) == 0
     sheet = (tmp_path / "npz" / "DATASHEET.md").read_text()
     assert sheet.startswith("# Distilled set: digits, 24 training instances per class (budget: 10 images per class)\n")
-    assert "from its report): 1 epochs in batches of 16, AdamW (learning rate 0.004, weight decay 0.03)" in sheet
+    assert "(read from the run's report): 1 epochs in batches of 16, AdamW (learning rate 0.004, weight decay 0.03)" in sheet
     library, standalone = re.findall(r"```python\n(.*?)```", sheet, re.S)
 
     (line,) = [x for x in library.splitlines() if x.startswith("recipe = ")]

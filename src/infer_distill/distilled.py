@@ -376,7 +376,7 @@ def _run_report(ds: DistilledSet) -> dict | None:
 def _recipe(ds: DistilledSet) -> tuple[StudentConfig, str]:
     """The student recipe the datasheet states, and where its numbers come from."""
     try:
-        return ds.student_recipe(), "the run's `students` settings, from its report"
+        return ds.student_recipe(), "read from the run's report"
     except ArtifactError:
         return StudentConfig(), "infer-distill's defaults: no report of the run beside the set records its own settings"
 
