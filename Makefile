@@ -1,5 +1,5 @@
 # Two commands a newcomer needs: `make run` (the whole method on digits, CPU) and `make test`
-# (`make test-fast`: the quick hermetic tier).
+# (`make test-fast`: the quick hermetic tier); both list the reason of every skipped test (-rs).
 # Each creates .venv and installs the project on first use.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,11 +21,11 @@ run: install
 	$(VENV)/bin/infer-distill run --config $(CONFIG) --out $(OUT) $(ARGS)
 
 test: install
-	$(PY) -m pytest -q --durations=25 $(ARGS)
+	$(PY) -m pytest -q -rs --durations=25 $(ARGS)
 
 # The quick hermetic tier, while editing: no servers, data files, processes or slow runs (tests/conftest.py).
 test-fast: install
-	$(PY) -m pytest -q --fast $(ARGS)
+	$(PY) -m pytest -q -rs --fast $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import REPO, TINY
 from infer_distill import DistilledSet, stages
 from infer_distill.cli import main
-from infer_distill.config import DatasetConfig, load_config
+from infer_distill.config import DatasetConfig, dump_config, load_config
 from infer_distill.data import load_dataset
 from infer_distill.distilled import content_sha256, to_uint8
 from infer_distill.stages import Layout
@@ -37,7 +37,7 @@ SETTINGS = TINY + ["students.epochs=1"]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """The stages up to soft-label, plus a report, under one run root (what `infer-distill run` lays out)."""
+    """The stages up to soft-label under one run root (what `infer-distill run` lays out); no students, no report."""
     cfg = load_config(None, SETTINGS)
     root = str(tmp_path_factory.mktemp("distilled") / "run")
     layout = Layout(root)
@@ -236,7 +236,7 @@ def test_the_datasheet_recipe_trains_a_model_on_the_export(run, tmp_path, monkey
     _, layout = run
     out = tmp_path / fmt
     assert main(["export", layout.distilled, "--format", fmt, "--out", str(out)]) == 0
-    (code,) = re.findall(r"```python\n(.*?)```", (out / "DATASHEET.md").read_text(), re.S)
+    _library, code = re.findall(r"```python\n(.*?)```", (out / "DATASHEET.md").read_text(), re.S)
     monkeypatch.chdir(out)
     namespace: dict = {}
     exec(code, namespace)
@@ -245,6 +245,59 @@ def test_the_datasheet_recipe_trains_a_model_on_the_export(run, tmp_path, monkey
     before = model[1].weight.clone()
     assert namespace["train"](model, epochs=1) is model
     assert not torch.equal(model[1].weight, before)
+
+
+def _reported_copy(run, dest: Path, students: list[str]):
+    """A copy of the run root with one student and the report, made with these `students.*` settings."""
+    _, layout = run
+    cfg = load_config(None, SETTINGS + students)
+    copy = Layout(str(shutil.copytree(layout.root, dest)))
+    stages.evaluate_student(cfg, "convnet_d3_w32", 0, "static", copy.data, copy.distilled, copy.teachers(cfg),
+                            copy.student("convnet_d3_w32", 0, "static"), progress=False)
+    stages.report(cfg, copy.data, copy.teachers(cfg), [copy.ufc(ids) for ids in cfg.shard_plan(10)], copy.distilled,
+                  copy.students(cfg), copy.report)
+    return cfg, copy
+
+
+RECIPE = ["students.batch_size=16", "students.lr=0.004", "students.weight_decay=0.03", "students.mixup_alpha=0.5",
+          "students.eval_every=2"]
+
+
+@pytest.mark.slow
+def test_the_datasheet_states_the_runs_own_student_recipe(run, tmp_path):
+    """Both training snippets carry the run's students settings (not the library's defaults), read from its report."""
+    cfg, copy = _reported_copy(run, tmp_path / "run", RECIPE)
+    assert DistilledSet.open(copy.distilled).student_recipe() == cfg.students
+    assert main(["export", copy.distilled, "--format", "npz", "--out", str(tmp_path / "npz")]) == 0
+    sheet = (tmp_path / "npz" / "DATASHEET.md").read_text()
+    assert sheet.startswith("# Distilled set: digits, 24 training instances per class (budget: 10 images per class)\n")
+    assert "(read from the run's report): 1 epochs in batches of 16, AdamW (learning rate 0.004, weight decay 0.03)" in sheet
+    library, standalone = re.findall(r"```python\n(.*?)```", sheet, re.S)
+
+    (line,) = [x for x in library.splitlines() if x.startswith("recipe = ")]
+    from infer_distill.config import StudentConfig
+    stated = eval(line.removeprefix("recipe = ").split("#")[0], {"StudentConfig": StudentConfig})
+    assert stated.model_dump(exclude={"archs", "seeds", "baselines"}) == cfg.students.model_dump(exclude={"archs", "seeds", "baselines"})
+
+    namespace: dict = {}
+    exec(standalone, namespace)
+    defaults = {k: v.default for k, v in __import__("inspect").signature(namespace["train"]).parameters.items() if k != "model"}
+    s = cfg.students
+    assert defaults == {"epochs": s.epochs, "batch_size": 16, "lr": 0.004, "weight_decay": 0.03, "mixup_alpha": 0.5,
+                        "temperature": cfg.labels.temperature, "seed": 0}
+
+    (Path(copy.report) / "manifest.json").unlink()   # without the report the datasheet says whose numbers it gives
+    assert main(["export", copy.distilled, "--format", "npz", "--out", str(tmp_path / "bare")]) == 0
+    assert "(infer-distill's defaults: no report of the run beside the set" in (tmp_path / "bare" / "DATASHEET.md").read_text()
+    with pytest.raises(ArtifactError, match="no report of the run beside .* records its student settings"):
+        DistilledSet.open(copy.distilled).student_recipe()
+
+
+@pytest.mark.slow
+def test_export_of_a_run_root_names_its_distilled_set(run, tmp_path, capsys):
+    _, layout = run
+    assert main(["export", layout.root, "--format", "npz", "--out", str(tmp_path / "out")]) == 2
+    assert f"{layout.root} is a run root, not a distilled set: give its soft-label artifact, {layout.distilled}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -371,13 +424,21 @@ def test_export_never_overwrites_and_a_failure_midway_leaves_nothing(run, tmp_pa
 
 
 @pytest.mark.slow
-def test_the_example_trains_a_timm_model_outside_the_registry(run):
+@pytest.mark.processes
+def test_the_example_trains_a_timm_model_outside_the_registry_with_the_runs_recipe(run, tmp_path):
     from infer_distill.models import MODEL_REGISTRY
 
-    _, layout = run
+    cfg, layout = run
     assert "resnet10t" not in MODEL_REGISTRY
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "train_your_own.py"), layout.distilled, "--epochs", "2",
-                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert re.search(r"resnet10t \(4,927,186 parameters\) trained on 240 distilled instances for 2 epochs: \d+\.\d\d % test accuracy",
-                     done.stdout), done.stdout
+    example = [sys.executable, str(REPO / "examples" / "train_your_own.py"), layout.distilled, "--device", "cpu"]
+    done = subprocess.run(example, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no report of the run beside" in done.stderr and "give the run's config" in done.stderr
+    config = tmp_path / "run.yaml"
+    config.write_text(dump_config(load_config(None, SETTINGS + RECIPE + ["students.epochs=2"])))
+    for labels in ("soft", "hard"):
+        done = subprocess.run(example + ["--config", str(config), "--labels", labels], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert f"recipe from {config}: 2 epochs, batch 16, AdamW lr 0.004 weight decay 0.03, " in done.stdout
+        assert ("MixUp 0.5, KL at T = 30" if labels == "soft" else "cross-entropy on the classes") in done.stdout
+        assert re.search(rf"resnet10t \(4,927,186 parameters\) trained on 240 distilled instances with {labels} labels for 2 epochs: "
+                         r"\d+\.\d\d % test accuracy", done.stdout), done.stdout

@@ -36,6 +36,40 @@ def test_kd_loss_is_zero_only_for_matching_logits_and_uses_temperature():
     assert kd_loss(other, z, 1.0) > kd_loss(other, z, 30.0) > 0
 
 
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of each row, written out: sum_c p_c (log p_c - log q_c)."""
+    return (p * (p.log() - q.log())).sum(1)
+
+
+def test_the_student_loss_is_kl_from_the_teachers_distribution_to_the_students():
+    """docs/method.md, section 6: KL(softmax(z_teacher / T) || softmax(z_student / T)), the teachers' distribution the target."""
+    gen = torch.Generator().manual_seed(0)
+    z_student, z_teacher = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen) * 8  # a sharp teacher: KL is far from symmetric
+    p_teacher, p_student = (z_teacher / 2.0).softmax(1), (z_student / 2.0).softmax(1)
+    forward, reverse = _kl(p_teacher, p_student).mean(), _kl(p_student, p_teacher).mean()
+    assert (forward - reverse).abs() > 0.1      # the two directions differ clearly on these logits
+    torch.testing.assert_close(kd_loss(z_student, z_teacher, 2.0), forward)
+
+    # and student_step hands the teachers' logits to it as the target: one step without MixUp or augmentation
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
+    x = torch.rand(6, 1, 4, 4, generator=gen)
+    with torch.no_grad():
+        expected = _kl((z_teacher / 2.0).softmax(1), (model(x) / 2.0).softmax(1)).mean()
+    loss = student_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, soft_logits=z_teacher, temperature=2.0,
+                        mixup_alpha=0.0, augment=(0, False), generator=torch.Generator().manual_seed(1), rng=random.Random(1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_the_student_loss_has_no_t_squared_factor():
+    """docs/method.md, section 6: no T^2 factor, so the gradient on the student's logits is (p_student - p_teacher) / (T B)."""
+    gen = torch.Generator().manual_seed(2)
+    z_student, z_teacher = torch.randn(8, 4, generator=gen).requires_grad_(), torch.randn(8, 4, generator=gen)
+    T = 4.0
+    kd_loss(z_student, z_teacher, T).backward()
+    expected = ((z_student.detach() / T).softmax(1) - (z_teacher / T).softmax(1)) / (T * len(z_student))
+    torch.testing.assert_close(z_student.grad, expected)
+
+
 def test_ensemble_averages_teacher_logits_and_stays_frozen():
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     ens = Ensemble([a, b])

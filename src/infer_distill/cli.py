@@ -24,7 +24,7 @@ from rich.table import Table
 from . import plan
 from .config import BASELINES, KNOWN_NUM_CLASSES, STAGES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
 from .errors import USER_ERRORS, StageError
-from .store import StoreUnavailable, open_artifact
+from .store import ArtifactError, StoreUnavailable, open_artifact
 
 # Modules that import torch (stages, executor, distilled, report) are imported by the commands
 # that need them: --help, config, configs and plan start in a fraction of a second.
@@ -142,16 +142,80 @@ def _num_classes(data: str) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def show(uri: str) -> None:
+def show(uri: str, as_json: bool = False) -> None:
+    """A report as its Markdown, any other artifact as a summary; `as_json`: the whole manifest.
+    A run root (no artifact of its own) lists the artifacts under it."""
     art = open_artifact(uri)
-    manifest = art.read_manifest()
-    if manifest.get("stage") == "report":
-        print(art.read_text("report.md"))
+    try:
+        manifest = art.read_manifest()
+    except ArtifactError:
+        found = _run_artifacts(art.uri)
+        if not found:
+            raise
+        table = Table(title=f"{art.uri} is a run root, not an artifact: it holds", title_justify="left")
+        for col in ("artifact", "stage", "accuracy", "made"):
+            table.add_column(col)
+        for child, m in found:
+            accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(m.get("metrics", {}).items()) if k.endswith("_acc"))
+            table.add_row(child.uri.removeprefix(art.uri + "/"), m.get("stage", "?"), accs, m.get("created_at", "?"))
+        Console().print(table)
+        first = next((child for child, m in found if m.get("stage") == "report"), found[0][0])
+        print(f"show one of them: infer-distill show {first.uri}")
         return
-    brief = {k: manifest[k] for k in ("stage", "fingerprint", "seed", "elapsed_s", "created_at", "inputs") if k in manifest}
-    brief["files"] = manifest["files"]
-    brief["metrics"] = {k: v for k, v in manifest.get("metrics", {}).items() if not (isinstance(v, list) and len(v) > 20)}
-    print(json.dumps(brief, indent=2))
+    if as_json:
+        print(json.dumps(manifest, indent=2))
+    elif manifest.get("stage") == "report":
+        print(art.read_text("report.md"))
+    else:
+        print(_summary(art.uri, manifest))
+
+
+def _run_artifacts(root: str) -> list[tuple]:
+    """(artifact, manifest) of everything `run --out root` lays out under `root`: single steps at its top,
+    each fan-out's items in the folder of its step (found from the plan's locations of an example config)."""
+    from .stages import Layout
+
+    layout, example = Layout(root), Config()
+    folders = [root] + [plan.location(layout, step, items[0]).rpartition("/")[0]
+                        for step in plan.PLAN if step.over for items in [step.over.items(example, 10)] if items]
+    found = []
+    for folder in dict.fromkeys(folders):
+        for child in open_artifact(folder).children():
+            try:
+                found.append((child, child.read_manifest()))
+            except ArtifactError:
+                continue  # half-written or foreign: not a finished artifact of the run
+    return found
+
+
+def _metric(key: str, value) -> str:
+    if key.endswith("_acc") and isinstance(value, float):
+        return f"{100 * value:.2f} %"
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value)
+    return text if len(text) <= 100 else f"{len(value)} {'values' if isinstance(value, list) else 'entries'}"
+
+
+def _summary(uri: str, manifest: dict) -> str:
+    """An artifact's identity, then its metrics (single values first), files and inputs, one per line."""
+    metrics = manifest.get("metrics", {})
+    single = sorted(k for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    lines = [f"{manifest.get('stage', '?')} artifact {uri}",
+             f"  {'fingerprint':<16} {manifest.get('fingerprint')} (seed {manifest.get('seed')})",
+             f"  {'made':<16} {manifest.get('created_at', '?')} by infer-distill {manifest.get('infer_distill_version', '?')}, "
+             f"in {manifest.get('elapsed_s', 0):.1f} s"]
+    lines += [f"  {k:<16} {_metric(k, metrics[k])}" for k in single + sorted(set(metrics) - set(single))]
+    lines += [f"  {'file':<16} {name} ({entry.get('bytes', 0):,} bytes)" for name, entry in sorted(manifest.get("files", {}).items())]
+    for name, value in manifest.get("inputs", {}).items():
+        values = value if isinstance(value, list) else [value]
+        lines.append(f"  {'input ' + name:<16} {values[0]}" + (f" and {len(values) - 1} more" if len(values) > 1 else ""))
+    lines.append(f"The whole manifest (settings, checksums, every value): infer-distill show {uri} --json")
+    return "\n".join(lines)
 
 
 def print_plan(cfg: Config, items_dir: str | None) -> None:
@@ -159,19 +223,21 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
     num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if num_classes is not None:
         check_budget(cfg, num_classes)
-    table = Table(title="INFER plan")
-    for col in ("step", "after", "runs", "items"):
+    here = {"cpu": "on the CPU", "cuda": "on the GPU", "auto": "on a GPU when one is visible, else on the CPU"}[cfg.device]
+    table = Table(title="INFER plan", caption=f"infer-distill run computes every step in one process, {here} "
+                                              f"(device: {cfg.device}). Pod on a cluster: what the Kubeflow and Argo "
+                                              "renderings request for the step (no GPU when compiled with --gpus 0).")
+    for col in ("step", "after", "runs", "pod on a cluster", "items"):
         table.add_column(col)
     for step in plan.PLAN:
-        after = ", ".join(plan.depends(step))
+        after, pod = ", ".join(plan.depends(step)), "GPU" if step.gpu else "CPU"
         if step.over is None:
-            table.add_row(step.name, after, "1", "")
+            table.add_row(step.name, after, "1", pod, "")
         elif step.over.source == "config" or num_classes is not None:
             items = step.over.items(cfg, num_classes)
-            table.add_row(step.name, after, f"{len(items)}{' GPU' if step.gpu else ''}",
-                          "; ".join(step.over.label(i) for i in items))
+            table.add_row(step.name, after, str(len(items)), pod, "; ".join(step.over.label(i) for i in items))
         else:
-            table.add_row(step.name, after, f"?{' GPU' if step.gpu else ''}", f"decided by {step.over.source} (number of classes)")
+            table.add_row(step.name, after, "?", pod, f"decided by {step.over.source} (number of classes)")
     Console().print(table)
     if items_dir:
         Path(items_dir).mkdir(parents=True, exist_ok=True)
@@ -246,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("check-store", help="check that a run root can be written (S3: endpoint, bucket, credentials)")
     ch.add_argument("uri", help="local directory or s3://bucket/prefix")
 
-    sh = sub.add_parser("show", help="print an artifact's manifest, or a report")
+    sh = sub.add_parser("show", help="summarise an artifact, print a report, or list the artifacts of a run root")
     sh.add_argument("uri")
+    sh.add_argument("--json", action="store_true", help="print the artifact's whole manifest as JSON")
 
     e = sub.add_parser("export", help="write a distilled set as an ImageFolder of PNGs or one .npz, with a DATASHEET.md")
     e.add_argument("uri", help="the soft-label stage's artifact, e.g. runs/quickstart/distilled or s3://bucket/run1/distilled")
@@ -270,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "show":
-            show(args.uri)
+            show(args.uri, args.json)
             return 0
         if args.command == "check-store":
             open_artifact(args.uri).check_writable()

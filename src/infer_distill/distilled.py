@@ -34,8 +34,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from . import __version__
-from .config import fingerprint
-from .stages import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
+from pydantic import ValidationError
+
+from .config import StudentConfig, fingerprint
+from .stages import DISTILLED_DESCRIPTION, Layout, distilled_instances, instance_origins, read_distilled
 from .store import Artifact, ArtifactError, open_artifact
 
 FORMATS = ("imagefolder", "npz")
@@ -86,7 +88,13 @@ class DistilledSet(Dataset):
         if dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"dtype {dtype}: use torch.float32 (images in [0, 1]) or torch.uint8 (8-bit pixels)")
         art = open_artifact(uri)
-        manifest = art.read_manifest()
+        try:
+            manifest = art.read_manifest()
+        except ArtifactError:
+            distilled = Layout(art.uri).distilled
+            if open_artifact(distilled).exists():
+                raise ArtifactError(f"{art.uri} is a run root, not a distilled set: give its soft-label artifact, {distilled}") from None
+            raise
         _check_manifest(art.uri, manifest)
         t = read_distilled(art)
         natural, ufc, soft_labels = t["natural"], t["ufc"], t["soft_labels"]
@@ -129,6 +137,21 @@ class DistilledSet(Dataset):
                                 "give the data artifact the set was distilled from")
         t = found[0].read_tensors("test.safetensors")
         return t["x"], t["y"]
+
+    def student_recipe(self) -> StudentConfig:
+        """The run's student settings (its config's `students`), as the report of the run beside the set records them.
+
+        The soft-label artifact does not depend on them (students train after it), so its own
+        manifest cannot hold them: the run's report, made from this very set, does.
+        """
+        found = _run_report(self)
+        if found is None:
+            raise ArtifactError(f"no report of the run beside {self.uri} records its student settings: give the run's config "
+                                "(`load_config(path).students`)")
+        try:
+            return StudentConfig.model_validate(found["settings"]["students"])
+        except (KeyError, ValidationError) as e:
+            raise ArtifactError(f"{self.neighbour('report')}: its students settings cannot be read ({e}): re-run the report stage") from e
 
     def neighbour(self, name: str) -> str:
         """The URI of artifact `name` beside this one in its run root (the layout `infer-distill run` writes)."""
@@ -342,12 +365,20 @@ def _teacher_accuracies(ds: DistilledSet) -> list[float | None]:
 
 
 def _run_report(ds: DistilledSet) -> dict | None:
-    """report.json of the run this set belongs to (the report artifact beside it), if there is one for these settings."""
+    """The manifest of the run's report beside this set (its settings: this set's plus the students'), if there is one."""
     def same_set(settings: dict) -> bool:
         return {k: v for k, v in settings.items() if k not in ("students", "label_modes")} == ds.manifest["settings"]
 
     found = _find_artifact([ds.neighbour("report")], "report", same_set)
-    return found[1]["metrics"]["report"] if found else None
+    return found[1] if found else None
+
+
+def _recipe(ds: DistilledSet) -> tuple[StudentConfig, str]:
+    """The student recipe the datasheet states, and where its numbers come from."""
+    try:
+        return ds.student_recipe(), "read from the run's report"
+    except ArtifactError:
+        return StudentConfig(), "infer-distill's defaults: no report of the run beside the set records its own settings"
 
 
 def _pct(x: float | None) -> str:
@@ -363,7 +394,9 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
     source = dataset["name"] + (f" (root {dataset['root']})" if dataset.get("root") else "")
     limits = ", ".join(f"{k} {dataset[k]}" for k in ("train_per_class", "test_per_class", "image_size") if dataset.get(k))
     teachers = ", ".join(f"{a} ({_pct(acc)} test accuracy)" for a, acc in zip(ds.teacher_archs, _teacher_accuracies(ds)))
-    report = _run_report(ds)
+    found = _run_report(ds)
+    report = found["metrics"]["report"] if found else None
+    recipe, recipe_source = _recipe(ds)
     students = [f"{s['arch']}, {s['label_mode']} labels, {len(s['seeds'])} seed(s): {_pct(s['final_acc_mean'])} final epoch"
                 + (f" (± {100 * s['final_acc_std']:.2f} over seeds)" if len(s["seeds"]) > 1 else "")
                 + f", {_pct(s['best_acc_mean'])} best over epochs"
@@ -374,8 +407,9 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
     source_files = "\n".join(f"| `{name}` | `{entry['sha256']}` | {entry['bytes']:,} |" for name, entry in sorted(m["files"].items()))
     layout = _LAYOUT[fmt].format(n=n, c=c, ch=ch, h=h, w=w, test=_TEST_LAYOUT[fmt] if with_test else "")
     loader = _LOADER[fmt].format(n=n, ch=ch, h=h, w=w)
+    settings_code = ", ".join(f"{k}={v!r}" for k, v in recipe.model_dump(include=set(_RECIPE_KEYS)).items())
     lines = [
-        f"# Distilled set: {dataset['name']}, {b['ipc']} images per class",
+        f"# Distilled set: {dataset['name']}, {n // c} training instances per class (budget: {b['ipc']} images per class)",
         "",
         f"{n:,} training instances of {c} classes, {ch}x{h}x{w} pixels, distilled with INFER (\"Breaking Class Barriers: "
         "Efficient Dataset Distillation via Inter-Class Feature Compensator\", Zhang et al., ICLR 2025, arXiv 2408.06927) "
@@ -428,14 +462,25 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
         "",
         "## Training on it with soft labels",
         "",
-        "The recipe the pipeline's students use: MixUp of images and logits, KL divergence at temperature "
-        f"{ds.temperature:g} between the softened teacher and student distributions, AdamW with a cosine schedule, "
-        "random crop and flip. With infer-distill installed: `DistilledSet.open(...)` and "
-        "`infer_distill.training.train_student_model` (see `examples/train_your_own.py`). Without it, from this folder:",
+        f"The recipe of the run's students ({recipe_source}): {recipe.epochs} epochs in batches of {recipe.batch_size}, "
+        f"AdamW (learning rate {recipe.lr:g}, weight decay {recipe.weight_decay:g}) with a cosine schedule to zero over all "
+        f"steps, random crop (padding {ds.crop_padding}) and {'horizontal flip' if ds.hflip else 'no flip'}, MixUp "
+        f"(alpha {recipe.mixup_alpha:g}) of images and logits alike, and the loss KL(softmax(z_teacher / T) || "
+        f"softmax(z_student / T)) at T = {ds.temperature:g}, averaged over the batch, with no T^2 factor.",
+        "",
+        "With infer-distill installed, that is `train_student_model` with these settings "
+        "(`examples/train_your_own.py` trains any timm model this way):",
+        "",
+        "```python",
+        _LIBRARY.format(uri=ds.uri, settings=settings_code),
+        "```",
+        "",
+        "Without it, the same recipe in plain PyTorch, from this folder:",
         "",
         "```python",
         loader,
-        _TRAIN.format(mean=list(ds.mean), std=list(ds.std), temperature=ds.temperature),
+        _TRAIN.format(mean=list(ds.mean), std=list(ds.std), temperature=ds.temperature, padding=ds.crop_padding, hflip=ds.hflip,
+                      **recipe.model_dump(include=set(_RECIPE_KEYS))),
         "```",
         "",
         "To compare with ordinary training, train on the same images with their hard labels (cross-entropy on "
@@ -491,21 +536,49 @@ _LOADER = {
         "    return images, torch.from_numpy(arrays[\"soft_labels\"])\n"
     ),
 }
+# The student settings the datasheet states (StudentConfig's training keys; archs, seeds and baselines are the run's choices).
+_RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "mixup_alpha", "eval_every")
+_LIBRARY = (
+    "from infer_distill import DistilledSet\n"
+    "from infer_distill.config import StudentConfig\n"
+    "from infer_distill.training import train_student_model\n"
+    "\n"
+    "ds = DistilledSet.open({uri!r})      # or this export's source artifact, wherever it is now\n"
+    "recipe = StudentConfig({settings})   # ds.student_recipe() reads them from the run's report\n"
+    "images, soft_labels, _ = ds.tensors()\n"
+    "test_x, test_y = ds.read_test_split()\n"
+    "result = train_student_model(model, images, soft_labels, None, test_x, test_y, recipe, recipe.epochs, ds.temperature,\n"
+    "                             (ds.crop_padding, ds.hflip), \"cpu\", seed=0)   # model: yours, normalising its input\n"
+    "print(result.final_acc, result.best)"
+)
 _TRAIN = (
-    "def train(model, epochs, batch_size=64, lr=1e-3, mixup_alpha=0.8, temperature={temperature}, seed=0):\n"
-    "    \"\"\"`model` maps normalised images [B, ch, H, W] to logits [B, C]; add random crop and flip to x for the full recipe.\"\"\"\n"
+    "def crop_flip(x, padding={padding}, hflip={hflip}):\n"
+    "    \"\"\"Each image: a random crop of it zero-padded by `padding`, then (if hflip) a horizontal flip with p = 0.5.\"\"\"\n"
+    "    h, w = x.shape[-2:]\n"
+    "    padded = F.pad(x, [padding] * 4)\n"
+    "    out = torch.empty_like(x)\n"
+    "    for i in range(len(x)):\n"
+    "        top, left = torch.randint(0, 2 * padding + 1, (2,)).tolist()\n"
+    "        out[i] = padded[i, :, top:top + h, left:left + w]\n"
+    "        if hflip and torch.rand(()) < 0.5:\n"
+    "            out[i] = out[i].flip(-1)\n"
+    "    return out\n"
+    "\n"
+    "def train(model, epochs={epochs}, batch_size={batch_size}, lr={lr!r}, weight_decay={weight_decay!r}, mixup_alpha={mixup_alpha!r},\n"
+    "          temperature={temperature!r}, seed=0):\n"
+    "    \"\"\"`model` maps normalised images [B, ch, H, W] to logits [B, C]; the defaults are the run's student settings.\"\"\"\n"
     "    images, soft = load()\n"
     "    mean, std = torch.tensor({mean}).view(1, -1, 1, 1), torch.tensor({std}).view(1, -1, 1, 1)\n"
     "    torch.manual_seed(seed)\n"
-    "    beta = torch.distributions.Beta(mixup_alpha, mixup_alpha)\n"
-    "    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)\n"
+    "    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)\n"
     "    steps = epochs * -(-len(images) // batch_size)\n"
     "    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)\n"
     "    model.train()\n"
     "    for _ in range(epochs):\n"
     "        for idx in torch.randperm(len(images)).split(batch_size):\n"
-    "            x, z = images[idx], soft[idx]\n"
-    "            lam, perm = float(beta.sample()), torch.randperm(len(idx))\n"
+    "            x, z = crop_flip(images[idx]), soft[idx]\n"
+    "            lam = float(torch.distributions.Beta(mixup_alpha, mixup_alpha).sample()) if mixup_alpha > 0 else 1.0\n"
+    "            perm = torch.randperm(len(idx))\n"
     "            x, z = lam * x + (1 - lam) * x[perm], lam * z + (1 - lam) * z[perm]   # MixUp images and logits alike\n"
     "            log_p = F.log_softmax(model((x - mean) / std) / temperature, 1)\n"
     "            loss = F.kl_div(log_p, F.softmax(z / temperature, 1), reduction=\"batchmean\")\n"

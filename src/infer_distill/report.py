@@ -64,25 +64,60 @@ def _aggregate(rows: list[dict]) -> dict:
     return {"seeds": [r["seed"] for r in rows], "final_acc_mean": fm, "final_acc_std": fs, "best_acc_mean": bm, "best_acc_std": bs}
 
 
-def pct(mean: float, std: float, sign: bool = False) -> str:
-    return f"{100 * mean:{'+' if sign else ''}.2f} ± {100 * std:.2f}"
+def pct(mean: float, std: float | None, sign: bool = False) -> str:
+    """Percent points, with the std over seeds; std None (one seed, no spread) gives the value alone."""
+    value = f"{100 * mean:{'+' if sign else ''}.2f}"
+    return value if std is None else f"{value} ± {100 * std:.2f}"
+
+
+def _spread(std: float, seeds: list[int]) -> float | None:
+    """The std to show: none for a single seed, whose 0.00 would read as a measured spread."""
+    return std if len(seeds) > 1 else None
+
+
+def headline(report: dict) -> str:
+    """What INFER bought and at what fraction of the data: the report's first sentence."""
+    b = report["budget"]
+    sentences = [f"INFER's distilled set stores {b['stored_bytes']:,} bytes, {100 * b['compression_ratio']:.1f} % of the "
+                 f"{b['train_bytes']:,} bytes of training images."]
+    for a in report["student_summary"]:
+        seeds = len(a["seeds"])
+        text = (f"On it, {a['arch']} ({a['label_mode']} labels) reaches {pct(a['final_acc_mean'], _spread(a['final_acc_std'], a['seeds']))} % "
+                f"final-epoch test accuracy ({seeds} seed{'s' if seeds > 1 else ''})")
+        lifts = [f"{pct(x['lift_mean'], _spread(x['lift_std'], x['seeds']), sign=True)} points over "
+                 + next(s["description"] for s in report["baseline_summary"] if s["baseline"] == x["baseline"] and s["arch"] == x["arch"])
+                 + f" ({x['baseline_stored_bytes']:,} bytes)"
+                 for x in report["lift"] if x["arch"] == a["arch"] and x["label_mode"] == a["label_mode"]]
+        sentences.append(text + (": " + "; ".join(lifts) if lifts else "") + ".")
+    return " ".join(sentences)
+
+
+# Captions of the report's figures, by file name.
+CAPTIONS = {
+    "student_curves.png": "Test accuracy over the epochs of every student: INFER's solid, the baselines' dashed.",
+    "ufc_examples.png": "Subset 0 of the distilled set: each column a class, the natural image on top and below it the "
+                        "same image plus the UFC of each teacher, clipped to [0, 1].",
+}
 
 
 def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(title, note, header, rows) of every table, shared by the Markdown and the HTML report."""
     b = report["budget"]
-    students = [[a["arch"], f"INFER, {a['label_mode']} labels", str(len(a["seeds"])), f"{b['stored_bytes']:,}",
-                 pct(a["final_acc_mean"], a["final_acc_std"]), pct(a["best_acc_mean"], a["best_acc_std"])]
+    def accs(a: dict) -> list[str]:
+        return [pct(a["final_acc_mean"], _spread(a["final_acc_std"], a["seeds"])),
+                pct(a["best_acc_mean"], _spread(a["best_acc_std"], a["seeds"]))]
+
+    students = [[a["arch"], f"INFER, {a['label_mode']} labels", str(len(a["seeds"])), f"{b['stored_bytes']:,}", *accs(a)]
                 for a in report["student_summary"]]
-    students += [[a["arch"], a["description"], str(len(a["seeds"])), f"{a['stored_bytes']:,}",
-                  pct(a["final_acc_mean"], a["final_acc_std"]), pct(a["best_acc_mean"], a["best_acc_std"])]
+    students += [[a["arch"], a["description"], str(len(a["seeds"])), f"{a['stored_bytes']:,}", *accs(a)]
                  for a in report["baseline_summary"]]
     tables = [("Students (top-1 % on the real test set)",
-               "Headline: final-epoch accuracy, mean ± std over seeds. Best-over-epochs (what the paper reports) beside it.",
+               "Headline: final-epoch accuracy, mean ± std over seeds (the value alone for one seed). Best-over-epochs "
+               "(what the paper reports) beside it.",
                ["student", "trained on", "seeds", "stored bytes", "final acc", "best acc (secondary)"], students)]
     if report["lift"]:
         rows = [[x["arch"], x["label_mode"], next(a["description"] for a in report["baseline_summary"] if a["baseline"] == x["baseline"]),
-                 str(len(x["seeds"])), pct(x["lift_mean"], x["lift_std"], sign=True),
+                 str(len(x["seeds"])), pct(x["lift_mean"], _spread(x["lift_std"], x["seeds"]), sign=True),
                  f"{x['infer_stored_bytes']:,} vs {x['baseline_stored_bytes']:,}"] for x in report["lift"]]
         tables.append(("What the distillation bought",
                        "Lift = INFER's final accuracy minus the baseline's, paired by seed (mean ± std, points). The baseline "
@@ -105,13 +140,14 @@ def distilled_set_lines(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# INFER distillation report", ""]
+    lines = ["# INFER distillation report", "", headline(report), ""]
     for title, note, header, rows in result_tables(report):
         lines += [f"## {title}", ""] + ([note, ""] if note else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
     lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
-    lines += ["", "![natural vs natural+UFC](ufc_examples.png)", "", "![student accuracy](student_curves.png)", ""]
-    return "\n".join(lines)
+    for name in ("student_curves.png", "ufc_examples.png"):
+        lines += ["", f"![{CAPTIONS[name]}]({name})", "", f"*{CAPTIONS[name]}*"]
+    return "\n".join(lines + [""])
 
 
 def figure_png(fig) -> bytes:
@@ -124,22 +160,26 @@ def figure_png(fig) -> bytes:
 
 def ufc_examples_png(natural: torch.Tensor, ufc: torch.Tensor, classes: list[str], teachers: list[str],
                      classes_per_ufc: int | None, subset: int = 0, max_classes: int = 10) -> bytes:
-    """Rows: classes of one subset; columns: natural image, then natural + UFC of each teacher."""
+    """Columns: classes of one subset; rows: the natural image, then natural + UFC of each teacher.
+
+    Classes run across, so the strip stays as short as the teachers are few: a page shows it without
+    pushing what follows out of view.
+    """
     nat = natural[subset].float() / 255.0                                   # [C, ch, H, W]
     composed = compose(nat.unsqueeze(0), ufc[subset], class_batch_index(len(classes), classes_per_ufc))  # [M, C, ...]
     n = min(max_classes, len(classes))
-    cols = 1 + len(teachers)
-    fig, axes = plt.subplots(n, cols, figsize=(1.4 * cols, 1.4 * n), squeeze=False)
-    for r in range(n):
-        for c in range(cols):
-            img = nat[r] if c == 0 else composed[c - 1, r]
+    rows = 1 + len(teachers)
+    fig, axes = plt.subplots(rows, n, figsize=(0.8 * n + 1.2, 0.8 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(n):
+            img = nat[c] if r == 0 else composed[r - 1, c]
             ax = axes[r][c]
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
-                ax.set_title("natural" if c == 0 else f"+UFC {teachers[c - 1]}", fontsize=6)
+                ax.set_title(classes[c], fontsize=6)
             if c == 0:
-                ax.set_ylabel(classes[r], fontsize=6)
+                ax.set_ylabel("natural" if r == 0 else f"+UFC\n{teachers[r - 1]}", fontsize=6, rotation=0, ha="right", va="center")
     return figure_png(fig)
 
 
@@ -162,7 +202,8 @@ def json_bytes(obj: dict) -> bytes:
 
 
 def html(report: dict, pngs: dict[str, bytes]) -> str:
-    """One self-contained page (tables + embedded plots): what the Kubeflow UI shows."""
+    """One self-contained page: the headline, the accuracy curves, the tables, then the distilled set and its
+    example images (each figure captioned); what the Kubeflow UI shows."""
     def table(header: list[str], rows: list[list[str]]) -> str:
         head = "".join(f"<th>{html_lib.escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{html_lib.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -171,11 +212,19 @@ def html(report: dict, pngs: dict[str, bytes]) -> str:
     sections = "".join(f"<h2>{html_lib.escape(title)}</h2>" + (f"<p>{html_lib.escape(note)}</p>" if note else "") + table(header, rows)
                        for title, note, header, rows in result_tables(report))
     distilled = "".join(f"<li>{html_lib.escape(line)}</li>" for line in distilled_set_lines(report))
-    images = "".join(f'<p><img alt="{html_lib.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></p>'
-                     for name, data in pngs.items())
+
+    def figure(name: str) -> str:
+        caption = html_lib.escape(CAPTIONS.get(name, name))
+        return (f'<figure><img alt="{caption}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}">'
+                f"<figcaption>{caption}</figcaption></figure>") if name in pngs else ""
+
+    others = "".join(figure(name) for name in pngs if name not in CAPTIONS)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>INFER report</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;padding:0 1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}figure{margin:1em 0}img{max-width:100%;height:auto}"
+        "figcaption{font-size:90%;color:#444}.headline{font-size:115%}</style>"
         "</head><body><h1>INFER distillation report</h1>"
-        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + images + "</body></html>"
+        f"<p class='headline'>{html_lib.escape(headline(report))}</p>" + figure("student_curves.png")
+        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + figure("ufc_examples.png") + others + "</body></html>"
     )
