@@ -217,9 +217,10 @@ def _check_shapes(uri: str, manifest: dict[str, Any], natural: torch.Tensor, ufc
 def export(uri: str, fmt: str, out: str | os.PathLike[str], include_test: bool = False) -> Path:
     """Write the set at `uri` to the new local directory `out` as `fmt` ("imagefolder" or "npz"); returns `out`.
 
-    imagefolder: train/<class>/<subset>_<teacher>.png (or _natural), instances.csv (file, labels,
-    origin; row i = soft_labels.npy row i = instance i), soft_labels.npy (float32 logits),
-    classes.json, DATASHEET.md. npz: distilled.npz with the same content, and DATASHEET.md.
+    imagefolder: train/<class>/<subset>_<slot>_<teacher>.png, instances.csv (file, labels, origin,
+    instance index), soft_labels.npy (float32 logits) and train/metadata.jsonl (the Hugging Face
+    imagefolder builder's per-file columns), all three row for row in the order torchvision's
+    ImageFolder reads the files, so pairing by index is right; classes.json, DATASHEET.md. npz: distilled.npz with the same content, and DATASHEET.md.
     include_test adds the real test split the set was made for (test/<class>/<index>.png, or
     test_images/test_labels), so `out` is a complete `dataset.name: imagefolder` root.
 
@@ -278,9 +279,36 @@ def _check_imagefolder(ds: DistilledSet) -> None:
             raise ArtifactError(f"{ds.uri}: class name {name!r} cannot be a folder name: use --format npz")
 
 
+def class_folders(classes: list[str]) -> list[str]:
+    """The folder of each class in an ImageFolder export, so that sorted folder order is label order.
+
+    torchvision's ImageFolder (and every reader built on it) numbers classes by their sorted folder
+    names; names already in sorted order keep their name, others get their label as a prefix
+    (`003_bird`), so the reader's target is always the set's label.
+    """
+    if classes == sorted(classes):
+        return list(classes)
+    width = len(str(len(classes) - 1))
+    return [f"{c:0{width}d}_{name}" for c, name in enumerate(classes)]
+
+
 def _file_names(ds: DistilledSet) -> list[str]:
-    """Where instance i goes in an ImageFolder export: train/<class>/<subset>_<teacher>.png."""
-    return [f"train/{ds.classes[int(ds.labels[i])]}/{int(ds.subsets[i]):04d}_{ds.teacher_name(i)}.png" for i in range(len(ds))]
+    """Where instance i goes: train/<class folder>/<subset>_<slot>_<teacher>.png, slot 0 the natural image, m+1 teacher m.
+
+    Within a class folder the names sort in instance order (subset, then natural, teacher 0, 1, ...).
+    """
+    folders, width = class_folders(ds.classes), len(str(len(ds.teacher_archs)))
+    return [f"train/{folders[int(ds.labels[i])]}/{int(ds.subsets[i]):04d}_{int(ds.teachers[i]) + 1:0{width}d}_{ds.teacher_name(i)}.png"
+            for i in range(len(ds))]
+
+
+def imagefolder_order(ds: DistilledSet) -> list[int]:
+    """The instances in the order torchvision's ImageFolder reads the export: by class folder, then by file name.
+
+    The class folders sort in label order and the names within a folder in instance order, so this
+    is the instances stably sorted by label.
+    """
+    return sorted(range(len(ds)), key=lambda i: int(ds.labels[i]))
 
 
 def _png(image: torch.Tensor) -> bytes:
@@ -303,23 +331,32 @@ def _soft_labels_f32(ds: DistilledSet) -> np.ndarray:
 
 
 def _write_imagefolder(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    names = _file_names(ds)
+    """PNGs, then the per-file tables, every one in the order ImageFolder reads the files (`imagefolder_order`)."""
+    names, order = _file_names(ds), imagefolder_order(ds)
+    folders = class_folders(ds.classes)
     _write_files(root, ((name, _png(image)) for name, image in zip(names, ds.images)))
     if test is not None:
         x, y = test
         width = max(5, len(str(len(y) - 1)))  # names sort in test-set order
-        _write_files(root, ((f"test/{ds.classes[int(y[i])]}/{i:0{width}d}.png", _png(x[i])) for i in range(len(y))))
+        _write_files(root, ((f"test/{folders[int(y[i])]}/{i:0{width}d}.png", _png(x[i])) for i in range(len(y))))
+    soft = _soft_labels_f32(ds)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["file", "label", "class", "subset", "teacher"])
-    for i, name in enumerate(names):
+    writer.writerow(["file", "label", "class", "subset", "teacher", "instance"])
+    metadata = []
+    for i in order:
         label = int(ds.labels[i])
-        writer.writerow([name, label, ds.classes[label], int(ds.subsets[i]), ds.teacher_name(i)])
+        writer.writerow([names[i], label, ds.classes[label], int(ds.subsets[i]), ds.teacher_name(i), i])
+        # file_name relative to train/, as the Hugging Face imagefolder builder reads metadata.jsonl
+        metadata.append(json.dumps({"file_name": names[i].removeprefix("train/"), "label": label,
+                                    "soft_label": soft[i].tolist(), "subset": int(ds.subsets[i]),
+                                    "teacher": ds.teacher_name(i)}) + "\n")
     buf = io.BytesIO()
-    np.save(buf, _soft_labels_f32(ds), allow_pickle=False)
+    np.save(buf, soft[order], allow_pickle=False)
     _write_files(root, [
         ("instances.csv", rows.getvalue().encode()),
         ("soft_labels.npy", buf.getvalue()),
+        ("train/metadata.jsonl", "".join(metadata).encode()),
         ("classes.json", (json.dumps(ds.classes, indent=1) + "\n").encode()),
         ("DATASHEET.md", datasheet(ds, "imagefolder", test is not None).encode()),
     ])
@@ -499,10 +536,17 @@ def _floats(values: tuple[float, ...]) -> str:
 
 _LAYOUT = {
     "imagefolder": (
-        "- `train/<class>/<subset>_<teacher>.png`: the {n:,} instances, lossless PNG ({ch} channel(s), {h}x{w}); "
-        "`<subset>` is k (4 digits), `<teacher>` the architecture whose UFC it carries, or `natural`\n"
-        "- `instances.csv`: file, label, class, subset, teacher; row i is instance i\n"
-        "- `soft_labels.npy`: float32 [{n}, {c}], row i the soft label of `instances.csv` row i\n"
+        "- `train/<class>/<subset>_<slot>_<teacher>.png`: the {n:,} instances, lossless PNG ({ch} channel(s), {h}x{w}); "
+        "`<subset>` is k (4 digits), `<slot>` 0 for the natural image and m + 1 for teacher m, `<teacher>` the architecture "
+        "whose UFC it carries, or `natural`. Class folders sort in label order (names that would not are prefixed with "
+        "their label), so torchvision's `ImageFolder` target is the label\n"
+        "- **Row order: the order `torchvision.datasets.ImageFolder(\"train\")` reads the files** (class folders sorted, "
+        "then file names sorted), so its sample j pairs with row j of each of these three:\n"
+        "- `instances.csv`: file, label, class, subset, teacher, instance (the index in `DistilledSet` and in the "
+        "checksums below)\n"
+        "- `soft_labels.npy`: float32 [{n}, {c}], row j the soft label of `instances.csv` row j\n"
+        "- `train/metadata.jsonl`: file_name, label, soft_label, subset, teacher per image, the columns "
+        "`datasets.load_dataset(\"imagefolder\", data_dir=...)` adds to the images\n"
         "- `classes.json`: class names, index = label{test}"
     ),
     "npz": (
