@@ -70,6 +70,17 @@ class BudgetConfig(_Strict):
     ipc: int = Field(10, ge=1, description="stored images per class (natural images plus a share of the UFCs)")
 
 
+class Normalization(_Strict):
+    mean: list[float] = Field(min_length=1, description="per channel, of pixels in [0, 1]")
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Normalization":
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        return self
+
+
 class TeacherConfig(_Strict):
     archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32", "convnet_d2_w64", "resnet_tiny"], min_length=1)
     epochs: int = Field(15, ge=0)
@@ -80,7 +91,14 @@ class TeacherConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     pretrained: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
-        description="arch -> weights to import instead of training: a .safetensors path, or 'torchvision' (ImageNet weights)",
+        description="arch -> weights to import instead of training: 'torchvision' or 'torchvision:<Weights member>' "
+                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a local .safetensors, .pth "
+                    "or .pt state dict",
+    )
+    normalization: dict[str, Normalization] = Field(
+        default_factory=dict,
+        description="arch -> {mean, std} an imported teacher's weights expect; default: the published weights' own, "
+                    "and the dataset's for a local file",
     )
 
     @field_validator("archs")
@@ -167,11 +185,16 @@ class Config(_Strict):
     def _known_archs(self) -> "Config":
         for section, archs in (("teachers.archs", self.teachers.archs), ("students.archs", self.students.archs)):
             for arch in archs:
-                if arch not in architectures.NAMES:
-                    raise ValueError(f"{section}: unknown architecture {arch!r}; known: {', '.join(sorted(architectures.NAMES))}")
+                problem = architectures.problem(arch, teacher=section == "teachers.archs")
+                if problem:
+                    raise ValueError(f"{section}: {problem}")
         for arch in self.teachers.pretrained:
             if arch not in self.teachers.archs:
                 raise ValueError(f"teachers.pretrained names {arch!r}, which is not in teachers.archs {self.teachers.archs}")
+        for arch in self.teachers.normalization:
+            if arch not in self.teachers.pretrained:
+                raise ValueError(f"teachers.normalization names {arch!r}, which imports no weights (teachers.pretrained): "
+                                 "a teacher trained here uses the dataset's normalisation")
         return self
 
     # ---- derived quantities ---------------------------------------------------------------
@@ -276,10 +299,12 @@ PLACEMENT = {"synthesis": {"subsets_per_shard"}}
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
     """The settings an artifact of `stage` depends on; equal dicts mean interchangeable artifacts."""
     data = {"dataset": cfg.dataset.model_dump(mode="json")}
-    teacher_common = cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained"})
+    teacher_common = cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained", "normalization"})
 
     def teacher(arch: str) -> dict:
-        return {**data, "teacher": {"arch": arch, **teacher_common, "pretrained": cfg.teachers.pretrained.get(arch)}, "seed": cfg.seed}
+        norm = cfg.teachers.normalization.get(arch)
+        return {**data, "teacher": {"arch": arch, **teacher_common, "pretrained": cfg.teachers.pretrained.get(arch),
+                                    **({"normalization": norm.model_dump(mode="json")} if norm else {})}, "seed": cfg.seed}
 
     def subsets() -> dict:
         return {**data, "budget": cfg.budget.model_dump(mode="json"), "num_teachers": len(cfg.teachers.archs),
