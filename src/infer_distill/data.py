@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -223,22 +224,57 @@ def _load_cifar(cfg: DatasetConfig) -> ImageData:
     dataset_cls = getattr(torchvision.datasets, class_name)
     if cfg.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.name}: the directory torchvision keeps {title} in")
+    made = _missing_folders(Path(cfg.root)) if cfg.download else []
     try:
         train, test = (dataset_cls(root=cfg.root, train=t, download=cfg.download) for t in (True, False))
     except Exception as e:  # torchvision raises RuntimeError for missing files, URLError/OSError for downloads
+        folder_way = (f"--set dataset.name=imagefolder --set dataset.root=<a folder with train/<class>/ and test/<class>/ "
+                      f"images, or zips of them, e.g. the {title} ImageFolder archives>")
         if cfg.download:
-            raise DataError(f"downloading {title} into dataset.root={cfg.root} failed: {e!r}; "
-                            "check the internet connection, or set dataset.download=false and provide the files") from e
+            _remove_download(made, dataset_cls)
+            raise DataError(f"downloading {title} into dataset.root={cfg.root} failed: {e!r}; check the internet "
+                            f"connection; with the files on disk instead: {folder_way}, or torchvision's own "
+                            f"{title} files in dataset.root with --set dataset.download=false") from e
         raise DataError(
             f"cannot read {title} from dataset.root={cfg.root} ({e}); set dataset.download=true to fetch it "
-            "(needs internet), or use dataset.name=imagefolder with dataset.root pointing at an ImageFolder "
-            "directory or zip (<split>/<class>/<file>)"
+            f"(needs internet), or read an ImageFolder: {folder_way}"
         ) from None
 
     def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
 
     return _tensor_dataset(cfg, *tensors(train), *tensors(test), list(train.classes), stats)
+
+
+def _missing_folders(root: Path) -> list[Path]:
+    """`root` and those of its parents that do not exist yet (what a download would create), deepest first."""
+    missing = []
+    for folder in (root, *root.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_download(made: list[Path], dataset_cls: type) -> None:
+    """Undo a failed download into folders it created: torchvision's archive and folder, then the folders if empty.
+
+    Only folders that did not exist before are touched, so nothing a user put there is removed.
+    """
+    if not made:
+        return
+    root = made[0]
+    for name in (dataset_cls.filename, dataset_cls.base_folder):
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there now
+            return
 
 
 def _tensor_dataset(cfg: DatasetConfig, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
