@@ -1,5 +1,6 @@
 """The distilled set as a product: DistilledSet, `infer-distill export`, and training on the export."""
 import csv
+import importlib.util
 import json
 import re
 import shutil
@@ -262,7 +263,8 @@ def test_npz_export_has_the_same_content(run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["imagefolder", "npz"])
+@pytest.mark.parametrize("fmt", ["imagefolder", "npz", pytest.param("hf", marks=pytest.mark.skipif(
+    importlib.util.find_spec("datasets") is None, reason="the hf extra is not installed"))])
 def test_the_datasheet_recipe_trains_a_model_on_the_export(run, tmp_path, monkeypatch, fmt):
     """The Python in DATASHEET.md runs as written, from the export folder, and changes the model."""
     _, layout = run

@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a distilled set as an ImageFolder of PNGs or one .npz, with a DATASHEET.md")
     e.add_argument("uri", help="the soft-label stage's artifact, e.g. runs/quickstart/distilled or s3://bucket/run1/distilled")
     e.add_argument("--format", required=True,
-                   help="imagefolder: train/<class>/<subset>_<slot>_<teacher>.png + soft_labels.npy in ImageFolder order; npz: one distilled.npz")
+                   help="imagefolder: train/<class>/<subset>_<slot>_<teacher>.png + soft_labels.npy in ImageFolder order; npz: one distilled.npz; "
+                        "hf: a Hugging Face DatasetDict (save_to_disk; needs the hf extra)")
     e.add_argument("--out", required=True, help="a new (or empty) local directory; written whole or not at all")
     e.add_argument("--include-test", action="store_true",
                    help="also write the real test split the set was made for (from the run's data artifact)")

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from . import architectures
 
@@ -50,7 +51,7 @@ SplitName = Annotated[str, AfterValidator(_folder_name)]
 # Sections
 # ----------------------------------------------------------------------------------------
 
-DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "tiny-imagenet", "imagenet"]
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tiny-imagenet", "imagenet"]
 
 
 class DatasetConfig(_Strict):
@@ -64,6 +65,17 @@ class DatasetConfig(_Strict):
     test_per_class: int | None = Field(None, ge=1, description="keep only the first N test images per class")
     hflip: bool | None = Field(None, description="horizontal flips in augmentation; None: the dataset's default")
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; None: the dataset's default")
+    image_column: str = Field("image", min_length=1, description="dataset.name=hf: the column of images")
+    label_column: str = Field("label", min_length=1, description="dataset.name=hf: the column of class labels")
+
+    @model_serializer(mode="wrap")
+    def _hf_columns_only_for_hf(self, handler: Any) -> dict:
+        # The column names mean something for dataset.name=hf alone; leaving them out elsewhere keeps the
+        # settings (and fingerprints) of every other dataset what they were before the hf reader existed.
+        data = handler(self)
+        if self.name != "hf":
+            data = {k: v for k, v in data.items() if k not in ("image_column", "label_column")}
+        return data
 
 
 class BudgetConfig(_Strict):

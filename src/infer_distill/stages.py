@@ -286,7 +286,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         check_budget(cfg, KNOWN_NUM_CLASSES[cfg.dataset.name])
     elif cfg.dataset.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
-    elif not Path(cfg.dataset.root).exists():
+    elif not Path(cfg.dataset.root).exists() and cfg.dataset.name != "hf":  # hf: a root that is no path is a Hub id
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
     for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
         _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
