@@ -1,5 +1,6 @@
 """Adding a step is one edit in the plan (plus its stage function and its settings): the CLI's `stage`
-command, the executor and the Argo and compose renderings pick a new step up from `plan.PLAN` alone."""
+command, the executor, the KFP components (generated) and the Argo and compose renderings pick a new
+step up from `plan.PLAN` alone."""
 from __future__ import annotations
 
 import json
@@ -56,6 +57,15 @@ def test_the_cli_and_the_executor_run_a_new_step(toy_plan, tmp_path):
 
 
 def test_the_renderings_pick_up_a_new_step(toy_plan):
+    from infer_distill.kfp import generate
+
+    source = generate.module_source()
+    assert ("def count_images(config: Input[Artifact], data: Input[Dataset], counts: Output[Artifact], metrics: Output[Metrics]):"
+            in source) and "count_images," in source
+    namespace: dict = {}
+    exec(compile(source, "steps.py", "exec"), namespace)  # a module KFP can take its components from
+    assert [f.__name__ for f in namespace["STEP_FUNCTIONS"]][:2] == ["prepare_data", "count_images"]
+
     argo = render.workflow_template()
     text = json.dumps(argo, default=str)
     assert '"count-images"' in text
