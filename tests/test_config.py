@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from infer_distill.config import STAGES, load_config, num_subsets, stage_config, validate_config
+from infer_distill.config import load_config, num_subsets, stage_config, validate_config
+from infer_distill.plan import STAGES
 
 
 @pytest.mark.parametrize(

@@ -337,3 +337,13 @@ def test_upload_refuses_an_ambiguous_name(kfp_api, capsys):
     assert infer_dag.main(["upload", "--host", kfp_api.url, "--image", IMAGE, "--namespace", "team"]) == 2
     assert "2 pipelines are named 'infer-distill' in namespace team" in capsys.readouterr().err
     assert kfp_api.versions == []
+
+
+def test_the_step_components_are_generated_from_the_plan():
+    """src/infer_distill/kfp/steps.py is what the plan gives: python -m infer_distill.kfp.generate rewrites it."""
+    from infer_distill.kfp import generate
+
+    assert generate.main(["--check"]) == 0
+    from infer_distill.kfp.steps import STEP_FUNCTIONS
+
+    assert [f.__name__.replace("_", "-") for f in STEP_FUNCTIONS] == [s.name for s in plan.PLAN]

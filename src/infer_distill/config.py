@@ -297,9 +297,6 @@ BASELINES = {
 # Which settings each stage depends on (cumulative over its inputs)
 # ----------------------------------------------------------------------------------------
 
-STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student",
-          "evaluate-baseline", "report")
-
 # Placement: where and how the work is spread, never what it computes. None of these is part of
 # any artifact's settings, so changing one reuses finished work (`device` and the fast-path keys
 # `precision`, `channels_last`, `cudnn_benchmark`, `compile` are not either: stage_config never
@@ -357,7 +354,7 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
                 "student": {"arch": keys["arch"], "seed": keys["seed"], "baseline": keys["baseline"], **student_common()}}
     if stage == "report":
         return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes}
-    raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    raise ConfigError(f"unknown stage {stage!r}: a step of infer_distill.plan.PLAN has no settings here")
 
 
 def fingerprint(settings: dict) -> str:

@@ -43,6 +43,7 @@ except ImportError as e:
     raise MissingExtra("the Kubeflow pipeline (pipelines/infer_dag.py, infer-distill run --engine kfp-local)", "kfp", e) from None
 
 from .components import components
+from .generate import GATHERED, gathered_outputs, output_name
 
 # dsl.Collected of artifacts (soft-label and report collect the shards and students) reached the KFP
 # backend in kubeflow/pipelines#11725, first released in 2.14.0: older backends reject the run.
@@ -139,16 +140,6 @@ def _place(task, opts: ClusterOptions, step: plan.Step | None = None):
 # The DAG: a walk over the plan
 # ----------------------------------------------------------------------------------------
 
-# A fan-out's artifacts that a later fan-out reads are gathered into one artifact first (KFP
-# cannot pass a collected list into another ParallelFor); the steps receive it under this name.
-GATHERED = {"teachers": "teacher_set"}
-# A step's artifact is its component's output named after Step.location, except where an item key
-# already has that name.
-OUTPUT_NAMES = {"evaluate-baseline": "student"}
-
-
-def output_name(step: plan.Step) -> str:
-    return OUTPUT_NAMES.get(step.name, step.location)
 
 
 def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
@@ -201,7 +192,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
                 items = tasks[step.over.source].outputs["Output"]
             with dsl.ParallelFor(items, parallelism=opts.parallelism if step.gpu else 0) as item:
                 tasks[step.name] = _place(component(**args, **{k: getattr(item, k) for k in step.over.keys}), opts, step)
-            if any(step.output in later.inputs and later.over for later in plan.PLAN):
+            if step.output in gathered_outputs():
                 gather = comps[f"gather-{step.output}"](config=config, **{step.output: dsl.Collected(
                     tasks[step.name].outputs[output_name(step)])})
                 gathered[step.output] = _place(gather, opts).outputs[GATHERED[step.output]]
