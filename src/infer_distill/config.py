@@ -408,7 +408,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 # The configs shipped with the package (infer_distill/configs; configs/ in a checkout links there)
 # ----------------------------------------------------------------------------------------
 
-PACKAGED_CONFIGS = Path(__file__).with_name("configs")
+PACKAGED_CONFIGS = Path(__file__).resolve().with_name("configs")  # absolute: a later chdir must not lose it
 
 
 def packaged_configs() -> dict[str, Path]:
