@@ -16,7 +16,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -25,6 +28,9 @@ from . import plan
 from .config import BASELINES, KNOWN_NUM_CLASSES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
 from .errors import USER_ERRORS, StageError
 from .store import ArtifactError, StoreUnavailable, open_artifact
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 # Modules that import torch (stages, executor, distilled, report) are imported by the commands
 # that need them: --help, config, configs and plan start in a fraction of a second.
@@ -96,8 +102,9 @@ def _item(args: argparse.Namespace, cfg: Config, step: plan.Step) -> dict:
     return item
 
 
-def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
-    """One step of the plan: its item from the flags, each input from --<input> or derived from --root."""
+def run_stage(args: argparse.Namespace, cfg: Config, tracker: Tracker | None = None) -> dict:
+    """One step of the plan: its item from the flags, each input from --<input> or derived from --root;
+    `tracker` logs its manifest."""
     from .stages import Layout
 
     step = plan.STEPS[args.name]
@@ -127,12 +134,31 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
     inputs: dict = {}
     for name in step.inputs:
         inputs[name] = produced(name)
-    manifest = step.function(cfg, **item, **inputs, out=located("--out", lambda l: plan.location(l, step, item)))
+    out = located("--out", lambda l: plan.location(l, step, item))
+    manifest = step.function(cfg, **item, **inputs, out=out)
+    if tracker is not None:
+        tracker.step(step.name, out, manifest)
     if step.name == "select-subsets" and args.shards_output:  # for engines that fan out over the shards (Argo withParam)
         items = plan.fanout_items(cfg, manifest["metrics"]["num_classes"])[plan.SHARDS.name]
         Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.shards_output).write_text(json.dumps(items))
     return manifest
+
+
+@contextmanager
+def tracked(cfg: Config, out: str, name: str) -> Iterator[Tracker | None]:
+    """The run's tracker (None without tracking.backend), closed as finished or failed."""
+    from .tracking import open_tracker
+
+    tracker = open_tracker(cfg, out, name)
+    try:
+        yield tracker
+    except BaseException:
+        if tracker is not None:
+            tracker.close(finished=False)
+        raise
+    if tracker is not None:
+        tracker.close(finished=True)
 
 
 def _need(value, flag: str, stage: str):
@@ -377,12 +403,21 @@ def main(argv: list[str] | None = None) -> int:
 
                 report_uri = Layout(args.out).report
                 devices = tuple(parse_devices(args.devices))
-                print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=print_step,
-                                                  jobs=args.jobs, devices=devices, force_unlock=args.force_unlock))
+                with tracked(cfg, args.out, args.out) as tracker:
+                    def on_step(step: plan.StepResult) -> None:
+                        print_step(step)
+                        if tracker is not None:
+                            tracker.step(step.stage, step.uri, step.manifest)
+                    print_summary(plan.run_in_process(cfg, args.out, progress=not args.no_progress, on_step=on_step,
+                                                      jobs=args.jobs, devices=devices, force_unlock=args.force_unlock))
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             print_threads()
-            manifest = run_stage(args, cfg)
+            # a single stage's tracking store sits in its run root (the folder above its artifact without --root)
+            step = plan.STEPS[args.name]
+            where = args.root or (args.out or "").rstrip("/").rpartition("/")[0] or "."
+            with tracked(cfg, where, f"{step.name} {step.over.label(_item(args, cfg, step)) if step.over else ''}".strip()) as tracker:
+                manifest = run_stage(args, cfg, tracker)
             console.print(f"✓ {args.name}: {manifest['elapsed_s']:.1f}s, fingerprint {manifest['fingerprint']}")
         return 0
     except USER_ERRORS as e:

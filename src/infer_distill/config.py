@@ -175,6 +175,12 @@ class StudentConfig(_Strict):
         return self.epochs_dynamic if label_mode == "dynamic" and self.epochs_dynamic else self.epochs
 
 
+class TrackingConfig(_Strict):
+    backend: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="log the config, losses, accuracies and report of a run to MLflow (its local store under the run "
+                            "root, or MLFLOW_TRACKING_URI) or TensorBoard (<out>/tensorboard); needs the extra of that name")
+
+
 class Config(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -192,6 +198,7 @@ class Config(_Strict):
     cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times its convolution algorithms once per shape")
     compile: bool = Field(False, description="torch.compile the teacher and student in training (compile time in the manifests)")
     seed: Seed = 0
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _known_archs(self) -> "Config":
@@ -299,8 +306,8 @@ BASELINES = {
 
 # Placement: where and how the work is spread, never what it computes. None of these is part of
 # any artifact's settings, so changing one reuses finished work (`device` and the fast-path keys
-# `precision`, `channels_last`, `cudnn_benchmark`, `compile` are not either: stage_config never
-# reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
+# `precision`, `channels_last`, `cudnn_benchmark`, `compile` and `tracking`, which only reports
+# what was computed, are not either: stage_config never reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
 # section 4).
 PLACEMENT = {"synthesis": {"subsets_per_shard"}}
 

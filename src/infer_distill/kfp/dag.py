@@ -159,11 +159,12 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
         synthesis: dict = d["synthesis"], labels: dict = d["labels"], students: dict = d["students"],
         device: str = d["device"], precision: str = d["precision"], channels_last: str = str(d["channels_last"]).lower(),
         cudnn_benchmark: bool = d["cudnn_benchmark"], compile: bool = d["compile"], seed: int = d["seed"],
+        tracking: dict = d["tracking"],
     ) -> Artifact:
         config = _place(comps["resolve-config"](
             dataset=dataset, budget=budget, teachers=teachers, synthesis=synthesis, labels=labels, students=students,
             device=device, precision=precision, channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,
-            compile=compile, seed=seed, omitted_fanouts=left_out), opts).outputs["config"]
+            compile=compile, seed=seed, tracking=tracking, omitted_fanouts=left_out), opts).outputs["config"]
         tasks: dict[str, object] = {}      # step name -> its task (inside its loop for a fan-out)
         gathered: dict[str, object] = {}   # plan output -> the one artifact a fan-out's outputs were gathered into
 
