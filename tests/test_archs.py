@@ -12,7 +12,8 @@ from conftest import REPO, TINY
 from infer_distill import architectures
 from infer_distill.cli import main
 from infer_distill.config import ConfigError, validate_config
-from infer_distill.models import adapt_small_stem, batchnorm_layers, check_architecture, create_model, library_models
+from infer_distill.models import (adapt_small_stem, batchnorm_layers, check_architecture, create_model, describe_architecture,
+                                  library_models)
 from infer_distill.stages import Layout
 from infer_distill.store import open_artifact
 
@@ -123,14 +124,28 @@ def _sets(extra):
 
 
 @pytest.mark.slow
-def test_a_timm_and_a_torchvision_student_train_in_a_tiny_run(tmp_path):
-    students = ["timm:resnet10t", "torchvision:mobilenet_v3_small"]
+def test_a_timm_and_a_torchvision_student_train_in_a_tiny_run_and_record_their_stem(tmp_path):
+    import timm
+    import torchvision
+
+    students = {"timm:resnet10t": timm.create_model("resnet10t", num_classes=10),
+                "torchvision:mobilenet_v3_small": torchvision.models.mobilenet_v3_small(num_classes=10)}
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), "--no-progress",
-                 *_sets(["students.epochs=1", "students.baselines=[]", f"students.archs=[{', '.join(students)}]"])]) == 0
-    for arch in students:
+    assert main(["run", "--out", str(out), "--no-progress", *_sets(["dataset.image_size=32", "students.epochs=1", "students.baselines=[]",
+                                                                    f"students.archs=[{', '.join(students)}]"])]) == 0
+    for arch, fresh in students.items():
         metrics = open_artifact(Layout(str(out)).student(arch, 0, "static")).read_manifest()["metrics"]
         assert 0 <= metrics["final_acc"] <= 1, arch
+        stem = adapt_small_stem(fresh)  # what the 32 px student lost, found on a model built without the pipeline
+        assert "stride (2, 2) -> (1, 1)" in stem and metrics["architecture"] == {"name": arch, "stem": stem}
+    teacher = open_artifact(Layout(str(out)).teacher("resnet_tiny")).read_manifest()["metrics"]
+    assert teacher["architecture"] == {"name": "resnet_tiny", "stem": ""}  # a CIFAR network already
+
+
+def test_the_recorded_stem_is_the_registered_one_and_nothing_above_64_px():
+    assert describe_architecture("resnet18", 10, 3, 32) == {"name": "resnet18", "stem": architectures.info("resnet18").small_stem}
+    assert describe_architecture("torchvision:resnet18", 10, 3, 64)["stem"] == "conv1: stride (2, 2) -> (1, 1); maxpool: max-pool removed"
+    assert describe_architecture("torchvision:resnet18", 10, 3, 65)["stem"] == describe_architecture("resnet18", 10, 3, 224)["stem"] == ""
 
 
 def test_a_library_typo_is_refused_before_any_work(tmp_path, capsys):

@@ -38,6 +38,7 @@ __all__ = [
     "batchnorm_layers",
     "check_architecture",
     "create_model",
+    "describe_architecture",
     "download_library_weights",
     "library_models",
     "library_weights",
@@ -97,7 +98,7 @@ def create_model(
     if architectures.split_library(name) is None:
         net = MODEL_REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
     else:
-        net = _library_model(name, num_classes, in_chans, image_size, **kwargs)
+        net, _ = _library_model(name, num_classes, in_chans, image_size, **kwargs)
     if mean is None or std is None:
         return net
     if len(mean) != in_chans or len(std) != in_chans:
@@ -138,7 +139,21 @@ def check_architecture(name: str) -> None:
                           f"(the names are those of {listing})")
 
 
-def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs: object) -> nn.Module:
+def describe_architecture(name: str, num_classes: int, in_chans: int, image_size: int) -> dict[str, str]:
+    """What a manifest records of the network `create_model` builds: its name and what the small-image stem
+    adaptation changed in it ("" where nothing did)."""
+    if image_size > SMALL_IMAGE_MAX:
+        stem = ""
+    elif architectures.split_library(name) is None:
+        stem = architectures.info(name).small_stem
+    else:
+        with torch.device("meta"):  # the same network without its weights' memory or init time
+            _, stem = _library_model(name, num_classes, in_chans, image_size)
+    return {"name": name, "stem": stem}
+
+
+def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs: object) -> tuple[nn.Module, str]:
+    """The network, and what `adapt_small_stem` changed in it ("" above SMALL_IMAGE_MAX px)."""
     check_architecture(name)
     library, model = architectures.split_library(name)  # type: ignore[misc]
     if library == "timm":
@@ -146,9 +161,7 @@ def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, 
     else:
         net = torchvision.models.get_model(model, weights=None, num_classes=num_classes, **kwargs)
         _set_in_chans(net, in_chans)
-    if image_size <= SMALL_IMAGE_MAX:
-        adapt_small_stem(net)
-    return net
+    return net, adapt_small_stem(net) if image_size <= SMALL_IMAGE_MAX else ""
 
 
 def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:

@@ -36,7 +36,7 @@ from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
 from .models import (MODEL_REGISTRY, Normalize, check_architecture, create_model, download_library_weights, library_weights,
-                     read_pth, require_batchnorm)
+                     describe_architecture, read_pth, require_batchnorm)
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
@@ -447,6 +447,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     fast.place(model, device)
     acc = evaluate(model, test_x, test_y, device)
     metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
+               "architecture": describe_architecture(arch, *(dm["metrics"][k] for k in ("num_classes", "in_chans", "image_size"))),
                "num_params": sum(p.numel() for p in model.parameters()),
                "compute": fast.describe(device, compile_time.seconds, **trained, evaluation="fp32")}
     return _write(output, cfg, "train-teacher", {"weights.safetensors": cpu_weights(model)}, metrics, read, arch=arch)
@@ -661,6 +662,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
             device, seed, desc=f"student {arch} {label_mode} seed {seed}", progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = {"arch": arch, "seed": seed, "label_mode": label_mode, "final_acc": result.final_acc, "best_acc": best_acc,
+               "architecture": describe_architecture(arch, *(dm["metrics"][k] for k in ("num_classes", "in_chans", "image_size"))),
                "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses,
                "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
     return _write(output, cfg, "evaluate-student", {"weights.safetensors": cpu_weights(student)}, metrics,
@@ -719,7 +721,7 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
             progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = {"arch": arch, "seed": seed, "baseline": baseline, "description": BASELINES[baseline].format(per_class=per_class),
-               "per_class": per_class,
+               "per_class": per_class, "architecture": describe_architecture(arch, m["num_classes"], m["in_chans"], m["image_size"]),
                "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
                "steps": epochs * steps_per_epoch, "infer_static_steps": infer_steps, "num_instances": len(images),
                "stored_bytes": tensor_bytes(natural) + tensor_bytes(labels), "curve": result.curve, "train_losses": result.losses,
