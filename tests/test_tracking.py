@@ -2,6 +2,7 @@
 with their own readers; without a backend neither library is imported; a missing extra is refused before any work."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,18 @@ def test_tensorboard_event_files_hold_config_curves_and_report(tmp_path):
     pngs = {n for n in open_artifact(layout.report).read_manifest()["files"] if n.endswith(".png")}
     assert pngs and set(events.Tags()["images"]) == {f"report/{n}" for n in pngs}
     assert "report/report.md/text_summary" in events.Tags()["tensors"]
+
+
+@pytest.mark.processes
+def test_an_mlflow_server_that_does_not_answer_is_worth_retrying_and_nothing_runs(tmp_path, monkeypatch, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert main(["run", "--out", str(tmp_path / "run"), "--no-progress", *SETS, "--set", "tracking.backend=mlflow"]) == 75
+    assert f"the MLflow tracking server http://127.0.0.1:{port} (MLFLOW_TRACKING_URI) did not answer" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,8 @@ MLflow writes to `MLFLOW_TRACKING_URI` when set (a tracking server), else to a l
 run root: `<out>/mlflow/mlflow.db` with the files in `<out>/mlflow/artifacts` (MLflow 3 keeps its
 local store in SQLite; the plain-folder store is deprecated) or, for an S3 run root, ./mlflow.
 TensorBoard writes event files under `<out>/tensorboard` (./tensorboard for an S3 run root). The
-libraries are imported only by the backend that uses them.
+libraries are imported only by the backend that uses them. A tracking server that does not answer
+is StoreUnavailable (exit 75: finished steps are kept, and a retry resumes after them).
 """
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 from .config import Config, ConfigError
-from .store import open_artifact
+from .store import StoreUnavailable, open_artifact
 
 EXTRA = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
 REPORT_FILES = (".md", ".html", ".png")
@@ -132,35 +135,52 @@ class MlflowTracker:
     def __init__(self, out: str, name: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self.uri = os.environ.get("MLFLOW_TRACKING_URI")
         artifacts = None
-        if not uri:
+        if not self.uri:
             folder = local_folder(out, "mlflow").resolve()
             folder.mkdir(parents=True, exist_ok=True)
-            uri, artifacts = f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
-        self.client = MlflowClient(uri)
-        experiment = self.client.get_experiment_by_name(EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT, artifacts)
-        self.run_id = self.client.create_run(experiment_id, run_name=name, tags={"infer_distill.out": out}).info.run_id
+            self.uri, artifacts = f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
+        with self._answers():
+            self.client = MlflowClient(self.uri)
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT, artifacts)
+            self.run_id = self.client.create_run(experiment_id, run_name=name, tags={"infer_distill.out": out}).info.run_id
+
+    @contextmanager
+    def _answers(self) -> Iterator[None]:
+        """MLflow's errors as the pipeline's: a server that does not answer is worth retrying (exit 75), a refusal is not."""
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import ConnectionError, Timeout
+
+        try:
+            yield
+        except MlflowException as e:
+            if isinstance(e.__context__, (ConnectionError, Timeout)):
+                raise StoreUnavailable(f"the MLflow tracking server {self.uri} (MLFLOW_TRACKING_URI) did not answer: {e.message}; "
+                                       "start it, or unset MLFLOW_TRACKING_URI to log to the run root") from None
+            raise ConfigError(f"MLflow at {self.uri} refused the run's tracking: {e.message}") from None
 
     def config(self, cfg: Config) -> None:
         resolved = cfg.model_dump(mode="json")
-        for key, value in _flat(resolved).items():
-            self.client.log_param(self.run_id, key, value)
-        self.client.log_text(self.run_id, yaml.safe_dump(resolved, sort_keys=False), "config.yaml")
+        with self._answers():
+            for key, value in _flat(resolved).items():
+                self.client.log_param(self.run_id, key, value)
+            self.client.log_text(self.run_id, yaml.safe_dump(resolved, sort_keys=False), "config.yaml")
 
     def step(self, stage: str, uri: str, manifest: dict) -> None:
-        for key, value, step in scalars(stage, manifest):
-            self.client.log_metric(self.run_id, key, value, step=step)
         files = report_files(stage, uri, manifest)
-        if files:
-            with tempfile.TemporaryDirectory() as tmp:
+        with self._answers(), tempfile.TemporaryDirectory() as tmp:
+            for key, value, step in scalars(stage, manifest):
+                self.client.log_metric(self.run_id, key, value, step=step)
+            if files:
                 for name, data in files.items():
                     (Path(tmp) / name).write_bytes(data)
                 self.client.log_artifacts(self.run_id, tmp, "report")
 
     def close(self, finished: bool) -> None:
-        self.client.set_terminated(self.run_id, status="FINISHED" if finished else "FAILED")
+        with self._answers():
+            self.client.set_terminated(self.run_id, status="FINISHED" if finished else "FAILED")
 
 
 class TensorBoardTracker:
