@@ -31,14 +31,14 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import BASELINES, KNOWN_IMAGES, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
+from .config import BASELINES, KNOWN_IMAGES, METHODS, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
 from .models import MODEL_REGISTRY, Normalize, create_model, require_batchnorm
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
-from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
+from .training import Ensemble, StudentResult, evaluate, train_student_hard, train_student_model, train_teacher_model
 
 
 # ----------------------------------------------------------------------------------------
@@ -690,6 +690,160 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
                   metrics, arch=arch, seed=seed, baseline=baseline)
 
 
+# ----------------------------------------------------------------------------------------
+# The methods INFER is compared with (methods.py): each a distilled set in soft-label's format,
+# scored by the same students
+# ----------------------------------------------------------------------------------------
+
+
+def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor, train_y: torch.Tensor, dm: dict,
+                 models: list[nn.Module], device: str, progress: bool) -> tuple[torch.Tensor, dict]:
+    """uint8 [per_class, C, ch, H, W] images of `method`, and what the method records about them."""
+    from . import methods
+
+    m = dm["metrics"]
+    classes = m["classes"]
+    if method == "random":
+        return train_x[draw_per_class(train_y, per_class, cfg.seed, classes)], {}
+    if method == "herding":
+        columns = []
+        for c in range(len(classes)):
+            pool = (train_y == c).nonzero().flatten()
+            if len(pool) < per_class:
+                raise StageError(f"herding: class {classes[c]!r} has {len(pool)} training images, {per_class} needed")
+            feats = methods.penultimate_features(models[0], train_x[pool], device)
+            columns.append(pool[methods.herding(feats, per_class)])
+        return train_x[torch.stack(columns, 1)], {"features": f"penultimate, teacher {cfg.teachers.archs[0]}"}
+    if method == "rded":
+        r = cfg.rded
+        drawn = draw_per_class(train_y, r.candidates, cfg.seed, classes)          # [candidates, C]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        picked = []
+        try:
+            for c in range(len(classes)):
+                images, _, _ = methods.rded_select(models, train_x[drawn[:, c]], c, per_class, r.crops, r.factor, gen, device)
+                picked.append(images)
+        except ValueError as e:
+            raise ConfigError(f"rded: {e}: lower budget.ipc or rded.factor, or raise rded.candidates") from None
+        return torch.stack(picked, 1), {}
+    if method == "sre2l":
+        s = cfg.sre2l
+        result = methods.sre2l_recover(models, per_class, len(classes), tuple(train_x.shape[1:]), m["mean"], m["std"],
+                                       iterations=s.iterations, lr=s.lr, betas=s.betas, r_bn=s.r_bn,
+                                       first_bn_multiplier=s.first_bn_multiplier, jitter=s.jitter, flip=s.flip,
+                                       seed=cfg.seed, device=device, progress=progress)
+        return result.images, {"initial_loss": result.initial_loss.tolist(), "final_loss": result.final_loss.tolist()}
+    raise StageError(f"method {method!r}: use one of {', '.join(METHODS[1:])}")
+
+
+def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out: str, progress: bool = True) -> dict:
+    """A peer's distilled set at INFER's stored bytes: its images as uint8, labelled by the same teachers as INFER's.
+
+    Stored as soft-label stores INFER's set, with no UFCs (M = 0 in `distilled_instances`), so
+    DistilledSet, the export and the students read it as they read INFER's: per_class rows of one
+    image per class, the teachers' mean logits of each image at labels.dtype.
+    """
+    if method not in METHODS[1:]:
+        raise StageError(f"method {method!r}: use one of {', '.join(METHODS[1:])}")
+    output = _begin(out, {"data": data, "teachers": teachers})
+    train_x, train_y, dm = _data(cfg, data, "train")
+    m = dm["metrics"]
+    C, numel = m["num_classes"], m["in_chans"] * m["image_size"] ** 2
+    per_class = cfg.method_per_class(C, numel)
+    device, fast = compute_setup(cfg, trains=False)
+    models = load_teachers(cfg, teachers, dm, device)
+    natural, recorded = _peer_images(cfg, method, per_class, train_x, train_y, dm, models, device, progress)
+    labels = ensemble_logits(Ensemble(models), natural.flatten(0, 1).float() / 255.0, device).to(getattr(torch, cfg.labels.dtype))
+    ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
+    files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
+    stored = {name: tensor_bytes(t) for name, t in files["distilled.safetensors"].items()}
+    budget = {
+        "method": method, "ipc": cfg.budget.ipc, "num_subsets": per_class, "num_teachers": 0, "num_classes": C,
+        "class_batches": 1, "num_natural": per_class * C, "num_ufcs": 0, "num_instances": per_class * C,
+        "ufc_dtype": None, "label_dtype": cfg.labels.dtype, "stored_bytes": sum(stored.values()),
+        "stored_bytes_by_tensor": stored, "budget_bytes": cfg.method_budget_bytes(C, numel),
+        "train_bytes": tensor_bytes(train_x), "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
+        "images_per_class_equivalent": per_class,
+    }
+    metrics = {"budget": budget, **{k: m[k] for k in DISTILLED_DESCRIPTION}, **recorded,
+               "instance_order": "row r: one image of every class, classes 0..C-1", "compute": fast.describe(device, labels="fp32")}
+    return _write(output, cfg, "distill-method", files, metrics, method=method)
+
+
+def _set_for(cfg: Config, method: str, sets: list[str], distilled: str) -> tuple[Artifact, dict]:
+    """The distilled set of `method`: INFER's soft-label artifact, or the distill-method one of that method."""
+    if method == "infer":
+        return load_input(distilled, cfg, "soft-label")
+    for uri in sets:
+        if open_artifact(uri).read_manifest().get("settings", {}).get("method") == method:
+            return load_input(uri, cfg, "distill-method", method=method)
+    raise StageError(f"no distill-method artifact of method {method!r} among {sets}: run distill-method --method {method}")
+
+
+def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int, data: str, distilled: str,
+                    out: str, methods: list[str] | None = None, progress: bool = True) -> dict:
+    """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the
+    set's static labels) or the hard-label score (cross-entropy on the instances' classes, no soft label), for
+    students.epochs or for INFER's static student's optimiser steps."""
+    if score not in ("soft", "hard") or protocol not in ("epochs", "steps"):
+        raise StageError(f"score {score!r} / protocol {protocol!r}: use soft or hard / epochs or steps")
+    _check_student_arch(arch)
+    sets = methods or []
+    # INFER's set, or the peers' (all of them: the plan passes them as one list)
+    output = _begin(out, {"data": data, **({"distilled": distilled} if method == "infer" else {"methods": sets})})
+    test_x, test_y, dm = _data(cfg, data, "test")
+    art, manifest = _set_for(cfg, method, sets, distilled)
+    t = read_distilled(art)
+    images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
+    K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
+    hard = instance_origins(K, M, C)["label"]
+    batch = cfg.students.batch_size
+    infer_steps = cfg.students.epochs * math.ceil(cfg.num_subsets(C) * (len(cfg.teachers.archs) + 1) * C / batch)
+    steps_per_epoch = math.ceil(len(images) / batch)
+    epochs = cfg.students.epochs if protocol == "epochs" else max(1, round(infer_steps / steps_per_epoch))
+    augment = (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"])
+    device, fast = compute_setup(cfg, trains=True)
+    torch.manual_seed(seed)
+    student = build_model(arch, dm).to(device)
+    desc = f"{method} {score} {protocol} {arch} seed {seed}"
+    with CompileTime(fast.compile) as compile_time:
+        if score == "soft":
+            result = train_student_model(student, images, t["soft_labels"], None, test_x, test_y, cfg.students, epochs,
+                                         cfg.labels.temperature, augment, device, seed, desc=desc, progress=progress, fast_path=fast)
+        else:
+            result = train_student_hard(student, images, hard, test_x, test_y, cfg.students, epochs, augment, device, seed,
+                                        desc=desc, progress=progress, fast_path=fast)
+    best_epoch, best_acc = result.best
+    metrics = {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed,
+               "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
+               "steps": epochs * steps_per_epoch, "num_instances": len(images),
+               "stored_bytes": manifest["metrics"]["budget"]["stored_bytes"], "curve": result.curve, "train_losses": result.losses,
+               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
+    return _write(output, cfg, "evaluate-method", {"weights.safetensors": cpu_weights(student)}, metrics,
+                  method=method, score=score, protocol=protocol, arch=arch, seed=seed)
+
+
+def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
+    """The hard-label reference of HLR: the student trained with cross-entropy on the whole real training set,
+    with the students' recipe and epochs, once per architecture (seed: the config's)."""
+    _check_student_arch(arch)
+    output = _begin(out, {"data": data})
+    train_x, train_y, dm = _data(cfg, data, "train")
+    test_x, test_y, _ = _data(cfg, data, "test")
+    device, fast = compute_setup(cfg, trains=True)
+    torch.manual_seed(cfg.seed)
+    student = build_model(arch, dm).to(device)
+    with CompileTime(fast.compile) as compile_time:
+        result = train_student_hard(student, train_x.float() / 255.0, train_y, test_x, test_y, cfg.students, cfg.students.epochs,
+                                    (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
+                                    desc=f"full data {arch}", progress=progress, fast_path=fast)
+    best_epoch, best_acc = result.best
+    metrics = {"arch": arch, "seed": cfg.seed, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
+               "epochs": cfg.students.epochs, "num_instances": len(train_x), "curve": result.curve,
+               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
+    return _write(output, cfg, "evaluate-full-data", {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
+
+
 def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
            baselines: list[str] | None = None) -> dict:
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
@@ -784,6 +938,24 @@ class Layout:
 
     def baselines(self, cfg: Config) -> list[str]:
         return [self.baseline(r["arch"], r["seed"], r["baseline"]) for r in cfg.baseline_runs()]
+
+    def method_set(self, method: str) -> str:
+        return self._join("methods", method)
+
+    def method_sets(self, cfg: Config) -> list[str]:
+        return [self.method_set(m) for m in cfg.peer_methods()]
+
+    def method_score(self, method: str, score: str, protocol: str, arch: str, seed: int) -> str:
+        return self._join("method-scores", f"{method}-{score}-{protocol}-{arch}-seed{seed}")
+
+    def method_scores(self, cfg: Config) -> list[str]:
+        return [self.method_score(**r) for r in cfg.method_runs()]
+
+    def full_data(self, arch: str) -> str:
+        return self._join("full-data", arch)
+
+    def full_data_refs(self, cfg: Config) -> list[str]:
+        return [self.full_data(**r) for r in cfg.full_data_runs()]
 
     @property
     def report(self) -> str:

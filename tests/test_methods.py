@@ -1,0 +1,167 @@
+"""The methods INFER is compared with: selection and synthesis (methods.py) and their stages on tiny digits runs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY
+from infer_distill import DistilledSet, methods, stages
+from infer_distill.config import load_config
+from infer_distill.stages import Layout
+
+# ---- herding, rded, sre2l on hand-made inputs ------------------------------------------------
+
+
+def _herding_by_hand(x: torch.Tensor, count: int) -> list[int]:
+    mu, picked = x.mean(0), []
+    for t in range(1, count + 1):
+        best = min((i for i in range(len(x)) if i not in picked),
+                   key=lambda i: float(torch.linalg.vector_norm(mu - (sum((x[j] for j in picked), torch.zeros_like(mu)) + x[i]) / t)))
+        picked.append(best)
+    return picked
+
+
+def test_herding_picks_what_the_herding_recursion_picks():
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0], [10.0, 0.0], [0.1, 0.1], [3.0, -2.0]])
+    assert methods.herding(x, 4) == _herding_by_hand(x, 4)
+    # mean (2.183, -0.317): (1, 1) is nearest (1.77, against 1.87 for (3, -2)); then the point that pulls the mean
+    # of two back onto it, (3, -2): ((1, 1) + (3, -2)) / 2 = (2, -0.5)
+    assert methods.herding(x, 2) == [1, 5]
+    rand = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    assert methods.herding(rand, 12) == _herding_by_hand(rand, 12)
+    with pytest.raises(ValueError, match="12 picks asked of 5"):
+        methods.herding(rand[:5], 12)
+
+
+class Brightness(nn.Module):
+    """A 'teacher' whose class-0 logit is the mean brightness of the image: bright crops score best for class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.mean((1, 2, 3))
+        return torch.stack([20 * b, 20 * (1 - b)], 1)
+
+
+def test_rded_stitches_the_top_scored_crops():
+    gen = torch.Generator().manual_seed(0)
+    candidates = (torch.rand(12, 1, 8, 8, generator=gen) * 255).to(torch.uint8)
+    images, crops, scores = methods.rded_select([Brightness()], candidates, 0, 2, crops=4, factor=2,
+                                                gen=torch.Generator().manual_seed(1), device="cpu")
+    assert images.shape == (2, 1, 8, 8) and images.dtype == torch.uint8 and len(crops) == 8
+    assert torch.all(scores[:-1] <= scores[1:])  # best first
+    # every candidate's best crop, re-scored: the 8 kept are the 8 best of them
+    again = methods.random_square_crops  # the same draws from the same seed
+    g = torch.Generator().manual_seed(1)
+    best = []
+    for i in range(12):
+        boxes = again(8, 8, 4, g)
+        views = torch.cat([methods.resize(candidates[i : i + 1, :, t : t + s, l : l + s].float() / 255, 8) for t, l, s in boxes])
+        best.append(float(methods.class_cross_entropy([Brightness()], views, 0, "cpu").min()))
+    assert sorted(best)[:8] == pytest.approx(scores.tolist(), abs=1e-6)
+    # image 0's top-left tile is the best crop, resized to 4x4
+    c = crops[0]
+    tile = methods.resize(candidates[c.image : c.image + 1, :, c.top : c.top + c.side, c.left : c.left + c.side].float() / 255, 4)
+    assert torch.equal(images[0, :, :4, :4], methods.to_uint8(tile[0]))
+    with pytest.raises(ValueError, match="factor must divide"):
+        methods.rded_select([Brightness()], candidates, 0, 1, 2, 3, torch.Generator(), "cpu")
+
+
+def test_sre2l_images_move_from_their_noise_and_lower_the_loss():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+    with torch.no_grad():
+        teacher[1].running_mean.uniform_(-0.2, 0.2)
+        teacher[1].running_var.uniform_(0.5, 1.5)
+    result = methods.sre2l_recover([teacher.eval()], 2, 3, (1, 8, 8), [0.5], [0.25], iterations=30, lr=0.25, betas=(0.5, 0.9),
+                                   r_bn=0.01, first_bn_multiplier=10, jitter=1, flip=True, seed=0, device="cpu", progress=False)
+    assert result.images.shape == (2, 3, 1, 8, 8) and result.images.dtype == torch.uint8
+    assert (result.images.float() / 255 - result.noise).abs().mean() > 0.05
+    assert torch.all(result.final_loss < result.initial_loss)
+
+
+# ---- the stages on a tiny digits run ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = load_config(None, TINY + ["methods=[infer, random, herding, rded, sre2l]", "rded.candidates=20",
+                                    "sre2l.iterations=3", "students.scores=[soft, hard]"])
+    layout = Layout(str(tmp_path_factory.mktemp("methods")))
+    stages.prepare_data(cfg, layout.data)
+    for arch in cfg.teachers.archs:
+        stages.train_teacher(cfg, arch, layout.data, layout.teacher(arch), progress=False)
+    return cfg, layout
+
+
+@pytest.mark.parametrize("method", ["random", "herding", "rded", "sre2l"])
+def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_run, method):
+    cfg, layout = tiny_run
+    manifest = stages.distill_method(cfg, method, layout.data, layout.teachers(cfg), layout.method_set(method), progress=False)
+    b = manifest["metrics"]["budget"]
+    assert b["stored_bytes"] <= b["budget_bytes"] == cfg.method_budget_bytes(10, 64)
+    assert b["stored_bytes"] >= cfg.infer_stored_bytes(10, 64) - 10 * (64 + 10 * 2)  # within one row of INFER's bytes
+    ds = DistilledSet.open(layout.method_set(method))
+    per_class = cfg.method_per_class(10, 64)
+    assert len(ds) == per_class * 10 and ds.soft_labels.shape == (len(ds), 10)
+    assert torch.equal(ds.labels, torch.arange(10).repeat(per_class))
+    stored = ds.manifest["metrics"]["budget"]["stored_bytes_by_tensor"]
+    assert stored["natural"] == len(ds) * 64 and stored["soft_labels"] == len(ds) * 10 * 2 and stored["ufc"] == 0
+    if method == "random":  # the random-real baseline's seeded draw
+        train = stages._data(cfg, layout.data, "train")
+        drawn = stages.draw_per_class(train[1], per_class, cfg.seed, ds.classes)
+        assert torch.equal((ds.images * 255).round().to(torch.uint8), train[0][drawn.flatten()].float().div(255).mul(255).round().to(torch.uint8))
+    run = stages.evaluate_method(cfg, method, "hard", "epochs", "convnet_d3_w32", 0, layout.data, layout.distilled,
+                                 layout.method_score(method, "hard", "epochs", "convnet_d3_w32", 0),
+                                 methods=[layout.method_set(method)], progress=False)
+    assert run["metrics"]["num_instances"] == len(ds) and 0 <= run["metrics"]["final_acc"] <= 1
+
+
+def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_run):
+    cfg, layout = tiny_run
+    uri = layout.method_set("herding")
+    if not stages.is_current(uri, cfg, "distill-method", method="herding"):
+        stages.distill_method(cfg, "herding", layout.data, layout.teachers(cfg), uri, progress=False)
+    train_x, train_y, dm = stages._data(cfg, layout.data, "train")
+    teacher = stages.load_teachers(cfg, layout.teachers(cfg), dm, "cpu")[0]
+    pool = (train_y == 3).nonzero().flatten()
+    picks = methods.herding(methods.penultimate_features(teacher, train_x[pool], "cpu"), cfg.method_per_class(10, 64))
+    got = DistilledSet.open(uri, dtype=torch.uint8)
+    assert torch.equal(got.images[got.labels == 3], train_x[pool[picks]])
+
+
+def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
+    cfg, layout = tiny_run
+    uri = layout.method_set("random")
+    if not stages.is_current(uri, cfg, "distill-method", method="random"):
+        stages.distill_method(cfg, "random", layout.data, layout.teachers(cfg), uri, progress=False)
+    # the same set with its soft labels shuffled between instances, stored as a set of its own
+    art = stages.open_artifact(uri)
+    manifest = art.read_manifest()
+    tensors = art.read_tensors("distilled.safetensors")
+    shuffled = tensors["soft_labels"][torch.randperm(len(tensors["soft_labels"]), generator=torch.Generator().manual_seed(0))]
+    assert not torch.equal(shuffled, tensors["soft_labels"])
+    other = str(tmp_path / "shuffled")
+    stages.open_artifact(other).write({"distilled.safetensors": {**tensors, "soft_labels": shuffled}},
+                                      {k: v for k, v in manifest.items() if k != "files"})
+    runs = {}
+    for name, sets in (("stored", [uri]), ("shuffled", [other])):
+        for score in ("hard", "soft"):
+            runs[name, score] = stages.evaluate_method(cfg, "random", score, "epochs", "convnet_d3_w32", 0, layout.data,
+                                                       layout.distilled, str(tmp_path / f"{name}-{score}"), methods=sets,
+                                                       progress=False)["metrics"]
+    assert runs["stored", "hard"]["curve"] == runs["shuffled", "hard"]["curve"]
+    assert runs["stored", "hard"]["train_losses"] == runs["shuffled", "hard"]["train_losses"]
+    assert runs["stored", "soft"]["train_losses"] != runs["shuffled", "soft"]["train_losses"]  # the soft score does read them
+
+
+def test_equal_steps_protocol_matches_infers_static_steps(tiny_run, tmp_path):
+    cfg, layout = tiny_run
+    uri = layout.method_set("random")
+    if not stages.is_current(uri, cfg, "distill-method", method="random"):
+        stages.distill_method(cfg, "random", layout.data, layout.teachers(cfg), uri, progress=False)
+    m = stages.evaluate_method(cfg, "random", "soft", "steps", "convnet_d3_w32", 0, layout.data, layout.distilled,
+                               str(tmp_path / "steps"), methods=[uri], progress=False)["metrics"]
+    infer_steps = cfg.students.epochs * math.ceil(cfg.num_subsets(10) * 3 * 10 / cfg.students.batch_size)
+    assert m["epochs"] == max(1, round(infer_steps / math.ceil(m["num_instances"] / cfg.students.batch_size)))
