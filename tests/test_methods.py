@@ -165,3 +165,54 @@ def test_equal_steps_protocol_matches_infers_static_steps(tiny_run, tmp_path):
                                str(tmp_path / "steps"), methods=[uri], progress=False)["metrics"]
     infer_steps = cfg.students.epochs * math.ceil(cfg.num_subsets(10) * 3 * 10 / cfg.students.batch_size)
     assert m["epochs"] == max(1, round(infer_steps / math.ceil(m["num_instances"] / cfg.students.batch_size)))
+
+
+# ---- the report's method table -----------------------------------------------------------------
+
+
+def _run(method, score, seed, acc, protocol="epochs"):
+    return {"method": method, "score": score, "protocol": protocol, "arch": "convnet", "seed": seed, "final_acc": acc,
+            "steps": 100, "num_instances": 130, "stored_bytes": 10920}
+
+
+def test_method_table_ior_and_hlr_by_hand():
+    from infer_distill import report
+
+    runs = [_run("infer", "soft", 0, 0.60), _run("infer", "soft", 1, 0.64), _run("infer", "hard", 0, 0.40), _run("infer", "hard", 1, 0.50),
+            _run("random", "soft", 0, 0.50), _run("random", "soft", 1, 0.58), _run("random", "hard", 0, 0.30), _run("random", "hard", 1, 0.36),
+            _run("rded", "soft", 0, 0.55), _run("rded", "hard", 1, 0.45)]  # rded: one seed of each score only
+    table = {row["method"]: row for row in report.method_summary(runs, [{"arch": "convnet", "final_acc": 0.90}])}
+    assert list(table) == ["infer", "random", "rded"]
+    infer = table["infer"]
+    assert infer["soft"]["mean"] == pytest.approx(0.62) and infer["hard"]["mean"] == pytest.approx(0.45)
+    # IOR, paired by seed: soft (0.10 + 0.06) / 2, hard (0.10 + 0.14) / 2; std of the pairs
+    assert infer["ior_soft"]["mean"] == pytest.approx(0.08) and infer["ior_soft"]["std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert infer["ior_hard"]["mean"] == pytest.approx(0.12)
+    # HLR: 0.90 - hard accuracy, mean over seeds: (0.50 + 0.40) / 2
+    assert infer["hlr"]["mean"] == pytest.approx(0.45) and infer["hlr"]["full_data_acc"] == 0.90
+    assert table["random"]["ior_soft"] is None and table["random"]["hlr"]["mean"] == pytest.approx(0.57)
+    rded = table["rded"]
+    assert rded["ior_soft"] == {"mean": pytest.approx(0.05), "std": 0.0, "seeds": [0]}
+    assert rded["ior_hard"]["mean"] == pytest.approx(0.09) and rded["ior_hard"]["seeds"] == [1]
+    # without a full-data reference there is no HLR; the Markdown table shows the row all the same
+    no_full = report.method_summary(runs, [])
+    assert all(row["hlr"] is None for row in no_full)
+    text = report.markdown({"budget": {"stored_bytes": 1, "compression_ratio": 0.1, "train_bytes": 10, "ipc": 1, "num_subsets": 1,
+                                       "num_classes": 10, "num_ufcs": 1, "num_instances": 20, "ufc_dtype": "uint8",
+                                       "label_dtype": "float16"},
+                            "student_summary": [], "baseline_summary": [], "lift": [], "teachers": [], "timings_s": {},
+                            "methods": no_full})
+    assert "| convnet | epochs | infer | 10,920 | 130 | 100 / 100 | 62.00 ± 2.83 | 45.00 ± 7.07 | +8.00 ± 2.83 | +12.00 ± 2.83 | — |" in text
+
+
+def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
+    from infer_distill.plan import run_in_process
+
+    cfg = load_config(None, TINY + ["methods=[infer, random, rded]", "rded.candidates=20", "students.scores=[soft, hard]",
+                                    "students.full_data_reference=true", "students.baselines=[]"])
+    report = run_in_process(cfg, str(tmp_path / "run"), progress=False)["metrics"]["report"]
+    rows = {row["method"]: row for row in report["methods"]}
+    assert set(rows) == {"infer", "random", "rded"}
+    assert rows["infer"]["stored_bytes"] == report["budget"]["stored_bytes"]
+    assert all(r["soft"] and r["hard"] and r["hlr"] for r in rows.values()) and rows["rded"]["ior_hard"]["seeds"] == [0]
+    assert "Methods at equal bytes" in (tmp_path / "run" / "report" / "report.md").read_text()

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import plan
-from .config import BASELINES, KNOWN_NUM_CLASSES, STAGES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
+from .config import BASELINES, KNOWN_NUM_CLASSES, METHODS, STAGES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
 from .errors import USER_ERRORS, StageError
 from .store import ArtifactError, StoreUnavailable, open_artifact
 
@@ -118,13 +118,25 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
         arch, baseline, seed = _need(args.arch, "--arch", name), _need(args.baseline, "--baseline", name), student_seed()
         return stages.evaluate_baseline(cfg, arch, seed, baseline, data(), subsets, teachers(),
                                         uri("--out", lambda l: l.baseline(arch, seed, baseline)))
+    if name == "distill-method":
+        method = _need(args.method, "--method", name)
+        return stages.distill_method(cfg, method, data(), teachers(), uri("--out", lambda l: l.method_set(method)))
+    if name == "evaluate-full-data":
+        arch = _need(args.arch, "--arch", name)
+        return stages.evaluate_full_data(cfg, arch, data(), uri("--out", lambda l: l.full_data(arch)))
     distilled = uri("--distilled", lambda l: l.distilled)
+    if name == "evaluate-method":
+        run = {"method": _need(args.method, "--method", name), "score": _need(args.score, "--score", name),
+               "protocol": _need(args.protocol, "--protocol", name), "arch": _need(args.arch, "--arch", name), "seed": student_seed()}
+        return stages.evaluate_method(cfg, **run, data=data(), distilled=distilled, out=uri("--out", lambda l: l.method_score(**run)),
+                                      methods=uri("--methods", lambda l: l.method_sets(cfg)))
     if name == "evaluate-student":
         arch, mode, seed = _need(args.arch, "--arch", name), args.label_mode, student_seed()
         return stages.evaluate_student(cfg, arch, seed, mode, data(), distilled, teachers(),
                                        uri("--out", lambda l: l.student(arch, seed, mode)))
     return stages.report(cfg, data(), teachers(), ufc(), distilled, uri("--students", lambda l: l.students(cfg)),
-                         uri("--out", lambda l: l.report), uri("--baselines", lambda l: l.baselines(cfg)))
+                         uri("--out", lambda l: l.report), uri("--baselines", lambda l: l.baselines(cfg)),
+                         uri("--method-scores", lambda l: l.method_scores(cfg)), uri("--full-data", lambda l: l.full_data_refs(cfg)))
 
 
 def _need(value, flag: str, stage: str):
@@ -299,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baselines", nargs="*", help="report: the evaluate-baseline artifacts (default: derived from --root)")
     s.add_argument("--baseline", choices=list(BASELINES), help="evaluate-baseline: which baseline")
     s.add_argument("--arch"), s.add_argument("--seed", type=int)
+    s.add_argument("--method", choices=list(METHODS), help="distill-method, evaluate-method: which method")
+    s.add_argument("--score", choices=["soft", "hard"], help="evaluate-method: soft- or hard-label score")
+    s.add_argument("--protocol", choices=["epochs", "steps"], help="evaluate-method: equal epochs or equal optimiser steps")
+    s.add_argument("--methods", nargs="*", help="evaluate-method: the distill-method artifacts (default: derived from --root)")
+    s.add_argument("--method-scores", nargs="*", help="report: the evaluate-method artifacts (default: derived from --root)")
+    s.add_argument("--full-data", nargs="*", help="report: the evaluate-full-data artifacts (default: derived from --root)")
     s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
     s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")
     s.add_argument("--shards-output", metavar="FILE",

@@ -164,7 +164,7 @@ class StudentConfig(_Strict):
         return self.epochs_dynamic if label_mode == "dynamic" and self.epochs_dynamic else self.epochs
 
 
-# The distillation methods a run compares at equal stored bytes (docs/method.md, section 8)
+# The distillation methods a run compares at equal stored bytes (docs/method.md, section 9)
 METHODS = ("infer", "random", "herding", "rded", "sre2l")
 MethodName = Literal["infer", "random", "herding", "rded", "sre2l"]
 
@@ -178,7 +178,7 @@ class RdedConfig(_Strict):
 
 
 class Sre2lConfig(_Strict):
-    """SRe2L's recover; defaults from its CIFAR scripts (VILA-Lab/SRe2L, small_dataset/recover_cifar.sh)."""
+    """SRe2L's recover; defaults from its CIFAR code (VILA-Lab/SRe2L, small_dataset/recover_cifar.sh and .py)."""
 
     iterations: int = Field(1000, ge=1)
     lr: float = Field(0.25, gt=0, le=100)
@@ -186,7 +186,7 @@ class Sre2lConfig(_Strict):
     r_bn: float = Field(0.01, ge=0, le=1e6)
     first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
     jitter: int = Field(4, ge=0, description="random roll of up to this many pixels")
-    flip: bool = Field(True, description="random horizontal flip each step")
+    flip: bool = Field(False, description="random horizontal flip each step (SRe2L's ImageNet recover; its CIFAR one has none)")
 
 
 class Config(_Strict):

@@ -1,4 +1,4 @@
-"""The methods INFER is compared with at equal bytes (docs/method.md, section 8): their selection and synthesis.
+"""The methods INFER is compared with at equal bytes (docs/method.md, section 9): their selection and synthesis.
 
 Each returns the images of a distilled set as uint8 [P, C, ch, H, W] (row p holds one image of
 every class, as INFER's natural subsets do), so the stage that stores them (`stages.distill_method`)
@@ -182,8 +182,8 @@ def sre2l_recover(teachers: Sequence[nn.Module], rows: int, num_classes: int, sh
     Row p is one batch of one image per class (SRe2L's CIFAR batch): its BatchNorm statistics are
     matched as one group, with the loss of the UFC optimiser (`synthesis.group_losses`: CE + r_bn x
     BN). Adam runs on the normalised pixels (SRe2L's units) with a cosine schedule; each step takes
-    one random roll of up to `jitter` pixels and (with `flip`) a horizontal flip per row, and
-    clips to the valid pixel range. With several teachers every image is optimised against all of
+    one random roll of up to `jitter` pixels either way and (with `flip`, SRe2L's ImageNet recipe)
+    a horizontal flip per row, and clips to the valid pixel range. With several teachers every image is optimised against all of
     them (their losses summed). Randomness per row from seed, so a row does not depend on the others.
     """
     device_t = torch.device(device)
@@ -191,8 +191,8 @@ def sre2l_recover(teachers: Sequence[nn.Module], rows: int, num_classes: int, sh
     s = torch.tensor(std, device=device_t).view(-1, 1, 1)
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + p) for p in range(rows)]
     noise = torch.stack([torch.randn(num_classes, *shape, generator=g) for g in gens]).to(device_t)   # normalised units
-    start_pixels = (noise * s + m).clamp(0, 1)
-    param = ((start_pixels - m) / s).requires_grad_(True)
+    start_pixels = (noise * s + m).clamp(0, 1)  # the noise as an image (SRe2L clips only after each step)
+    param = noise.clone().requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr, betas=betas)
     labels = torch.arange(num_classes, device=device_t).repeat(rows)
     group_ids = torch.arange(rows, device=device_t).repeat_interleave(num_classes)

@@ -845,12 +845,14 @@ def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bo
 
 
 def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
-           baselines: list[str] | None = None) -> dict:
+           baselines: list[str] | None = None, method_scores: list[str] | None = None, full_data: list[str] | None = None) -> dict:
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
     from . import report as rep
 
     output = _begin(out, {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
-                          "baselines": baselines or []})
+                          "baselines": baselines or [],
+                          **({"method_scores": method_scores} if method_scores else {}),
+                          **({"full_data": full_data} if full_data else {})})
     _, dm = load_input(data, cfg, "prepare-data")
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
     ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
@@ -865,10 +867,18 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
         m = open_artifact(uri).read_manifest()["metrics"]
         baseline_manifests.append(load_input(uri, cfg, "evaluate-baseline", arch=m["arch"], seed=m["seed"], baseline=m["baseline"])[1])
 
+    score_manifests = []
+    for uri in method_scores or []:
+        m = open_artifact(uri).read_manifest()["metrics"]
+        score_manifests.append(load_input(uri, cfg, "evaluate-method", **{k: m[k] for k in ("method", "score", "protocol", "arch", "seed")})[1])
+    full_manifests = [load_input(uri, cfg, "evaluate-full-data", arch=open_artifact(uri).read_manifest()["metrics"]["arch"])[1]
+                      for uri in full_data or []]
+
     timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
     for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
                             ("soft-label", [dist_manifest]), ("evaluate-student", student_manifests),
-                            ("evaluate-baseline", baseline_manifests)):
+                            ("evaluate-baseline", baseline_manifests), ("evaluate-method", score_manifests),
+                            ("evaluate-full-data", full_manifests)):
         if manifests:
             timings[name] = sum(m["elapsed_s"] for m in manifests)
     rows = [{k: m["metrics"][k] for k in ("arch", "seed", "label_mode", "final_acc", "best_acc", "best_epoch", "curve")}
@@ -878,6 +888,9 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
                      for m in baseline_manifests]
     teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
     summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings, baseline_rows)
+    if score_manifests or full_manifests:
+        summary["methods"] = rep.method_summary(_method_rows(cfg, dist_manifest, student_manifests, score_manifests),
+                                                [{k: m["metrics"][k] for k in ("arch", "final_acc")} for m in full_manifests])
     t = read_distilled(dist_art)
     pngs = {
         "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
@@ -887,6 +900,22 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
     return _write(output, cfg, "report", files, {"report": summary})
+
+
+def _method_rows(cfg: Config, dist_manifest: dict, student_manifests: list[dict], score_manifests: list[dict]) -> list[dict]:
+    """Every method student as a row of the method table: the evaluate-method runs, and INFER's static-label students
+    as its soft-label score (under every protocol: INFER's steps are its epochs)."""
+    keys = ("method", "score", "protocol", "arch", "seed", "final_acc", "steps", "num_instances", "stored_bytes")
+    rows = [{k: m["metrics"][k] for k in keys} for m in score_manifests]
+    b = dist_manifest["metrics"]["budget"]
+    for m in student_manifests:
+        s = m["metrics"]
+        if s["label_mode"] != "static":
+            continue
+        steps = s["epochs"] * math.ceil(b["num_instances"] / cfg.students.batch_size)
+        rows += [{"method": "infer", "score": "soft", "protocol": p, "arch": s["arch"], "seed": s["seed"], "final_acc": s["final_acc"],
+                  "steps": steps, "num_instances": b["num_instances"], "stored_bytes": b["stored_bytes"]} for p in cfg.students.protocols]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------

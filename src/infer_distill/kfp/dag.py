@@ -95,6 +95,10 @@ def check_expressible(cfg: Config, opts: ClusterOptions) -> None:
         if source != "torchvision":
             raise DagError(f"teachers.pretrained.{arch}={source!r}: a local weight file cannot reach pipeline pods; "
                            "use 'torchvision', train the teacher in the pipeline, or bake the file into the image")
+    if cfg.peer_methods() or cfg.method_runs() or cfg.full_data_runs():
+        raise DagError(f"methods={cfg.methods}, students.scores={cfg.students.scores}, students.full_data_reference="
+                       f"{cfg.students.full_data_reference}: the Kubeflow pipeline has no components for the methods' steps "
+                       "yet; run them with `infer-distill run`, the Argo WorkflowTemplate or docker compose")
     if cfg.device == "cuda" and opts.gpus == 0:
         raise DagError("device='cuda' but the DAG is compiled with --gpus 0: pods would have no GPU; use device=auto or --gpus 1")
     if opts.parallelism < 0:
@@ -145,6 +149,9 @@ GATHERED = {"teachers": "teacher_set"}
 # A step's artifact is its component's output named after Step.location, except where an item key
 # already has that name.
 OUTPUT_NAMES = {"evaluate-baseline": "student"}
+# Steps with no Kubeflow component yet: the pipeline is compiled without them, and `check_expressible`
+# refuses a config that would run them (`infer-distill run`, Argo and compose run them).
+WITHOUT_COMPONENTS = ("distill-method", "evaluate-method", "evaluate-full-data")
 
 
 def output_name(step: plan.Step) -> str:
@@ -168,11 +175,12 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
         synthesis: dict = d["synthesis"], labels: dict = d["labels"], students: dict = d["students"],
         device: str = d["device"], precision: str = d["precision"], channels_last: str = str(d["channels_last"]).lower(),
         cudnn_benchmark: bool = d["cudnn_benchmark"], compile: bool = d["compile"], seed: int = d["seed"],
+        methods: list = d["methods"], rded: dict = d["rded"], sre2l: dict = d["sre2l"],
     ) -> Artifact:
         config = _place(comps["resolve-config"](
             dataset=dataset, budget=budget, teachers=teachers, synthesis=synthesis, labels=labels, students=students,
             device=device, precision=precision, channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,
-            compile=compile, seed=seed, omitted_fanouts=left_out), opts).outputs["config"]
+            compile=compile, seed=seed, methods=methods, rded=rded, sre2l=sre2l, omitted_fanouts=left_out), opts).outputs["config"]
         tasks: dict[str, object] = {}      # step name -> its task (inside its loop for a fan-out)
         gathered: dict[str, object] = {}   # plan output -> the one artifact a fan-out's outputs were gathered into
 
@@ -185,7 +193,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
             return {name: dsl.Collected(output) if producer.over else output}
 
         for step in plan.PLAN:
-            if step.over and step.over.name in left_out:
+            if step.over and step.over.name in left_out or step.name in WITHOUT_COMPONENTS:
                 continue
             args = {"config": config}
             for name in step.inputs:
