@@ -215,4 +215,19 @@ def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
     assert set(rows) == {"infer", "random", "rded"}
     assert rows["infer"]["stored_bytes"] == report["budget"]["stored_bytes"]
     assert all(r["soft"] and r["hard"] and r["hlr"] for r in rows.values()) and rows["rded"]["ior_hard"]["seeds"] == [0]
-    assert "Methods at equal bytes" in (tmp_path / "run" / "report" / "report.md").read_text()
+    text = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "Methods at equal bytes" in text and "Teacher feature similarity" in text
+    assert set(report["feature_similarity"]) == {"infer", "random", "rded"}
+    n = report["budget"]["num_instances"]  # INFER's: every pair of its instances, split by class
+    infer = report["feature_similarity"]["infer"]
+    assert infer["same_class"]["pairs"] + infer["cross_class"]["pairs"] == n * (n - 1) // 2
+    assert (tmp_path / "run" / "report" / "feature_similarity.png").stat().st_size > 1000
+
+
+def test_feature_similarity_by_hand():
+    feats = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    sim = methods.feature_similarity(feats, torch.tensor([0, 0, 1, 1]), bins=4)
+    # same class: (0, 1) cos 1, (2, 3) cos 0; different classes: (0, 2) 0, (0, 3) -1, (1, 2) 0, (1, 3) -1
+    assert sim["same_class"]["pairs"] == 2 and sim["same_class"]["mean"] == pytest.approx(0.5)
+    assert sim["cross_class"]["pairs"] == 4 and sim["cross_class"]["mean"] == pytest.approx(-0.5)
+    assert sim["cross_class"]["histogram"] == [2, 0, 2, 0] and sim["same_class"]["histogram"] == [0, 0, 1, 1]

@@ -30,7 +30,7 @@ def test_the_dag_edges_follow_from_the_inputs():
 def test_a_run_needs_the_steps_its_dag_was_built_with():
     with_baselines = load_config(None)  # the default trains the random_soft baseline, and no other method
     without = load_config(None, ["students.baselines=[]"])
-    methods = ["method_sets", "method_runs", "full_data"]
+    methods = ["methods", "method_scores", "references"]
     assert plan.omitted(without) == ["baselines", *methods] and plan.omitted(with_baselines) == methods
     plan.check_omitted(without, ["baselines", *methods])
     plan.check_omitted(with_baselines, methods)
@@ -39,7 +39,7 @@ def test_a_run_needs_the_steps_its_dag_was_built_with():
     with pytest.raises(ConfigError, match="compiled with the evaluate-baseline step"):
         plan.check_omitted(without, methods)
     peers = load_config(None, ["methods=[infer, rded]"])
-    assert plan.omitted(peers) == ["full_data"]
+    assert plan.omitted(peers) == ["references"]
     with pytest.raises(ConfigError, match="compiled without the evaluate-method step"):
         plan.check_omitted(peers, methods)
 
@@ -55,12 +55,12 @@ def test_fan_out_items_are_stage_keys_and_command_line_flags():
     assert [(i["label_mode"], i["seed"]) for i in items["students"]] == [("static", 0), ("static", 1), ("dynamic", 0), ("dynamic", 1)]
     assert [(i["baseline"], i["seed"]) for i in items["baselines"]] == [
         ("random_soft", 0), ("random_soft", 1), ("random_soft_steps", 0), ("random_soft_steps", 1)]
-    assert items["method_sets"] == [{"method": "herding"}, {"method": "sre2l"}]
-    assert [(i["method"], i["score"], i["protocol"], i["seed"]) for i in items["method_runs"]][:4] == [
+    assert items["methods"] == [{"method": "herding"}, {"method": "sre2l"}]
+    assert [(i["method"], i["score"], i["protocol"], i["seed"]) for i in items["method_scores"]][:4] == [
         ("infer", "hard", "epochs", 0), ("infer", "hard", "epochs", 1), ("herding", "soft", "epochs", 0), ("herding", "soft", "epochs", 1)]
-    assert len(items["method_runs"]) == 2 + 2 * 2 * 2 * 2 and items["full_data"] == [{"arch": a} for a in cfg.students.archs]
+    assert len(items["method_scores"]) == 2 + 2 * 2 * 2 * 2 and items["references"] == [{"arch": a} for a in cfg.students.archs]
     # without the number of classes: the config's
-    assert set(plan.fanout_items(cfg)) == {"teachers", "students", "baselines", "method_sets", "method_runs", "full_data"}
+    assert set(plan.fanout_items(cfg)) == {"teachers", "students", "baselines", "methods", "method_scores", "references"}
     parser = build_parser()
     for step in [s for s in plan.PLAN if s.over]:
         for item in step.over.items(cfg, 10):
@@ -140,7 +140,7 @@ def test_every_rendering_is_the_plan(tmp_path):
                                if n not in left_out}
         omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_fanouts"]
         assert omitted == {"runtimeValue": {"constant": [*(["baselines"] if baselines == "[]" else []),
-                                                          "method_sets", "method_runs", "full_data"]}}
+                                                          "methods", "method_scores", "references"]}}
 
     # Argo (the committed template the chart installs): the DAG's edges, fan-outs and each pod's flags
     wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())

@@ -136,7 +136,8 @@ def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
                                        uri("--out", lambda l: l.student(arch, seed, mode)))
     return stages.report(cfg, data(), teachers(), ufc(), distilled, uri("--students", lambda l: l.students(cfg)),
                          uri("--out", lambda l: l.report), uri("--baselines", lambda l: l.baselines(cfg)),
-                         uri("--method-scores", lambda l: l.method_scores(cfg)), uri("--full-data", lambda l: l.full_data_refs(cfg)))
+                         uri("--method-scores", lambda l: l.method_scores(cfg)), uri("--full-data", lambda l: l.full_data_refs(cfg)),
+                         uri("--methods", lambda l: l.method_sets(cfg)))
 
 
 def _need(value, flag: str, stage: str):
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=list(METHODS), help="distill-method, evaluate-method: which method")
     s.add_argument("--score", choices=["soft", "hard"], help="evaluate-method: soft- or hard-label score")
     s.add_argument("--protocol", choices=["epochs", "steps"], help="evaluate-method: equal epochs or equal optimiser steps")
-    s.add_argument("--methods", nargs="*", help="evaluate-method: the distill-method artifacts (default: derived from --root)")
+    s.add_argument("--methods", nargs="*", help="evaluate-method, report: the distill-method artifacts (default: derived from --root)")
     s.add_argument("--method-scores", nargs="*", help="report: the evaluate-method artifacts (default: derived from --root)")
     s.add_argument("--full-data", nargs="*", help="report: the evaluate-full-data artifacts (default: derived from --root)")
     s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])

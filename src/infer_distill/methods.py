@@ -32,7 +32,8 @@ from .synthesis import group_losses
 
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
-    """The input of the model's last Linear layer (its penultimate features), float32 [N, D], for uint8 images."""
+    """The input of the model's last Linear layer (its penultimate features), float32 [N, D], for uint8 images or
+    float ones in [0, 1]."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not head:
         raise ValueError("the model has no Linear layer: its penultimate features are undefined")
@@ -41,7 +42,8 @@ def penultimate_features(model: nn.Module, images: torch.Tensor, device: str, ba
     try:
         model.eval()
         for i in range(0, len(images), batch_size):
-            model(images[i : i + batch_size].to(device, torch.float32) / 255.0)
+            x = images[i : i + batch_size].to(device)
+            model(x.float() / 255.0 if x.dtype == torch.uint8 else x)
     finally:
         handle.remove()
     return torch.cat(captured)
@@ -57,6 +59,23 @@ def class_cross_entropy(teachers: Sequence[nn.Module], images: torch.Tensor, lab
         logits = torch.stack([t(x).float() for t in teachers]).mean(0)
         scores.append(F.cross_entropy(logits, torch.full((len(x),), label, device=device), reduction="none").cpu())
     return torch.cat(scores)
+
+
+def feature_similarity(features: torch.Tensor, labels: torch.Tensor, bins: int = 20) -> dict:
+    """Cosine similarity of features [N, D] between every pair of distinct instances, split by whether the two have
+    the same class (labels [N]): mean, median and a histogram over [-1, 1] of each (the seed paper's open check of
+    how far a method's instances of different classes look alike to the teacher)."""
+    unit = F.normalize(features.double(), dim=1)
+    cos = unit @ unit.T
+    pairs = torch.triu(torch.ones_like(cos, dtype=torch.bool), diagonal=1)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    out = {}
+    for name, mask in (("same_class", pairs & same), ("cross_class", pairs & ~same)):
+        values = cos[mask].float()
+        out[name] = {"pairs": len(values), "mean": float(values.mean()) if len(values) else None,
+                     "median": float(values.median()) if len(values) else None,
+                     "histogram": torch.histc(values, bins=bins, min=-1.0, max=1.0).int().tolist()}
+    return out
 
 
 # ----------------------------------------------------------------------------------------

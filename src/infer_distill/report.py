@@ -144,6 +144,8 @@ def headline(report: dict) -> str:
 # Captions of the report's figures, by file name.
 CAPTIONS = {
     "student_curves.png": "Test accuracy over the epochs of every student: INFER's solid, the baselines' dashed.",
+    "feature_similarity.png": "Cosine similarity of the first teacher's penultimate features between pairs of instances "
+                              "of each method's set: of the same class (left) and of different classes (right).",
     "ufc_examples.png": "Subset 0 of the distilled set: each column a class, the natural image on top and below it the "
                         "same image plus the UFC of each teacher, clipped to [0, 1].",
 }
@@ -188,6 +190,16 @@ def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str
                        "full real training set with hard labels minus the set's hard-label score (points; — without it).",
                        ["student", "protocol", "method", "stored bytes", "instances", "steps (soft / hard)", "soft",
                         "hard", "IOR soft", "IOR hard", "HLR"], rows))
+    if report.get("feature_similarity"):
+        def cos(x: dict) -> str:
+            return "—" if x["mean"] is None else f"{x['mean']:.3f} / {x['median']:.3f}"
+
+        tables.append(("Teacher feature similarity",
+                       "Cosine similarity of the first teacher's penultimate features between two instances of a set, mean / "
+                       "median over all pairs: of the same class, and of different classes.",
+                       ["method", "same class", "different classes"],
+                       [[name, cos(f["same_class"]), cos(f["cross_class"])]
+                        for name, f in sorted(report["feature_similarity"].items(), key=lambda kv: METHOD_ORDER.get(kv[0], 99))]))
     tables.append(("Teachers", "", ["teacher", "test acc"], [[t["arch"], f"{100 * t['test_acc']:.2f}"] for t in report["teachers"]]))
     order = {stage: i for i, stage in enumerate(STAGES)}
     timings = sorted(report["timings_s"].items(), key=lambda kv: order.get(kv[0], len(order)))
@@ -209,7 +221,7 @@ def markdown(report: dict) -> str:
         lines += [f"## {title}", ""] + ([note, ""] if note else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
     lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
-    for name in ("student_curves.png", "ufc_examples.png"):
+    for name in ("student_curves.png", "ufc_examples.png", *(["feature_similarity.png"] if report.get("feature_similarity") else [])):
         lines += ["", f"![{CAPTIONS[name]}]({name})", "", f"*{CAPTIONS[name]}*"]
     return "\n".join(lines + [""])
 
@@ -261,6 +273,22 @@ def student_curves_png(students: list[dict], baselines: list[dict] | None = None
     return figure_png(fig)
 
 
+def similarity_png(similarities: dict[str, dict]) -> bytes:
+    """The distributions of `methods.feature_similarity` of every method, same-class and cross-class side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=False)
+    for ax, part, title in zip(axes, ("same_class", "cross_class"), ("same class", "different classes")):
+        for name, f in sorted(similarities.items(), key=lambda kv: METHOD_ORDER.get(kv[0], 99)):
+            counts = torch.tensor(f[part]["histogram"], dtype=torch.float64)
+            if counts.sum() > 0:
+                edges = torch.linspace(-1, 1, len(counts) + 1)
+                ax.stairs((counts / counts.sum()).tolist(), edges.tolist(), label=name)
+        ax.set_title(title)
+        ax.set_xlabel("cosine similarity")
+    axes[0].set_ylabel("fraction of pairs")
+    axes[1].legend()
+    return figure_png(fig)
+
+
 def json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
@@ -290,5 +318,6 @@ def html(report: dict, pngs: dict[str, bytes]) -> str:
         "figcaption{font-size:90%;color:#444}.headline{font-size:115%}</style>"
         "</head><body><h1>INFER distillation report</h1>"
         f"<p class='headline'>{html_lib.escape(headline(report))}</p>" + figure("student_curves.png")
-        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + figure("ufc_examples.png") + others + "</body></html>"
+        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + figure("ufc_examples.png")
+        + figure("feature_similarity.png") + others + "</body></html>"
     )

@@ -754,6 +754,7 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     models = load_teachers(cfg, teachers, dm, device)
     natural, recorded = _peer_images(cfg, method, per_class, train_x, train_y, dm, models, device, progress)
     labels = ensemble_logits(Ensemble(models), natural.flatten(0, 1).float() / 255.0, device).to(getattr(torch, cfg.labels.dtype))
+    recorded["feature_similarity"] = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
     ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
     files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
     stored = {name: tensor_bytes(t) for name, t in files["distilled.safetensors"].items()}
@@ -768,6 +769,13 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     metrics = {"budget": budget, **{k: m[k] for k in DISTILLED_DESCRIPTION}, **recorded,
                "instance_order": "row r: one image of every class, classes 0..C-1", "compute": fast.describe(device, labels="fp32")}
     return _write(output, cfg, "distill-method", files, metrics, method=method)
+
+
+def set_similarity(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> dict:
+    """`methods.feature_similarity` of a set's instances on `teacher`'s penultimate features."""
+    from . import methods
+
+    return methods.feature_similarity(methods.penultimate_features(teacher, images, device), labels)
 
 
 def _set_for(cfg: Config, method: str, sets: list[str], distilled: str) -> tuple[Artifact, dict]:
@@ -845,14 +853,16 @@ def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bo
 
 
 def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
-           baselines: list[str] | None = None, method_scores: list[str] | None = None, full_data: list[str] | None = None) -> dict:
+           baselines: list[str] | None = None, method_scores: list[str] | None = None, full_data: list[str] | None = None,
+           methods: list[str] | None = None) -> dict:
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
     from . import report as rep
 
     output = _begin(out, {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
                           "baselines": baselines or [],
                           **({"method_scores": method_scores} if method_scores else {}),
-                          **({"full_data": full_data} if full_data else {})})
+                          **({"full_data": full_data} if full_data else {}),
+                          **({"methods": methods} if methods else {})})
     _, dm = load_input(data, cfg, "prepare-data")
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
     ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
@@ -891,15 +901,31 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     if score_manifests or full_manifests:
         summary["methods"] = rep.method_summary(_method_rows(cfg, dist_manifest, student_manifests, score_manifests),
                                                 [{k: m["metrics"][k] for k in ("arch", "final_acc")} for m in full_manifests])
+        summary["feature_similarity"] = _similarities(cfg, teachers, dm, dist_art, methods or [])
     t = read_distilled(dist_art)
     pngs = {
         "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
                                                  cfg.synthesis.classes_per_ufc),
         "student_curves.png": rep.student_curves_png(rows, baseline_rows),
+        **({"feature_similarity.png": rep.similarity_png(summary["feature_similarity"])} if "feature_similarity" in summary else {}),
     }
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
     return _write(output, cfg, "report", files, {"report": summary})
+
+
+def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact, methods: list[str]) -> dict:
+    """{method: feature_similarity} on the first teacher: INFER's computed here, each peer's as its distill-method
+    artifact recorded it."""
+    t = read_distilled(dist_art)
+    K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
+    teacher = load_teachers(cfg, teachers, dm, "cpu")[0]
+    out = {"infer": set_similarity(teacher, distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc),
+                                   instance_origins(K, M, C)["label"], "cpu")}
+    for uri in methods:
+        method = open_artifact(uri).read_manifest().get("settings", {}).get("method")
+        out[method] = load_input(uri, cfg, "distill-method", method=method)[1]["metrics"]["feature_similarity"]
+    return out
 
 
 def _method_rows(cfg: Config, dist_manifest: dict, student_manifests: list[dict], score_manifests: list[dict]) -> list[dict]:
