@@ -231,3 +231,28 @@ def test_feature_similarity_by_hand():
     assert sim["same_class"]["pairs"] == 2 and sim["same_class"]["mean"] == pytest.approx(0.5)
     assert sim["cross_class"]["pairs"] == 4 and sim["cross_class"]["mean"] == pytest.approx(-0.5)
     assert sim["cross_class"]["histogram"] == [2, 0, 2, 0] and sim["same_class"]["histogram"] == [0, 0, 1, 1]
+
+
+def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
+    """What the compose services and Argo steps run for the methods: `infer-distill stage NAME --root ...`."""
+    import json
+
+    from infer_distill.cli import main
+    from infer_distill.store import open_artifact
+
+    sets = sum((["--set", s] for s in TINY + ["methods=[infer, herding]", "students.scores=[hard]", "students.baselines=[]",
+                                              "students.full_data_reference=true"]), [])
+    root = str(tmp_path / "r")
+    run = ["--arch", "convnet_d3_w32", "--seed", "0"]
+    steps = [["prepare-data"], ["train-teacher", "--arch", "convnet_d2_w32"], ["train-teacher", "--arch", "resnet_tiny"],
+             ["select-subsets"], ["synthesize-ufc", "--subset-ids", "0,1,2,3,4,5,6,7"], ["soft-label"],
+             ["evaluate-student", *run], ["distill-method", "--method", "herding"],
+             ["evaluate-method", "--method", "herding", "--score", "hard", "--protocol", "epochs", *run],
+             ["evaluate-method", "--method", "infer", "--score", "hard", "--protocol", "epochs", *run],
+             ["evaluate-full-data", "--arch", "convnet_d3_w32"], ["report"]]
+    for step in steps:
+        assert main(["stage", step[0], "--root", root, *step[1:], *sets]) == 0, step
+    report = json.loads(open_artifact(f"{root}/report").read_text("report.json"))
+    rows = {r["method"]: r for r in report["methods"]}
+    assert rows["herding"]["hard"] and rows["herding"]["hlr"] and rows["infer"]["soft"] and rows["infer"]["hard"]
+    assert rows["herding"]["ior_hard"] is None  # no random set to compare with
