@@ -52,11 +52,10 @@ def test_rded_stitches_the_top_scored_crops():
     assert images.shape == (2, 1, 8, 8) and images.dtype == torch.uint8 and len(crops) == 8
     assert torch.all(scores[:-1] <= scores[1:])  # best first
     # every candidate's best crop, re-scored: the 8 kept are the 8 best of them
-    again = methods.random_square_crops  # the same draws from the same seed
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(1)  # the same crops from the same seed
     best = []
     for i in range(12):
-        boxes = again(8, 8, 4, g)
+        boxes = methods.random_square_crops(8, 8, 4, g)
         views = torch.cat([methods.resize(candidates[i : i + 1, :, t : t + s, l : l + s].float() / 255, 8) for t, l, s in boxes])
         best.append(float(methods.class_cross_entropy([Brightness()], views, 0, "cpu").min()))
     assert sorted(best)[:8] == pytest.approx(scores.tolist(), abs=1e-6)
@@ -95,6 +94,7 @@ def tiny_run(tmp_path_factory):
     return cfg, layout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["random", "herding", "rded", "sre2l"])
 def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_run, method):
     cfg, layout = tiny_run
@@ -118,6 +118,20 @@ def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_ru
     assert run["metrics"]["num_instances"] == len(ds) and 0 <= run["metrics"]["final_acc"] <= 1
 
 
+@pytest.mark.slow
+def test_rded_with_more_candidates_than_a_class_has_takes_them_all_and_a_bad_factor_is_refused_first(tiny_run, tmp_path):
+    from infer_distill.config import ConfigError
+
+    cfg, layout = tiny_run
+    many = cfg.model_copy(update={"rded": cfg.rded.model_copy(update={"candidates": 10_000})})
+    m = stages.distill_method(many, "rded", layout.data, layout.teachers(many), str(tmp_path / "rded"), progress=False)
+    train_y = stages._data(cfg, layout.data, "train")[1]
+    assert m["metrics"]["rded_candidates"] == int(torch.bincount(train_y).min()) < 10_000
+    with pytest.raises(ConfigError, match="rded.factor=3 does not divide the image side 8"):
+        stages.preflight(load_config(None, TINY + ["methods=[infer, rded]", "rded.factor=3"]), [str(tmp_path / "x")])
+
+
+@pytest.mark.slow
 def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_run):
     cfg, layout = tiny_run
     uri = layout.method_set("herding")
@@ -131,6 +145,7 @@ def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_r
     assert torch.equal(got.images[got.labels == 3], train_x[pool[picks]])
 
 
+@pytest.mark.slow
 def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
     cfg, layout = tiny_run
     uri = layout.method_set("random")
@@ -156,6 +171,7 @@ def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
     assert runs["stored", "soft"]["train_losses"] != runs["shuffled", "soft"]["train_losses"]  # the soft score does read them
 
 
+@pytest.mark.slow
 def test_equal_steps_protocol_matches_infers_static_steps(tiny_run, tmp_path):
     cfg, layout = tiny_run
     uri = layout.method_set("random")
@@ -205,6 +221,7 @@ def test_method_table_ior_and_hlr_by_hand():
     assert "| convnet | epochs | infer | 10,920 | 130 | 100 / 100 | 62.00 ± 2.83 | 45.00 ± 7.07 | +8.00 ± 2.83 | +12.00 ± 2.83 | — |" in text
 
 
+@pytest.mark.slow
 def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
     from infer_distill.plan import run_in_process
 
@@ -233,6 +250,7 @@ def test_feature_similarity_by_hand():
     assert sim["cross_class"]["histogram"] == [2, 0, 2, 0] and sim["same_class"]["histogram"] == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
     """What the compose services and Argo steps run for the methods: `infer-distill stage NAME --root ...`."""
     import json

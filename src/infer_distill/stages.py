@@ -287,6 +287,11 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
     elif not Path(cfg.dataset.root).exists():
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
+    if "rded" in cfg.methods and cfg.dataset.name in KNOWN_IMAGES:
+        side = cfg.dataset.image_size or KNOWN_IMAGES[cfg.dataset.name][2]
+        if side % cfg.rded.factor:
+            raise ConfigError(f"rded.factor={cfg.rded.factor} does not divide the image side {side}: RDED stitches "
+                              "factor x factor crops into one image; use a factor that divides it")
     for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
         _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
         check_pretrained(cfg, arch)
@@ -716,7 +721,9 @@ def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor
         return train_x[torch.stack(columns, 1)], {"features": f"penultimate, teacher {cfg.teachers.archs[0]}"}
     if method == "rded":
         r = cfg.rded
-        drawn = draw_per_class(train_y, r.candidates, cfg.seed, classes)          # [candidates, C]
+        # RDED draws mipc candidates per class; a class with fewer images offers all it has
+        candidates = min(r.candidates, int(torch.bincount(train_y, minlength=len(classes)).min()))
+        drawn = draw_per_class(train_y, candidates, cfg.seed, classes)            # [candidates, C]
         gen = torch.Generator().manual_seed(cfg.seed)
         picked = []
         try:
@@ -725,7 +732,7 @@ def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor
                 picked.append(images)
         except ValueError as e:
             raise ConfigError(f"rded: {e}: lower budget.ipc or rded.factor, or raise rded.candidates") from None
-        return torch.stack(picked, 1), {}
+        return torch.stack(picked, 1), {"rded_candidates": candidates}
     if method == "sre2l":
         s = cfg.sre2l
         result = methods.sre2l_recover(models, per_class, len(classes), tuple(train_x.shape[1:]), m["mean"], m["std"],
