@@ -129,6 +129,12 @@ def _machine(m: dict) -> str:
     return f"{m.get('cpu')}, {m.get('cpu_count')} cores"
 
 
+def _rate(result: dict) -> str:
+    """Steps run (not skipped) per minute of the invocation's wall time: --jobs 1 against --jobs N on one machine."""
+    ran = len({s.get("uri", (s["variant"], s["stage"], s["label"])) for s in result.get("steps", []) if not s["skipped"]})
+    return f", {ran} steps run, {60 * ran / result['wall_s']:.1f} per minute" if ran and result.get("wall_s") else ""
+
+
 def _source(result: dict) -> str:
     src = result.get("source")
     if not src or not src.get("commit"):
@@ -152,7 +158,7 @@ def section(result: dict, rel: str) -> list[str]:
     lines = [f"## {result['title']}", "",
              f"`{rel}/{profile}.json`, written {result['created_at']}; ran on {_machine(result['machine'])}, "
              f"{result['jobs']} worker processes, torch {result['machine'].get('torch')}; "
-             f"wall time of the invocation {result['wall_s'] / 60:.1f} min. Command: `{command}`.{_source(result)}", ""]
+             f"wall time of the invocation {result['wall_s'] / 60:.1f} min{_rate(result)}. Command: `{command}`.{_source(result)}", ""]
     if result.get("unfinished"):
         lines += [f"Unfinished in that invocation: {', '.join(result['unfinished'])}.", ""]
     lines += ["Protocol:", ""] + [f"- {n}" for n in result["notes"]] + [""]

@@ -1,6 +1,6 @@
 """Synthesis speed: the library's grouped synthesis against the official one-UFC-at-a-time loop.
 
-    python -m benchmarks.speed --profile cifar10-paper --variant ipc50 --sample 20
+    python -m benchmarks.speed --profile cifar10-paper --variant ipc50 --sample 80
 
 After `python -m benchmarks.run` has run the variant (its teachers and subsets are read from the
 run's root), both ways run here, in this process, on this device, with the same teachers,

@@ -157,6 +157,13 @@ def net_state(arch: str, **sizes) -> Callable[[], dict]:
     return state
 
 
+def torch_saved(name: str, obj: Callable[[], object]) -> Callable[[Path], Path]:
+    def make(given: Path) -> Path:
+        torch.save(obj(), given / name)
+        return given / name
+    return make
+
+
 def raw_file(name: str, data: bytes) -> Callable[[Path], Path]:
     def make(given: Path) -> Path:
         (given / name).write_bytes(data)
@@ -185,11 +192,24 @@ ROWS = [
     config("teachers.archs unknown", ["teachers.archs=[resnet_tiny, vgg99]"], "teachers.archs: unknown architecture 'vgg99'", "known: "),
     config("teachers.archs twice", ["teachers.archs=[resnet_tiny, resnet_tiny]"], "teachers.archs", "must be distinct"),
     config("teachers.archs without BatchNorm", ["teachers.archs=[convnet_d3_w32_nonorm, resnet_tiny]"],
-           "teachers.archs", "no BatchNorm2d layers", "choose another architecture"),
+           "teachers.archs", "'convnet_d3_w32_nonorm' has no BatchNorm layers, so it cannot be a teacher",
+           "choose an architecture with BatchNorm"),
     config("teachers.pretrained not a teacher", ["teachers.pretrained={resnet50: torchvision}"], "not in teachers.archs"),
     config("teachers.pretrained empty path", ["teachers.pretrained={resnet_tiny: ''}"], "teachers.pretrained.resnet_tiny: String should have at least 1 character"),
     config("teachers.pretrained torchvision for a convnet", ["teachers.pretrained={convnet_d2_w32: torchvision}"],
-           "teachers.pretrained.convnet_d2_w32=torchvision: torchvision has no weights", "or a .safetensors path"),
+           "teachers.pretrained.convnet_d2_w32=torchvision: torchvision has no published weights for 'convnet_d2_w32'",
+           "or give a .safetensors/.pth file"),
+    config("teachers.pretrained torchvision for a timm network", ["teachers.archs=[mobilenetv2]", "teachers.pretrained={mobilenetv2: torchvision}"],
+           "torchvision has no published weights for 'mobilenetv2'; it is timm's mobilenetv2_100: use timm"),
+    config("teachers.pretrained an unknown torchvision enum member",
+           ["teachers.archs=[resnet18]", "teachers.pretrained={resnet18: 'torchvision:IMAGENET9K'}"],
+           "ResNet18_Weights has no member 'IMAGENET9K'; use one of IMAGENET1K_V1"),
+    config("teachers.pretrained an unknown timm tag", ["teachers.archs=[efficientnet_b0]", "teachers.pretrained={efficientnet_b0: 'timm:nope'}"],
+           "timm has no pretrained efficientnet_b0.nope; its tags: "),
+    config("teachers.normalization of a trained teacher", ["teachers.normalization={resnet_tiny: {mean: [0.5], std: [0.2]}}"],
+           "teachers.normalization names 'resnet_tiny', which imports no weights"),
+    config("teachers.normalization std 0", ["teachers.pretrained={resnet_tiny: w.pth}", "teachers.normalization={resnet_tiny: {mean: [0.5], std: [0]}}"],
+           "teachers.normalization.resnet_tiny.std.0: Input should be greater than 0"),
     config("synthesis.lr minus infinity", ["synthesis.lr=-.inf"], "synthesis.lr: Input should be a finite number"),
     config("synthesis.iterations 0", ["synthesis.iterations=0"], "synthesis.iterations: Input should be greater than or equal to 1"),
     config("synthesis.betas above 1", ["synthesis.betas=[0.5, 1.5]"], "synthesis.betas.1: Input should be less than 1"),
@@ -272,16 +292,21 @@ ROWS = [
             "val/val_annotations.txt is missing", name="tiny-imagenet"),
     # ---- teacher weight files ------------------------------------------------------------------
     weights("pretrained file missing", lambda given: given / "none.safetensors", "teachers.pretrained.convnet_d2_w32",
-            "none.safetensors is not a file; give a .safetensors state dict"),
+            "none.safetensors is not a file; give a .safetensors or .pth/.pt state dict"),
     weights("pretrained a folder", lambda given: given, "teachers.pretrained.convnet_d2_w32", "is not a file"),
     weights("pretrained a text file", raw_file("notes.safetensors", b"these are no weights"),
-            "notes.safetensors is not a safetensors file", "safetensors.torch.save_file"),
+            "notes.safetensors is neither a safetensors nor a torch.save file", "safetensors.torch.save_file"),
     weights("pretrained header too large", raw_file("huge.safetensors", (2**62).to_bytes(8, "little") + b"{}"),
-            "huge.safetensors is not a safetensors file"),
-    weights("pretrained torch.save pickle", state_file("teacher.pt", net_state("convnet_d2_w32"), save="torch"),
-            "teacher.pt is a pickle", "never loaded", "weights_only=True"),
+            "huge.safetensors is neither a safetensors nor a torch.save file"),
+    weights("pretrained torch.save of an object", torch_saved("teacher.pt", lambda: {"w": torch.zeros(1), "p": Path("x")}),
+            "teacher.pt cannot be read with torch.load(weights_only=True)", "constructs nothing else",
+            "Unsupported global: GLOBAL pathlib.PosixPath"),
     weights("pretrained bare pickle", raw_file("teacher.pkl", pickle.dumps({"w": [1.0]}, protocol=4)),
-            "teacher.pkl is a pickle", "never loaded"),
+            "teacher.pkl cannot be read with torch.load(weights_only=True)"),
+    weights("pretrained torch.save of no tensors", torch_saved("teacher.pth", lambda: {"epoch": 3, "w": [1.0]}),
+            "teacher.pth holds entries that are not tensors (['epoch', 'w'])"),
+    weights("pretrained .pth of another architecture", state_file("other.pth", net_state("resnet_tiny"), save="torch"),
+            "the weights in", "other.pth do not fit convnet_d2_w32", "missing", "unexpected"),
     weights("pretrained of another architecture", state_file("other.safetensors", net_state("resnet_tiny")),
             "the weights in", "other.safetensors do not fit convnet_d2_w32", "missing", "unexpected"),
     weights("pretrained with the Normalize wrapper", state_file("wrapped.safetensors", net_state("convnet_d2_w32", mean=[0.5], std=[0.2])),

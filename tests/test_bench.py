@@ -123,3 +123,33 @@ def test_speed_sample_and_a_variant_not_run_yet(tmp_path, capsys):
     path.write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
     assert speed.main(["--profile", str(path), "--variant", "m1", "--root", str(tmp_path / "runs")]) == 2
     assert "run the benchmark first" in capsys.readouterr().err
+
+
+def test_the_paper_profile_is_the_papers_budget():
+    """cifar10-paper: M = 4 teachers, K = 7 at ipc 10 and 35 at ipc 50; 350 and 1,750 instances; bytes as the budget says."""
+    profile = load_profile("cifar10-paper")
+    image = 3 * 32 * 32
+    for variant, k, instances in (("ipc10", 7, 350), ("ipc50", 35, 1750)):
+        cfg = profile.variant_config(variant)
+        assert cfg.teachers.archs == ["resnet18", "mobilenetv2", "efficientnet_b0", "shufflenetv2"]
+        assert cfg.num_subsets(10) == k and k * (len(cfg.teachers.archs) + 1) * 10 == instances
+        assert (cfg.synthesis.iterations, cfg.students.epochs, cfg.students.epochs_dynamic, cfg.students.seeds) == (1000, 400, 80, [0, 1, 2])
+        assert cfg.students.archs == ["resnet18"] and cfg.labels.modes == ["static", "dynamic"]
+        # natural uint8 images, uint8 UFCs with their scale and offset, labels at labels.dtype
+        label_bytes = {"float16": 2, "float32": 4}[cfg.labels.dtype]
+        expected = k * 10 * image + k * 4 * (image + 8 if cfg.synthesis.ufc_dtype == "uint8" else image * 4) + instances * 10 * label_bytes
+        assert cfg.infer_stored_bytes(10, image) == expected
+        assert profile.variants[variant].paper["static"] in (32.0, 60.4)
+
+
+@pytest.mark.slow
+def test_the_paper_profiles_teacher_recipe_trains_at_toy_size(tmp_path):
+    """The profile's teacher recipe (one-cycle, batch 512, peak lr 0.2, label smoothing) on digits with a small net."""
+    from infer_distill import stages
+
+    cfg = load_profile("cifar10-paper").variant_config(
+        "ipc10", extra=["dataset={name: digits}", "teachers.archs=[resnet_tiny]", "teachers.epochs=20", "device=cpu"])
+    assert (cfg.teachers.batch_size, cfg.teachers.lr, cfg.teachers.label_smoothing) == (512, 0.2, 0.1)
+    stages.prepare_data(cfg, str(tmp_path / "data"))
+    manifest = stages.train_teacher(cfg, "resnet_tiny", str(tmp_path / "data"), str(tmp_path / "teacher"), progress=False)
+    assert manifest["metrics"]["test_acc"] > 0.5 and len(manifest["metrics"]["train_losses"]) > 0

@@ -1,5 +1,6 @@
 """The distilled set as a product: DistilledSet, `infer-distill export`, and training on the export."""
 import csv
+import importlib.util
 import json
 import re
 import shutil
@@ -169,16 +170,18 @@ def test_imagefolder_export_round_trip(run, tmp_path, capsys):
     assert str(out) in capsys.readouterr().err
     ds = DistilledSet.open(layout.distilled)
     rows, pixels = _read_imagefolder(out)
+    order = [int(r["instance"]) for r in rows]          # rows come in the folder readers' order
+    assert sorted(order) == list(range(len(ds))) and [r["file"] for r in rows] == sorted(r["file"] for r in rows)
 
     # images within half an 8-bit step of the composed float images; labels exactly the artifact's
     assert pixels.shape == ds.images.shape and pixels.dtype == torch.uint8
-    assert (pixels.float() / 255 - ds.images).abs().max() <= 0.5 / 255 + 1e-6
-    assert [int(r["label"]) for r in rows] == ds.labels.tolist()
-    assert [(int(r["subset"]), r["teacher"]) for r in rows] == [(int(ds.subsets[i]), ds.teacher_name(i)) for i in range(len(ds))]
-    assert rows[0]["file"] == "train/0/0000_natural.png" and rows[10]["file"] == "train/0/0000_convnet_d2_w32.png"
+    assert (pixels.float() / 255 - ds.images[order]).abs().max() <= 0.5 / 255 + 1e-6
+    assert [int(r["label"]) for r in rows] == ds.labels[order].tolist()
+    assert [(int(r["subset"]), r["teacher"]) for r in rows] == [(int(ds.subsets[i]), ds.teacher_name(i)) for i in order]
+    assert rows[0]["file"] == "train/0/0000_0_natural.png" and rows[1]["file"] == "train/0/0000_1_convnet_d2_w32.png"
     soft = np.load(out / "soft_labels.npy", allow_pickle=False)
     stored = open_artifact(layout.distilled).read_tensors("distilled.safetensors")["soft_labels"]
-    assert soft.dtype == np.float32 and np.array_equal(soft, stored.float().numpy())
+    assert soft.dtype == np.float32 and np.array_equal(soft, stored.float().numpy()[order])
     assert json.loads((out / "classes.json").read_text()) == [str(d) for d in range(10)]
 
     sheet = (out / "DATASHEET.md").read_text()
@@ -191,14 +194,14 @@ def test_imagefolder_export_round_trip(run, tmp_path, capsys):
                    "| natural subsets (K) | 8,", "teachers (M = 2)", "source dataset | digits", "not recorded (no report"]:
         assert needle in sheet, needle
     # the content checksums in the datasheet are those of the pixels read back from the PNGs
-    assert f"`{__import__('hashlib').sha256(pixels.numpy().tobytes()).hexdigest()}`" in sheet
+    in_instance_order = pixels[np.argsort(order)]
+    assert f"`{__import__('hashlib').sha256(in_instance_order.numpy().tobytes()).hexdigest()}`" in sheet
     assert content_sha256(ds)["soft_labels"] in sheet
 
     # round trip: dataset.name=imagefolder reads the export (train/ and test/) for ordinary training
     data = load_dataset(DatasetConfig(name="imagefolder", root=str(out)))
-    order = sorted(range(len(rows)), key=lambda i: rows[i]["file"])   # the folder reader's order
     assert data.classes == ds.classes
-    assert torch.equal(data.train_x[:, :1], pixels[order]) and torch.equal(data.train_y, ds.labels[order])
+    assert torch.equal(data.train_x[:, :1], pixels) and torch.equal(data.train_y, ds.labels[order])
     test_x, test_y = ds.read_test_split()
     test_order = sorted(range(len(test_y)), key=lambda i: f"{ds.classes[int(test_y[i])]}/{i:05d}.png")
     assert torch.equal(data.test_y, test_y[test_order]) and torch.equal(data.test_x[:, :1], test_x[test_order])  # lossless
@@ -209,6 +212,36 @@ def test_imagefolder_export_round_trip(run, tmp_path, capsys):
     assert main(["stage", "train-teacher", "--root", root, "--arch", "convnet_d2_w32", *sets]) == 0
     trained = open_artifact(f"{root}/teachers/convnet_d2_w32").read_manifest()["metrics"]
     assert 0 <= trained["test_acc"] <= 1 and len(trained["train_losses"]) == 1
+
+
+@pytest.mark.slow
+def test_torchvision_imagefolder_pairs_every_soft_label_by_index(run, tmp_path):
+    """What a new user does: ImageFolder over train/, soft_labels.npy row j for sample j; and the metadata.jsonl columns."""
+    from torchvision.datasets import ImageFolder
+
+    _, layout = run
+    out = tmp_path / "exported"
+    assert main(["export", layout.distilled, "--format", "imagefolder", "--out", str(out)]) == 0
+    ds = DistilledSet.open(layout.distilled, dtype=torch.uint8)
+    folder = ImageFolder(str(out / "train"), is_valid_file=lambda p: p.endswith(".png"))
+    soft = np.load(out / "soft_labels.npy", allow_pickle=False)
+    meta = [json.loads(line) for line in (out / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert len(folder) == len(soft) == len(meta) == len(ds)
+    unmatched = list(range(len(ds)))
+    for j, (path, target) in enumerate(folder.samples):
+        pixels = torch.from_numpy(np.array(Image.open(path))).unsqueeze(0)
+        # the instance with exactly these pixels, this label and this soft label
+        hits = [i for i in unmatched if int(ds.labels[i]) == target and torch.equal(ds.images[i], pixels)
+                and np.array_equal(ds.soft_labels[i].numpy(), soft[j])]
+        assert hits, f"ImageFolder sample {j} ({path}) pairs with no instance of the set"
+        unmatched.remove(hits[0])
+        i = hits[0]
+        assert Path(path).relative_to(out / "train").as_posix() == meta[j]["file_name"]
+        assert meta[j]["label"] == target and meta[j]["soft_label"] == ds.soft_labels[i].tolist()
+        assert (meta[j]["subset"], meta[j]["teacher"]) == (int(ds.subsets[i]), ds.teacher_name(i))
+    assert not unmatched
+    agree = (np.argmax(soft, 1) == np.array(folder.targets)).sum()   # the argmax agreement the set itself has
+    assert agree == int((ds.soft_labels.argmax(1) == ds.labels).sum())
 
 
 @pytest.mark.slow
@@ -230,7 +263,8 @@ def test_npz_export_has_the_same_content(run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["imagefolder", "npz"])
+@pytest.mark.parametrize("fmt", ["imagefolder", "npz", pytest.param("hf", marks=pytest.mark.skipif(
+    importlib.util.find_spec("datasets") is None, reason="the hf extra is not installed"))])
 def test_the_datasheet_recipe_trains_a_model_on_the_export(run, tmp_path, monkeypatch, fmt):
     """The Python in DATASHEET.md runs as written, from the export folder, and changes the model."""
     _, layout = run

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from infer_distill import executor, plan, stages
 from infer_distill.config import ConfigError, load_config
@@ -48,9 +49,10 @@ def test_a_failed_step_stops_its_dependants_and_keeps_finished_work(tmp_path, mo
 @pytest.mark.slow
 @pytest.mark.processes
 def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_current(tmp_path) -> None:
+    root = tmp_path / "jobs2"
     cfg = load_config(None, TINY)
     results = []
-    unfinished = run_walks([Walk("w", cfg, str(tmp_path))], jobs=2, progress=False,
+    unfinished = run_walks([Walk("w", cfg, str(root))], jobs=2, progress=False,
                            on_step=lambda walk, r: results.append(r))
     assert unfinished == []
     expected = {(s.name, s.over.label(i) if s.over else "") for s in plan.PLAN
@@ -62,10 +64,22 @@ def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_curren
         for before in plan.upstream(step) & set(finished):
             assert max(i for i, s in enumerate(finished) if s == before) < finished.index(step.name)
     again = []
-    plan.run_in_process(cfg, str(tmp_path), progress=False, on_step=again.append)
+    plan.run_in_process(cfg, str(root), progress=False, on_step=again.append)
     assert all(r.skipped for r in again if r.stage != "report")
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    report = json.loads((root / "report" / "report.json").read_text())
     assert len(report["students"]) == 2
+
+    # the same walk one step at a time, at the workers' thread count: every student's numbers, seed for seed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(executor.worker_threads(2))
+    try:
+        plan.run_in_process(cfg, str(tmp_path / "serial"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    serial = json.loads((tmp_path / "serial" / "report" / "report.json").read_text())
+    by_seed = lambda rows: {(r["arch"], r["label_mode"], r["seed"]): (r["final_acc"], r["curve"]) for r in rows}  # noqa: E731
+    assert by_seed(serial["students"]) == by_seed(report["students"])
+    assert [b["final_acc"] for b in serial["baselines"]] == [b["final_acc"] for b in report["baselines"]]
 
 
 @pytest.mark.slow

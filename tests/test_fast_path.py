@@ -13,7 +13,8 @@ from conftest import TINY
 from infer_distill import stages, synthesis
 from infer_distill.cli import main
 from infer_distill.plan import run_in_process
-from infer_distill.config import STAGES, ConfigError, load_config, stage_config
+from infer_distill.config import ConfigError, load_config, stage_config
+from infer_distill.plan import STAGES
 from infer_distill.data import augmentation, load_dataset, random_crop_flip
 from infer_distill.fast_path import PLAIN, CompileTime, FastPath, check_compile, resolve_fast_path
 from infer_distill.models import batchnorm_layers, create_model

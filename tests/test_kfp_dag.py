@@ -17,8 +17,8 @@ from infer_distill.stages import Layout
 from infer_distill.store import open_artifact
 
 IMAGE = "registry.example.com:5000/ml/infer-distill:0.1.0-cuda"
-# the steps the Kubeflow pipeline has components for
-KFP_STEPS = [s for s in plan.PLAN if s.name not in infer_dag.WITHOUT_COMPONENTS]
+# the steps a pipeline compiled for the default config has (the methods' fan-outs are empty there)
+KFP_STEPS = [s for s in plan.PLAN if not (s.over and s.over.name in plan.omitted(load_config(None)))]
 GPU_STAGES = [s.name for s in KFP_STEPS if s.gpu]
 
 
@@ -339,3 +339,13 @@ def test_upload_refuses_an_ambiguous_name(kfp_api, capsys):
     assert infer_dag.main(["upload", "--host", kfp_api.url, "--image", IMAGE, "--namespace", "team"]) == 2
     assert "2 pipelines are named 'infer-distill' in namespace team" in capsys.readouterr().err
     assert kfp_api.versions == []
+
+
+def test_the_step_components_are_generated_from_the_plan():
+    """src/infer_distill/kfp/steps.py is what the plan gives: python -m infer_distill.kfp.generate rewrites it."""
+    from infer_distill.kfp import generate
+
+    assert generate.main(["--check"]) == 0
+    from infer_distill.kfp.steps import STEP_FUNCTIONS
+
+    assert [f.__name__.replace("_", "-") for f in STEP_FUNCTIONS] == [s.name for s in plan.PLAN]

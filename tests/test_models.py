@@ -40,7 +40,7 @@ def test_registry_has_the_documented_names() -> None:
 
 def test_the_torch_free_names_are_the_builders_defined_here() -> None:
     """Config validation checks architectures against `architectures.BUILTIN` without importing models."""
-    assert {name for name, fn in MODEL_REGISTRY.items() if fn.__module__ == models.__name__} == architectures.BUILTIN
+    assert {name for name, fn in MODEL_REGISTRY.items() if fn.__module__ == models.__name__} == set(architectures.BUILTIN)
 
 
 def test_a_registered_architecture_is_a_valid_config_name(monkeypatch) -> None:

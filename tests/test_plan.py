@@ -132,9 +132,8 @@ def test_every_rendering_is_the_plan(tmp_path):
                                "--set", f"students.baselines={baselines}"]) == 0
         spec = next(yaml.safe_load_all(out.read_text()))
         graph, kfp_fanouts = _kfp_graph(spec)
-        # (the methods' steps: optional fan-outs this config leaves empty, and no Kubeflow components yet)
+        # (the methods' steps: optional fan-outs this config leaves empty)
         left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and (baselines == "[]" or s.over.name != "baselines")}
-        assert left_out >= set(infer_dag.WITHOUT_COMPONENTS)
         assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}
         assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()
                                if n not in left_out}

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import plan
-from .config import BASELINES, KNOWN_NUM_CLASSES, METHODS, STAGES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
+from .config import BASELINES, KNOWN_NUM_CLASSES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
 from .errors import USER_ERRORS, StageError
 from .store import ArtifactError, StoreUnavailable, open_artifact
 
@@ -64,80 +64,75 @@ def print_summary(report: dict) -> None:
 # ----------------------------------------------------------------------------------------
 
 
+# The flags of a fan-out item's keys (plan.FanOut.keys): how each is parsed, and its value when not given
+# (None: required). Any other key is a required plain string.
+ITEM_FLAGS = {
+    "arch": {"help": "train-teacher, evaluate-student, evaluate-baseline: the architecture"},
+    "seed": {"type": int, "help": "the student's seed (default: the first of students.seeds)"},
+    "label_mode": {"default": "static", "choices": ["static", "dynamic"]},
+    "subset_ids": {"help": "synthesize-ufc: comma-separated subset ids, e.g. 0,1,2"},
+    "baseline": {"choices": list(BASELINES), "help": "evaluate-baseline: which baseline"},
+}
+
+
+def _item(args: argparse.Namespace, cfg: Config, step: plan.Step) -> dict:
+    """The fan-out item of `step` from its flags, as the stage function takes it."""
+    item = {}
+    for key in step.over.keys if step.over else ():
+        flag, value = f"--{key.replace('_', '-')}", getattr(args, key)
+        if key == "seed":
+            value = cfg.students.seeds[0] if value is None else value
+            if not 0 <= value < 2**63:
+                raise StageError(f"--seed {value}: a seed must be at least 0 and below 2^63")
+        value = _need(value, flag, step.name)
+        if key == "subset_ids":
+            try:
+                value = [int(i) for i in value.split(",") if i.strip()]
+            except ValueError:
+                value = []
+            if not value:
+                raise StageError(f"--subset-ids {getattr(args, key)!r}: expected comma-separated subset numbers, e.g. --subset-ids 0,1,2")
+        item[key] = value
+    return item
+
+
 def run_stage(args: argparse.Namespace, cfg: Config) -> dict:
-    from . import stages
+    """One step of the plan: its item from the flags, each input from --<input> or derived from --root."""
     from .stages import Layout
 
+    step = plan.STEPS[args.name]
     layout = Layout(args.root) if args.root else None
-    name = args.name
+    item = _item(args, cfg, step)
 
-    def uri(flag: str, derive):
+    def located(flag: str, derive) -> str | list[str]:
         """The location given with --flag, else derived from --root."""
         value = getattr(args, flag[2:].replace("-", "_"))
-        if value:
+        if value is not None:
             return value
         if layout is None:
-            raise StageError(f"stage {name} needs {flag} (or --root to derive every location)")
+            raise StageError(f"stage {step.name} needs {flag} (or --root to derive every location)")
         return derive(layout)
 
-    def student_seed() -> int:
-        """--seed, else the first of students.seeds; a seed as the config takes it, 0 <= seed < 2^63."""
-        value = args.seed if args.seed is not None else cfg.students.seeds[0]
-        if not 0 <= value < 2**63:
-            raise StageError(f"--seed {value}: a seed must be at least 0 and below 2^63")
-        return value
+    def produced(name: str):
+        """Where a run under `layout` keeps input `name`: the producer's artifact, or every item's."""
+        producer = plan.PRODUCER[name]
 
-    data = lambda: uri("--data", lambda l: l.data)  # noqa: E731
-    teachers = lambda: uri("--teachers", lambda l: l.teachers(cfg))  # noqa: E731
-    ufc = lambda: uri("--ufc", lambda l: [u for _, u in stages.plan_ufc_shards(cfg, l, _num_classes(data()))])  # noqa: E731
-    if name == "prepare-data":
-        return stages.prepare_data(cfg, uri("--out", lambda l: l.data))
-    if name == "train-teacher":
-        arch = _need(args.arch, "--arch", name)
-        return stages.train_teacher(cfg, arch, data(), uri("--out", lambda l: l.teacher(arch)))
-    if name == "select-subsets":
-        manifest = stages.select_subsets(cfg, data(), uri("--out", lambda l: l.subsets))
-        if args.shards_output:  # for workflow engines that fan out over the shards (Argo withParam)
-            items = plan.fanout_items(cfg, manifest["metrics"]["num_classes"])[plan.SHARDS.name]
-            Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.shards_output).write_text(json.dumps(items))
-        return manifest
-    subsets = uri("--subsets", lambda l: l.subsets)
-    if name == "synthesize-ufc":
-        text = _need(args.subset_ids, "--subset-ids", name)
-        try:
-            ids = [int(i) for i in text.split(",") if i.strip()]
-        except ValueError:
-            ids = []
-        if not ids:
-            raise StageError(f"--subset-ids {text!r}: expected comma-separated subset numbers, e.g. --subset-ids 0,1,2")
-        return stages.synthesize_ufc(cfg, ids, data(), subsets, teachers(), uri("--out", lambda l: l.ufc(ids)))
-    if name == "soft-label":
-        return stages.soft_label(cfg, data(), subsets, teachers(), ufc(), uri("--out", lambda l: l.distilled))
-    if name == "evaluate-baseline":
-        arch, baseline, seed = _need(args.arch, "--arch", name), _need(args.baseline, "--baseline", name), student_seed()
-        return stages.evaluate_baseline(cfg, arch, seed, baseline, data(), subsets, teachers(),
-                                        uri("--out", lambda l: l.baseline(arch, seed, baseline)))
-    if name == "distill-method":
-        method = _need(args.method, "--method", name)
-        return stages.distill_method(cfg, method, data(), teachers(), uri("--out", lambda l: l.method_set(method)))
-    if name == "evaluate-full-data":
-        arch = _need(args.arch, "--arch", name)
-        return stages.evaluate_full_data(cfg, arch, data(), uri("--out", lambda l: l.full_data(arch)))
-    distilled = uri("--distilled", lambda l: l.distilled)
-    if name == "evaluate-method":
-        run = {"method": _need(args.method, "--method", name), "score": _need(args.score, "--score", name),
-               "protocol": _need(args.protocol, "--protocol", name), "arch": _need(args.arch, "--arch", name), "seed": student_seed()}
-        return stages.evaluate_method(cfg, **run, data=data(), distilled=distilled, out=uri("--out", lambda l: l.method_score(**run)),
-                                      methods=uri("--methods", lambda l: l.method_sets(cfg)))
-    if name == "evaluate-student":
-        arch, mode, seed = _need(args.arch, "--arch", name), args.label_mode, student_seed()
-        return stages.evaluate_student(cfg, arch, seed, mode, data(), distilled, teachers(),
-                                       uri("--out", lambda l: l.student(arch, seed, mode)))
-    return stages.report(cfg, data(), teachers(), ufc(), distilled, uri("--students", lambda l: l.students(cfg)),
-                         uri("--out", lambda l: l.report), uri("--baselines", lambda l: l.baselines(cfg)),
-                         uri("--method-scores", lambda l: l.method_scores(cfg)), uri("--full-data", lambda l: l.full_data_refs(cfg)),
-                         uri("--methods", lambda l: l.method_sets(cfg)))
+        def derive(layout):
+            if producer.over is None:
+                return plan.location(layout, producer, {})
+            items = plan.step_items(producer, cfg, layout, lambda: _num_classes(inputs.get("data") or layout.data))
+            return [plan.location(layout, producer, i) for i in items]
+        return located(f"--{name}", derive)
+
+    inputs: dict = {}
+    for name in step.inputs:
+        inputs[name] = produced(name)
+    manifest = step.function(cfg, **item, **inputs, out=located("--out", lambda l: plan.location(l, step, item)))
+    if step.name == "select-subsets" and args.shards_output:  # for engines that fan out over the shards (Argo withParam)
+        items = plan.fanout_items(cfg, manifest["metrics"]["num_classes"])[plan.SHARDS.name]
+        Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.shards_output).write_text(json.dumps(items))
+    return manifest
 
 
 def _need(value, flag: str, stage: str):
@@ -303,23 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove the run root's lock first, whoever holds it: only when the run it names is dead")
 
     s = sub.add_parser("stage", help="run one stage (the entry point of every container)")
-    s.add_argument("name", choices=STAGES)
+    s.add_argument("name", choices=plan.STAGES)
     add_config(s)
     s.add_argument("--root", help="derive every input/output location from this run root (as `run --out` lays them out)")
     s.add_argument("--out", help="output artifact URI")
-    s.add_argument("--data"), s.add_argument("--subsets"), s.add_argument("--distilled")
-    s.add_argument("--teachers", nargs="+"), s.add_argument("--ufc", nargs="+"), s.add_argument("--students", nargs="+")
-    s.add_argument("--baselines", nargs="*", help="report: the evaluate-baseline artifacts (default: derived from --root)")
-    s.add_argument("--baseline", choices=list(BASELINES), help="evaluate-baseline: which baseline")
-    s.add_argument("--arch"), s.add_argument("--seed", type=int)
-    s.add_argument("--method", choices=list(METHODS), help="distill-method, evaluate-method: which method")
-    s.add_argument("--score", choices=["soft", "hard"], help="evaluate-method: soft- or hard-label score")
-    s.add_argument("--protocol", choices=["epochs", "steps"], help="evaluate-method: equal epochs or equal optimiser steps")
-    s.add_argument("--methods", nargs="*", help="evaluate-method, report: the distill-method artifacts (default: derived from --root)")
-    s.add_argument("--method-scores", nargs="*", help="report: the evaluate-method artifacts (default: derived from --root)")
-    s.add_argument("--full-data", nargs="*", help="report: the evaluate-full-data artifacts (default: derived from --root)")
-    s.add_argument("--label-mode", default="static", choices=["static", "dynamic"])
-    s.add_argument("--subset-ids", help="comma-separated subset ids, e.g. 0,1,2")
+    for name, producer in plan.PRODUCER.items():  # every step's output is some step's input: --data, --teachers, ...
+        if producer.always:
+            continue
+        many = {"nargs": "*" if producer.over.optional else "+"} if producer.over else {}
+        s.add_argument(f"--{name}", **many, help=f"the {producer.name} artifact{'s' if producer.over else ''} (default: derived from --root)")
+    for key in dict.fromkeys(k for f in plan.FANOUTS.values() for k in f.keys):
+        s.add_argument(f"--{key.replace('_', '-')}", **ITEM_FLAGS.get(key, {}))
     s.add_argument("--shards-output", metavar="FILE",
                    help="select-subsets: also write the shard plan as JSON items, e.g. [{\"subset_ids\": \"0,1\"}, ...]")
 
@@ -338,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a distilled set as an ImageFolder of PNGs or one .npz, with a DATASHEET.md")
     e.add_argument("uri", help="the soft-label stage's artifact, e.g. runs/quickstart/distilled or s3://bucket/run1/distilled")
     e.add_argument("--format", required=True,
-                   help="imagefolder: train/<class>/<subset>_<teacher>.png + soft_labels.npy; npz: one distilled.npz")
+                   help="imagefolder: train/<class>/<subset>_<slot>_<teacher>.png + soft_labels.npy in ImageFolder order; npz: one distilled.npz; "
+                        "hf: a Hugging Face DatasetDict (save_to_disk; needs the hf extra)")
     e.add_argument("--out", required=True, help="a new (or empty) local directory; written whole or not at all")
     e.add_argument("--include-test", action="store_true",
                    help="also write the real test split the set was made for (from the run's data artifact)")

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from . import architectures
 
@@ -50,7 +51,7 @@ SplitName = Annotated[str, AfterValidator(_folder_name)]
 # Sections
 # ----------------------------------------------------------------------------------------
 
-DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "tiny-imagenet", "imagenet"]
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tiny-imagenet", "imagenet"]
 
 
 class DatasetConfig(_Strict):
@@ -64,10 +65,32 @@ class DatasetConfig(_Strict):
     test_per_class: int | None = Field(None, ge=1, description="keep only the first N test images per class")
     hflip: bool | None = Field(None, description="horizontal flips in augmentation; None: the dataset's default")
     crop_padding: int | None = Field(None, ge=0, description="random-crop padding; None: the dataset's default")
+    image_column: str = Field("image", min_length=1, description="dataset.name=hf: the column of images")
+    label_column: str = Field("label", min_length=1, description="dataset.name=hf: the column of class labels")
+
+    @model_serializer(mode="wrap")
+    def _hf_columns_only_for_hf(self, handler: Any) -> dict:
+        # The column names mean something for dataset.name=hf alone; leaving them out elsewhere keeps the
+        # settings (and fingerprints) of every other dataset what they were before the hf reader existed.
+        data = handler(self)
+        if self.name != "hf":
+            data = {k: v for k, v in data.items() if k not in ("image_column", "label_column")}
+        return data
 
 
 class BudgetConfig(_Strict):
     ipc: int = Field(10, ge=1, description="stored images per class (natural images plus a share of the UFCs)")
+
+
+class Normalization(_Strict):
+    mean: list[float] = Field(min_length=1, description="per channel, of pixels in [0, 1]")
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Normalization":
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        return self
 
 
 class TeacherConfig(_Strict):
@@ -80,7 +103,14 @@ class TeacherConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     pretrained: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
-        description="arch -> weights to import instead of training: a .safetensors path, or 'torchvision' (ImageNet weights)",
+        description="arch -> weights to import instead of training: 'torchvision' or 'torchvision:<Weights member>' "
+                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a local .safetensors, .pth "
+                    "or .pt state dict",
+    )
+    normalization: dict[str, Normalization] = Field(
+        default_factory=dict,
+        description="arch -> {mean, std} an imported teacher's weights expect; default: the published weights' own, "
+                    "and the dataset's for a local file",
     )
 
     @field_validator("archs")
@@ -226,11 +256,16 @@ class Config(_Strict):
     def _known_archs(self) -> "Config":
         for section, archs in (("teachers.archs", self.teachers.archs), ("students.archs", self.students.archs)):
             for arch in archs:
-                if arch not in architectures.NAMES:
-                    raise ValueError(f"{section}: unknown architecture {arch!r}; known: {', '.join(sorted(architectures.NAMES))}")
+                problem = architectures.problem(arch, teacher=section == "teachers.archs")
+                if problem:
+                    raise ValueError(f"{section}: {problem}")
         for arch in self.teachers.pretrained:
             if arch not in self.teachers.archs:
                 raise ValueError(f"teachers.pretrained names {arch!r}, which is not in teachers.archs {self.teachers.archs}")
+        for arch in self.teachers.normalization:
+            if arch not in self.teachers.pretrained:
+                raise ValueError(f"teachers.normalization names {arch!r}, which imports no weights (teachers.pretrained): "
+                                 "a teacher trained here uses the dataset's normalisation")
         return self
 
     # ---- derived quantities ---------------------------------------------------------------
@@ -347,9 +382,6 @@ BASELINES = {
 # Which settings each stage depends on (cumulative over its inputs)
 # ----------------------------------------------------------------------------------------
 
-STAGES = ("prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label", "evaluate-student",
-          "evaluate-baseline", "distill-method", "evaluate-method", "evaluate-full-data", "report")
-
 # Placement: where and how the work is spread, never what it computes. None of these is part of
 # any artifact's settings, so changing one reuses finished work (`device` and the fast-path keys
 # `precision`, `channels_last`, `cudnn_benchmark`, `compile` are not either: stage_config never
@@ -363,10 +395,12 @@ METHOD_SCORING = {"scores", "protocols", "full_data_reference"}
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
     """The settings an artifact of `stage` depends on; equal dicts mean interchangeable artifacts."""
     data = {"dataset": cfg.dataset.model_dump(mode="json")}
-    teacher_common = cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained"})
+    teacher_common = cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained", "normalization"})
 
     def teacher(arch: str) -> dict:
-        return {**data, "teacher": {"arch": arch, **teacher_common, "pretrained": cfg.teachers.pretrained.get(arch)}, "seed": cfg.seed}
+        norm = cfg.teachers.normalization.get(arch)
+        return {**data, "teacher": {"arch": arch, **teacher_common, "pretrained": cfg.teachers.pretrained.get(arch),
+                                    **({"normalization": norm.model_dump(mode="json")} if norm else {})}, "seed": cfg.seed}
 
     def subsets() -> dict:
         return {**data, "budget": cfg.budget.model_dump(mode="json"), "num_teachers": len(cfg.teachers.archs),
@@ -421,7 +455,7 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
     if stage == "report":
         return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes,
                 **({"methods": cfg.methods} if cfg.methods != ["infer"] else {})}
-    raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    raise ConfigError(f"unknown stage {stage!r}: a step of infer_distill.plan.PLAN has no settings here")
 
 
 def fingerprint(settings: dict) -> str:
@@ -475,7 +509,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 # The configs shipped with the package (infer_distill/configs; configs/ in a checkout links there)
 # ----------------------------------------------------------------------------------------
 
-PACKAGED_CONFIGS = Path(__file__).with_name("configs")
+PACKAGED_CONFIGS = Path(__file__).resolve().with_name("configs")  # absolute: a later chdir must not lose it
 
 
 def packaged_configs() -> dict[str, Path]:

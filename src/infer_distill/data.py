@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -84,7 +85,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 # The size each dataset comes in. Default crop padding is an eighth of the image side (1 px for
 # 8x8 digits, 4 for CIFAR, 8 for Tiny-ImageNet, 28 for ImageNet); an imagefolder's size is only
 # known once loaded, so `dataset_defaults` assumes CIFAR-sized images unless told the size.
-_NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagefolder": 32, "tiny-imagenet": 64, "imagenet": 224}
+_NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagefolder": 32, "hf": 32, "tiny-imagenet": 64, "imagenet": 224}
 _NO_HFLIP = {"digits"}  # mirrored digits are other glyphs (or none)
 
 
@@ -99,6 +100,7 @@ def load_dataset(cfg: DatasetConfig) -> ImageData:
         "cifar10": _load_cifar,
         "cifar100": _load_cifar,
         "imagefolder": _load_imagefolder,
+        "hf": _load_hf,
         "tiny-imagenet": _load_tiny_imagenet,
         "imagenet": _load_imagenet,
     }
@@ -118,6 +120,8 @@ def source_digest(cfg: DatasetConfig) -> dict | None:
     if cfg.name == "digits" or cfg.root is None:
         return None  # digits: scikit-learn's data; no root: loading refuses the config
     root = Path(cfg.root).expanduser()
+    if cfg.name == "hf":  # every file of a saved dataset or imagefolder-builder folder
+        return _digest((p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()) if root.is_dir() else None
     if cfg.name in _CIFAR:
         dataset_cls = getattr(torchvision.datasets, _CIFAR[cfg.name][1])
         names = [name for name, _ in dataset_cls.train_list + dataset_cls.test_list] + [dataset_cls.meta["filename"]]
@@ -223,22 +227,139 @@ def _load_cifar(cfg: DatasetConfig) -> ImageData:
     dataset_cls = getattr(torchvision.datasets, class_name)
     if cfg.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.name}: the directory torchvision keeps {title} in")
+    made = _missing_folders(Path(cfg.root)) if cfg.download else []
     try:
         train, test = (dataset_cls(root=cfg.root, train=t, download=cfg.download) for t in (True, False))
     except Exception as e:  # torchvision raises RuntimeError for missing files, URLError/OSError for downloads
+        folder_way = (f"--set dataset.name=imagefolder --set dataset.root=<a folder with train/<class>/ and test/<class>/ "
+                      f"images, or zips of them, e.g. the {title} ImageFolder archives>")
         if cfg.download:
-            raise DataError(f"downloading {title} into dataset.root={cfg.root} failed: {e!r}; "
-                            "check the internet connection, or set dataset.download=false and provide the files") from e
+            _remove_download(made, dataset_cls)
+            raise DataError(f"downloading {title} into dataset.root={cfg.root} failed: {e!r}; check the internet "
+                            f"connection; with the files on disk instead: {folder_way}, or torchvision's own "
+                            f"{title} files in dataset.root with --set dataset.download=false") from e
         raise DataError(
             f"cannot read {title} from dataset.root={cfg.root} ({e}); set dataset.download=true to fetch it "
-            "(needs internet), or use dataset.name=imagefolder with dataset.root pointing at an ImageFolder "
-            "directory or zip (<split>/<class>/<file>)"
+            f"(needs internet), or read an ImageFolder: {folder_way}"
         ) from None
 
     def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
 
     return _tensor_dataset(cfg, *tensors(train), *tensors(test), list(train.classes), stats)
+
+
+def _missing_folders(root: Path) -> list[Path]:
+    """`root` and those of its parents that do not exist yet (what a download would create), deepest first."""
+    missing = []
+    for folder in (root, *root.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_download(made: list[Path], dataset_cls: type) -> None:
+    """Undo a failed download into folders it created: torchvision's archive and folder, then the folders if empty.
+
+    Only folders that did not exist before are touched, so nothing a user put there is removed.
+    """
+    if not made:
+        return
+    root = made[0]
+    for name in (dataset_cls.filename, dataset_cls.base_folder):
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else lives there now
+            return
+
+
+# ----------------------------------------------------------------------------------------
+# Hugging Face datasets (the `hf` extra)
+# ----------------------------------------------------------------------------------------
+
+
+def require_datasets(feature: str):
+    """The `datasets` module, or MissingExtra naming the `hf` extra."""
+    try:
+        import datasets
+    except ImportError as e:
+        from .errors import MissingExtra
+
+        raise MissingExtra(feature, "hf", e) from None
+    return datasets
+
+
+def _load_hf(cfg: DatasetConfig) -> ImageData:
+    """A folder written by `save_to_disk` (a DatasetDict), an `imagefolder`-builder folder, or a Hub id."""
+    datasets = require_datasets("dataset.name=hf")
+    if cfg.root is None:
+        raise DataError("dataset.root must be set for dataset.name=hf: a save_to_disk folder, an imagefolder folder, or a Hub id")
+    root = Path(cfg.root).expanduser()
+    try:
+        if (root / "dataset_dict.json").is_file():
+            dd = datasets.load_from_disk(str(root))
+        elif root.is_dir():
+            dd = datasets.load_dataset("imagefolder", data_dir=str(root))
+        else:
+            dd = datasets.load_dataset(cfg.root)
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds (FileNotFoundError, DatasetNotFoundError, ...)
+        raise DataError(f"dataset.root={cfg.root}: cannot read it with Hugging Face datasets ({e}); give a folder written "
+                        "by save_to_disk, an imagefolder folder (<split>/<class>/<file>), or a Hub dataset id") from None
+    if not isinstance(dd, datasets.DatasetDict):
+        raise DataError(f"dataset.root={cfg.root} holds one split, not a DatasetDict: save the splits together "
+                        "(DatasetDict({'train': ..., 'test': ...}).save_to_disk(folder))")
+    splits = []
+    for field, split in (("dataset.train_split", cfg.train_split), ("dataset.test_split", cfg.test_split)):
+        if split not in dd:
+            raise DataError(f"{field}={split!r}: dataset.root={cfg.root} has the splits {sorted(dd)}; set {field}")
+        splits.append(dd[split])
+    classes = _hf_classes(cfg, splits[0])
+    (train_x, train_y), (test_x, test_y) = (_hf_tensors(cfg, split, name) for split, name in
+                                            zip(splits, (cfg.train_split, cfg.test_split)))
+    return _tensor_dataset(cfg, train_x, train_y, test_x, test_y, classes, stats=None)
+
+
+def _hf_classes(cfg: DatasetConfig, split) -> list[str]:
+    for field, column in (("dataset.image_column", cfg.image_column), ("dataset.label_column", cfg.label_column)):
+        if column not in split.features:
+            raise DataError(f"{field}={column!r}: the dataset's columns are {list(split.features)}; set {field}")
+    feature = split.features[cfg.label_column]
+    if hasattr(feature, "names"):  # a ClassLabel
+        return list(feature.names)
+    labels = split.unique(cfg.label_column)
+    if not all(isinstance(v, int) and v >= 0 for v in labels):
+        raise DataError(f"dataset.label_column={cfg.label_column!r} holds {sorted(map(repr, labels))[:5]}, not class "
+                        "indices: give a ClassLabel or integer column")
+    return [str(c) for c in range(max(labels) + 1)]
+
+
+def _hf_tensors(cfg: DatasetConfig, split, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 RGB images [N, 3, H, W] (resized and center-cropped to dataset.image_size where set) and labels."""
+    images = []
+    for i, image in enumerate(split[cfg.image_column]):
+        if not isinstance(image, Image.Image):
+            raise DataError(f"dataset.image_column={cfg.image_column!r} holds {type(image).__name__}, not images; set it "
+                            "to the dataset's Image column")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if cfg.image_size is not None and rgb.size != (cfg.image_size, cfg.image_size):
+            rgb = TF.center_crop(TF.resize(rgb, cfg.image_size), [cfg.image_size, cfg.image_size])
+        if images and rgb.size != images[0].shape[1::-1]:
+            raise DataError(f"split {name!r} row {i} is {rgb.size[0]}x{rgb.size[1]}, row 0 {images[0].shape[1]}x"
+                            f"{images[0].shape[0]}: set dataset.image_size to resize them all")
+        images.append(np.array(rgb))
+    if not images:
+        raise DataError(f"split {name!r} of dataset.root={cfg.root} has no rows")
+    if images[0].shape[0] != images[0].shape[1]:
+        raise DataError(f"split {name!r}: images are {images[0].shape[1]}x{images[0].shape[0]}, not square: set dataset.image_size")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(split[cfg.label_column], dtype=torch.int64)
 
 
 def _tensor_dataset(cfg: DatasetConfig, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,

@@ -37,10 +37,11 @@ from . import __version__
 from pydantic import ValidationError
 
 from .config import StudentConfig, fingerprint
+from .data import require_datasets
 from .stages import DISTILLED_DESCRIPTION, Layout, distilled_instances, instance_origins, read_distilled
 from .store import Artifact, ArtifactError, open_artifact
 
-FORMATS = ("imagefolder", "npz")
+FORMATS = ("imagefolder", "npz", "hf")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -220,11 +221,16 @@ def _check_shapes(uri: str, manifest: dict[str, Any], natural: torch.Tensor, ufc
 def export(uri: str, fmt: str, out: str | os.PathLike[str], include_test: bool = False) -> Path:
     """Write the set at `uri` to the new local directory `out` as `fmt` ("imagefolder" or "npz"); returns `out`.
 
-    imagefolder: train/<class>/<subset>_<teacher>.png (or _natural), instances.csv (file, labels,
-    origin; row i = soft_labels.npy row i = instance i), soft_labels.npy (float32 logits),
-    classes.json, DATASHEET.md. npz: distilled.npz with the same content, and DATASHEET.md.
-    include_test adds the real test split the set was made for (test/<class>/<index>.png, or
-    test_images/test_labels), so `out` is a complete `dataset.name: imagefolder` root.
+    imagefolder: train/<class>/<subset>_<slot>_<teacher>.png, instances.csv (file, labels, origin,
+    instance index), soft_labels.npy (float32 logits) and train/metadata.jsonl (the Hugging Face
+    imagefolder builder's per-file columns), all three row for row in the order torchvision's
+    ImageFolder reads the files, so pairing by index is right; classes.json, DATASHEET.md. npz:
+    distilled.npz with the same content, and DATASHEET.md. hf: a Hugging Face `datasets.DatasetDict`
+    (`save_to_disk`; image, label, soft_label, subset and teacher columns in instance order) with
+    the datasheet as its card, README.md (needs the `hf` extra).
+    include_test adds the real test split the set was made for (test/<class>/<index>.png,
+    test_images/test_labels, or a test split), so `out` is a complete `dataset.name: imagefolder`
+    (or `hf`) root.
 
     Everything is written to a temporary sibling and renamed into place: on any failure `out`
     is left as it was. `out` must not exist, or be an empty directory.
@@ -234,13 +240,11 @@ def export(uri: str, fmt: str, out: str | os.PathLike[str], include_test: bool =
     target = _check_out(out)
     ds = DistilledSet.open(uri, dtype=torch.uint8)
     test = ds.read_test_split() if include_test else None
-    if fmt == "imagefolder":
+    if fmt in ("imagefolder", "hf"):
         _check_imagefolder(ds)
+    writer = {"imagefolder": _write_imagefolder, "npz": _write_npz, "hf": _write_hf}[fmt]
     with _staged_dir(target) as tmp:
-        if fmt == "imagefolder":
-            _write_imagefolder(ds, tmp, test)
-        else:
-            _write_npz(ds, tmp, test)
+        writer(ds, tmp, test)
     return target
 
 
@@ -281,9 +285,36 @@ def _check_imagefolder(ds: DistilledSet) -> None:
             raise ArtifactError(f"{ds.uri}: class name {name!r} cannot be a folder name: use --format npz")
 
 
+def class_folders(classes: list[str]) -> list[str]:
+    """The folder of each class in an ImageFolder export, so that sorted folder order is label order.
+
+    torchvision's ImageFolder (and every reader built on it) numbers classes by their sorted folder
+    names; names already in sorted order keep their name, others get their label as a prefix
+    (`003_bird`), so the reader's target is always the set's label.
+    """
+    if classes == sorted(classes):
+        return list(classes)
+    width = len(str(len(classes) - 1))
+    return [f"{c:0{width}d}_{name}" for c, name in enumerate(classes)]
+
+
 def _file_names(ds: DistilledSet) -> list[str]:
-    """Where instance i goes in an ImageFolder export: train/<class>/<subset>_<teacher>.png."""
-    return [f"train/{ds.classes[int(ds.labels[i])]}/{int(ds.subsets[i]):04d}_{ds.teacher_name(i)}.png" for i in range(len(ds))]
+    """Where instance i goes: train/<class folder>/<subset>_<slot>_<teacher>.png, slot 0 the natural image, m+1 teacher m.
+
+    Within a class folder the names sort in instance order (subset, then natural, teacher 0, 1, ...).
+    """
+    folders, width = class_folders(ds.classes), len(str(len(ds.teacher_archs)))
+    return [f"train/{folders[int(ds.labels[i])]}/{int(ds.subsets[i]):04d}_{int(ds.teachers[i]) + 1:0{width}d}_{ds.teacher_name(i)}.png"
+            for i in range(len(ds))]
+
+
+def imagefolder_order(ds: DistilledSet) -> list[int]:
+    """The instances in the order torchvision's ImageFolder reads the export: by class folder, then by file name.
+
+    The class folders sort in label order and the names within a folder in instance order, so this
+    is the instances stably sorted by label.
+    """
+    return sorted(range(len(ds)), key=lambda i: int(ds.labels[i]))
 
 
 def _png(image: torch.Tensor) -> bytes:
@@ -306,23 +337,32 @@ def _soft_labels_f32(ds: DistilledSet) -> np.ndarray:
 
 
 def _write_imagefolder(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    names = _file_names(ds)
+    """PNGs, then the per-file tables, every one in the order ImageFolder reads the files (`imagefolder_order`)."""
+    names, order = _file_names(ds), imagefolder_order(ds)
+    folders = class_folders(ds.classes)
     _write_files(root, ((name, _png(image)) for name, image in zip(names, ds.images)))
     if test is not None:
         x, y = test
         width = max(5, len(str(len(y) - 1)))  # names sort in test-set order
-        _write_files(root, ((f"test/{ds.classes[int(y[i])]}/{i:0{width}d}.png", _png(x[i])) for i in range(len(y))))
+        _write_files(root, ((f"test/{folders[int(y[i])]}/{i:0{width}d}.png", _png(x[i])) for i in range(len(y))))
+    soft = _soft_labels_f32(ds)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["file", "label", "class", "subset", "teacher"])
-    for i, name in enumerate(names):
+    writer.writerow(["file", "label", "class", "subset", "teacher", "instance"])
+    metadata = []
+    for i in order:
         label = int(ds.labels[i])
-        writer.writerow([name, label, ds.classes[label], int(ds.subsets[i]), ds.teacher_name(i)])
+        writer.writerow([names[i], label, ds.classes[label], int(ds.subsets[i]), ds.teacher_name(i), i])
+        # file_name relative to train/, as the Hugging Face imagefolder builder reads metadata.jsonl
+        metadata.append(json.dumps({"file_name": names[i].removeprefix("train/"), "label": label,
+                                    "soft_label": soft[i].tolist(), "subset": int(ds.subsets[i]),
+                                    "teacher": ds.teacher_name(i)}) + "\n")
     buf = io.BytesIO()
-    np.save(buf, _soft_labels_f32(ds), allow_pickle=False)
+    np.save(buf, soft[order], allow_pickle=False)
     _write_files(root, [
         ("instances.csv", rows.getvalue().encode()),
         ("soft_labels.npy", buf.getvalue()),
+        ("train/metadata.jsonl", "".join(metadata).encode()),
         ("classes.json", (json.dumps(ds.classes, indent=1) + "\n").encode()),
         ("DATASHEET.md", datasheet(ds, "imagefolder", test is not None).encode()),
     ])
@@ -341,6 +381,42 @@ def _write_npz(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Ten
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # plain arrays only: np.load(..., allow_pickle=False) reads it
     _write_files(root, [("distilled.npz", buf.getvalue()), ("DATASHEET.md", sheet.encode())])
+
+
+def _write_hf(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """A DatasetDict saved with save_to_disk: train (the instances, in instance order) and, with `test`, test."""
+    datasets = require_datasets("export --format hf")
+    label = datasets.ClassLabel(names=ds.classes)
+    png = datasets.Image()
+    train_features = datasets.Features({
+        "image": png, "label": label, "soft_label": datasets.Sequence(datasets.Value("float32"), length=len(ds.classes)),
+        "subset": datasets.Value("int64"), "teacher": datasets.Value("string"),
+    })
+    soft = _soft_labels_f32(ds)
+    splits = {"train": datasets.Dataset.from_dict({
+        "image": [{"bytes": _png(image), "path": None} for image in ds.images],  # our lossless PNGs, as the other formats
+        "label": ds.labels.tolist(), "soft_label": soft.tolist(), "subset": ds.subsets.tolist(),
+        "teacher": [ds.teacher_name(i) for i in range(len(ds))],
+    }, features=train_features)}
+    if test is not None:
+        x, y = test
+        splits["test"] = datasets.Dataset.from_dict(
+            {"image": [{"bytes": _png(image), "path": None} for image in x], "label": y.tolist()},
+            features=datasets.Features({"image": png, "label": label}))
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    sheet = datasheet(ds, "hf", test is not None)
+    _write_files(root, [("README.md", (_card_header(ds) + sheet).encode()), ("DATASHEET.md", sheet.encode())])
+
+
+def _card_header(ds: DistilledSet) -> str:
+    """The YAML block a Hugging Face dataset card starts with."""
+    n = len(ds)
+    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
+    return ("---\n"
+            "task_categories:\n- image-classification\n"
+            "tags:\n- dataset-distillation\n- soft-labels\n- infer-distill\n"
+            f"size_categories:\n- {size}\n"
+            "---\n\n")
 
 
 # ----------------------------------------------------------------------------------------
@@ -490,7 +566,9 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
         + ("the class folders); in infer-distill, `dataset.name: imagefolder` with `dataset.root` at this folder reads "
            "train/ and test/ as they are." if fmt == "imagefolder" and with_test else
            "the class folders); in infer-distill, `dataset.name: imagefolder` reads train/<class>/ beside a test/<class>/ "
-           "split of real images (`export --include-test` writes one)." if fmt == "imagefolder" else "`labels`)."),
+           "split of real images (`export --include-test` writes one)." if fmt == "imagefolder" else
+           "the `label` column); in infer-distill, `dataset.name: hf` with `dataset.root` at this folder reads its train and "
+           "test splits." if fmt == "hf" and with_test else "the `label` column)." if fmt == "hf" else "`labels`)."),
         "",
     ]
     return "\n".join(lines)
@@ -502,10 +580,17 @@ def _floats(values: tuple[float, ...]) -> str:
 
 _LAYOUT = {
     "imagefolder": (
-        "- `train/<class>/<subset>_<teacher>.png`: the {n:,} instances, lossless PNG ({ch} channel(s), {h}x{w}); "
-        "`<subset>` is k (4 digits), `<teacher>` the architecture whose UFC it carries, or `natural`\n"
-        "- `instances.csv`: file, label, class, subset, teacher; row i is instance i\n"
-        "- `soft_labels.npy`: float32 [{n}, {c}], row i the soft label of `instances.csv` row i\n"
+        "- `train/<class>/<subset>_<slot>_<teacher>.png`: the {n:,} instances, lossless PNG ({ch} channel(s), {h}x{w}); "
+        "`<subset>` is k (4 digits), `<slot>` 0 for the natural image and m + 1 for teacher m, `<teacher>` the architecture "
+        "whose UFC it carries, or `natural`. Class folders sort in label order (names that would not are prefixed with "
+        "their label), so torchvision's `ImageFolder` target is the label\n"
+        "- **Row order: the order `torchvision.datasets.ImageFolder(\"train\")` reads the files** (class folders sorted, "
+        "then file names sorted), so its sample j pairs with row j of each of these three:\n"
+        "- `instances.csv`: file, label, class, subset, teacher, instance (the index in `DistilledSet` and in the "
+        "checksums below)\n"
+        "- `soft_labels.npy`: float32 [{n}, {c}], row j the soft label of `instances.csv` row j\n"
+        "- `train/metadata.jsonl`: file_name, label, soft_label, subset, teacher per image, the columns "
+        "`datasets.load_dataset(\"imagefolder\", data_dir=...)` adds to the images\n"
         "- `classes.json`: class names, index = label{test}"
     ),
     "npz": (
@@ -514,9 +599,17 @@ _LAYOUT = {
         "`teacher_archs`, `classes` (index = label), `mean`, `std`, `datasheet` (this text){test}."
     ),
 }
+_LAYOUT["hf"] = (
+    "A `datasets.DatasetDict` written with `save_to_disk` (`datasets.load_from_disk(\"path/to/this/folder\")`): split "
+    "`train` holds the {n:,} instances in instance order, with columns `image` (lossless PNG, {ch} channel(s), {h}x{w}), "
+    "`label` (ClassLabel, the class names), `soft_label` (float32 [{c}], the logits), `subset` (k) and `teacher` (the "
+    "architecture whose UFC it carries, or `natural`){test}. This card is its README.md; to publish it, "
+    "`datasets.load_from_disk(folder).push_to_hub(\"you/name\")` with a Hugging Face token, then upload README.md."
+)
 _TEST_LAYOUT = {
     "imagefolder": "\n- `test/<class>/<index>.png`: the real test split the set was made for, to measure accuracy on",
     "npz": "; `test_images` uint8, `test_labels` int64: the real test split the set was made for",
+    "hf": "; split `test` (image, label): the real test split the set was made for",
 }
 _LOADER = {
     "imagefolder": (
@@ -529,6 +622,16 @@ _LOADER = {
         "    pixels = np.stack([np.array(Image.open(r[\"file\"])) for r in rows]).reshape({n}, {h}, {w}, {ch})\n"
         "    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255    # [N, ch, H, W] in [0, 1]\n"
         "    return images, torch.from_numpy(np.load(\"soft_labels.npy\"))\n"
+    ),
+    "hf": (
+        "import numpy as np, torch, torch.nn.functional as F\n"
+        "from datasets import load_from_disk\n"
+        "\n"
+        "def load():\n"
+        "    train = load_from_disk(\".\")[\"train\"]\n"
+        "    pixels = np.stack([np.array(image) for image in train[\"image\"]]).reshape({n}, {h}, {w}, {ch})\n"
+        "    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255    # [N, ch, H, W] in [0, 1]\n"
+        "    return images, torch.tensor(np.array(train[\"soft_label\"], dtype=np.float32))\n"
     ),
     "npz": (
         "import numpy as np, torch, torch.nn.functional as F\n"

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, ConfigError, stage_config
-from .plan import PLAN, PRODUCER, STEPS, Step, StepResult, location, run_item, step_items
+from . import plan
+from .plan import Step, StepResult, location, run_item, step_items
 from .stages import Layout
 from .store import open_artifact
 
@@ -59,11 +60,11 @@ class Walk:
     report: dict | None = None
 
     def wanted(self) -> list[Step]:
-        return [s for s in PLAN if self.steps is None or s.name in self.steps]
+        return [s for s in plan.PLAN if self.steps is None or s.name in self.steps]
 
     def ready(self) -> list[Step]:
         """Steps not started whose inputs have all been produced (in the plan's order)."""
-        return [s for s in self.wanted() if s.name not in self.started and all(PRODUCER[i].name in self.done for i in s.inputs)]
+        return [s for s in self.wanted() if s.name not in self.started and all(plan.PRODUCER[i].name in self.done for i in s.inputs)]
 
     def finished(self) -> bool:
         return all(s.name in self.done for s in self.wanted())
@@ -84,7 +85,7 @@ def _worker_init(slots: Any, threads: int) -> None:
 
 
 def _run(cfg: Config, step_name: str, item: dict, inputs: dict, uri: str, progress: bool) -> StepResult:
-    return run_item(cfg, STEPS[step_name], item, inputs, uri, progress)
+    return run_item(cfg, plan.STEPS[step_name], item, inputs, uri, progress)
 
 
 class _InProcess:

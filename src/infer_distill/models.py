@@ -8,9 +8,16 @@ INFER's synthesis loss matches the running statistics of every BatchNorm2d input
 registered architectures use BatchNorm2d (`require_batchnorm` checks a teacher before use).
 The ImageNet-style networks get a CIFAR stem (no early downsampling) for small images, as the
 CIFAR versions used in the dataset-distillation literature do.
+
+Besides the registered names, `timm:<name>` and `torchvision:<name>` build any timm or torchvision
+classification model, for the dataset's classes and channels; at 64 px and below their stem loses
+its downsampling the same way for both libraries (`adapt_small_stem`).
 """
 from __future__ import annotations
 
+import functools
+import os
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
@@ -21,12 +28,20 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from . import architectures
+from .architectures import Arch
+from .config import ConfigError
 
 __all__ = [
     "MODEL_REGISTRY",
     "Normalize",
+    "adapt_small_stem",
     "batchnorm_layers",
+    "check_architecture",
     "create_model",
+    "download_library_weights",
+    "library_models",
+    "library_weights",
+    "read_pth",
     "register_model",
     "require_batchnorm",
 ]
@@ -46,13 +61,21 @@ MODEL_REGISTRY: dict[str, ModelBuilder] = {}
 # ----------------------------------------------------------------------------------------
 
 
-def register_model(fn: _B) -> _B:
-    """Register a builder `fn(num_classes, in_chans, image_size, **kwargs)` under its name."""
+def register_model(fn: _B | None = None, *, arch: Arch | None = None):
+    """Register a builder `fn(num_classes, in_chans, image_size, **kwargs)` under its name.
+
+    `@register_model`, or `@register_model(arch=Arch(batchnorm=False))` for a network config
+    validation should refuse as a teacher; the builtins' metadata is `architectures.INFO`.
+    """
+    if fn is None:
+        return functools.partial(register_model, arch=arch)
     name = fn.__name__
     if name in MODEL_REGISTRY:
         raise ValueError(f"architecture '{name}' is already registered")
     MODEL_REGISTRY[name] = fn
     architectures.NAMES.add(name)  # configs may name it (validated without importing this module)
+    if arch is not None:
+        architectures.INFO[name] = arch
     return fn
 
 
@@ -65,12 +88,16 @@ def create_model(
     std: Sequence[float] | None = None,
     **kwargs: object,
 ) -> nn.Module:
-    """Build a registered architecture; with mean/std, wrap it as Sequential(Normalize, net)."""
-    if name not in MODEL_REGISTRY:
+    """Build a registered architecture, or `timm:<name>` / `torchvision:<name>`; with mean/std, wrap it as
+    Sequential(Normalize, net)."""
+    if architectures.split_library(name) is None and name not in MODEL_REGISTRY:
         raise ValueError(f"unknown architecture '{name}'; known: {', '.join(sorted(MODEL_REGISTRY))}")
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")
-    net = MODEL_REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+    if architectures.split_library(name) is None:
+        net = MODEL_REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+    else:
+        net = _library_model(name, num_classes, in_chans, image_size, **kwargs)
     if mean is None or std is None:
         return net
     if len(mean) != in_chans or len(std) != in_chans:
@@ -78,6 +105,94 @@ def create_model(
             f"mean/std have {len(mean)}/{len(std)} values but the model has {in_chans} input channels"
         )
     return nn.Sequential(Normalize(mean, std), net)
+
+
+# ----------------------------------------------------------------------------------------
+# Any timm or torchvision classification model
+# ----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def library_models(library: str) -> frozenset[str]:
+    """The model names `timm:` or `torchvision:` may be followed by (torchvision's classification models only)."""
+    if library == "timm":
+        return frozenset(timm.list_models())
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_architecture(name: str) -> None:
+    """Raise ConfigError, naming the closest model, if `timm:<name>` / `torchvision:<name>` names no model of that library.
+
+    A timm name may carry a pretrained tag (`resnet18.a1_in1k`); the model is the part before it.
+    """
+    lib = architectures.split_library(name)
+    if lib is None:
+        return
+    library, model = lib
+    known = library_models(library)
+    if model.split(".", 1)[0] not in known:
+        near = architectures.closest(model, known)
+        hint = f"; did you mean {library}:{near}?" if near else ""
+        listing = "timm.list_models()" if library == "timm" else "torchvision.models.list_models(module=torchvision.models)"
+        raise ConfigError(f"architecture {name!r}: {library} has no classification model {model!r}{hint} "
+                          f"(the names are those of {listing})")
+
+
+def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs: object) -> nn.Module:
+    check_architecture(name)
+    library, model = architectures.split_library(name)  # type: ignore[misc]
+    if library == "timm":
+        net = timm.create_model(model.split(".", 1)[0], pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    else:
+        net = torchvision.models.get_model(model, weights=None, num_classes=num_classes, **kwargs)
+        _set_in_chans(net, in_chans)
+    if image_size <= SMALL_IMAGE_MAX:
+        adapt_small_stem(net)
+    return net
+
+
+def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
+    for path, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return path, m
+    raise ValueError(f"{type(net).__name__} has no Conv2d layer to take the images")
+
+
+def _replace(net: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, child, module)
+
+
+def _set_in_chans(net: nn.Module, in_chans: int) -> None:
+    """A torchvision network takes `in_chans` channels: its first conv is rebuilt alike (default init) where it differs."""
+    path, conv = _first_conv(net)
+    if conv.in_channels != in_chans:
+        _replace(net, path, nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                                      padding=conv.padding, dilation=conv.dilation, groups=1,  # type: ignore[arg-type]
+                                      bias=conv.bias is not None))
+
+
+def adapt_small_stem(net: nn.Module) -> str:
+    """Take the stem's downsampling out, for images of at most SMALL_IMAGE_MAX px; returns what changed, in words.
+
+    The same rule for every library model: the first strided convolution gets stride 1 (its weights
+    and init unchanged), and a strided max-pool before the next strided convolution (ResNet's,
+    ShuffleNet's, DenseNet's) becomes the identity, as the registered CIFAR stems do.
+    """
+    changes: list[str] = []
+    stem_conv = None
+    for path, m in list(net.named_modules()):
+        if isinstance(m, nn.Conv2d) and max(m.stride) > 1:
+            if stem_conv is not None:
+                break
+            stem_conv = path
+            changes.append(f"{path}: stride {tuple(m.stride)} -> (1, 1)")
+            m.stride = (1, 1)
+        elif stem_conv is not None and isinstance(m, nn.MaxPool2d) and m.stride not in (1, (1, 1)):
+            _replace(net, path, nn.Identity())
+            changes.append(f"{path}: max-pool removed")
+            break
+    return "; ".join(changes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,3 +414,89 @@ def shufflenetv2(num_classes: int, in_chans: int = 3, image_size: int = 32, **kw
     if small:
         net.maxpool = nn.Identity()
     return net
+
+
+# ----------------------------------------------------------------------------------------
+# Pretrained weights: torchvision's and timm's published ones, and local files
+# ----------------------------------------------------------------------------------------
+
+LibraryWeights = tuple[str, str, "str | None"]  # (library, model, torchvision enum member or timm tag)
+
+
+def library_weights(arch: str, source: str) -> LibraryWeights | None:
+    """Which published weights `teachers.pretrained.<arch>: <source>` names, checked without downloading; None for a file.
+
+    `torchvision` / `torchvision:<Weights member>` (e.g. IMAGENET1K_V1; default: the enum's DEFAULT) and
+    `timm` / `timm:<pretrained tag>` (default: timm's default tag) apply to an architecture of that
+    library: `torchvision:<name>` / `timm:<name>`, or a registered name whose metadata names it.
+    """
+    library, _, choice = source.partition(":")
+    if library not in architectures.LIBRARIES:
+        return None
+    field = f"teachers.pretrained.{arch}={source}"
+    lib = architectures.split_library(arch)
+    published = lib or architectures.split_library(architectures.info(arch).pretrained or "")
+    if published is None or published[0] != library:
+        other = f"; it is {published[0]}'s {published[1]}: use {published[0]}" if published else ""
+        raise ConfigError(f"{field}: {library} has no published weights for {arch!r}{other}, or name the architecture "
+                          f"{library}:<name> (e.g. {library}:resnet18), or give a .safetensors/.pth file")
+    model, _, tag = published[1].partition(".")
+    choice = choice or tag or None
+    if library == "torchvision":
+        try:
+            enum = torchvision.models.get_model_weights(model)
+        except (ValueError, KeyError):
+            raise ConfigError(f"{field}: torchvision publishes no weights for {model!r}") from None
+        if choice is not None and choice not in enum.__members__:
+            raise ConfigError(f"{field}: {enum.__name__} has no member {choice!r}; use one of {', '.join(enum.__members__)}")
+    else:
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{model}.*")]
+        if not tags or (choice is not None and choice not in tags):
+            have = f"; its tags: {', '.join(tags)}" if tags else ""
+            raise ConfigError(f"{field}: timm has no pretrained {model}{'.' + choice if choice else ''}{have}")
+    return library, model, choice
+
+
+def download_library_weights(weights: LibraryWeights) -> tuple[dict[str, torch.Tensor], tuple[list[float], list[float]]]:
+    """The state dict of published weights (from the library's cache, else downloaded) and their (mean, std)."""
+    library, model, choice = weights
+    if library == "torchvision":
+        enum = torchvision.models.get_model_weights(model)
+        w = enum[choice] if choice else enum.DEFAULT
+        preset = w.transforms()
+        return w.get_state_dict(progress=False), (list(preset.mean), list(preset.std))
+    net = timm.create_model(f"{model}.{choice}" if choice else model, pretrained=True)
+    return net.state_dict(), (list(net.pretrained_cfg["mean"]), list(net.pretrained_cfg["std"]))
+
+
+# Checkpoint dicts that wrap the state dict (as training scripts save them), outermost first.
+_WRAPPERS = ("state_dict", "model", "net")
+
+
+def read_pth(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state dict in a torch.save file, read with weights_only=True: tensors and plain containers only, so a
+    pickled object of any other kind is refused, never constructed. Unwraps `state_dict`/`model`/`net` keys and
+    the `module.` prefix of DataParallel. Raises ValueError saying what the file holds instead."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message wraps the reason (`Unsupported global: GLOBAL pathlib.PosixPath`) in advice to drop weights_only
+        reason = str(e).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0].strip() or str(e)
+        raise ValueError(f"cannot be read with torch.load(weights_only=True), which loads tensors and plain containers "
+                         f"only and constructs nothing else ({reason.splitlines()[0]}); save the model's state_dict() "
+                         "with torch.save or safetensors") from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and others for a file it cannot read
+        raise ValueError(f"is not a torch.save file ({e})") from None
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
+    others = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        raise ValueError(f"holds entries that are not tensors ({others[:3]}); save the model's state_dict() alone")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj

@@ -137,6 +137,7 @@ PLAN: tuple[Step, ...] = (
                                         "full_data", "methods"), always=True),
 )
 STEPS = {s.name: s for s in PLAN}
+STAGES = tuple(STEPS)  # `infer-distill stage NAME`'s names, in run order
 PRODUCER = {s.output: s for s in PLAN}
 
 
@@ -211,7 +212,7 @@ def step_items(step: Step, cfg: Config, layout: Layout, num_classes: Callable[[]
         return [{}]
     if step.over.resumed_items:
         return step.over.resumed_items(cfg, layout, num_classes())
-    return step.over.items(cfg, num_classes())
+    return step.over.items(cfg, num_classes() if step.over.source != "config" else None)
 
 
 def run_item(cfg: Config, step: Step, item: dict[str, Any], inputs: dict[str, Any], uri: str,

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .config import STAGES  # noqa: E402
+from .plan import STAGES  # noqa: E402
 from .synthesis import class_batch_index, compose  # noqa: E402
 
 

@@ -35,7 +35,8 @@ from .config import BASELINES, KNOWN_IMAGES, METHODS, KNOWN_NUM_CLASSES, Config,
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
-from .models import MODEL_REGISTRY, Normalize, create_model, require_batchnorm
+from .models import (MODEL_REGISTRY, Normalize, check_architecture, create_model, download_library_weights, library_weights,
+                     read_pth, require_batchnorm)
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
 from .training import Ensemble, StudentResult, evaluate, train_student_hard, train_student_model, train_teacher_model
@@ -152,7 +153,7 @@ def sources(cfg: Config, stage: str, **keys) -> dict:
         return {"dataset": digest} if digest else {}
     if stage == "train-teacher":
         source = cfg.teachers.pretrained.get(keys["arch"])
-        if source and source != "torchvision":
+        if source and not _is_library_source(source):
             return {"pretrained_sha256": file_sha256(source)}
     return {}
 
@@ -285,7 +286,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         check_budget(cfg, KNOWN_NUM_CLASSES[cfg.dataset.name])
     elif cfg.dataset.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
-    elif not Path(cfg.dataset.root).exists():
+    elif not Path(cfg.dataset.root).exists() and cfg.dataset.name != "hf":  # hf: a root that is no path is a Hub id
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
     if "rded" in cfg.methods and cfg.dataset.name in KNOWN_IMAGES:
         side = cfg.dataset.image_size or KNOWN_IMAGES[cfg.dataset.name][2]
@@ -295,18 +296,30 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
     for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
         _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
         check_pretrained(cfg, arch)
+    for arch in cfg.students.archs:  # timm:/torchvision: names, which config validation checked for syntax alone
+        try:
+            check_architecture(arch)
+        except ConfigError as e:
+            raise ConfigError(f"students.archs: {e}") from None
     resolve_fast_path(cfg, cfg.resolve_device())  # precision and compile against what this device and torch can do
 
 
+def _is_library_source(source: str) -> bool:
+    """`torchvision[:<member>]` or `timm[:<tag>]`: published weights, not a local file."""
+    return source.partition(":")[0] in ("torchvision", "timm")
+
+
 def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) -> None:
-    """Refuse a `teachers.pretrained.<arch>` file that is no safetensors state dict of `arch`, reading its header
-    alone (a pickle is recognised and never loaded). Tensor shapes are checked where the images are known: with
-    the data artifact's manifest, or for the datasets of KNOWN_IMAGES; else the tensor names alone."""
+    """Refuse a `teachers.pretrained.<arch>` that cannot be imported, before any work: published weights the library
+    does not have (checked without downloading), or a file that is no state dict of `arch` (a safetensors header,
+    or a .pth/.pt read with weights_only=True, which never constructs other objects). Tensor shapes are checked
+    where the images are known: with the data artifact's manifest, or for the datasets of KNOWN_IMAGES; else the
+    tensor names alone."""
     source = cfg.teachers.pretrained.get(arch)
-    if source == "torchvision" and arch not in TORCHVISION_NAMES:
-        raise ConfigError(f"teachers.pretrained.{arch}=torchvision: torchvision has no weights for our {arch}; "
-                          f"use one of {sorted(TORCHVISION_NAMES)} or a .safetensors path")
-    if not source or source == "torchvision":
+    if not source:
+        return
+    if _is_library_source(source):
+        library_weights(arch, source)
         return
     if data_manifest is not None:
         m = data_manifest["metrics"]
@@ -317,27 +330,36 @@ def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) 
     else:
         model, shapes = create_model(arch, num_classes=2, in_chans=3, image_size=32), False
     expected = {k: list(v.shape) for k, v in _network(model).state_dict().items()}
-    _check_fits(arch, source, expected, _safetensors_shapes(arch, source), shapes)
+    _check_fits(arch, source, expected, _file_shapes(arch, source), shapes)
+
+
+def _file_shapes(arch: str, source: str) -> dict[str, list[int]]:
+    """{tensor name: shape} of a weights file: a safetensors header, or a torch.save state dict; refuses anything else."""
+    field, path = f"teachers.pretrained.{arch}", Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors or .pth/.pt state dict, 'torchvision' or 'timm'")
+    if _is_pickle(path):
+        return {k: list(v.shape) for k, v in _read_pth(arch, source).items()}
+    return _safetensors_shapes(arch, source)
+
+
+def _read_pth(arch: str, source: str) -> dict[str, torch.Tensor]:
+    try:
+        return read_pth(Path(source).expanduser())
+    except ValueError as e:
+        raise ConfigError(f"teachers.pretrained.{arch}: {source} {e}") from None
 
 
 def _safetensors_shapes(arch: str, source: str) -> dict[str, list[int]]:
-    """{tensor name: shape} from a weights file's safetensors header; refuses anything else, naming the file."""
+    """{tensor name: shape} from a weights file's safetensors header, naming the file where it is none."""
     from safetensors import safe_open
 
-    field, path = f"teachers.pretrained.{arch}", Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors state dict, or 'torchvision'")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(Path(source).expanduser()), framework="pt") as f:
             return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError; OSError when unreadable
-        problem = e
-    if _is_pickle(path):
-        raise ConfigError(f"{field}: {source} is a pickle (torch.save's format); it is never loaded here, as unpickling "
-                          "can run any code: convert it where you trust it, e.g. safetensors.torch.save_file("
-                          "torch.load(path, weights_only=True), 'teacher.safetensors'), and give the .safetensors file")
-    raise ConfigError(f"{field}: {source} is not a safetensors file ({problem}); give a state dict saved with "
-                      "safetensors.torch.save_file")
+        raise ConfigError(f"teachers.pretrained.{arch}: {source} is neither a safetensors nor a torch.save file ({e}); give a "
+                          "state dict saved with safetensors.torch.save_file or torch.save") from None
 
 
 def _is_pickle(path: Path) -> bool:
@@ -420,7 +442,8 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     read = {}
     with CompileTime(fast.compile) as compile_time:
         if source:
-            read = _import_weights(model, arch, source)
+            norm = cfg.teachers.normalization.get(arch)
+            read = _import_weights(model, arch, source, norm.model_dump() if norm else None)
         else:
             losses = train_teacher_model(model, train_x, train_y, cfg.teachers,
                                          (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
@@ -434,32 +457,45 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     return _write(output, cfg, "train-teacher", {"weights.safetensors": cpu_weights(model)}, metrics, read, arch=arch)
 
 
-TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50", "shufflenetv2": "shufflenet_v2_x1_0"}
-
-
-def _import_weights(model: nn.Module, arch: str, source: str) -> dict:
-    """Load `source` into the model's network; returns what was read, as `sources` records it."""
+def _import_weights(model: nn.Module, arch: str, source: str, normalization: Mapping | None = None) -> dict:
+    """Load `source` into the model's network and give its Normalize the statistics the weights expect:
+    `normalization` ({mean, std}) where given, else published weights' own, else the dataset's (as built).
+    Returns what was read from outside the pipeline, as `sources` records it."""
     net = _network(model)
     read = {}
-    if source == "torchvision":
-        import torchvision
-
+    stats = None
+    weights = library_weights(arch, source)
+    if weights is not None:
         try:
-            weights = torchvision.models.get_model_weights(TORCHVISION_NAMES[arch]).DEFAULT
-            state = weights.get_state_dict(progress=False)
+            state, stats = download_library_weights(weights)
         except Exception as e:  # noqa: BLE001 - any failure here means: weights unavailable
-            raise StageError(f"teachers.pretrained.{arch}=torchvision: could not get torchvision's ImageNet weights ({e}); "
-                             "download them where there is internet and pass a .safetensors path instead") from None
+            raise StageError(f"teachers.pretrained.{arch}={source}: could not get {weights[0]}'s published weights ({e}); "
+                             "download them where there is internet and give the file's path instead") from None
     else:
-        from safetensors.torch import load
-
-        raw = Path(source).expanduser().read_bytes()  # check_pretrained has read its header
-        state = load(raw)
+        raw = Path(source).expanduser().read_bytes()  # check_pretrained has read it
         read = {"pretrained_sha256": hashlib.sha256(raw).hexdigest()}
+        if _is_pickle(Path(source).expanduser()):
+            state = _read_pth(arch, source)
+        else:
+            from safetensors.torch import load
+
+            state = load(raw)
     _check_fits(arch, source, {k: list(v.shape) for k, v in net.state_dict().items()},
                 {k: list(v.shape) for k, v in state.items()}, shapes=True)
     net.load_state_dict(state)
+    if normalization is not None:
+        stats = (list(normalization["mean"]), list(normalization["std"]))
+    if stats is not None and model is not net:
+        _set_normalization(model[0], arch, *stats)
     return read
+
+
+def _set_normalization(norm: Normalize, arch: str, mean: list[float], std: list[float]) -> None:
+    if len(mean) != norm.mean.numel():
+        raise ConfigError(f"teachers.normalization.{arch}: {len(mean)} values for {norm.mean.numel()} image channels; "
+                          "give one mean and std per channel")
+    norm.mean.copy_(torch.tensor(mean).view_as(norm.mean))
+    norm.std.copy_(torch.tensor(std).view_as(norm.std))
 
 
 def draw_per_class(train_y: torch.Tensor, per_class: int, seed: int, class_names: list[str]) -> torch.Tensor:
@@ -637,7 +673,9 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
 
 
 def _check_student_arch(arch: str) -> None:
-    if arch not in MODEL_REGISTRY:
+    if ":" in arch:  # timm:<name> / torchvision:<name>
+        check_architecture(arch)
+    elif arch not in MODEL_REGISTRY:
         raise StageError(f"student architecture {arch!r} (--arch) is unknown; known: {', '.join(sorted(MODEL_REGISTRY))}")
 
 

@@ -1,5 +1,5 @@
-"""KFP v2 components: one per step of `infer_distill.plan.PLAN` (a thin call into `infer_distill.stages`),
-plus three that only the Kubeflow DAG needs:
+"""KFP v2 components: one per step of `infer_distill.plan.PLAN` (generated from the plan into steps.py,
+each a call of `run.run_step`), plus three that only the Kubeflow DAG needs:
 
 - resolve-config: the run's config from the pipeline parameters (one per config section), validated
   once before anything runs, passed on as a small JSON artifact (kfp.local resolves upstream
@@ -21,7 +21,9 @@ Lightweight components are serialised by source, so every import lives inside it
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, Input, Model, Output
+
+from .steps import STEP_FUNCTIONS
 
 # ----------------------------------------------------------------------------------------
 # Config and fan-outs
@@ -70,114 +72,7 @@ def gather_teachers(config: Input[Artifact], teachers: Input[List[Model]], teach
         shutil.copytree(by_arch[arch], Layout(teacher_set.path).teacher(arch))
 
 
-# ----------------------------------------------------------------------------------------
-# The steps of the plan
-# ----------------------------------------------------------------------------------------
-
-
-def prepare_data(config: Input[Artifact], data: Output[Dataset]):
-    """Materialise the train/test split as uint8 tensors."""
-    from infer_distill import stages
-    from infer_distill.config import load_config
-
-    stages.prepare_data(load_config(config.path), data.path)
-
-
-def train_teacher(config: Input[Artifact], arch: str, data: Input[Dataset], teacher: Output[Model], metrics: Output[Metrics]):
-    """Train (or import) one teacher; its test accuracy goes to the KFP metrics."""
-    from infer_distill import stages
-    from infer_distill.config import load_config
-
-    manifest = stages.train_teacher(load_config(config.path), arch, data.path, teacher.path)
-    metrics.log_metric(f"teacher_{arch}_test_acc", manifest["metrics"]["test_acc"])
-
-
-def select_subsets(config: Input[Artifact], data: Input[Dataset], subsets: Output[Artifact]) -> list:
-    """K disjoint subsets; returns the shard items (`plan.SHARDS`) synthesis fans out over."""
-    from infer_distill import plan, stages
-    from infer_distill.config import load_config
-
-    cfg = load_config(config.path)
-    manifest = stages.select_subsets(cfg, data.path, subsets.path)
-    return plan.fanout_items(cfg, manifest["metrics"]["num_classes"])[plan.SHARDS.name]
-
-
-def synthesize_ufc(config: Input[Artifact], subset_ids: str, data: Input[Dataset], subsets: Input[Artifact],
-                   teacher_set: Input[Model], ufc: Output[Artifact]):
-    """Optimise the UFCs of one shard of subsets against every teacher (one GPU pod)."""
-    from infer_distill import stages
-    from infer_distill.config import load_config
-    from infer_distill.stages import Layout
-
-    cfg = load_config(config.path)
-    ids = [int(i) for i in subset_ids.split(",")]
-    stages.synthesize_ufc(cfg, ids, data.path, subsets.path, Layout(teacher_set.path).teachers(cfg), ufc.path)
-
-
-def soft_label(config: Input[Artifact], data: Input[Dataset], subsets: Input[Artifact], teacher_set: Input[Model],
-               ufc: Input[List[Artifact]], distilled: Output[Dataset]):
-    """Fan-in of every UFC shard: static ensemble labels and the distilled-set manifest."""
-    from infer_distill import stages
-    from infer_distill.config import load_config
-    from infer_distill.stages import Layout
-
-    cfg = load_config(config.path)
-    stages.soft_label(cfg, data.path, subsets.path, Layout(teacher_set.path).teachers(cfg), [u.path for u in ufc], distilled.path)
-
-
-def evaluate_student(config: Input[Artifact], arch: str, seed: int, label_mode: str, data: Input[Dataset], distilled: Input[Dataset],
-                     teacher_set: Input[Model], student: Output[Model], metrics: Output[Metrics]):
-    """Train and test one student (architecture x seed x label mode)."""
-    from infer_distill import stages
-    from infer_distill.config import load_config
-    from infer_distill.stages import Layout
-
-    cfg = load_config(config.path)
-    manifest = stages.evaluate_student(cfg, arch, seed, label_mode, data.path, distilled.path,
-                                       Layout(teacher_set.path).teachers(cfg), student.path)
-    for key in ("final_acc", "best_acc"):
-        metrics.log_metric(f"{arch}_{label_mode}_seed{seed}_{key}", manifest["metrics"][key])
-
-
-def evaluate_baseline(config: Input[Artifact], arch: str, seed: int, baseline: str, data: Input[Dataset], subsets: Input[Artifact],
-                      teacher_set: Input[Model], student: Output[Model], metrics: Output[Metrics]):
-    """Train and test the same student on random real images with the same labels and training (one baseline run)."""
-    from infer_distill import stages
-    from infer_distill.config import load_config
-    from infer_distill.stages import Layout
-
-    cfg = load_config(config.path)
-    manifest = stages.evaluate_baseline(cfg, arch, seed, baseline, data.path, subsets.path, Layout(teacher_set.path).teachers(cfg),
-                                        student.path)
-    for key in ("final_acc", "best_acc"):
-        metrics.log_metric(f"{baseline}_{arch}_seed{seed}_{key}", manifest["metrics"][key])
-
-
-def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Model], ufc: Input[List[Artifact]],
-           distilled: Input[Dataset], students: Input[List[Model]], report: Output[Artifact], summary: Output[Markdown],
-           page: Output[HTML], metrics: Output[Metrics], baselines: Input[List[Model]] = None):
-    """report.json/md/html and plots; the Kubeflow UI shows the Markdown, HTML and Metrics outputs."""
-    import shutil
-
-    from infer_distill import stages
-    from infer_distill.config import load_config
-    from infer_distill.stages import Layout
-
-    cfg = load_config(config.path)
-    manifest = stages.report(cfg, data.path, Layout(teacher_set.path).teachers(cfg), [u.path for u in ufc], distilled.path,
-                             [s.path for s in students], report.path, [b.path for b in baselines or []])
-    shutil.copyfile(f"{report.path}/report.md", summary.path)
-    shutil.copyfile(f"{report.path}/report.html", page.path)
-    for row in manifest["metrics"]["report"]["student_summary"]:
-        metrics.log_metric(f"{row['arch']}_{row['label_mode']}_final_acc_mean", row["final_acc_mean"])
-    for row in manifest["metrics"]["report"]["teachers"]:
-        metrics.log_metric(f"teacher_{row['arch']}_test_acc", row["test_acc"])
-
-
-FUNCTIONS = {f.__name__.replace("_", "-"): f for f in (
-    resolve_config, fanout_items, gather_teachers,
-    prepare_data, train_teacher, select_subsets, synthesize_ufc, soft_label, evaluate_student, evaluate_baseline, report,
-)}
+FUNCTIONS = {f.__name__.replace("_", "-"): f for f in (resolve_config, fanout_items, gather_teachers, *STEP_FUNCTIONS)}
 
 
 def components(image: str) -> dict:

@@ -43,6 +43,7 @@ except ImportError as e:
     raise MissingExtra("the Kubeflow pipeline (pipelines/infer_dag.py, infer-distill run --engine kfp-local)", "kfp", e) from None
 
 from .components import components
+from .generate import GATHERED, gathered_outputs, output_name
 
 # dsl.Collected of artifacts (soft-label and report collect the shards and students) reached the KFP
 # backend in kubeflow/pipelines#11725, first released in 2.14.0: older backends reject the run.
@@ -92,13 +93,14 @@ def check_expressible(cfg: Config, opts: ClusterOptions) -> None:
     """Reject, at compile time, what pods could not run as configured."""
     check_image(opts.image)
     for arch, source in cfg.teachers.pretrained.items():
-        if source != "torchvision":
+        if source.partition(":")[0] not in ("torchvision", "timm"):  # published weights each pod downloads
             raise DagError(f"teachers.pretrained.{arch}={source!r}: a local weight file cannot reach pipeline pods; "
-                           "use 'torchvision', train the teacher in the pipeline, or bake the file into the image")
+                           "use 'torchvision' or 'timm' weights, train the teacher in the pipeline, or bake the file into the image")
     if cfg.peer_methods() or cfg.method_runs() or cfg.full_data_runs():
         raise DagError(f"methods={cfg.methods}, students.scores={cfg.students.scores}, students.full_data_reference="
-                       f"{cfg.students.full_data_reference}: the Kubeflow pipeline has no components for the methods' steps "
-                       "yet; run them with `infer-distill run`, the Argo WorkflowTemplate or docker compose")
+                       f"{cfg.students.full_data_reference}: the Kubeflow pipeline cannot run the methods' steps yet (evaluate-method "
+                       "fans out over the methods' sets, and the DAG gathers only the teachers); run them with "
+                       "`infer-distill run`, the Argo WorkflowTemplate or docker compose")
     if cfg.device == "cuda" and opts.gpus == 0:
         raise DagError("device='cuda' but the DAG is compiled with --gpus 0: pods would have no GPU; use device=auto or --gpus 1")
     if opts.parallelism < 0:
@@ -143,19 +145,6 @@ def _place(task, opts: ClusterOptions, step: plan.Step | None = None):
 # The DAG: a walk over the plan
 # ----------------------------------------------------------------------------------------
 
-# A fan-out's artifacts that a later fan-out reads are gathered into one artifact first (KFP
-# cannot pass a collected list into another ParallelFor); the steps receive it under this name.
-GATHERED = {"teachers": "teacher_set"}
-# A step's artifact is its component's output named after Step.location, except where an item key
-# already has that name.
-OUTPUT_NAMES = {"evaluate-baseline": "student"}
-# Steps with no Kubeflow component yet: the pipeline is compiled without them, and `check_expressible`
-# refuses a config that would run them (`infer-distill run`, Argo and compose run them).
-WITHOUT_COMPONENTS = ("distill-method", "evaluate-method", "evaluate-full-data")
-
-
-def output_name(step: plan.Step) -> str:
-    return OUTPUT_NAMES.get(step.name, step.location)
 
 
 def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
@@ -193,7 +182,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
             return {name: dsl.Collected(output) if producer.over else output}
 
         for step in plan.PLAN:
-            if step.over and step.over.name in left_out or step.name in WITHOUT_COMPONENTS:
+            if step.over and step.over.name in left_out:
                 continue
             args = {"config": config}
             for name in step.inputs:
@@ -209,7 +198,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
                 items = tasks[step.over.source].outputs["Output"]
             with dsl.ParallelFor(items, parallelism=opts.parallelism if step.gpu else 0) as item:
                 tasks[step.name] = _place(component(**args, **{k: getattr(item, k) for k in step.over.keys}), opts, step)
-            if any(step.output in later.inputs and later.over for later in plan.PLAN):
+            if step.output in gathered_outputs():
                 gather = comps[f"gather-{step.output}"](config=config, **{step.output: dsl.Collected(
                     tasks[step.name].outputs[output_name(step)])})
                 gathered[step.output] = _place(gather, opts).outputs[GATHERED[step.output]]

@@ -1,0 +1,116 @@
+"""The KFP component of every step of `infer_distill.plan.PLAN`, generated as source code into steps.py.
+
+    python -m infer_distill.kfp.generate           # rewrite src/infer_distill/kfp/steps.py from the plan
+    python -m infer_distill.kfp.generate --check   # exit 1 if it is stale (tests/test_kfp_dag.py runs it)
+
+KFP serialises a lightweight component by its function's source, with typed `Input[...]` and
+`Output[...]` parameters, so each step needs a real function with its own signature. They all
+follow from the step: the config, the fan-out item's keys, one parameter per input (a collected
+list for a fan-out's outputs, or the one artifact they were gathered into where the consumer
+fans out itself), the step's artifact and its metrics; each body is one call of `run.run_step`.
+Adding a step to the plan and running this is all the Kubeflow side needs.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+
+from .. import plan
+
+STEPS_FILE = Path(__file__).with_name("steps.py")
+
+# A fan-out's outputs that a fan-out step reads are gathered into one artifact first (KFP cannot pass
+# a collected list into a ParallelFor): the parameter name of that artifact.
+# (The DAG has a gather component for the teachers only, so it refuses configs whose methods' sets would need one.)
+GATHERED = {"teachers": "teacher_set", "methods": "method_sets"}
+# The output's name where the location's would clash with an item key (evaluate-baseline's `baseline`).
+OUTPUT_NAMES = {"evaluate-baseline": "student"}
+# The KFP artifact type of each step's output (the Kubeflow UI shows datasets and models as such).
+KINDS = {"data": "Dataset", "teachers": "Model", "distilled": "Dataset", "students": "Model", "baselines": "Model"}
+# Item key types (the fan-outs' item values; subset ids travel as "0,1,2").
+KEY_TYPES = {"seed": "int"}
+# Outputs only the Kubeflow UI reads: the report's Markdown and HTML pages.
+UI_OUTPUTS = {"report": {"summary": "Markdown", "page": "HTML"}}
+
+
+def gathered_outputs() -> set[str]:
+    """The fan-out outputs that a fan-out step reads: gathered into one artifact, which every later step reads."""
+    return {s.output for s in plan.PLAN if s.over and any(s.output in later.inputs and later.over for later in plan.PLAN)}
+
+
+def output_name(step: plan.Step) -> str:
+    return OUTPUT_NAMES.get(step.name, step.location)
+
+
+def kind(output: str) -> str:
+    return KINDS.get(output, "Artifact")
+
+
+def component_source(step: plan.Step) -> str:
+    """The source of `step`'s component function."""
+    params = ["config: Input[Artifact]"] + [f"{k}: {KEY_TYPES.get(k, 'str')}" for k in (step.over.keys if step.over else ())]
+    optional, inputs, gathered = [], [], []
+    for name in step.inputs:
+        producer = plan.PRODUCER[name]
+        if name in gathered_outputs():
+            spec, param = f"{GATHERED[name]}: Input[{kind(name)}]", GATHERED[name]
+            if producer.over.optional:  # (the DAG leaves an empty optional fan-out out, and its gathered artifact with it)
+                optional.append(spec + " = None")
+                gathered.append(f'"{name}": {param}.path if {param} is not None else None')
+            else:
+                params.append(spec)
+                gathered.append(f'"{name}": {param}.path')
+        elif producer.over:
+            spec = f"{name}: Input[List[{kind(name)}]]"
+            if producer.over.optional:  # the step of an optional fan-out may be left out of the DAG: None then
+                optional.append(spec + " = None")
+            else:
+                params.append(spec)
+            inputs.append(f'"{name}": [a.path for a in {name}{" or []" if producer.over.optional else ""}]')
+        else:
+            params.append(f"{name}: Input[{kind(name)}]")
+            inputs.append(f'"{name}": {name}.path')
+    out = output_name(step)
+    params.append(f"{out}: Output[{kind(step.output)}]")
+    ui = UI_OUTPUTS.get(step.name, {})
+    params += [f"{n}: Output[{t}]" for n, t in ui.items()] + ["metrics: Output[Metrics]"] + optional
+    feeds = any(f.source == step.name for f in plan.FANOUTS.values())  # it returns the items a later loop runs over
+    item = "{" + ", ".join(f'"{k}": {k}' for k in (step.over.keys if step.over else ())) + "}"
+    doc = (inspect.getdoc(step.function) or step.name).splitlines()[0]
+    call = (f'run_step("{step.name}", config.path, {item}, {{{", ".join(inputs)}}}, {{{", ".join(gathered)}}}, {out}.path, metrics'
+            + (", {" + ", ".join(f'"{n}": {n}.path' for n in ui) + "}" if ui else "") + ")")
+    return (f"def {step.name.replace('-', '_')}({', '.join(params)}){' -> list' if feeds else ''}:\n"
+            f'    """{doc}"""\n'
+            f"    from infer_distill.kfp.run import run_step\n\n"
+            f"    {'return ' if feeds else ''}{call}\n")
+
+
+def module_source() -> str:
+    functions = "\n\n".join(component_source(step) for step in plan.PLAN)
+    names = ", ".join(step.name.replace("-", "_") for step in plan.PLAN)
+    return (f'"""One KFP component per step of infer_distill.plan.PLAN. Generated: python -m infer_distill.kfp.generate; do not edit."""\n'
+            "# flake8: noqa: E501\n\n"
+            "from typing import List\n\n"
+            "from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output\n\n\n"
+            f"{functions}\n\nSTEP_FUNCTIONS = ({names},)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infer_distill.kfp.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if steps.py is not what the plan gives")
+    args = p.parse_args(argv)
+    text = module_source()
+    if args.check:
+        if not STEPS_FILE.is_file() or STEPS_FILE.read_text() != text:
+            print(f"{STEPS_FILE} is stale: run python -m infer_distill.kfp.generate", file=sys.stderr)
+            return 1
+        return 0
+    STEPS_FILE.write_text(text)
+    print(f"wrote {STEPS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

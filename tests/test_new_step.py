@@ -1,0 +1,75 @@
+"""Adding a step is one edit in the plan (plus its stage function and its settings): the CLI's `stage`
+command, the executor, the KFP components (generated) and the Argo and compose renderings pick a new
+step up from `plan.PLAN` alone."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY
+from infer_distill import cli, config, executor, plan, stages
+from infer_distill.executor import Walk, run_walks
+from infer_distill.stages import Layout
+from pipelines import render
+
+
+def count_images(cfg, data: str, out: str) -> dict:
+    """The toy stage: how many training images each class has."""
+    output = stages._begin(out, {"data": data})
+    y = stages._data(cfg, data, "train")[1]
+    counts = {str(c): int((y == c).sum()) for c in y.unique()}
+    return stages._write(output, cfg, "count-images", {"counts.json": json.dumps(counts).encode()}, {"counts": counts})
+
+
+@pytest.fixture
+def toy_plan(monkeypatch):
+    toy = plan.Step("count-images", "counts", "counts", ("data",))
+    steps = (*plan.PLAN[:1], toy, *plan.PLAN[1:])
+    monkeypatch.setattr(plan, "PLAN", steps)
+    monkeypatch.setattr(plan, "STEPS", {s.name: s for s in steps})
+    monkeypatch.setattr(plan, "PRODUCER", {s.output: s for s in steps})
+    monkeypatch.setattr(plan, "STAGES", tuple(s.name for s in steps))
+    monkeypatch.setattr(stages, "count_images", count_images, raising=False)
+    monkeypatch.setattr(Layout, "counts", property(lambda layout: layout._join("counts")), raising=False)
+    # its settings: those of the data it reads (config.stage_config holds every stage's, by name)
+    settings = config.stage_config
+    with_toy = lambda cfg, stage, **keys: settings(cfg, "prepare-data") if stage == "count-images" else settings(cfg, stage, **keys)  # noqa: E731
+    for module in (stages, executor):
+        monkeypatch.setattr(module, "stage_config", with_toy)
+    return toy
+
+
+@pytest.mark.slow
+def test_the_cli_and_the_executor_run_a_new_step(toy_plan, tmp_path):
+    root = str(tmp_path)
+    sets = [part for s in TINY for part in ("--set", s)]
+    assert cli.main(["stage", "prepare-data", "--root", root, *sets]) == 0
+    assert cli.main(["stage", "count-images", "--root", root, *sets]) == 0
+    counts = json.loads((tmp_path / "counts" / "counts.json").read_text())
+    assert sum(counts.values()) > 0 and len(counts) == 10
+    assert cli.main(["stage", "count-images", "--data", f"{root}/data", "--out", f"{root}/counts2", *sets]) == 0
+    cfg = config.load_config(None, TINY)
+    seen = []
+    run_walks([Walk("toy", cfg, root, steps=("prepare-data", "count-images"))], on_step=lambda w, r: seen.append((r.stage, r.skipped)),
+              progress=False)
+    assert seen == [("prepare-data", True), ("count-images", True)]  # both current: the plan's rule applies to the new step
+
+
+def test_the_renderings_pick_up_a_new_step(toy_plan):
+    from infer_distill.kfp import generate
+
+    source = generate.module_source()
+    assert ("def count_images(config: Input[Artifact], data: Input[Dataset], counts: Output[Artifact], metrics: Output[Metrics]):"
+            in source) and "count_images," in source
+    namespace: dict = {}
+    exec(compile(source, "steps.py", "exec"), namespace)  # a module KFP can take its components from
+    assert [f.__name__ for f in namespace["STEP_FUNCTIONS"]][:2] == ["prepare_data", "count_images"]
+
+    argo = render.workflow_template()
+    text = json.dumps(argo, default=str)
+    assert '"count-images"' in text
+    services = render.compose("quickstart.yaml", "moto", [])["services"]
+    service = next(s for name, s in services.items() if name.startswith("count-images"))
+    assert service["command"][:2] == ["stage", "count-images"]
+    assert any(d.startswith("prepare-data") for d in service["depends_on"])
