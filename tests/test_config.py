@@ -74,7 +74,9 @@ def test_placement_is_in_no_artifacts_settings():
     """Shard size and device decide where work runs, not what it computes: no artifact records them."""
     keys = {"train-teacher": {"arch": "resnet_tiny"}, "synthesize-ufc": {"subset_ids": [0, 1]},
             "evaluate-student": {"arch": "convnet_d3_w32", "seed": 0, "label_mode": "static"},
-            "evaluate-baseline": {"arch": "convnet_d3_w32", "seed": 0, "baseline": "random_soft"}}
+            "evaluate-baseline": {"arch": "convnet_d3_w32", "seed": 0, "baseline": "random_soft"},
+            "distill-method": {"method": "rded"}, "evaluate-full-data": {"arch": "convnet_d3_w32"},
+            "evaluate-method": {"method": "sre2l", "score": "hard", "protocol": "steps", "arch": "convnet_d3_w32", "seed": 0}}
     base = load_config(None, ["device=auto"])
     placed = load_config(None, ["synthesis.subsets_per_shard=2", "device=cpu"])
     computed = load_config(None, ["synthesis.iterations=7"])

@@ -60,8 +60,8 @@ def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_curren
     assert {(r.stage, r.label) for r in results} == expected and not any(r.skipped for r in results)
     # the order respects every edge: nothing finished before a step it reads from
     finished = [r.stage for r in results]
-    for step in plan.PLAN:
-        for before in plan.upstream(step):
+    for step in [s for s in plan.PLAN if s.name in finished]:  # (a step of an empty fan-out runs no item)
+        for before in plan.upstream(step) & set(finished):
             assert max(i for i, s in enumerate(finished) if s == before) < finished.index(step.name)
     again = []
     plan.run_in_process(cfg, str(root), progress=False, on_step=again.append)

@@ -110,7 +110,9 @@ def test_fast_path_settings_are_in_no_artifacts_settings():
     """Like `device`, they change how a result is computed, not what: resuming on a GPU reuses CPU work and back."""
     keys = {"train-teacher": {"arch": "resnet_tiny"}, "synthesize-ufc": {"subset_ids": [0, 1]},
             "evaluate-student": {"arch": "convnet_d3_w32", "seed": 0, "label_mode": "static"},
-            "evaluate-baseline": {"arch": "convnet_d3_w32", "seed": 0, "baseline": "random_soft"}}
+            "evaluate-baseline": {"arch": "convnet_d3_w32", "seed": 0, "baseline": "random_soft"},
+            "distill-method": {"method": "sre2l"}, "evaluate-full-data": {"arch": "convnet_d3_w32"},
+            "evaluate-method": {"method": "rded", "score": "soft", "protocol": "epochs", "arch": "convnet_d3_w32", "seed": 0}}
     plain = load_config(None, ["precision=fp32", "channels_last=false", "cudnn_benchmark=false", "compile=false"])
     fast = load_config(None, ["precision=bf16", "channels_last=true", "cudnn_benchmark=true", "compile=true"])
     for stage in STAGES:

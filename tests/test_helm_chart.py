@@ -150,7 +150,8 @@ class Case:
 
 def _default_case() -> Case:
     return Case("default", DEFAULT, config=QUICKSTART, root=f"s3://infer-runs/{RELEASE}",
-                gpus={"train-teacher": 1, "synthesize-ufc": 1, "evaluate-student": 1, "evaluate-baseline": 1},
+                gpus={"train-teacher": 1, "synthesize-ufc": 1, "evaluate-student": 1, "evaluate-baseline": 1,
+                      "distill-method": 1, "evaluate-method": 1, "evaluate-full-data": 1},
                 gpu_node_selector={}, gpu_tolerations=[GPU_TAINT], node_selector={}, retry=PLAN_RETRY,
                 parallelism={"train-teachers": None, "synthesize-ufcs": None, "evaluate-students": None,
                              "evaluate-baselines": None},
@@ -160,7 +161,8 @@ def _default_case() -> Case:
 def _custom_case() -> Case:
     retry = {**PLAN_RETRY, "limit": 5, "backoff": {**PLAN_RETRY["backoff"], "duration": "2m", "maxDuration": "120h"}}
     return Case("custom", CUSTOM, config=_merge(QUICKSTART, CUSTOM_CONFIG), root="s3://ml-artifacts/experiments/infer",
-                gpus={"train-teacher": 2, "synthesize-ufc": 2, "evaluate-student": 2, "evaluate-baseline": 2, "soft-label": 1},
+                gpus={"train-teacher": 2, "synthesize-ufc": 2, "evaluate-student": 2, "evaluate-baseline": 2, "soft-label": 1,
+                      "distill-method": 1, "evaluate-method": 1, "evaluate-full-data": 1},
                 gpu_node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "kubernetes.io/os": "linux"},
                 gpu_tolerations=CUSTOM["gpu"]["tolerations"], node_selector={"kubernetes.io/os": "linux"}, retry=retry,
                 parallelism={"train-teachers": None, "synthesize-ufcs": 3, "evaluate-students": 4, "evaluate-baselines": 2},

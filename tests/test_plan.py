@@ -19,34 +19,48 @@ def test_the_dag_edges_follow_from_the_inputs():
         "prepare-data": [], "train-teacher": ["prepare-data"], "select-subsets": ["prepare-data"],
         "synthesize-ufc": ["select-subsets", "train-teacher"], "soft-label": ["synthesize-ufc"],
         "evaluate-student": ["soft-label"], "evaluate-baseline": ["select-subsets", "train-teacher"],
-        "report": ["evaluate-student", "evaluate-baseline"]}
+        "distill-method": ["train-teacher"], "evaluate-method": ["soft-label", "distill-method"],
+        "evaluate-full-data": ["prepare-data"],
+        "report": ["evaluate-student", "evaluate-baseline", "evaluate-method", "evaluate-full-data"]}
     for step in plan.PLAN:  # every input is produced by an earlier step
         assert all(plan.PLAN.index(plan.PRODUCER[i]) < plan.PLAN.index(step) for i in step.inputs), step.name
     assert plan.RETRY.argo_expression() == "asInt(lastRetry.exitCode) != 2"
 
 
 def test_a_run_needs_the_steps_its_dag_was_built_with():
-    with_baselines = load_config(None)  # the default trains the random_soft baseline
+    with_baselines = load_config(None)  # the default trains the random_soft baseline, and no other method
     without = load_config(None, ["students.baselines=[]"])
-    assert plan.omitted(without) == ["baselines"] and plan.omitted(with_baselines) == []
-    plan.check_omitted(without, ["baselines"])
-    plan.check_omitted(with_baselines, [])
+    methods = ["methods", "method_scores", "references"]
+    assert plan.omitted(without) == ["baselines", *methods] and plan.omitted(with_baselines) == methods
+    plan.check_omitted(without, ["baselines", *methods])
+    plan.check_omitted(with_baselines, methods)
     with pytest.raises(ConfigError, match="compiled without the evaluate-baseline step"):
-        plan.check_omitted(with_baselines, ["baselines"])
+        plan.check_omitted(with_baselines, ["baselines", *methods])
     with pytest.raises(ConfigError, match="compiled with the evaluate-baseline step"):
-        plan.check_omitted(without, [])
+        plan.check_omitted(without, methods)
+    peers = load_config(None, ["methods=[infer, rded]"])
+    assert plan.omitted(peers) == ["references"]
+    with pytest.raises(ConfigError, match="compiled without the evaluate-method step"):
+        plan.check_omitted(peers, methods)
 
 
 def test_fan_out_items_are_stage_keys_and_command_line_flags():
     cfg = load_config(None, ["labels.modes=[static, dynamic]", "students.seeds=[0, 1]", "synthesis.subsets_per_shard=3",
-                             "students.baselines=[random_soft, random_soft_steps]"])
+                             "students.baselines=[random_soft, random_soft_steps]", "methods=[infer, herding, sre2l]",
+                             "students.scores=[soft, hard]", "students.protocols=[epochs, steps]",
+                             "students.full_data_reference=true"])
     items = plan.fanout_items(cfg, 10)
     assert items["teachers"] == [{"arch": a} for a in cfg.teachers.archs]
     assert items["shards"] == [{"subset_ids": "0,1,2"}, {"subset_ids": "3,4,5"}, {"subset_ids": "6"}]
     assert [(i["label_mode"], i["seed"]) for i in items["students"]] == [("static", 0), ("static", 1), ("dynamic", 0), ("dynamic", 1)]
     assert [(i["baseline"], i["seed"]) for i in items["baselines"]] == [
         ("random_soft", 0), ("random_soft", 1), ("random_soft_steps", 0), ("random_soft_steps", 1)]
-    assert set(plan.fanout_items(cfg)) == {"teachers", "students", "baselines"}  # without the number of classes: the config's
+    assert items["methods"] == [{"method": "herding"}, {"method": "sre2l"}]
+    assert [(i["method"], i["score"], i["protocol"], i["seed"]) for i in items["method_scores"]][:4] == [
+        ("infer", "hard", "epochs", 0), ("infer", "hard", "epochs", 1), ("herding", "soft", "epochs", 0), ("herding", "soft", "epochs", 1)]
+    assert len(items["method_scores"]) == 2 + 2 * 2 * 2 * 2 and items["references"] == [{"arch": a} for a in cfg.students.archs]
+    # without the number of classes: the config's
+    assert set(plan.fanout_items(cfg)) == {"teachers", "students", "baselines", "methods", "method_scores", "references"}
     parser = build_parser()
     for step in [s for s in plan.PLAN if s.over]:
         for item in step.over.items(cfg, 10):
@@ -118,12 +132,14 @@ def test_every_rendering_is_the_plan(tmp_path):
                                "--set", f"students.baselines={baselines}"]) == 0
         spec = next(yaml.safe_load_all(out.read_text()))
         graph, kfp_fanouts = _kfp_graph(spec)
-        left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and baselines == "[]"}
+        # (the methods' steps: optional fan-outs this config leaves empty)
+        left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and (baselines == "[]" or s.over.name != "baselines")}
         assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}
         assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()
                                if n not in left_out}
         omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_fanouts"]
-        assert omitted == {"runtimeValue": {"constant": ["baselines"] if left_out else []}}
+        assert omitted == {"runtimeValue": {"constant": [*(["baselines"] if baselines == "[]" else []),
+                                                          "methods", "method_scores", "references"]}}
 
     # Argo (the committed template the chart installs): the DAG's edges, fan-outs and each pod's flags
     wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())

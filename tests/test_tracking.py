@@ -31,7 +31,8 @@ def _metrics(uri: str) -> dict:
 
 def test_tracking_is_in_no_artifacts_settings():
     """Turning tracking on reuses every finished artifact: no stage's settings (so fingerprint) change."""
-    item = {"arch": "convnet_d2_w32", "seed": 0, "label_mode": "static", "subset_ids": [0, 1], "baseline": "random_soft"}
+    item = {"arch": "convnet_d2_w32", "seed": 0, "label_mode": "static", "subset_ids": [0, 1], "baseline": "random_soft",
+            "method": "rded", "score": "soft", "protocol": "epochs"}
     for step in PLAN:
         settings = [stage_config(load_config(None, TINY + [f"tracking.backend={b}"]), step.name, **item)
                     for b in ("none", "mlflow", "tensorboard")]

@@ -171,6 +171,25 @@ class StudentConfig(_Strict):
             raise ValueError(f"baselines must be distinct, got {v}")
         return v
 
+    scores: list[Literal["soft", "hard"]] = Field(
+        default_factory=lambda: ["soft"], min_length=1,
+        description="how the methods' sets are scored: soft (the student above: MixUp + KL on the set's static labels), "
+                    "hard (the same student with cross-entropy on the instances' class labels, no soft label)")
+    protocols: list[Literal["epochs", "steps"]] = Field(
+        default_factory=lambda: ["epochs"], min_length=1,
+        description="the peers' training length: epochs (students.epochs, as INFER's) and/or steps (INFER's static "
+                    "student's optimiser steps; instance counts differ)")
+    full_data_reference: bool = Field(
+        False, description="train each student architecture once with hard labels on the whole real training set "
+                           "(the reference of the hard-label recovery, HLR; expensive: students.epochs over all the data)")
+
+    @field_validator("scores", "protocols")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"entries must be distinct, got {v}")
+        return v
+
     def epochs_for(self, label_mode: str) -> int:
         return self.epochs_dynamic if label_mode == "dynamic" and self.epochs_dynamic else self.epochs
 
@@ -179,6 +198,29 @@ class TrackingConfig(_Strict):
     backend: Literal["none", "mlflow", "tensorboard"] = Field(
         "none", description="log the config, losses, accuracies and report of a run to MLflow (its local store under the run "
                             "root, or MLFLOW_TRACKING_URI) or TensorBoard (<out>/tensorboard); needs the extra of that name")
+# The distillation methods a run compares at equal stored bytes (docs/method.md, section 9)
+METHODS = ("infer", "random", "herding", "rded", "sre2l")
+MethodName = Literal["infer", "random", "herding", "rded", "sre2l"]
+
+
+class RdedConfig(_Strict):
+    """RDED's selection; defaults from its CIFAR-10 scripts (LINs-lab/RDED): whole crops, no stitching."""
+
+    factor: int = Field(1, ge=1, description="crops stitched per side of one image (RDED: 1 on CIFAR-10, 2 on ImageNet)")
+    crops: int = Field(5, ge=1, description="random resized crops scored per candidate image (RDED's num_crop)")
+    candidates: int = Field(300, ge=1, description="candidate real images drawn per class (RDED's mipc)")
+
+
+class Sre2lConfig(_Strict):
+    """SRe2L's recover; defaults from its CIFAR code (VILA-Lab/SRe2L, small_dataset/recover_cifar.sh and .py)."""
+
+    iterations: int = Field(1000, ge=1)
+    lr: float = Field(0.25, gt=0, le=100)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
+    r_bn: float = Field(0.01, ge=0, le=1e6)
+    first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
+    jitter: int = Field(4, ge=0, description="random roll of up to this many pixels")
+    flip: bool = Field(False, description="random horizontal flip each step (SRe2L's ImageNet recover; its CIFAR one has none)")
 
 
 class Config(_Strict):
@@ -199,6 +241,21 @@ class Config(_Strict):
     compile: bool = Field(False, description="torch.compile the teacher and student in training (compile time in the manifests)")
     seed: Seed = 0
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    methods: list[MethodName] = Field(
+        default_factory=lambda: ["infer"], min_length=1,
+        description="the methods distilled and scored at INFER's stored bytes, with its teachers, labels and students: "
+                    "infer (always), random, herding, rded, sre2l")
+    rded: RdedConfig = Field(default_factory=RdedConfig)
+    sre2l: Sre2lConfig = Field(default_factory=Sre2lConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _with_infer(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods must be distinct, got {v}")
+        if "infer" not in v:
+            raise ValueError(f"methods must include infer: the others are compared at its stored bytes, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _known_archs(self) -> "Config":
@@ -251,6 +308,32 @@ class Config(_Strict):
     def baseline_runs(self) -> list[dict]:
         """The baseline students to train: one per baseline x architecture x seed (a DAG fan-out)."""
         return [{"arch": a, "seed": s, "baseline": b} for b in self.students.baselines for a in self.students.archs for s in self.students.seeds]
+
+    def method_budget_bytes(self, num_classes: int, image_numel: int) -> int:
+        """The bytes a peer method may store: INFER's, or ipc real images per class with their labels where that is more."""
+        per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
+        return max(self.infer_stored_bytes(num_classes, image_numel), self.budget.ipc * num_classes * per_instance)
+
+    def method_per_class(self, num_classes: int, image_numel: int) -> int:
+        """Images per class a peer method stores: as many as fit in `method_budget_bytes` with their labels."""
+        per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
+        return self.method_budget_bytes(num_classes, image_numel) // (num_classes * per_instance)
+
+    def peer_methods(self) -> list[str]:
+        """The methods other than INFER: one distill-method step each."""
+        return [m for m in self.methods if m != "infer"]
+
+    def method_runs(self) -> list[dict]:
+        """The method students to train: method x score x protocol x architecture x seed, without INFER's soft-label
+        students (evaluate-student trains them) and without an equal-steps run of INFER (its steps are its epochs)."""
+        return [{"method": m, "score": sc, "protocol": p, "arch": a, "seed": s}
+                for m in self.methods for sc in self.students.scores for p in self.students.protocols
+                for a in self.students.archs for s in self.students.seeds
+                if not (m == "infer" and (sc == "soft" or p == "steps"))]
+
+    def full_data_runs(self) -> list[dict]:
+        """The full-data hard-label references (HLR): one per student architecture, when asked for."""
+        return [{"arch": a} for a in self.students.archs] if self.students.full_data_reference else []
 
     def resolve_device(self) -> str:
         import torch
@@ -310,6 +393,8 @@ BASELINES = {
 # what was computed, are not either: stage_config never reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
 # section 4).
 PLACEMENT = {"synthesis": {"subsets_per_shard"}}
+# How the methods are scored: which runs exist, not how any one of them trains
+METHOD_SCORING = {"scores", "protocols", "full_data_reference"}
 
 
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
@@ -341,7 +426,13 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
         return {**synthesis(), "ufc_dtype": cfg.synthesis.ufc_dtype, "labels": label_settings()}
 
     def student_common() -> dict:
-        return cfg.students.model_dump(mode="json", exclude={"archs", "seeds", "baselines"})
+        return cfg.students.model_dump(mode="json", exclude={"archs", "seeds", "baselines", *METHOD_SCORING})
+
+    def method_set(method: str) -> dict:
+        # a peer's set: INFER's budget (subsets()), its teachers' labels, and the method's own settings
+        own = {"rded": cfg.rded, "sre2l": cfg.sre2l}.get(method)
+        return {**subsets(), "teachers": teachers(), "labels": label_settings(), "method": method,
+                **({method: own.model_dump(mode="json")} if own else {})}
 
     if stage == "prepare-data":
         return data
@@ -359,8 +450,16 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
         # the budget (ipc, and INFER's instance count for equal steps) comes with subsets()
         return {**subsets(), "teachers": teachers(), "labels": label_settings(),
                 "student": {"arch": keys["arch"], "seed": keys["seed"], "baseline": keys["baseline"], **student_common()}}
+    if stage == "distill-method":
+        return method_set(keys["method"])
+    if stage == "evaluate-method":
+        made = labels() if keys["method"] == "infer" else method_set(keys["method"])
+        return {**made, "student": {**{k: keys[k] for k in ("method", "score", "protocol", "arch", "seed")}, **student_common()}}
+    if stage == "evaluate-full-data":
+        return {**data, "student": {"arch": keys["arch"], "seed": cfg.seed, "labels": "hard", **student_common()}}
     if stage == "report":
-        return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes}
+        return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes,
+                **({"methods": cfg.methods} if cfg.methods != ["infer"] else {})}
     raise ConfigError(f"unknown stage {stage!r}: a step of infer_distill.plan.PLAN has no settings here")
 
 

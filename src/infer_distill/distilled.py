@@ -100,7 +100,8 @@ class DistilledSet(Dataset):
         t = read_distilled(art)
         natural, ufc, soft_labels = t["natural"], t["ufc"], t["soft_labels"]
         _check_shapes(art.uri, manifest, natural, ufc, soft_labels)
-        images = distilled_instances(natural, ufc, manifest["settings"]["synthesis"]["classes_per_ufc"])
+        # a peer method's set (distill-method) has no UFCs and so no synthesis settings
+        images = distilled_instances(natural, ufc, manifest["settings"].get("synthesis", {}).get("classes_per_ufc"))
         K, C, M = natural.shape[0], natural.shape[1], ufc.shape[1]
         return cls(art.uri, manifest, to_uint8(images) if dtype == torch.uint8 else images, soft_labels,
                    instance_origins(K, M, C), transform)
@@ -180,7 +181,7 @@ def _find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict],
 
 def _check_manifest(uri: str, manifest: dict[str, Any]) -> None:
     stage = manifest.get("stage")
-    if stage != "soft-label":
+    if stage not in ("soft-label", "distill-method"):
         raise ArtifactError(f"{uri} is a {stage!r} artifact, not a distilled set: give the soft-label stage's output, "
                             "the distilled/ folder of a run (e.g. runs/quickstart/distilled)")
     if fingerprint(manifest.get("settings", {})) != manifest.get("fingerprint"):
@@ -205,7 +206,9 @@ def _check_shapes(uri: str, manifest: dict[str, Any], natural: torch.Tensor, ufc
         if tuple(shape) != tuple(want):
             raise ArtifactError(f"{uri}: tensor {name!r} in distilled.safetensors has shape {tuple(shape)}, but the manifest "
                                 f"records K={K}, M={M}, B={B}, C={C} ({want} expected): re-run the soft-label stage")
-    if len(manifest["metrics"]["classes"]) != C or len(manifest["settings"]["teachers"]) != M:
+    # a peer method's set stores no UFCs (M = 0) but is labelled by the teachers all the same
+    teachers = len(manifest["settings"]["teachers"]) if manifest["stage"] == "soft-label" else 0
+    if len(manifest["metrics"]["classes"]) != C or teachers != M:
         raise ArtifactError(f"{uri}: manifest.json lists {len(manifest['metrics']['classes'])} classes and "
                             f"{len(manifest['settings']['teachers'])} teachers, its budget C={C} and M={M}: re-run the soft-label stage")
 

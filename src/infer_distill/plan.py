@@ -90,7 +90,12 @@ STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg
                   lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
 BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
                    lambda i: f"{i['baseline']} {i['arch']} seed {i['seed']}", optional=True)
-FANOUTS = {f.name: f for f in (TEACHERS, SHARDS, STUDENTS, BASELINES)}
+METHOD_SETS = FanOut("methods", ("method",), lambda cfg, _: [{"method": m} for m in cfg.peer_methods()],
+                     lambda i: i["method"], optional=True)
+METHOD_RUNS = FanOut("method_scores", ("method", "score", "protocol", "arch", "seed"), lambda cfg, _: cfg.method_runs(),
+                     lambda i: f"{i['method']} {i['score']} labels, equal {i['protocol']}, {i['arch']} seed {i['seed']}", optional=True)
+FULL_DATA = FanOut("references", ("arch",), lambda cfg, _: cfg.full_data_runs(), lambda i: f"full data {i['arch']}", optional=True)
+FANOUTS = {f.name: f for f in (TEACHERS, SHARDS, STUDENTS, BASELINES, METHOD_SETS, METHOD_RUNS, FULL_DATA)}
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,11 @@ PLAN: tuple[Step, ...] = (
     Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc")),
     Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True),
     Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True),
-    Step("report", "report", "report", ("data", "teachers", "ufc", "distilled", "students", "baselines"), always=True),
+    Step("distill-method", "methods", "method_set", ("data", "teachers"), over=METHOD_SETS, gpu=True),
+    Step("evaluate-method", "method_scores", "method_score", ("data", "distilled", "methods"), over=METHOD_RUNS, gpu=True),
+    Step("evaluate-full-data", "full_data", "full_data", ("data",), over=FULL_DATA, gpu=True),
+    Step("report", "report", "report", ("data", "teachers", "ufc", "distilled", "students", "baselines", "method_scores",
+                                        "full_data", "methods"), always=True),
 )
 STEPS = {s.name: s for s in PLAN}
 STAGES = tuple(STEPS)  # `infer-distill stage NAME`'s names, in run order

@@ -58,6 +58,55 @@ def summarise(teachers: list[dict], budget: dict, students: list[dict], timings:
             "lift": lift, "teachers": teachers, "budget": budget, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
 
 
+def method_summary(runs: list[dict], full_data: list[dict]) -> list[dict]:
+    """The method table: per (architecture, protocol, method) the soft- and hard-label scores over seeds, the
+    improvement over random at the same protocol and score (DD-Ranking's IOR: paired by seed, points of accuracy as
+    a fraction) and the hard-label recovery (HLR: the full real training set's hard-label accuracy minus the set's).
+
+    `runs`: one row per trained student {method, score, protocol, arch, seed, final_acc, steps, num_instances,
+    stored_bytes}; `full_data`: {arch, final_acc} of the full-data hard-label references.
+    """
+    cells: dict[tuple[str, str, str, str], dict[int, dict]] = defaultdict(dict)
+    for r in runs:
+        cells[(r["arch"], r["protocol"], r["method"], r["score"])][r["seed"]] = r
+    full = {f["arch"]: f["final_acc"] for f in full_data}
+
+    def paired(a: dict[int, dict], b: dict[int, dict]) -> dict | None:
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            return None
+        m, s = mean_std([a[k]["final_acc"] - b[k]["final_acc"] for k in seeds])
+        return {"mean": m, "std": s, "seeds": seeds}
+
+    table = []
+    for arch, protocol, method in sorted({k[:3] for k in cells}, key=lambda k: (k[0], k[1], METHOD_ORDER.get(k[2], 99), k[2])):
+        row: dict = {"arch": arch, "protocol": protocol, "method": method}
+        for score in ("soft", "hard"):
+            mine = cells.get((arch, protocol, method, score))
+            if not mine:
+                row[score] = row[f"ior_{score}"] = None
+                continue
+            any_run = next(iter(mine.values()))
+            row.update({k: any_run[k] for k in ("stored_bytes", "num_instances")})
+            row[f"steps_{score}"] = any_run["steps"]
+            accs = [r["final_acc"] for r in mine.values()]
+            m, s = mean_std(accs)
+            row[score] = {"mean": m, "std": s, "seeds": sorted(mine)}
+            random_runs = cells.get((arch, protocol, "random", score))
+            row[f"ior_{score}"] = paired(mine, random_runs) if random_runs and method != "random" else None
+        hard = cells.get((arch, protocol, method, "hard"))
+        if hard and arch in full:
+            m, s = mean_std([full[arch] - r["final_acc"] for r in hard.values()])
+            row["hlr"] = {"mean": m, "std": s, "seeds": sorted(hard), "full_data_acc": full[arch]}
+        else:
+            row["hlr"] = None
+        table.append(row)
+    return table
+
+
+METHOD_ORDER = {"infer": 0, "random": 1, "herding": 2, "rded": 3, "sre2l": 4}
+
+
 def _aggregate(rows: list[dict]) -> dict:
     fm, fs = mean_std([r["final_acc"] for r in rows])
     bm, bs = mean_std([r["best_acc"] for r in rows])
@@ -95,6 +144,8 @@ def headline(report: dict) -> str:
 # Captions of the report's figures, by file name.
 CAPTIONS = {
     "student_curves.png": "Test accuracy over the epochs of every student: INFER's solid, the baselines' dashed.",
+    "feature_similarity.png": "Cosine similarity of the first teacher's penultimate features between pairs of instances "
+                              "of each method's set: of the same class (left) and of different classes (right).",
     "ufc_examples.png": "Subset 0 of the distilled set: each column a class, the natural image on top and below it the "
                         "same image plus the UFC of each teacher, clipped to [0, 1].",
 }
@@ -124,6 +175,31 @@ def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str
                        "trains the same student with the same teachers' labels and the same recipe on random real images: "
                        "ipc per class, more where the distilled set stores more bytes.",
                        ["student", "INFER labels", "baseline", "seeds", "lift (points)", "bytes: INFER vs baseline"], rows))
+    if report.get("methods"):
+        def score(x: dict | None, sign: bool = False) -> str:
+            return "—" if x is None else pct(x["mean"], _spread(x["std"], x["seeds"]), sign=sign)
+
+        rows = [[m["arch"], m["protocol"], m["method"], f"{m['stored_bytes']:,}", str(m["num_instances"]),
+                 " / ".join(str(m[f"steps_{s}"]) for s in ("soft", "hard") if m.get(f"steps_{s}") is not None),
+                 score(m["soft"]), score(m["hard"]), score(m["ior_soft"], True), score(m["ior_hard"], True), score(m["hlr"])]
+                for m in report["methods"]]
+        tables.append(("Methods at equal bytes",
+                       "Final-epoch top-1 %, mean ± std over seeds. Soft: MixUp + KL on the set's static labels; hard: "
+                       "cross-entropy on the instances' classes. Protocol: the students' epochs, or INFER's static student's "
+                       "optimiser steps. IOR: minus random at the same protocol and score, paired by seed (points). HLR: the "
+                       "full real training set with hard labels minus the set's hard-label score (points; — without it).",
+                       ["student", "protocol", "method", "stored bytes", "instances", "steps (soft / hard)", "soft",
+                        "hard", "IOR soft", "IOR hard", "HLR"], rows))
+    if report.get("feature_similarity"):
+        def cos(x: dict) -> str:
+            return "—" if x["mean"] is None else f"{x['mean']:.3f} / {x['median']:.3f}"
+
+        tables.append(("Teacher feature similarity",
+                       "Cosine similarity of the first teacher's penultimate features between two instances of a set, mean / "
+                       "median over all pairs: of the same class, and of different classes.",
+                       ["method", "same class", "different classes"],
+                       [[name, cos(f["same_class"]), cos(f["cross_class"])]
+                        for name, f in sorted(report["feature_similarity"].items(), key=lambda kv: METHOD_ORDER.get(kv[0], 99))]))
     tables.append(("Teachers", "", ["teacher", "test acc"], [[t["arch"], f"{100 * t['test_acc']:.2f}"] for t in report["teachers"]]))
     order = {stage: i for i, stage in enumerate(STAGES)}
     timings = sorted(report["timings_s"].items(), key=lambda kv: order.get(kv[0], len(order)))
@@ -145,7 +221,7 @@ def markdown(report: dict) -> str:
         lines += [f"## {title}", ""] + ([note, ""] if note else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
     lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
-    for name in ("student_curves.png", "ufc_examples.png"):
+    for name in ("student_curves.png", "ufc_examples.png", *(["feature_similarity.png"] if report.get("feature_similarity") else [])):
         lines += ["", f"![{CAPTIONS[name]}]({name})", "", f"*{CAPTIONS[name]}*"]
     return "\n".join(lines + [""])
 
@@ -197,6 +273,22 @@ def student_curves_png(students: list[dict], baselines: list[dict] | None = None
     return figure_png(fig)
 
 
+def similarity_png(similarities: dict[str, dict]) -> bytes:
+    """The distributions of `methods.feature_similarity` of every method, same-class and cross-class side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=False)
+    for ax, part, title in zip(axes, ("same_class", "cross_class"), ("same class", "different classes")):
+        for name, f in sorted(similarities.items(), key=lambda kv: METHOD_ORDER.get(kv[0], 99)):
+            counts = torch.tensor(f[part]["histogram"], dtype=torch.float64)
+            if counts.sum() > 0:
+                edges = torch.linspace(-1, 1, len(counts) + 1)
+                ax.stairs((counts / counts.sum()).tolist(), edges.tolist(), label=name)
+        ax.set_title(title)
+        ax.set_xlabel("cosine similarity")
+    axes[0].set_ylabel("fraction of pairs")
+    axes[1].legend()
+    return figure_png(fig)
+
+
 def json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
@@ -226,5 +318,6 @@ def html(report: dict, pngs: dict[str, bytes]) -> str:
         "figcaption{font-size:90%;color:#444}.headline{font-size:115%}</style>"
         "</head><body><h1>INFER distillation report</h1>"
         f"<p class='headline'>{html_lib.escape(headline(report))}</p>" + figure("student_curves.png")
-        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + figure("ufc_examples.png") + others + "</body></html>"
+        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + figure("ufc_examples.png")
+        + figure("feature_similarity.png") + others + "</body></html>"
     )

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import BASELINES, KNOWN_IMAGES, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
+from .config import BASELINES, KNOWN_IMAGES, METHODS, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
@@ -39,7 +39,7 @@ from .models import (MODEL_REGISTRY, Normalize, check_architecture, create_model
                      describe_architecture, read_pth, require_batchnorm)
 from .store import Artifact, ArtifactError, open_artifact
 from .synthesis import BatchNormUseError, class_batch_index, compose, decode_ufc, encode_ufc, recorded_bn_inputs, synthesize_ufcs
-from .training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
+from .training import Ensemble, StudentResult, evaluate, train_student_hard, train_student_model, train_teacher_model
 
 
 # ----------------------------------------------------------------------------------------
@@ -288,6 +288,11 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
     elif not Path(cfg.dataset.root).exists() and cfg.dataset.name != "hf":  # hf: a root that is no path is a Hub id
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
+    if "rded" in cfg.methods and cfg.dataset.name in KNOWN_IMAGES:
+        side = cfg.dataset.image_size or KNOWN_IMAGES[cfg.dataset.name][2]
+        if side % cfg.rded.factor:
+            raise ConfigError(f"rded.factor={cfg.rded.factor} does not divide the image side {side}: RDED stitches "
+                              "factor x factor crops into one image; use a factor that divides it")
     for arch in cfg.teachers.archs:  # tiny instances: building the architecture costs milliseconds
         _require_teacher(create_model(arch, num_classes=2, in_chans=3, image_size=32), arch)
         check_pretrained(cfg, arch)
@@ -730,13 +735,181 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
                   metrics, arch=arch, seed=seed, baseline=baseline)
 
 
+# ----------------------------------------------------------------------------------------
+# The methods INFER is compared with (methods.py): each a distilled set in soft-label's format,
+# scored by the same students
+# ----------------------------------------------------------------------------------------
+
+
+def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor, train_y: torch.Tensor, dm: dict,
+                 models: list[nn.Module], device: str, progress: bool) -> tuple[torch.Tensor, dict]:
+    """uint8 [per_class, C, ch, H, W] images of `method`, and what the method records about them."""
+    from . import methods
+
+    m = dm["metrics"]
+    classes = m["classes"]
+    if method == "random":
+        return train_x[draw_per_class(train_y, per_class, cfg.seed, classes)], {}
+    if method == "herding":
+        columns = []
+        for c in range(len(classes)):
+            pool = (train_y == c).nonzero().flatten()
+            if len(pool) < per_class:
+                raise StageError(f"herding: class {classes[c]!r} has {len(pool)} training images, {per_class} needed")
+            feats = methods.penultimate_features(models[0], train_x[pool], device)
+            columns.append(pool[methods.herding(feats, per_class)])
+        return train_x[torch.stack(columns, 1)], {"features": f"penultimate, teacher {cfg.teachers.archs[0]}"}
+    if method == "rded":
+        r = cfg.rded
+        # RDED draws mipc candidates per class; a class with fewer images offers all it has
+        candidates = min(r.candidates, int(torch.bincount(train_y, minlength=len(classes)).min()))
+        drawn = draw_per_class(train_y, candidates, cfg.seed, classes)            # [candidates, C]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        picked = []
+        try:
+            for c in range(len(classes)):
+                images, _, _ = methods.rded_select(models, train_x[drawn[:, c]], c, per_class, r.crops, r.factor, gen, device)
+                picked.append(images)
+        except ValueError as e:
+            raise ConfigError(f"rded: {e}: lower budget.ipc or rded.factor, or raise rded.candidates") from None
+        return torch.stack(picked, 1), {"rded_candidates": candidates}
+    if method == "sre2l":
+        s = cfg.sre2l
+        result = methods.sre2l_recover(models, per_class, len(classes), tuple(train_x.shape[1:]), m["mean"], m["std"],
+                                       iterations=s.iterations, lr=s.lr, betas=s.betas, r_bn=s.r_bn,
+                                       first_bn_multiplier=s.first_bn_multiplier, jitter=s.jitter, flip=s.flip,
+                                       seed=cfg.seed, device=device, progress=progress)
+        return result.images, {"initial_loss": result.initial_loss.tolist(), "final_loss": result.final_loss.tolist()}
+    raise StageError(f"method {method!r}: use one of {', '.join(METHODS[1:])}")
+
+
+def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out: str, progress: bool = True) -> dict:
+    """A peer's distilled set at INFER's stored bytes: its images as uint8, labelled by the same teachers as INFER's.
+
+    Stored as soft-label stores INFER's set, with no UFCs (M = 0 in `distilled_instances`), so
+    DistilledSet, the export and the students read it as they read INFER's: per_class rows of one
+    image per class, the teachers' mean logits of each image at labels.dtype.
+    """
+    if method not in METHODS[1:]:
+        raise StageError(f"method {method!r}: use one of {', '.join(METHODS[1:])}")
+    output = _begin(out, {"data": data, "teachers": teachers})
+    train_x, train_y, dm = _data(cfg, data, "train")
+    m = dm["metrics"]
+    C, numel = m["num_classes"], m["in_chans"] * m["image_size"] ** 2
+    per_class = cfg.method_per_class(C, numel)
+    device, fast = compute_setup(cfg, trains=False)
+    models = load_teachers(cfg, teachers, dm, device)
+    natural, recorded = _peer_images(cfg, method, per_class, train_x, train_y, dm, models, device, progress)
+    labels = ensemble_logits(Ensemble(models), natural.flatten(0, 1).float() / 255.0, device).to(getattr(torch, cfg.labels.dtype))
+    recorded["feature_similarity"] = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
+    ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
+    files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
+    stored = {name: tensor_bytes(t) for name, t in files["distilled.safetensors"].items()}
+    budget = {
+        "method": method, "ipc": cfg.budget.ipc, "num_subsets": per_class, "num_teachers": 0, "num_classes": C,
+        "class_batches": 1, "num_natural": per_class * C, "num_ufcs": 0, "num_instances": per_class * C,
+        "ufc_dtype": None, "label_dtype": cfg.labels.dtype, "stored_bytes": sum(stored.values()),
+        "stored_bytes_by_tensor": stored, "budget_bytes": cfg.method_budget_bytes(C, numel),
+        "train_bytes": tensor_bytes(train_x), "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
+        "images_per_class_equivalent": per_class,
+    }
+    metrics = {"budget": budget, **{k: m[k] for k in DISTILLED_DESCRIPTION}, **recorded,
+               "instance_order": "row r: one image of every class, classes 0..C-1", "compute": fast.describe(device, labels="fp32")}
+    return _write(output, cfg, "distill-method", files, metrics, method=method)
+
+
+def set_similarity(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> dict:
+    """`methods.feature_similarity` of a set's instances on `teacher`'s penultimate features."""
+    from . import methods
+
+    return methods.feature_similarity(methods.penultimate_features(teacher, images, device), labels)
+
+
+def _set_for(cfg: Config, method: str, sets: list[str], distilled: str) -> tuple[Artifact, dict]:
+    """The distilled set of `method`: INFER's soft-label artifact, or the distill-method one of that method."""
+    if method == "infer":
+        return load_input(distilled, cfg, "soft-label")
+    for uri in sets:
+        if open_artifact(uri).read_manifest().get("settings", {}).get("method") == method:
+            return load_input(uri, cfg, "distill-method", method=method)
+    raise StageError(f"no distill-method artifact of method {method!r} among {sets}: run distill-method --method {method}")
+
+
+def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int, data: str, distilled: str,
+                    out: str, methods: list[str] | None = None, progress: bool = True) -> dict:
+    """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the
+    set's static labels) or the hard-label score (cross-entropy on the instances' classes, no soft label), for
+    students.epochs or for INFER's static student's optimiser steps."""
+    if score not in ("soft", "hard") or protocol not in ("epochs", "steps"):
+        raise StageError(f"score {score!r} / protocol {protocol!r}: use soft or hard / epochs or steps")
+    _check_student_arch(arch)
+    sets = methods or []
+    # INFER's set, or the peers' (all of them: the plan passes them as one list)
+    output = _begin(out, {"data": data, **({"distilled": distilled} if method == "infer" else {"methods": sets})})
+    test_x, test_y, dm = _data(cfg, data, "test")
+    art, manifest = _set_for(cfg, method, sets, distilled)
+    t = read_distilled(art)
+    images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
+    K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
+    hard = instance_origins(K, M, C)["label"]
+    batch = cfg.students.batch_size
+    infer_steps = cfg.students.epochs * math.ceil(cfg.num_subsets(C) * (len(cfg.teachers.archs) + 1) * C / batch)
+    steps_per_epoch = math.ceil(len(images) / batch)
+    epochs = cfg.students.epochs if protocol == "epochs" else max(1, round(infer_steps / steps_per_epoch))
+    augment = (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"])
+    device, fast = compute_setup(cfg, trains=True)
+    torch.manual_seed(seed)
+    student = build_model(arch, dm).to(device)
+    desc = f"{method} {score} {protocol} {arch} seed {seed}"
+    with CompileTime(fast.compile) as compile_time:
+        if score == "soft":
+            result = train_student_model(student, images, t["soft_labels"], None, test_x, test_y, cfg.students, epochs,
+                                         cfg.labels.temperature, augment, device, seed, desc=desc, progress=progress, fast_path=fast)
+        else:
+            result = train_student_hard(student, images, hard, test_x, test_y, cfg.students, epochs, augment, device, seed,
+                                        desc=desc, progress=progress, fast_path=fast)
+    best_epoch, best_acc = result.best
+    metrics = {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed,
+               "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
+               "steps": epochs * steps_per_epoch, "num_instances": len(images),
+               "stored_bytes": manifest["metrics"]["budget"]["stored_bytes"], "curve": result.curve, "train_losses": result.losses,
+               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
+    return _write(output, cfg, "evaluate-method", {"weights.safetensors": cpu_weights(student)}, metrics,
+                  method=method, score=score, protocol=protocol, arch=arch, seed=seed)
+
+
+def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
+    """The hard-label reference of HLR: the student trained with cross-entropy on the whole real training set,
+    with the students' recipe and epochs, once per architecture (seed: the config's)."""
+    _check_student_arch(arch)
+    output = _begin(out, {"data": data})
+    train_x, train_y, dm = _data(cfg, data, "train")
+    test_x, test_y, _ = _data(cfg, data, "test")
+    device, fast = compute_setup(cfg, trains=True)
+    torch.manual_seed(cfg.seed)
+    student = build_model(arch, dm).to(device)
+    with CompileTime(fast.compile) as compile_time:
+        result = train_student_hard(student, train_x.float() / 255.0, train_y, test_x, test_y, cfg.students, cfg.students.epochs,
+                                    (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
+                                    desc=f"full data {arch}", progress=progress, fast_path=fast)
+    best_epoch, best_acc = result.best
+    metrics = {"arch": arch, "seed": cfg.seed, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
+               "epochs": cfg.students.epochs, "num_instances": len(train_x), "curve": result.curve,
+               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
+    return _write(output, cfg, "evaluate-full-data", {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
+
+
 def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
-           baselines: list[str] | None = None) -> dict:
+           baselines: list[str] | None = None, method_scores: list[str] | None = None, full_data: list[str] | None = None,
+           methods: list[str] | None = None) -> dict:
     """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
     from . import report as rep
 
     output = _begin(out, {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
-                          "baselines": baselines or []})
+                          "baselines": baselines or [],
+                          **({"method_scores": method_scores} if method_scores else {}),
+                          **({"full_data": full_data} if full_data else {}),
+                          **({"methods": methods} if methods else {})})
     _, dm = load_input(data, cfg, "prepare-data")
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
     ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
@@ -751,10 +924,18 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
         m = open_artifact(uri).read_manifest()["metrics"]
         baseline_manifests.append(load_input(uri, cfg, "evaluate-baseline", arch=m["arch"], seed=m["seed"], baseline=m["baseline"])[1])
 
+    score_manifests = []
+    for uri in method_scores or []:
+        m = open_artifact(uri).read_manifest()["metrics"]
+        score_manifests.append(load_input(uri, cfg, "evaluate-method", **{k: m[k] for k in ("method", "score", "protocol", "arch", "seed")})[1])
+    full_manifests = [load_input(uri, cfg, "evaluate-full-data", arch=open_artifact(uri).read_manifest()["metrics"]["arch"])[1]
+                      for uri in full_data or []]
+
     timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
     for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
                             ("soft-label", [dist_manifest]), ("evaluate-student", student_manifests),
-                            ("evaluate-baseline", baseline_manifests)):
+                            ("evaluate-baseline", baseline_manifests), ("evaluate-method", score_manifests),
+                            ("evaluate-full-data", full_manifests)):
         if manifests:
             timings[name] = sum(m["elapsed_s"] for m in manifests)
     rows = [{k: m["metrics"][k] for k in ("arch", "seed", "label_mode", "final_acc", "best_acc", "best_epoch", "curve")}
@@ -764,15 +945,50 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
                      for m in baseline_manifests]
     teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
     summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings, baseline_rows)
+    if score_manifests or full_manifests:
+        summary["methods"] = rep.method_summary(_method_rows(cfg, dist_manifest, student_manifests, score_manifests),
+                                                [{k: m["metrics"][k] for k in ("arch", "final_acc")} for m in full_manifests])
+        summary["feature_similarity"] = _similarities(cfg, teachers, dm, dist_art, methods or [])
     t = read_distilled(dist_art)
     pngs = {
         "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
                                                  cfg.synthesis.classes_per_ufc),
         "student_curves.png": rep.student_curves_png(rows, baseline_rows),
+        **({"feature_similarity.png": rep.similarity_png(summary["feature_similarity"])} if "feature_similarity" in summary else {}),
     }
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
     return _write(output, cfg, "report", files, {"report": summary})
+
+
+def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact, methods: list[str]) -> dict:
+    """{method: feature_similarity} on the first teacher: INFER's computed here, each peer's as its distill-method
+    artifact recorded it."""
+    t = read_distilled(dist_art)
+    K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
+    teacher = load_teachers(cfg, teachers, dm, "cpu")[0]
+    out = {"infer": set_similarity(teacher, distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc),
+                                   instance_origins(K, M, C)["label"], "cpu")}
+    for uri in methods:
+        method = open_artifact(uri).read_manifest().get("settings", {}).get("method")
+        out[method] = load_input(uri, cfg, "distill-method", method=method)[1]["metrics"]["feature_similarity"]
+    return out
+
+
+def _method_rows(cfg: Config, dist_manifest: dict, student_manifests: list[dict], score_manifests: list[dict]) -> list[dict]:
+    """Every method student as a row of the method table: the evaluate-method runs, and INFER's static-label students
+    as its soft-label score (under every protocol: INFER's steps are its epochs)."""
+    keys = ("method", "score", "protocol", "arch", "seed", "final_acc", "steps", "num_instances", "stored_bytes")
+    rows = [{k: m["metrics"][k] for k in keys} for m in score_manifests]
+    b = dist_manifest["metrics"]["budget"]
+    for m in student_manifests:
+        s = m["metrics"]
+        if s["label_mode"] != "static":
+            continue
+        steps = s["epochs"] * math.ceil(b["num_instances"] / cfg.students.batch_size)
+        rows += [{"method": "infer", "score": "soft", "protocol": p, "arch": s["arch"], "seed": s["seed"], "final_acc": s["final_acc"],
+                  "steps": steps, "num_instances": b["num_instances"], "stored_bytes": b["stored_bytes"]} for p in cfg.students.protocols]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------
@@ -824,6 +1040,24 @@ class Layout:
 
     def baselines(self, cfg: Config) -> list[str]:
         return [self.baseline(r["arch"], r["seed"], r["baseline"]) for r in cfg.baseline_runs()]
+
+    def method_set(self, method: str) -> str:
+        return self._join("methods", method)
+
+    def method_sets(self, cfg: Config) -> list[str]:
+        return [self.method_set(m) for m in cfg.peer_methods()]
+
+    def method_score(self, method: str, score: str, protocol: str, arch: str, seed: int) -> str:
+        return self._join("method-scores", f"{method}-{score}-{protocol}-{arch}-seed{seed}")
+
+    def method_scores(self, cfg: Config) -> list[str]:
+        return [self.method_score(**r) for r in cfg.method_runs()]
+
+    def full_data(self, arch: str) -> str:
+        return self._join("full-data", arch)
+
+    def full_data_refs(self, cfg: Config) -> list[str]:
+        return [self.full_data(**r) for r in cfg.full_data_runs()]
 
     @property
     def report(self) -> str:

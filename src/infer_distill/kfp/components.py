@@ -32,14 +32,15 @@ from .steps import STEP_FUNCTIONS
 
 def resolve_config(dataset: dict, budget: dict, teachers: dict, synthesis: dict, labels: dict, students: dict, device: str,
                    precision: str, channels_last: str, cudnn_benchmark: bool, compile: bool,
-                   seed: int, tracking: dict, omitted_fanouts: list, config: Output[Artifact]):
+                   seed: int, tracking: dict, methods: list, rded: dict, sre2l: dict, omitted_fanouts: list, config: Output[Artifact]):
     """Validate the config sections given as pipeline parameters (and that the DAG has the steps they need); write the run's config."""
     from infer_distill import plan
     from infer_distill.config import validate_config
 
     sections = {"dataset": dataset, "budget": budget, "teachers": teachers, "synthesis": synthesis, "labels": labels,
                 "students": students, "device": device, "precision": precision, "channels_last": channels_last,
-                "cudnn_benchmark": cudnn_benchmark, "compile": compile, "seed": seed, "tracking": tracking}
+                "cudnn_benchmark": cudnn_benchmark, "compile": compile, "seed": seed, "tracking": tracking, "methods": methods,
+                "rded": rded, "sre2l": sre2l}
     cfg = validate_config(sections, source="pipeline parameters")
     plan.check_omitted(cfg, omitted_fanouts)
     with open(config.path, "w") as f:

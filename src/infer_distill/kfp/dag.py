@@ -93,9 +93,14 @@ def check_expressible(cfg: Config, opts: ClusterOptions) -> None:
     """Reject, at compile time, what pods could not run as configured."""
     check_image(opts.image)
     for arch, source in cfg.teachers.pretrained.items():
-        if source != "torchvision":
+        if source.partition(":")[0] not in ("torchvision", "timm"):  # published weights each pod downloads
             raise DagError(f"teachers.pretrained.{arch}={source!r}: a local weight file cannot reach pipeline pods; "
-                           "use 'torchvision', train the teacher in the pipeline, or bake the file into the image")
+                           "use 'torchvision' or 'timm' weights, train the teacher in the pipeline, or bake the file into the image")
+    if cfg.peer_methods() or cfg.method_runs() or cfg.full_data_runs():
+        raise DagError(f"methods={cfg.methods}, students.scores={cfg.students.scores}, students.full_data_reference="
+                       f"{cfg.students.full_data_reference}: the Kubeflow pipeline cannot run the methods' steps yet (evaluate-method "
+                       "fans out over the methods' sets, and the DAG gathers only the teachers); run them with "
+                       "`infer-distill run`, the Argo WorkflowTemplate or docker compose")
     if cfg.device == "cuda" and opts.gpus == 0:
         raise DagError("device='cuda' but the DAG is compiled with --gpus 0: pods would have no GPU; use device=auto or --gpus 1")
     if opts.parallelism < 0:
@@ -159,12 +164,13 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
         synthesis: dict = d["synthesis"], labels: dict = d["labels"], students: dict = d["students"],
         device: str = d["device"], precision: str = d["precision"], channels_last: str = str(d["channels_last"]).lower(),
         cudnn_benchmark: bool = d["cudnn_benchmark"], compile: bool = d["compile"], seed: int = d["seed"],
-        tracking: dict = d["tracking"],
+        tracking: dict = d["tracking"], methods: list = d["methods"], rded: dict = d["rded"], sre2l: dict = d["sre2l"],
     ) -> Artifact:
         config = _place(comps["resolve-config"](
             dataset=dataset, budget=budget, teachers=teachers, synthesis=synthesis, labels=labels, students=students,
             device=device, precision=precision, channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,
-            compile=compile, seed=seed, tracking=tracking, omitted_fanouts=left_out), opts).outputs["config"]
+            compile=compile, seed=seed, tracking=tracking, methods=methods, rded=rded, sre2l=sre2l,
+            omitted_fanouts=left_out), opts).outputs["config"]
         tasks: dict[str, object] = {}      # step name -> its task (inside its loop for a fan-out)
         gathered: dict[str, object] = {}   # plan output -> the one artifact a fan-out's outputs were gathered into
 

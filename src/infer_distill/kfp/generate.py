@@ -23,7 +23,8 @@ STEPS_FILE = Path(__file__).with_name("steps.py")
 
 # A fan-out's outputs that a fan-out step reads are gathered into one artifact first (KFP cannot pass
 # a collected list into a ParallelFor): the parameter name of that artifact.
-GATHERED = {"teachers": "teacher_set"}
+# (The DAG has a gather component for the teachers only, so it refuses configs whose methods' sets would need one.)
+GATHERED = {"teachers": "teacher_set", "methods": "method_sets"}
 # The output's name where the location's would clash with an item key (evaluate-baseline's `baseline`).
 OUTPUT_NAMES = {"evaluate-baseline": "student"}
 # The KFP artifact type of each step's output (the Kubeflow UI shows datasets and models as such).
@@ -54,8 +55,13 @@ def component_source(step: plan.Step) -> str:
     for name in step.inputs:
         producer = plan.PRODUCER[name]
         if name in gathered_outputs():
-            params.append(f"{GATHERED[name]}: Input[{kind(name)}]")
-            gathered.append(f'"{name}": {GATHERED[name]}.path')
+            spec, param = f"{GATHERED[name]}: Input[{kind(name)}]", GATHERED[name]
+            if producer.over.optional:  # (the DAG leaves an empty optional fan-out out, and its gathered artifact with it)
+                optional.append(spec + " = None")
+                gathered.append(f'"{name}": {param}.path if {param} is not None else None')
+            else:
+                params.append(spec)
+                gathered.append(f'"{name}": {param}.path')
         elif producer.over:
             spec = f"{name}: Input[List[{kind(name)}]]"
             if producer.over.optional:  # the step of an optional fan-out may be left out of the DAG: None then

@@ -16,9 +16,9 @@ def run_step(name: str, config: str, item: dict, inputs: dict, gathered: dict, o
     step = plan.STEPS[name]
     if "subset_ids" in item:
         item = {**item, "subset_ids": [int(i) for i in item["subset_ids"].split(",")]}
-    for input_name, root in gathered.items():
+    for input_name, root in gathered.items():  # None: an optional fan-out the DAG was compiled without
         producer = plan.PRODUCER[input_name]
-        inputs[input_name] = [plan.location(Layout(root), producer, i) for i in producer.over.items(cfg, None)]
+        inputs[input_name] = [] if root is None else [plan.location(Layout(root), producer, i) for i in producer.over.items(cfg, None)]
     manifest = step.function(cfg, **item, **inputs, out=out)
     found = manifest["metrics"]
     label = "_".join(str(v) for v in item.values())

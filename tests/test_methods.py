@@ -1,0 +1,276 @@
+"""The methods INFER is compared with: selection and synthesis (methods.py) and their stages on tiny digits runs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY
+from infer_distill import DistilledSet, methods, stages
+from infer_distill.config import load_config
+from infer_distill.stages import Layout
+
+# ---- herding, rded, sre2l on hand-made inputs ------------------------------------------------
+
+
+def _herding_by_hand(x: torch.Tensor, count: int) -> list[int]:
+    mu, picked = x.mean(0), []
+    for t in range(1, count + 1):
+        best = min((i for i in range(len(x)) if i not in picked),
+                   key=lambda i: float(torch.linalg.vector_norm(mu - (sum((x[j] for j in picked), torch.zeros_like(mu)) + x[i]) / t)))
+        picked.append(best)
+    return picked
+
+
+def test_herding_picks_what_the_herding_recursion_picks():
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0], [10.0, 0.0], [0.1, 0.1], [3.0, -2.0]])
+    assert methods.herding(x, 4) == _herding_by_hand(x, 4)
+    # mean (2.183, -0.317): (1, 1) is nearest (1.77, against 1.87 for (3, -2)); then the point that pulls the mean
+    # of two back onto it, (3, -2): ((1, 1) + (3, -2)) / 2 = (2, -0.5)
+    assert methods.herding(x, 2) == [1, 5]
+    rand = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    assert methods.herding(rand, 12) == _herding_by_hand(rand, 12)
+    with pytest.raises(ValueError, match="12 picks asked of 5"):
+        methods.herding(rand[:5], 12)
+
+
+class Brightness(nn.Module):
+    """A 'teacher' whose class-0 logit is the mean brightness of the image: bright crops score best for class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.mean((1, 2, 3))
+        return torch.stack([20 * b, 20 * (1 - b)], 1)
+
+
+def test_rded_stitches_the_top_scored_crops():
+    gen = torch.Generator().manual_seed(0)
+    candidates = (torch.rand(12, 1, 8, 8, generator=gen) * 255).to(torch.uint8)
+    images, crops, scores = methods.rded_select([Brightness()], candidates, 0, 2, crops=4, factor=2,
+                                                gen=torch.Generator().manual_seed(1), device="cpu")
+    assert images.shape == (2, 1, 8, 8) and images.dtype == torch.uint8 and len(crops) == 8
+    assert torch.all(scores[:-1] <= scores[1:])  # best first
+    # every candidate's best crop, re-scored: the 8 kept are the 8 best of them
+    g = torch.Generator().manual_seed(1)  # the same crops from the same seed
+    best = []
+    for i in range(12):
+        boxes = methods.random_square_crops(8, 8, 4, g)
+        views = torch.cat([methods.resize(candidates[i : i + 1, :, t : t + s, l : l + s].float() / 255, 8) for t, l, s in boxes])
+        best.append(float(methods.class_cross_entropy([Brightness()], views, 0, "cpu").min()))
+    assert sorted(best)[:8] == pytest.approx(scores.tolist(), abs=1e-6)
+    # image 0's top-left tile is the best crop, resized to 4x4
+    c = crops[0]
+    tile = methods.resize(candidates[c.image : c.image + 1, :, c.top : c.top + c.side, c.left : c.left + c.side].float() / 255, 4)
+    assert torch.equal(images[0, :, :4, :4], methods.to_uint8(tile[0]))
+    with pytest.raises(ValueError, match="factor must divide"):
+        methods.rded_select([Brightness()], candidates, 0, 1, 2, 3, torch.Generator(), "cpu")
+
+
+def test_sre2l_images_move_from_their_noise_and_lower_the_loss():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+    with torch.no_grad():
+        teacher[1].running_mean.uniform_(-0.2, 0.2)
+        teacher[1].running_var.uniform_(0.5, 1.5)
+    result = methods.sre2l_recover([teacher.eval()], 2, 3, (1, 8, 8), [0.5], [0.25], iterations=30, lr=0.25, betas=(0.5, 0.9),
+                                   r_bn=0.01, first_bn_multiplier=10, jitter=1, flip=True, seed=0, device="cpu", progress=False)
+    assert result.images.shape == (2, 3, 1, 8, 8) and result.images.dtype == torch.uint8
+    assert (result.images.float() / 255 - result.noise).abs().mean() > 0.05
+    assert torch.all(result.final_loss < result.initial_loss)
+
+
+# ---- the stages on a tiny digits run ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = load_config(None, TINY + ["methods=[infer, random, herding, rded, sre2l]", "rded.candidates=20",
+                                    "sre2l.iterations=3", "students.scores=[soft, hard]"])
+    layout = Layout(str(tmp_path_factory.mktemp("methods")))
+    stages.prepare_data(cfg, layout.data)
+    for arch in cfg.teachers.archs:
+        stages.train_teacher(cfg, arch, layout.data, layout.teacher(arch), progress=False)
+    return cfg, layout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["random", "herding", "rded", "sre2l"])
+def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_run, method):
+    cfg, layout = tiny_run
+    manifest = stages.distill_method(cfg, method, layout.data, layout.teachers(cfg), layout.method_set(method), progress=False)
+    b = manifest["metrics"]["budget"]
+    assert b["stored_bytes"] <= b["budget_bytes"] == cfg.method_budget_bytes(10, 64)
+    assert b["stored_bytes"] >= cfg.infer_stored_bytes(10, 64) - 10 * (64 + 10 * 2)  # within one row of INFER's bytes
+    ds = DistilledSet.open(layout.method_set(method))
+    per_class = cfg.method_per_class(10, 64)
+    assert len(ds) == per_class * 10 and ds.soft_labels.shape == (len(ds), 10)
+    assert torch.equal(ds.labels, torch.arange(10).repeat(per_class))
+    stored = ds.manifest["metrics"]["budget"]["stored_bytes_by_tensor"]
+    assert stored["natural"] == len(ds) * 64 and stored["soft_labels"] == len(ds) * 10 * 2 and stored["ufc"] == 0
+    if method == "random":  # the random-real baseline's seeded draw
+        train = stages._data(cfg, layout.data, "train")
+        drawn = stages.draw_per_class(train[1], per_class, cfg.seed, ds.classes)
+        assert torch.equal((ds.images * 255).round().to(torch.uint8), train[0][drawn.flatten()].float().div(255).mul(255).round().to(torch.uint8))
+    run = stages.evaluate_method(cfg, method, "hard", "epochs", "convnet_d3_w32", 0, layout.data, layout.distilled,
+                                 layout.method_score(method, "hard", "epochs", "convnet_d3_w32", 0),
+                                 methods=[layout.method_set(method)], progress=False)
+    assert run["metrics"]["num_instances"] == len(ds) and 0 <= run["metrics"]["final_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_rded_with_more_candidates_than_a_class_has_takes_them_all_and_a_bad_factor_is_refused_first(tiny_run, tmp_path):
+    from infer_distill.config import ConfigError
+
+    cfg, layout = tiny_run
+    many = cfg.model_copy(update={"rded": cfg.rded.model_copy(update={"candidates": 10_000})})
+    m = stages.distill_method(many, "rded", layout.data, layout.teachers(many), str(tmp_path / "rded"), progress=False)
+    train_y = stages._data(cfg, layout.data, "train")[1]
+    assert m["metrics"]["rded_candidates"] == int(torch.bincount(train_y).min()) < 10_000
+    with pytest.raises(ConfigError, match="rded.factor=3 does not divide the image side 8"):
+        stages.preflight(load_config(None, TINY + ["methods=[infer, rded]", "rded.factor=3"]), [str(tmp_path / "x")])
+
+
+@pytest.mark.slow
+def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_run):
+    cfg, layout = tiny_run
+    uri = layout.method_set("herding")
+    if not stages.is_current(uri, cfg, "distill-method", method="herding"):
+        stages.distill_method(cfg, "herding", layout.data, layout.teachers(cfg), uri, progress=False)
+    train_x, train_y, dm = stages._data(cfg, layout.data, "train")
+    teacher = stages.load_teachers(cfg, layout.teachers(cfg), dm, "cpu")[0]
+    pool = (train_y == 3).nonzero().flatten()
+    picks = methods.herding(methods.penultimate_features(teacher, train_x[pool], "cpu"), cfg.method_per_class(10, 64))
+    got = DistilledSet.open(uri, dtype=torch.uint8)
+    assert torch.equal(got.images[got.labels == 3], train_x[pool[picks]])
+
+
+@pytest.mark.slow
+def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
+    cfg, layout = tiny_run
+    uri = layout.method_set("random")
+    if not stages.is_current(uri, cfg, "distill-method", method="random"):
+        stages.distill_method(cfg, "random", layout.data, layout.teachers(cfg), uri, progress=False)
+    # the same set with its soft labels shuffled between instances, stored as a set of its own
+    art = stages.open_artifact(uri)
+    manifest = art.read_manifest()
+    tensors = art.read_tensors("distilled.safetensors")
+    shuffled = tensors["soft_labels"][torch.randperm(len(tensors["soft_labels"]), generator=torch.Generator().manual_seed(0))]
+    assert not torch.equal(shuffled, tensors["soft_labels"])
+    other = str(tmp_path / "shuffled")
+    stages.open_artifact(other).write({"distilled.safetensors": {**tensors, "soft_labels": shuffled}},
+                                      {k: v for k, v in manifest.items() if k != "files"})
+    runs = {}
+    for name, sets in (("stored", [uri]), ("shuffled", [other])):
+        for score in ("hard", "soft"):
+            runs[name, score] = stages.evaluate_method(cfg, "random", score, "epochs", "convnet_d3_w32", 0, layout.data,
+                                                       layout.distilled, str(tmp_path / f"{name}-{score}"), methods=sets,
+                                                       progress=False)["metrics"]
+    assert runs["stored", "hard"]["curve"] == runs["shuffled", "hard"]["curve"]
+    assert runs["stored", "hard"]["train_losses"] == runs["shuffled", "hard"]["train_losses"]
+    assert runs["stored", "soft"]["train_losses"] != runs["shuffled", "soft"]["train_losses"]  # the soft score does read them
+
+
+@pytest.mark.slow
+def test_equal_steps_protocol_matches_infers_static_steps(tiny_run, tmp_path):
+    cfg, layout = tiny_run
+    uri = layout.method_set("random")
+    if not stages.is_current(uri, cfg, "distill-method", method="random"):
+        stages.distill_method(cfg, "random", layout.data, layout.teachers(cfg), uri, progress=False)
+    m = stages.evaluate_method(cfg, "random", "soft", "steps", "convnet_d3_w32", 0, layout.data, layout.distilled,
+                               str(tmp_path / "steps"), methods=[uri], progress=False)["metrics"]
+    infer_steps = cfg.students.epochs * math.ceil(cfg.num_subsets(10) * 3 * 10 / cfg.students.batch_size)
+    assert m["epochs"] == max(1, round(infer_steps / math.ceil(m["num_instances"] / cfg.students.batch_size)))
+
+
+# ---- the report's method table -----------------------------------------------------------------
+
+
+def _run(method, score, seed, acc, protocol="epochs"):
+    return {"method": method, "score": score, "protocol": protocol, "arch": "convnet", "seed": seed, "final_acc": acc,
+            "steps": 100, "num_instances": 130, "stored_bytes": 10920}
+
+
+def test_method_table_ior_and_hlr_by_hand():
+    from infer_distill import report
+
+    runs = [_run("infer", "soft", 0, 0.60), _run("infer", "soft", 1, 0.64), _run("infer", "hard", 0, 0.40), _run("infer", "hard", 1, 0.50),
+            _run("random", "soft", 0, 0.50), _run("random", "soft", 1, 0.58), _run("random", "hard", 0, 0.30), _run("random", "hard", 1, 0.36),
+            _run("rded", "soft", 0, 0.55), _run("rded", "hard", 1, 0.45)]  # rded: one seed of each score only
+    table = {row["method"]: row for row in report.method_summary(runs, [{"arch": "convnet", "final_acc": 0.90}])}
+    assert list(table) == ["infer", "random", "rded"]
+    infer = table["infer"]
+    assert infer["soft"]["mean"] == pytest.approx(0.62) and infer["hard"]["mean"] == pytest.approx(0.45)
+    # IOR, paired by seed: soft (0.10 + 0.06) / 2, hard (0.10 + 0.14) / 2; std of the pairs
+    assert infer["ior_soft"]["mean"] == pytest.approx(0.08) and infer["ior_soft"]["std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert infer["ior_hard"]["mean"] == pytest.approx(0.12)
+    # HLR: 0.90 - hard accuracy, mean over seeds: (0.50 + 0.40) / 2
+    assert infer["hlr"]["mean"] == pytest.approx(0.45) and infer["hlr"]["full_data_acc"] == 0.90
+    assert table["random"]["ior_soft"] is None and table["random"]["hlr"]["mean"] == pytest.approx(0.57)
+    rded = table["rded"]
+    assert rded["ior_soft"] == {"mean": pytest.approx(0.05), "std": 0.0, "seeds": [0]}
+    assert rded["ior_hard"]["mean"] == pytest.approx(0.09) and rded["ior_hard"]["seeds"] == [1]
+    # without a full-data reference there is no HLR; the Markdown table shows the row all the same
+    no_full = report.method_summary(runs, [])
+    assert all(row["hlr"] is None for row in no_full)
+    text = report.markdown({"budget": {"stored_bytes": 1, "compression_ratio": 0.1, "train_bytes": 10, "ipc": 1, "num_subsets": 1,
+                                       "num_classes": 10, "num_ufcs": 1, "num_instances": 20, "ufc_dtype": "uint8",
+                                       "label_dtype": "float16"},
+                            "student_summary": [], "baseline_summary": [], "lift": [], "teachers": [], "timings_s": {},
+                            "methods": no_full})
+    assert "| convnet | epochs | infer | 10,920 | 130 | 100 / 100 | 62.00 ± 2.83 | 45.00 ± 7.07 | +8.00 ± 2.83 | +12.00 ± 2.83 | — |" in text
+
+
+@pytest.mark.slow
+def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
+    from infer_distill.plan import run_in_process
+
+    cfg = load_config(None, TINY + ["methods=[infer, random, rded]", "rded.candidates=20", "students.scores=[soft, hard]",
+                                    "students.full_data_reference=true", "students.baselines=[]"])
+    report = run_in_process(cfg, str(tmp_path / "run"), progress=False)["metrics"]["report"]
+    rows = {row["method"]: row for row in report["methods"]}
+    assert set(rows) == {"infer", "random", "rded"}
+    assert rows["infer"]["stored_bytes"] == report["budget"]["stored_bytes"]
+    assert all(r["soft"] and r["hard"] and r["hlr"] for r in rows.values()) and rows["rded"]["ior_hard"]["seeds"] == [0]
+    text = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "Methods at equal bytes" in text and "Teacher feature similarity" in text
+    assert set(report["feature_similarity"]) == {"infer", "random", "rded"}
+    n = report["budget"]["num_instances"]  # INFER's: every pair of its instances, split by class
+    infer = report["feature_similarity"]["infer"]
+    assert infer["same_class"]["pairs"] + infer["cross_class"]["pairs"] == n * (n - 1) // 2
+    assert (tmp_path / "run" / "report" / "feature_similarity.png").stat().st_size > 1000
+
+
+def test_feature_similarity_by_hand():
+    feats = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    sim = methods.feature_similarity(feats, torch.tensor([0, 0, 1, 1]), bins=4)
+    # same class: (0, 1) cos 1, (2, 3) cos 0; different classes: (0, 2) 0, (0, 3) -1, (1, 2) 0, (1, 3) -1
+    assert sim["same_class"]["pairs"] == 2 and sim["same_class"]["mean"] == pytest.approx(0.5)
+    assert sim["cross_class"]["pairs"] == 4 and sim["cross_class"]["mean"] == pytest.approx(-0.5)
+    assert sim["cross_class"]["histogram"] == [2, 0, 2, 0] and sim["same_class"]["histogram"] == [0, 0, 1, 1]
+
+
+@pytest.mark.slow
+def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
+    """What the compose services and Argo steps run for the methods: `infer-distill stage NAME --root ...`."""
+    import json
+
+    from infer_distill.cli import main
+    from infer_distill.store import open_artifact
+
+    sets = sum((["--set", s] for s in TINY + ["methods=[infer, herding]", "students.scores=[hard]", "students.baselines=[]",
+                                              "students.full_data_reference=true"]), [])
+    root = str(tmp_path / "r")
+    run = ["--arch", "convnet_d3_w32", "--seed", "0"]
+    steps = [["prepare-data"], ["train-teacher", "--arch", "convnet_d2_w32"], ["train-teacher", "--arch", "resnet_tiny"],
+             ["select-subsets"], ["synthesize-ufc", "--subset-ids", "0,1,2,3,4,5,6,7"], ["soft-label"],
+             ["evaluate-student", *run], ["distill-method", "--method", "herding"],
+             ["evaluate-method", "--method", "herding", "--score", "hard", "--protocol", "epochs", *run],
+             ["evaluate-method", "--method", "infer", "--score", "hard", "--protocol", "epochs", *run],
+             ["evaluate-full-data", "--arch", "convnet_d3_w32"], ["report"]]
+    for step in steps:
+        assert main(["stage", step[0], "--root", root, *step[1:], *sets]) == 0, step
+    report = json.loads(open_artifact(f"{root}/report").read_text("report.json"))
+    rows = {r["method"]: r for r in report["methods"]}
+    assert rows["herding"]["hard"] and rows["herding"]["hlr"] and rows["infer"]["soft"] and rows["infer"]["hard"]
+    assert rows["herding"]["ior_hard"] is None  # no random set to compare with
