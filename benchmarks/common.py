@@ -17,7 +17,7 @@ import torch
 
 from infer_distill import __version__
 from infer_distill.config import Config
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 

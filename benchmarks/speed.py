@@ -29,7 +29,8 @@ import torch
 from benchmarks.common import machine_info, source_info
 from benchmarks.run import RESULTS, RUNS, default_datasets, load_profile, log
 from infer_distill.config import Config, ConfigError
-from infer_distill.stages import Layout, compute_setup, is_current, load_input, load_teachers
+from infer_distill.plan import Layout
+from infer_distill.stages import compute_setup, is_current, load_input, load_teachers
 from infer_distill.synthesis import synthesize_ufcs
 
 WARMUP_ITERATIONS = 3

@@ -31,8 +31,8 @@ import yaml
 
 from infer_distill import plan
 from infer_distill.accelerator import REQUIRE_CUDA
-from infer_distill.config import Config, load_config
-from infer_distill.stages import KNOWN_NUM_CLASSES, Layout
+from infer_distill.config import KNOWN_NUM_CLASSES, Config, load_config
+from infer_distill.plan import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED_BY = "Generated from infer_distill.plan by pipelines/render.py; do not edit (python pipelines/render.py)."

@@ -14,7 +14,7 @@ from infer_distill.cli import main
 from infer_distill.config import ConfigError, validate_config
 from infer_distill.models import (adapt_small_stem, batchnorm_layers, check_architecture, create_model, describe_architecture,
                                   library_models)
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
 
 # ---- the registry's metadata, parametrised over it ------------------------------------------

@@ -9,7 +9,7 @@ from infer_distill.cli import main
 from infer_distill.config import load_config
 from infer_distill.data import load_dataset
 from infer_distill.errors import DataError
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
 
 

@@ -7,7 +7,7 @@ from conftest import REPO, TINY
 from infer_distill.cli import main, print_step
 from infer_distill.config import load_config
 from infer_distill.plan import run_in_process
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 
 
 @pytest.fixture(scope="module")

@@ -240,7 +240,8 @@ def test_image_is_non_root_with_the_pinned_dependencies(images):
 
 def test_compose_dry_run_end_to_end(project, monkeypatch):
     from infer_distill.config import load_config
-    from infer_distill.stages import Layout, load_input
+    from infer_distill.plan import Layout
+    from infer_distill.stages import load_input
     from infer_distill.store import open_artifact
 
     p = project()

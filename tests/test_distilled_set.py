@@ -19,7 +19,7 @@ from infer_distill.cli import main
 from infer_distill.config import DatasetConfig, dump_config, load_config
 from infer_distill.data import load_dataset
 from infer_distill.distilled import content_sha256, to_uint8
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import ArtifactError, open_artifact
 from infer_distill.synthesis import class_batch_index, decode_ufc, encode_ufc
 

@@ -9,7 +9,8 @@ import torch
 from infer_distill import executor, plan, stages
 from infer_distill.config import ConfigError, load_config
 from infer_distill.executor import Walk, parse_devices, run_walks
-from infer_distill.stages import Layout, StageError
+from infer_distill.plan import Layout
+from infer_distill.stages import StageError
 
 TINY = ["teachers.archs=[convnet_d2_w32,resnet_tiny]", "teachers.epochs=1", "synthesis.iterations=2",
         "students.epochs=1", "students.seeds=[0,1]", "synthesis.subsets_per_shard=3"]

@@ -18,7 +18,8 @@ from infer_distill.plan import STAGES
 from infer_distill.data import augmentation, load_dataset, random_crop_flip
 from infer_distill.fast_path import PLAIN, CompileTime, FastPath, check_compile, resolve_fast_path
 from infer_distill.models import batchnorm_layers, create_model
-from infer_distill.stages import Layout, build_model, cpu_weights, distilled_instances, ensemble_logits, plan_ufc_shards
+from infer_distill.plan import Layout, plan_ufc_shards
+from infer_distill.stages import build_model, cpu_weights, distilled_instances, ensemble_logits
 from infer_distill.store import open_artifact
 from infer_distill.synthesis import group_bn_loss, recorded_bn_inputs, synthesize_ufcs
 from infer_distill.training import (Ensemble, cross_entropy_step, evaluate, kd_loss, mixup, student_step, train_student_model,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from infer_distill.cli import main
 from infer_distill.config import load_config
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
 
 CLASSES = ["airplane", "cat", "ship"]

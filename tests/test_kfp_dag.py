@@ -13,7 +13,7 @@ from infer_distill.accelerator import REQUIRE_CUDA
 from infer_distill.config import load_config
 from infer_distill.kfp import dag as infer_dag
 from infer_distill.plan import run_in_process
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
 
 IMAGE = "registry.example.com:5000/ml/infer-distill:0.1.0-cuda"

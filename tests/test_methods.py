@@ -10,7 +10,7 @@ from torch import nn
 from conftest import TINY
 from infer_distill import DistilledSet, methods, stages
 from infer_distill.config import load_config
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 
 # ---- herding, rded, sre2l on hand-made inputs ------------------------------------------------
 

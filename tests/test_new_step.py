@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY
 from infer_distill import cli, config, executor, plan, stages
 from infer_distill.executor import Walk, run_walks
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from pipelines import render
 
 

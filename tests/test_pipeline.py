@@ -13,7 +13,8 @@ from infer_distill import stages
 from infer_distill.cli import main, print_step
 from infer_distill.config import load_config
 from infer_distill.plan import run_in_process
-from infer_distill.stages import Layout, build_model, distilled_instances, load_teachers, plan_ufc_shards
+from infer_distill.plan import Layout, plan_ufc_shards
+from infer_distill.stages import build_model, distilled_instances, load_teachers
 from infer_distill.store import open_artifact
 from infer_distill.training import evaluate
 

@@ -10,7 +10,7 @@ from infer_distill import plan
 from infer_distill.cli import build_parser
 from infer_distill.config import ConfigError, load_config
 from infer_distill.kfp import dag as infer_dag
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from pipelines import render
 
 

@@ -15,7 +15,8 @@ from infer_distill import stages
 from infer_distill.cli import main
 from infer_distill.config import ConfigError, load_config
 from infer_distill.models import Normalize, create_model, read_pth
-from infer_distill.stages import Layout, _import_weights, build_model
+from infer_distill.plan import Layout
+from infer_distill.stages import _import_weights, build_model
 from infer_distill.store import open_artifact
 
 ARCH = "convnet_d2_w32"

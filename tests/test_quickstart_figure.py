@@ -8,7 +8,7 @@ from conftest import REPO
 from infer_distill.cli import print_step
 from infer_distill.config import load_config
 from infer_distill.plan import run_in_process
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 from conftest import TINY, make_folder
 from infer_distill import plan, stages
 from infer_distill.config import load_config
-from infer_distill.stages import Layout, is_current
+from infer_distill.plan import Layout
+from infer_distill.stages import is_current
 from infer_distill.store import open_artifact
 
 

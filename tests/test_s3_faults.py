@@ -19,7 +19,7 @@ import pytest
 
 from conftest import TINY
 from infer_distill.cli import main
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import ArtifactError, StoreUnavailable, open_artifact
 
 SETS = sum((["--set", s] for s in TINY), [])

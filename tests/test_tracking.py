@@ -14,7 +14,7 @@ from conftest import TINY
 from infer_distill.cli import main
 from infer_distill.config import load_config, stage_config
 from infer_distill.plan import PLAN
-from infer_distill.stages import Layout
+from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
 
 REPO = Path(__file__).resolve().parents[1]

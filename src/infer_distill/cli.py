@@ -105,7 +105,7 @@ def _item(args: argparse.Namespace, cfg: Config, step: plan.Step) -> dict:
 def run_stage(args: argparse.Namespace, cfg: Config, tracker: Tracker | None = None) -> dict:
     """One step of the plan: its item from the flags, each input from --<input> or derived from --root;
     `tracker` logs its manifest."""
-    from .stages import Layout
+    from .plan import Layout
 
     step = plan.STEPS[args.name]
     layout = Layout(args.root) if args.root else None
@@ -207,7 +207,7 @@ def show(uri: str, as_json: bool = False) -> None:
 def _run_artifacts(root: str) -> list[tuple]:
     """(artifact, manifest) of everything `run --out root` lays out under `root`: single steps at its top,
     each fan-out's items in the folder of its step (found from the plan's locations of an example config)."""
-    from .stages import Layout
+    from .plan import Layout
 
     layout, example = Layout(root), Config()
     folders = [root] + [plan.location(layout, step, items[0]).rpartition("/")[0]
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(open_artifact(report_uri).read_manifest())
             else:
                 from .executor import parse_devices
-                from .stages import Layout
+                from .plan import Layout
 
                 report_uri = Layout(args.out).report
                 devices = tuple(parse_devices(args.devices))

@@ -38,7 +38,8 @@ from pydantic import ValidationError
 
 from .config import StudentConfig, fingerprint
 from .data import require_datasets
-from .stages import DISTILLED_DESCRIPTION, Layout, distilled_instances, instance_origins, read_distilled
+from .plan import Layout
+from .stages import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
 from .store import Artifact, ArtifactError, open_artifact
 
 FORMATS = ("imagefolder", "npz", "hf")

@@ -32,10 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, ConfigError, stage_config
 from . import plan
-from .plan import Step, StepResult, location, run_item, step_items
-from .stages import Layout
+from .config import Config, ConfigError, stage_config
+from .plan import Layout, Step, StepResult, location, run_item, step_items
 from .store import open_artifact
 
 

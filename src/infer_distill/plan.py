@@ -21,14 +21,12 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import KNOWN_NUM_CLASSES, Config, ConfigError
 from .lock import run_lock
 from .store import ArtifactError, open_artifact
 
-if TYPE_CHECKING:  # the stages import torch: `infer-distill plan` and the DAG renderers read the plan without them
-    from .stages import Layout
 
 # ----------------------------------------------------------------------------------------
 # Exit codes and the retry policy every engine applies to every step
@@ -82,10 +80,10 @@ class FanOut:
 
 TEACHERS = FanOut("teachers", ("arch",), lambda cfg, _: [{"arch": a} for a in cfg.teachers.archs], lambda i: i["arch"])
 # Engines start each run afresh: the config's shard plan. A resumed walk reuses every finished shard,
-# whatever grouping made it (stages.plan_ufc_shards), so resharding recomputes nothing.
+# whatever grouping made it (plan_ufc_shards), so resharding recomputes nothing.
 SHARDS = FanOut("shards", ("subset_ids",), lambda cfg, c: [{"subset_ids": ids} for ids in cfg.shard_plan(c)],
                 lambda i: f"subsets {i['subset_ids'][0]}..{i['subset_ids'][-1]}", source="select-subsets",
-                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in _stages().plan_ufc_shards(cfg, layout, c)])
+                resumed_items=lambda cfg, layout, c: [{"subset_ids": ids} for ids, _ in plan_ufc_shards(cfg, layout, c)])
 STUDENTS = FanOut("students", ("arch", "seed", "label_mode"), lambda cfg, _: cfg.student_runs(),
                   lambda i: f"{i['arch']} {i['label_mode']} seed {i['seed']}")
 BASELINES = FanOut("baselines", ("arch", "seed", "baseline"), lambda cfg, _: cfg.baseline_runs(),
@@ -102,7 +100,7 @@ FANOUTS = {f.name: f for f in (TEACHERS, SHARDS, STUDENTS, BASELINES, METHOD_SET
 class Step:
     name: str                     # the stage: `infer-distill stage <name>`, `stages.<name_with_underscores>`
     output: str                   # what later steps receive its artifact(s) as (a stage argument, a CLI flag)
-    location: str                 # the `stages.Layout` attribute of its artifact (called with the item's keys)
+    location: str                 # the `Layout` attribute of its artifact (called with the item's keys)
     inputs: tuple[str, ...] = ()  # outputs of earlier steps it reads
     over: FanOut | None = None
     gpu: bool = False             # needs an accelerator on a cluster
@@ -192,6 +190,115 @@ def fanout_items(cfg: Config, num_classes: int | None = None) -> dict[str, list[
 
 
 # ----------------------------------------------------------------------------------------
+# Where each artifact lives under one root (the CLI's --out; the DAG passes URIs explicitly)
+# ----------------------------------------------------------------------------------------
+
+
+class Layout:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    @property
+    def data(self) -> str:
+        return self._join("data")
+
+    def teacher(self, arch: str) -> str:
+        return self._join("teachers", arch)
+
+    def teachers(self, cfg: Config) -> list[str]:
+        return [self.teacher(a) for a in cfg.teachers.archs]
+
+    @property
+    def subsets(self) -> str:
+        return self._join("subsets")
+
+    @property
+    def ufc_shards(self) -> str:
+        """The folder every UFC shard artifact lives in."""
+        return self._join("ufc")
+
+    def ufc(self, subset_ids: list[int]) -> str:
+        return f"{self.ufc_shards}/subsets-{min(subset_ids):04d}-{max(subset_ids):04d}"
+
+    @property
+    def distilled(self) -> str:
+        return self._join("distilled")
+
+    def student(self, arch: str, seed: int, label_mode: str) -> str:
+        return self._join("students", f"{arch}-{label_mode}-seed{seed}")
+
+    def students(self, cfg: Config) -> list[str]:
+        return [self.student(r["arch"], r["seed"], r["label_mode"]) for r in cfg.student_runs()]
+
+    def baseline(self, arch: str, seed: int, baseline: str) -> str:
+        return self._join("baselines", f"{baseline}-{arch}-seed{seed}")
+
+    def baselines(self, cfg: Config) -> list[str]:
+        return [self.baseline(r["arch"], r["seed"], r["baseline"]) for r in cfg.baseline_runs()]
+
+    def method_set(self, method: str) -> str:
+        return self._join("methods", method)
+
+    def method_sets(self, cfg: Config) -> list[str]:
+        return [self.method_set(m) for m in cfg.peer_methods()]
+
+    def method_score(self, method: str, score: str, protocol: str, arch: str, seed: int) -> str:
+        return self._join("method-scores", f"{method}-{score}-{protocol}-{arch}-seed{seed}")
+
+    def method_scores(self, cfg: Config) -> list[str]:
+        return [self.method_score(**r) for r in cfg.method_runs()]
+
+    def full_data(self, arch: str) -> str:
+        return self._join("full-data", arch)
+
+    def full_data_refs(self, cfg: Config) -> list[str]:
+        return [self.full_data(**r) for r in cfg.full_data_runs()]
+
+    @property
+    def report(self) -> str:
+        return self._join("report")
+
+
+def plan_ufc_shards(cfg: Config, layout: Layout, num_classes: int) -> list[tuple[list[int], str]]:
+    """The UFC shards a run under `layout` reads, as (subset ids, artifact URI), ordered by subset.
+
+    Shard size is placement, not a setting (config.PLACEMENT): finished shards are reused
+    whatever their grouping, and only subsets no current shard covers are synthesised, grouped
+    as `cfg.shard_plan` groups them. Every walker asks this function, so changing
+    `synthesis.subsets_per_shard` after a finished synthesis recomputes nothing.
+
+    Current shards under `layout.ufc_shards` are taken greedily while they cover only subsets
+    not yet covered: first those at the current plan's locations, then larger before smaller.
+    A shard returned may not exist yet (or be stale): `is_current` says which to run.
+    """
+    planned = {layout.ufc(ids) for ids in cfg.shard_plan(num_classes)}
+    inputs = {"data": layout.data, "subsets": layout.subsets, "teachers": layout.teachers(cfg)}
+    finished = []
+    for art in open_artifact(layout.ufc_shards).children():
+        try:
+            ids = art.read_manifest()["settings"]["subset_ids"]
+        except (ArtifactError, KeyError, TypeError):
+            continue  # not a readable shard: the location is rewritten if the plan needs it
+        if _stages().is_current(art.uri, cfg, "synthesize-ufc", inputs, subset_ids=ids):
+            finished.append((ids, art.uri))
+    finished.sort(key=lambda shard: (shard[1] not in planned, -len(shard[0]), shard[0]))
+    chosen: list[tuple[list[int], str]] = []
+    covered: set[int] = set()
+    for ids, uri in finished:
+        if covered.isdisjoint(ids):
+            chosen.append((ids, uri))
+            covered.update(ids)
+    for ids in cfg.shard_plan(num_classes):
+        missing = [k for k in ids if k not in covered]
+        if missing:
+            chosen.append((missing, layout.ufc(missing)))
+    return sorted(chosen)
+
+
+# ----------------------------------------------------------------------------------------
 # The in-process walk
 # ----------------------------------------------------------------------------------------
 
@@ -242,7 +349,7 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     any work, a root where a location it would write holds something it did not write there.
     """
     from .executor import Walk, run_walks
-    from .stages import Layout, preflight
+    from .stages import preflight
 
     preflight(cfg, [root])
     layout = Layout(root)

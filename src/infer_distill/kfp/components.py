@@ -60,7 +60,7 @@ def gather_teachers(config: Input[Artifact], teachers: Input[List[Model]], teach
     import shutil
 
     from infer_distill.config import load_config
-    from infer_distill.stages import Layout
+    from infer_distill.plan import Layout
     from infer_distill.store import open_artifact
 
     cfg = load_config(config.path)
