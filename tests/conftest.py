@@ -86,10 +86,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
+        # moto loads its backends on the first request: seconds, more on a busy machine
+        deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
+                urllib.request.urlopen(endpoint, timeout=10).close()
                 break
             except urllib.error.HTTPError:
                 break  # any HTTP answer means the server is up

@@ -21,6 +21,7 @@ volume) is fixed at compile time by the options below.
 """
 
 import argparse
+import builtins
 import json
 import os
 import re
@@ -342,7 +343,13 @@ def run_local(cfg: Config, out: str, image: str | None = None) -> str:
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(Path(out).resolve()), raise_on_error=True)
-    result = build_pipeline(cfg, ClusterOptions(image=image or "infer-distill:local", gpus=0, retries=0), check=False)()
+    # kfp.local indents its tasks' output by swapping builtins.print, and its nested swaps can end
+    # out of order, leaving every later print of this process indented: put the real one back.
+    real_print = builtins.print
+    try:
+        result = build_pipeline(cfg, ClusterOptions(image=image or "infer-distill:local", gpus=0, retries=0), check=False)()
+    finally:
+        builtins.print = real_print
     return result.output.path
 
 

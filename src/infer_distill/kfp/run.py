@@ -10,7 +10,7 @@ from ..config import load_config
 def run_step(name: str, config: str, item: dict, inputs: dict, gathered: dict, out: str, metrics, ui: dict | None = None):
     """Run step `name` with its item and inputs (artifact paths; `gathered`: a fan-out's outputs gathered into
     one artifact laid out as a run root's); log its accuracies; return what a later loop runs over, if anything."""
-    from .plan import Layout
+    from ..plan import Layout
 
     cfg = load_config(config)
     step = plan.STEPS[name]
