@@ -86,11 +86,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        # moto loads its backends on the first request: seconds, more on a busy machine
+        # moto loads its backends on the first request: seconds, more on a busy machine. A direct
+        # opener: urlopen's global one keeps the proxies of the environment it was first built in.
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(endpoint, timeout=10).close()
+                direct.open(endpoint, timeout=10).close()
                 break
             except urllib.error.HTTPError:
                 break  # any HTTP answer means the server is up

@@ -2,6 +2,8 @@
 and the CIFAR-10 config runs on the CIFAR-10 ImageFolder archives as the README says."""
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 
 from conftest import TINY
@@ -11,6 +13,12 @@ from infer_distill.data import load_dataset
 from infer_distill.errors import DataError
 from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
+
+
+@pytest.fixture(autouse=True)
+def _own_url_opener(monkeypatch):
+    """urllib's global opener keeps the (dead) proxy it is first built with: let these tests' downloads build their own."""
+    monkeypatch.setattr(urllib.request, "_opener", None)
 
 
 @pytest.mark.processes
