@@ -137,7 +137,7 @@ def pool_dir(pools: Path, cfg: Config) -> Path:
 # ----------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -192,7 +192,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
             "unfinished": unfinished if unfinished is not None else [w.name for w in walks if w.report is None],
             "steps": steps,
         })
-        _atomic_write(path, json.dumps(result, indent=1))
+        atomic_write(path, json.dumps(result, indent=1))
 
     if jobs == 1:
         torch_threads(threads)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine_info, source_info
-from benchmarks.run import RESULTS, RUNS, default_datasets, load_profile, log
+from benchmarks.run import RESULTS, RUNS, atomic_write, default_datasets, load_profile, log
 from infer_distill.config import Config, ConfigError
 from infer_distill.plan import Layout
 from infer_distill.stages import compute_setup, is_current, load_input, load_teachers
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": machine_info(speed["device"]), "source": source_info(), **speed}
     path = args.results / f"{profile.name}-{args.variant}-speed.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    atomic_write(path, json.dumps(result, indent=1))
     log(f"wrote {path}")
     return 0
 

@@ -56,6 +56,11 @@ def info(name: str) -> Arch:
     return INFO.get(name, Arch())
 
 
+def is_library_source(source: str) -> bool:
+    """`teachers.pretrained` naming published weights (`torchvision[:<member>]`, `timm[:<tag>]`), not a local file."""
+    return source.partition(":")[0] in LIBRARIES
+
+
 def split_library(name: str) -> tuple[str, str] | None:
     """("timm", "resnet10t") for `timm:resnet10t`; None for a registered-style name."""
     library, sep, model = name.partition(":")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, architectures
 from .config import BASELINES, KNOWN_IMAGES, METHODS, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
@@ -153,7 +153,7 @@ def sources(cfg: Config, stage: str, **keys) -> dict:
         return {"dataset": digest} if digest else {}
     if stage == "train-teacher":
         source = cfg.teachers.pretrained.get(keys["arch"])
-        if source and not _is_library_source(source):
+        if source and not architectures.is_library_source(source):
             return {"pretrained_sha256": file_sha256(source)}
     return {}
 
@@ -304,11 +304,6 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
     resolve_fast_path(cfg, cfg.resolve_device())  # precision and compile against what this device and torch can do
 
 
-def _is_library_source(source: str) -> bool:
-    """`torchvision[:<member>]` or `timm[:<tag>]`: published weights, not a local file."""
-    return source.partition(":")[0] in ("torchvision", "timm")
-
-
 def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) -> None:
     """Refuse a `teachers.pretrained.<arch>` that cannot be imported, before any work: published weights the library
     does not have (checked without downloading), or a file that is no state dict of `arch` (a safetensors header,
@@ -318,7 +313,7 @@ def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) 
     source = cfg.teachers.pretrained.get(arch)
     if not source:
         return
-    if _is_library_source(source):
+    if architectures.is_library_source(source):
         library_weights(arch, source)
         return
     if data_manifest is not None:

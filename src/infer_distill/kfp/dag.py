@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, plan
+from .. import __version__, architectures, plan
 from ..accelerator import REQUIRE_CUDA
 from ..config import Config, ConfigError, load_config
 from ..errors import MissingExtra
@@ -94,7 +94,7 @@ def check_expressible(cfg: Config, opts: ClusterOptions) -> None:
     """Reject, at compile time, what pods could not run as configured."""
     check_image(opts.image)
     for arch, source in cfg.teachers.pretrained.items():
-        if source.partition(":")[0] not in ("torchvision", "timm"):  # published weights each pod downloads
+        if not architectures.is_library_source(source):  # published weights each pod downloads
             raise DagError(f"teachers.pretrained.{arch}={source!r}: a local weight file cannot reach pipeline pods; "
                            "use 'torchvision' or 'timm' weights, train the teacher in the pipeline, or bake the file into the image")
     if cfg.peer_methods() or cfg.method_runs() or cfg.full_data_runs():
