@@ -166,11 +166,13 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
             log(f"{walk.name}: {r.stage} {r.label} {r.seconds:.0f} s".replace("  ", " "))
 
     path = results / f"{profile.name}.json"
-    kept = {}  # variants of an earlier invocation that this one does not run (or does not finish)
+    kept = {}  # variants of an earlier invocation that this one does not run (or does not finish), with their steps
+    kept_steps: list[dict] = []
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("schema") == SCHEMA:
             kept = {v: e for v, e in old.get("variants", {}).items() if v in profile.variants and e.get("report")}
+            kept_steps = [s for s in old.get("steps", []) if s.get("variant") not in cfgs]  # (and the pool's earlier steps)
     result = {
         "schema": SCHEMA, "profile": profile.name, "title": profile.title, "notes": list(profile.notes),
         "command": command, "jobs": jobs, "devices": list(devices), "threads_per_job": threads, "machine": machine_info(device),
@@ -190,7 +192,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.perf_counter() - wall0, 1),
             "variants": {v: entries[v] for v in profile.variants if v in entries},
             "unfinished": unfinished if unfinished is not None else [w.name for w in walks if w.report is None],
-            "steps": steps,
+            "steps": kept_steps + steps,
         })
         atomic_write(path, json.dumps(result, indent=1))
 

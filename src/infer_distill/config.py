@@ -181,7 +181,10 @@ class StudentConfig(_Strict):
                     "student's optimiser steps; instance counts differ)")
     full_data_reference: bool = Field(
         False, description="train each student architecture once with hard labels on the whole real training set "
-                           "(the reference of the hard-label recovery, HLR; expensive: students.epochs over all the data)")
+                           "(the reference of the hard-label recovery, HLR; expensive: full_data_epochs over all the data)")
+    full_data_epochs: int | None = Field(
+        None, ge=1, description="epochs of the full-data reference; None: students.epochs (a full training set needs far "
+                                "fewer epochs than a distilled one to converge)")
 
     @field_validator("scores", "protocols")
     @classmethod
@@ -394,7 +397,7 @@ BASELINES = {
 # section 4).
 PLACEMENT = {"synthesis": {"subsets_per_shard"}}
 # How the methods are scored: which runs exist, not how any one of them trains
-METHOD_SCORING = {"scores", "protocols", "full_data_reference"}
+METHOD_SCORING = {"scores", "protocols", "full_data_reference", "full_data_epochs"}
 
 
 def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
@@ -456,7 +459,8 @@ def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
         made = labels() if keys["method"] == "infer" else method_set(keys["method"])
         return {**made, "student": {**{k: keys[k] for k in ("method", "score", "protocol", "arch", "seed")}, **student_common()}}
     if stage == "evaluate-full-data":
-        return {**data, "student": {"arch": keys["arch"], "seed": cfg.seed, "labels": "hard", **student_common()}}
+        return {**data, "student": {"arch": keys["arch"], "seed": cfg.seed, "labels": "hard", **student_common(),
+                                    "epochs": cfg.students.full_data_epochs or cfg.students.epochs}}
     if stage == "report":
         return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes,
                 **({"methods": cfg.methods} if cfg.methods != ["infer"] else {})}

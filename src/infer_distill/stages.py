@@ -875,21 +875,22 @@ def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: s
 
 def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
     """The hard-label reference of HLR: the student trained with cross-entropy on the whole real training set,
-    with the students' recipe and epochs, once per architecture (seed: the config's)."""
+    with the students' recipe for students.full_data_epochs (default: their epochs), once per architecture (seed: the config's)."""
     _check_student_arch(arch)
     output = _begin(out, {"data": data})
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")
     device, fast = compute_setup(cfg, trains=True)
+    epochs = cfg.students.full_data_epochs or cfg.students.epochs
     torch.manual_seed(cfg.seed)
     student = build_model(arch, dm).to(device)
     with CompileTime(fast.compile) as compile_time:
-        result = train_student_hard(student, train_x.float() / 255.0, train_y, test_x, test_y, cfg.students, cfg.students.epochs,
+        result = train_student_hard(student, train_x.float() / 255.0, train_y, test_x, test_y, cfg.students, epochs,
                                     (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
                                     desc=f"full data {arch}", progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = {"arch": arch, "seed": cfg.seed, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
-               "epochs": cfg.students.epochs, "num_instances": len(train_x), "curve": result.curve,
+               "epochs": epochs, "num_instances": len(train_x), "curve": result.curve,
                "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
     return _write(output, cfg, "evaluate-full-data", {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
 
