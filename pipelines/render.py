@@ -47,6 +47,11 @@ ITEMS_DIR = "/tmp/items"                            # resolve-config writes the 
 SHARDS_FILE = "/tmp/shards.json"                    # select-subsets writes the shard items here
 
 
+def runs_parameter(step: plan.Step) -> str:
+    """resolve-config's output saying whether the config runs `step` ("true"/"false")."""
+    return plan.runs_file(step)
+
+
 def fanout_template(step: plan.Step) -> str:
     """The DAG template that runs a fan-out step once per item (its parallelism limits that fan-out alone)."""
     return f"{step.name}s"
@@ -74,7 +79,9 @@ def workflow_template() -> dict:
                  Parameter(name="root", description="runs are written under <root>/<workflow name>, e.g. s3://bucket/infer")]
     with WorkflowTemplate(name="infer-distill", entrypoint="infer", arguments=arguments) as wt:
         pod("resolve-config", ["plan", "--config", CONFIG_PATH, "--items-dir", ITEMS_DIR],
-            outputs=[Parameter(name=f.name, value_from=m.ValueFrom(path=f"{ITEMS_DIR}/{f.name}.json")) for f in config_fanouts])
+            outputs=[*(Parameter(name=f.name, value_from=m.ValueFrom(path=f"{ITEMS_DIR}/{f.name}.json")) for f in config_fanouts),
+                     *(Parameter(name=runs_parameter(s), value_from=m.ValueFrom(path=f"{ITEMS_DIR}/{runs_parameter(s)}"))
+                       for s in plan.PLAN if s.when)])
         for step in plan.PLAN:
             args = ["stage", step.name, "--config", CONFIG_PATH, "--root", RUN_ROOT]
             keys = step.over.keys if step.over else ()
@@ -98,13 +105,15 @@ def workflow_template() -> dict:
             Task(name="resolve-config", template="resolve-config")
             for step in plan.PLAN:
                 after = [task_name(d) for d in plan.depends(step)] or ["resolve-config"]
+                # A step the config does not run is skipped; Argo counts a skipped dependency as done.
+                when = {"when": f"{{{{tasks.resolve-config.outputs.parameters.{runs_parameter(step)}}}}} == true"} if step.when else {}
                 if step.over is None:
-                    Task(name=step.name, template=step.name, depends=" && ".join(after))
+                    Task(name=step.name, template=step.name, depends=" && ".join(after), **when)
                     continue
                 source = "resolve-config" if step.over.source == "config" else step.over.source
                 items = f"{{{{tasks.{source}.outputs.parameters.{step.over.name}}}}}"
                 Task(name=fanout_template(step), template=fanout_template(step), depends=" && ".join(after),
-                     arguments=[Parameter(name="items", value=items)])
+                     arguments=[Parameter(name="items", value=items)], **when)
     return wt.to_dict()
 
 
@@ -217,7 +226,7 @@ def compose(file: str, s3: str, sets: list[str], cuda: bool = False) -> dict:
     image = CUDA_IMAGE if cuda else INFER_IMAGE
     names: dict[str, list[str]] = {}
     for step in plan.PLAN:
-        items = step.over.items(cfg, num_classes) if step.over else [{}]
+        items = [] if not step.runs(cfg) else step.over.items(cfg, num_classes) if step.over else [{}]
         after = [n for d in plan.depends(step) for n in names[d]] or ["create-bucket"]
         names[step.name] = []
         for item in items:

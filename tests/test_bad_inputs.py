@@ -239,7 +239,7 @@ ROWS = [
     config("device unknown", ["device=tpu"], "device: Input should be 'auto', 'cpu' or 'cuda'"),
     config("precision unknown", ["precision=fp8"], "precision: Input should be 'auto', 'fp32' or 'bf16'"),
     config("budget.ipc 0", ["budget.ipc=0"], "budget.ipc: Input should be greater than or equal to 1"),
-    config("budget.ipc too small for the teachers", ["budget.ipc=1"], "budget.ipc=1 is too small for 2 teachers and 10 classes",
+    config("budget.ipc too small for the teachers", ["budget.ipc=1"], "budget.ipc=1 is too small for INFER with 2 teachers and 10 classes",
            "Raise budget.ipc to at least 2"),
     config("dataset.name unknown", ["dataset.name=mnist"], "dataset.name: Input should be 'digits'"),
     config("dataset.image_size too small", ["dataset.image_size=4"], "dataset.image_size: Input should be greater than or equal to 8"),

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from conftest import REPO, TINY
+from infer_distill import plan
 from infer_distill.cli import main, print_step
 from infer_distill.config import load_config
 from infer_distill.plan import run_in_process
@@ -80,3 +81,17 @@ def test_plan_counts_runs_and_says_gpu_only_of_cluster_pods(device, capsys):
     assert all(row[2].isdigit() for row in rows.values())
     here = "on the CPU (device: cpu)" if device == "cpu" else "on a GPU when one is visible, else on the CPU (device: auto)"
     assert here in " ".join(out.split())
+
+
+@pytest.mark.parametrize("methods, runs", [("[infer, random]", "true"), ("[random, herding]", "false")])
+def test_plan_says_which_of_infers_steps_a_config_runs_and_writes_it_for_argo(methods, runs, tmp_path, capsys):
+    sets = ["--set", f"methods={methods}", "--set", "students.baselines=[]", "--set", "budget.ipc=1" if runs == "false" else "seed=0"]
+    assert main(["plan", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--items-dir", str(tmp_path)]) == 0
+    rows = {row[0]: row for row in _rows(capsys.readouterr().out)}
+    conditional = [s for s in plan.PLAN if s.when]
+    assert [s.name for s in conditional] == ["select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "evaluate-baseline"]
+    for step in conditional:
+        assert (tmp_path / plan.runs_file(step)).read_text() == runs
+        if runs == "false":
+            assert rows[step.name][2] == "0"
+    assert rows["distill-method"][2] == ("1" if runs == "true" else "2")

@@ -18,7 +18,7 @@ from infer_distill.store import open_artifact
 
 IMAGE = "registry.example.com:5000/ml/infer-distill:0.1.0-cuda"
 # the steps a pipeline compiled for the default config has (the methods' fan-outs are empty there)
-KFP_STEPS = [s for s in plan.PLAN if not (s.over and s.over.name in plan.omitted(load_config(None)))]
+KFP_STEPS = [s for s in plan.PLAN if s.name not in plan.omitted(load_config(None))]
 GPU_STAGES = [s.name for s in KFP_STEPS if s.gpu]
 
 

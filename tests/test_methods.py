@@ -274,3 +274,63 @@ def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
     rows = {r["method"]: r for r in report["methods"]}
     assert rows["herding"]["hard"] and rows["herding"]["hlr"] and rows["infer"]["soft"] and rows["infer"]["hard"]
     assert rows["herding"]["ior_hard"] is None  # no random set to compare with
+
+
+# ---- extreme compression: the peers alone where INFER has no subset -------------------------
+
+
+def test_infer_is_refused_at_ipc_1_with_its_smallest_feasible_ipc_and_the_way_to_run_the_peers():
+    from infer_distill.config import ConfigError, check_budget, smallest_feasible_ipc
+
+    cfg = load_config(None, TINY + ["budget.ipc=1", "methods=[infer, random]"])
+    with pytest.raises(ConfigError, match=r"K = floor.* = 0 .*at least 2.*leave infer out of methods"):
+        check_budget(cfg, 10)
+    assert smallest_feasible_ipc(cfg, 10) == 2 and smallest_feasible_ipc(cfg, 100) == 2
+    assert load_config(None, TINY + ["budget.ipc=2", "teachers.archs=[convnet_d2_w32]"]).num_subsets(10) == 1
+    peers = load_config(None, TINY + ["budget.ipc=1", "methods=[random, herding]", "students.baselines=[]"])
+    assert check_budget(peers, 10) == 0
+
+
+@pytest.mark.parametrize("override, field", [("students.baselines=[random_soft]", "students.baselines"),
+                                             ("students.protocols=[epochs, steps]", "students.protocols")])
+def test_a_config_without_infer_refuses_what_needs_infers_steps(override, field):
+    from infer_distill.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, TINY + ["methods=[random]", "students.baselines=[]", override])
+
+
+def test_without_infer_the_plan_leaves_infers_steps_out_everywhere():
+    from infer_distill import plan
+
+    cfg = load_config(None, TINY + ["methods=[random, herding]", "students.baselines=[]", "students.scores=[soft, hard]"])
+    infer_steps = ["select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "evaluate-baseline"]
+    assert plan.omitted(cfg) == [*infer_steps, "evaluate-full-data"]
+    assert not any(plan.step_items(plan.STEPS[s], cfg, Layout("/x"), lambda: 10) for s in infer_steps)
+    assert plan.step_inputs(plan.STEPS["report"], cfg, {o: o for o in plan.PRODUCER}) == {
+        "data": "data", "teachers": "teachers", "method_scores": "method_scores", "full_data": "full_data", "methods": "methods"}
+    with pytest.raises(Exception, match="compiled with the select-subsets step"):
+        plan.check_omitted(cfg, ["evaluate-full-data"])
+    # the peers' bytes: ipc real images per class with their labels (INFER's K = 0 stores nothing)
+    assert cfg.method_per_class(10, 64) == cfg.budget.ipc
+
+
+@pytest.mark.slow
+def test_the_peers_alone_at_ipc_1_run_and_report_why_infer_is_absent(tmp_path):
+    from infer_distill.plan import run_in_process
+
+    cfg = load_config(None, TINY + ["budget.ipc=1", "methods=[random, herding, sre2l]", "students.baselines=[]",
+                                    "students.scores=[soft, hard]", "sre2l.iterations=3"])
+    root = tmp_path / "run"
+    report = run_in_process(cfg, str(root), progress=False)["metrics"]["report"]
+    assert {r["method"] for r in report["methods"]} == {"random", "herding", "sre2l"}
+    assert all(r["num_instances"] == 10 and r["soft"] and r["hard"] for r in report["methods"])
+    assert report["infer_not_run"] == {"methods": ["random", "herding", "sre2l"], "ipc": 1, "num_subsets": 0,
+                                       "smallest_feasible_ipc": 2}
+    assert not (root / "subsets").exists() and not (root / "distilled").exists() and not (root / "students").exists()
+    text = (root / "report" / "report.md").read_text()
+    assert "INFER is not part of this run" in text and "smallest feasible ipc here is 2" in text and "Methods at equal bytes" in text
+    assert "ufc_examples.png" not in text
+    # resumable as any run: everything current the second time
+    again = run_in_process(cfg, str(root), progress=False)
+    assert again["metrics"]["report"]["methods"] == report["methods"]

@@ -30,18 +30,24 @@ def test_the_dag_edges_follow_from_the_inputs():
 def test_a_run_needs_the_steps_its_dag_was_built_with():
     with_baselines = load_config(None)  # the default trains the random_soft baseline, and no other method
     without = load_config(None, ["students.baselines=[]"])
-    methods = ["methods", "method_scores", "references"]
-    assert plan.omitted(without) == ["baselines", *methods] and plan.omitted(with_baselines) == methods
-    plan.check_omitted(without, ["baselines", *methods])
+    methods = ["distill-method", "evaluate-method", "evaluate-full-data"]
+    assert plan.omitted(without) == ["evaluate-baseline", *methods] and plan.omitted(with_baselines) == methods
+    plan.check_omitted(without, ["evaluate-baseline", *methods])
     plan.check_omitted(with_baselines, methods)
     with pytest.raises(ConfigError, match="compiled without the evaluate-baseline step"):
-        plan.check_omitted(with_baselines, ["baselines", *methods])
+        plan.check_omitted(with_baselines, ["evaluate-baseline", *methods])
     with pytest.raises(ConfigError, match="compiled with the evaluate-baseline step"):
         plan.check_omitted(without, methods)
     peers = load_config(None, ["methods=[infer, rded]"])
-    assert plan.omitted(peers) == ["references"]
-    with pytest.raises(ConfigError, match="compiled without the evaluate-method step"):
+    assert plan.omitted(peers) == ["evaluate-full-data"]
+    with pytest.raises(ConfigError, match="compiled without the distill-method step"):
         plan.check_omitted(peers, methods)
+    # without infer, INFER's own steps (`Step.when`) are left out too
+    alone = load_config(None, ["methods=[rded]", "students.baselines=[]"])
+    assert plan.omitted(alone) == ["select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "evaluate-baseline",
+                                   "evaluate-full-data"]
+    with pytest.raises(ConfigError, match="compiled with the select-subsets step"):
+        plan.check_omitted(alone, ["evaluate-baseline", "evaluate-full-data"])
 
 
 def test_fan_out_items_are_stage_keys_and_command_line_flags():
@@ -134,12 +140,13 @@ def test_every_rendering_is_the_plan(tmp_path):
         graph, kfp_fanouts = _kfp_graph(spec)
         # (the methods' steps: optional fan-outs this config leaves empty)
         left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and (baselines == "[]" or s.over.name != "baselines")}
+        assert left_out == set(plan.omitted(load_config(None, [f"students.baselines={baselines}"])))
         assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}
         assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()
                                if n not in left_out}
-        omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_fanouts"]
-        assert omitted == {"runtimeValue": {"constant": [*(["baselines"] if baselines == "[]" else []),
-                                                          "methods", "method_scores", "references"]}}
+        omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_steps"]
+        assert omitted == {"runtimeValue": {"constant": [*(["evaluate-baseline"] if baselines == "[]" else []),
+                                                          "distill-method", "evaluate-method", "evaluate-full-data"]}}
 
     # Argo (the committed template the chart installs): the DAG's edges, fan-outs and each pod's flags
     wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())
@@ -150,6 +157,9 @@ def test_every_rendering_is_the_plan(tmp_path):
     for step in plan.PLAN:
         task = main[task_of[step.name]]
         assert set(task["depends"].split(" && ")) == ({task_of[d] for d in plan.depends(step)} or {"resolve-config"})
+        # a conditional step runs when resolve-config says the config runs it (`infer-distill plan --items-dir`)
+        assert task.get("when") == (f"{{{{tasks.resolve-config.outputs.parameters.{plan.runs_file(step)}}}}} == true"
+                                    if step.when else None)
         args = templates[step.name]["container"]["args"]
         assert args[:2] == ["stage", step.name]
         if step.over:
@@ -163,7 +173,7 @@ def test_every_rendering_is_the_plan(tmp_path):
                 flag = args.index(f"--{key.replace('_', '-')}")
                 assert args[flag + 1] == f"{{{{inputs.parameters.{key}}}}}"
     produced = {p["name"] for t in templates.values() for p in t.get("outputs", {}).get("parameters", [])}
-    assert produced == set(plan.FANOUTS)
+    assert produced == set(plan.FANOUTS) | {plan.runs_file(s) for s in plan.PLAN if s.when}
 
     # compose: one service per step and item, waiting for every service of the steps before it
     parser = build_parser()

@@ -133,7 +133,8 @@ def run_stage(args: argparse.Namespace, cfg: Config, tracker: Tracker | None = N
 
     inputs: dict = {}
     for name in step.inputs:
-        inputs[name] = produced(name)
+        if plan.PRODUCER[name].runs(cfg):  # (an input this config does not make keeps the stage's default)
+            inputs[name] = produced(name)
     out = located("--out", lambda l: plan.location(l, step, item))
     manifest = step.function(cfg, **item, **inputs, out=out)
     if tracker is not None:
@@ -265,7 +266,9 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
         table.add_column(col)
     for step in plan.PLAN:
         after, pod = ", ".join(plan.depends(step)), "GPU" if step.gpu else "CPU"
-        if step.over is None:
+        if not step.runs(cfg):
+            table.add_row(step.name, after, "0", pod, f"not run: INFER's own step, and methods={cfg.methods} has no infer")
+        elif step.over is None:
             table.add_row(step.name, after, "1", pod, "")
         elif step.over.source == "config" or num_classes is not None:
             items = step.over.items(cfg, num_classes)
@@ -277,6 +280,9 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
         Path(items_dir).mkdir(parents=True, exist_ok=True)
         for name, items in plan.fanout_items(cfg).items():
             (Path(items_dir) / f"{name}.json").write_text(json.dumps(items))
+        for step in plan.PLAN:  # whether each conditional step runs, for engines that skip one at run time (Argo's when)
+            if step.when:
+                (Path(items_dir) / plan.runs_file(step)).write_text("true" if step.runs(cfg) else "false")
 
 
 def print_threads() -> None:

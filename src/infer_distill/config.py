@@ -253,12 +253,23 @@ class Config(_Strict):
 
     @field_validator("methods")
     @classmethod
-    def _with_infer(cls, v: list[str]) -> list[str]:
+    def _distinct_methods(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"methods must be distinct, got {v}")
-        if "infer" not in v:
-            raise ValueError(f"methods must include infer: the others are compared at its stored bytes, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _without_infer(self) -> "Config":
+        """Without infer the peers run alone, at ipc real images' bytes: nothing may need INFER's steps."""
+        if self.runs_infer():
+            return self
+        if self.students.baselines:
+            raise ValueError(f"students.baselines={self.students.baselines} train beside INFER's students, but methods="
+                             f"{self.methods} has no infer: set students.baselines=[] (the random method is that baseline)")
+        if "steps" in self.students.protocols:
+            raise ValueError(f"students.protocols has steps (INFER's optimiser steps), but methods={self.methods} has no infer: "
+                             "use students.protocols=[epochs]")
+        return self
 
     @model_validator(mode="after")
     def _known_archs(self) -> "Config":
@@ -277,6 +288,10 @@ class Config(_Strict):
         return self
 
     # ---- derived quantities ---------------------------------------------------------------
+
+    def runs_infer(self) -> bool:
+        """INFER's own steps run: `methods` has infer (without it, the peers are distilled and scored alone)."""
+        return "infer" in self.methods
 
     def class_batches(self, num_classes: int) -> int:
         """How many UFCs one (subset, teacher) pair needs: one per batch of classes."""
@@ -313,9 +328,11 @@ class Config(_Strict):
         return [{"arch": a, "seed": s, "baseline": b} for b in self.students.baselines for a in self.students.archs for s in self.students.seeds]
 
     def method_budget_bytes(self, num_classes: int, image_numel: int) -> int:
-        """The bytes a peer method may store: INFER's, or ipc real images per class with their labels where that is more."""
+        """The bytes a peer method may store: INFER's, or ipc real images per class with their labels where that is
+        more (or where INFER does not run)."""
         per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
-        return max(self.infer_stored_bytes(num_classes, image_numel), self.budget.ipc * num_classes * per_instance)
+        infer = self.infer_stored_bytes(num_classes, image_numel) if self.runs_infer() else 0
+        return max(infer, self.budget.ipc * num_classes * per_instance)
 
     def method_per_class(self, num_classes: int, image_numel: int) -> int:
         """Images per class a peer method stores: as many as fit in `method_budget_bytes` with their labels."""
@@ -367,14 +384,23 @@ KNOWN_IMAGES = {"digits": (10, 1, 8), "cifar10": (10, 3, 32), "cifar100": (100, 
 KNOWN_NUM_CLASSES = {name: classes for name, (classes, _, _) in KNOWN_IMAGES.items()}
 
 
+def smallest_feasible_ipc(cfg: Config, num_classes: int) -> int:
+    """The smallest budget.ipc at which INFER has a subset (K >= 1) with these teachers and classes."""
+    return -(-(num_classes + len(cfg.teachers.archs) * cfg.class_batches(num_classes)) // num_classes)
+
+
 def check_budget(cfg: Config, num_classes: int) -> int:
+    """K, INFER's number of subsets; refused when it is 0 (a config without infer needs none: 0)."""
+    if not cfg.runs_infer():
+        return 0
     k = cfg.num_subsets(num_classes)
     if k < 1:
-        m, b = len(cfg.teachers.archs), cfg.class_batches(num_classes)
-        need = -(-(num_classes + m * b) // num_classes)
+        m = len(cfg.teachers.archs)
         raise ConfigError(
-            f"budget.ipc={cfg.budget.ipc} is too small for {m} teachers and {num_classes} classes: "
-            f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least {need} or use fewer teachers."
+            f"budget.ipc={cfg.budget.ipc} is too small for INFER with {m} teachers and {num_classes} classes: "
+            f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least "
+            f"{smallest_feasible_ipc(cfg, num_classes)}, use fewer teachers, or leave infer out of methods to distil the "
+            "others alone at this budget."
         )
     return k
 

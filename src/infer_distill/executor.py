@@ -172,8 +172,8 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
 
         items = step_items(step, walk.cfg, layout, num_classes)
         uris = [location(layout, step, item) for item in items]
-        inputs = {name: walk.produced[name] for name in step.inputs}
-        walk.produced[step.output] = uris if step.over else uris[0]
+        inputs = plan.step_inputs(step, walk.cfg, walk.produced)
+        walk.produced[step.output] = uris if step.over else (uris[0] if uris else None)
         walk.pending[step.name] = len(items)
         if not items:
             walk.done.add(step.name)

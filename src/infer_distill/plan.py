@@ -106,7 +106,13 @@ class Step:
     gpu: bool = False             # needs an accelerator on a cluster
     reads_dataset: bool = False   # reads the dataset source itself (on a cluster: the pod that mounts the data volume)
     always: bool = False          # rerun even when current (the report: cheap, and must reflect every artifact)
+    # Runs only for configs where this holds (INFER's own steps: when `methods` has infer); every engine
+    # leaves the step out otherwise, and its consumers get no such input (None, or [] from a fan-out).
+    when: Callable[[Config], bool] | None = None
     retry: RetryPolicy = field(default=RETRY)
+
+    def runs(self, cfg: Config) -> bool:
+        return self.when is None or self.when(cfg)
 
     @property
     def function(self) -> Callable[..., dict]:
@@ -123,11 +129,11 @@ def _stages():
 PLAN: tuple[Step, ...] = (
     Step("prepare-data", "data", "data", reads_dataset=True),
     Step("train-teacher", "teachers", "teacher", ("data",), over=TEACHERS, gpu=True),
-    Step("select-subsets", "subsets", "subsets", ("data",)),
-    Step("synthesize-ufc", "ufc", "ufc", ("data", "subsets", "teachers"), over=SHARDS, gpu=True),
-    Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc")),
-    Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True),
-    Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True),
+    Step("select-subsets", "subsets", "subsets", ("data",), when=Config.runs_infer),
+    Step("synthesize-ufc", "ufc", "ufc", ("data", "subsets", "teachers"), over=SHARDS, gpu=True, when=Config.runs_infer),
+    Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc"), when=Config.runs_infer),
+    Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True, when=Config.runs_infer),
+    Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True, when=Config.runs_infer),
     Step("distill-method", "methods", "method_set", ("data", "teachers"), over=METHOD_SETS, gpu=True),
     Step("evaluate-method", "method_scores", "method_score", ("data", "distilled", "methods"), over=METHOD_RUNS, gpu=True),
     Step("evaluate-full-data", "full_data", "full_data", ("data",), over=FULL_DATA, gpu=True),
@@ -153,19 +159,38 @@ def depends(step: Step) -> list[str]:
 
 
 def omitted(cfg: Config) -> list[str]:
-    """The optional fan-outs this config gives no items."""
-    return [f.name for f in FANOUTS.values() if f.optional and not f.items(cfg, None)]
+    """The steps this config leaves out: those it does not run (`Step.when`), and those of optional fan-outs it
+    gives no items."""
+    return [s.name for s in PLAN if not s.runs(cfg) or (s.over and s.over.optional and not s.over.items(cfg, None))]
+
+
+def runs_file(step: Step) -> str:
+    """The file `infer-distill plan --items-dir` writes whether the config runs conditional `step` to ("true"/"false"),
+    for engines that skip a step at run time (Argo's `when`)."""
+    return f"runs-{step.name}"
+
+
+def optional_input(step: Step, name: str) -> bool:
+    """Whether some config runs `step` without the step that makes its input `name` (the input is then absent,
+    or an empty list)."""
+    producer = PRODUCER[name]
+    return bool(producer.over and producer.over.optional) or (producer.when is not None and producer.when is not step.when)
 
 
 def check_omitted(cfg: Config, left_out: list[str]) -> None:
     """Refuse a config that needs a step the DAG was built without, or that leaves a built one empty."""
-    for name in sorted(set(omitted(cfg)) ^ set(left_out)):
-        step = next(s for s in PLAN if s.over and s.over.name == name)
+    for name in [s.name for s in PLAN if s.name in set(omitted(cfg)) ^ set(left_out)]:
         if name in left_out:
-            problem = f"compiled without the {step.name} step (its config had no {name}), but this run's config has some"
+            problem = f"compiled without the {name} step (its config did not run it), but this run's config does"
         else:
-            problem = f"compiled with the {step.name} step, but this run's config has no {name}"
+            problem = f"compiled with the {name} step, but this run's config does not run it"
         raise ConfigError(f"this pipeline was {problem}: compile it again with this config")
+
+
+def step_inputs(step: Step, cfg: Config, produced: dict[str, Any]) -> dict[str, Any]:
+    """The stage arguments of `step` from `produced` (output name -> URI or URIs), without those of steps this config
+    leaves out (their stage arguments keep their defaults)."""
+    return {name: produced[name] for name in step.inputs if PRODUCER[name].runs(cfg)}
 
 
 def cli_value(value: Any) -> str:
@@ -315,6 +340,8 @@ class StepResult:
 
 def step_items(step: Step, cfg: Config, layout: Layout, num_classes: Callable[[], int]) -> list[dict[str, Any]]:
     """The items a walk under `layout` runs `step` for ([{}] for a single step); `num_classes` is asked only when needed."""
+    if not step.runs(cfg):
+        return []
     if step.over is None:
         return [{}]
     if step.over.resumed_items:
@@ -371,7 +398,7 @@ def _check_replaceable(cfg: Config, layout: Layout) -> None:
         except (ArtifactError, KeyError, TypeError):
             known = None
     for step in PLAN:
-        if step.over is not None and step.over.source != "config" and known is None:
+        if not step.runs(cfg) or (step.over is not None and step.over.source != "config" and known is None):
             continue
         for item in (step.over.items(cfg, known) if step.over else [{}]):
             open_artifact(location(layout, step, item)).check_replaceable(step.name)

@@ -26,7 +26,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise(teachers: list[dict], budget: dict, students: list[dict], timings: dict[str, float],
+def summarise(teachers: list[dict], budget: dict | None, students: list[dict], timings: dict[str, float],
               baselines: list[dict] | None = None) -> dict:
     """report.json: per-run rows, per-(arch, label mode) and per-(arch, baseline) aggregates over seeds,
     and the lift of every INFER student over every baseline of the same architecture."""
@@ -125,8 +125,11 @@ def _spread(std: float, seeds: list[int]) -> float | None:
 
 
 def headline(report: dict) -> str:
-    """What INFER bought and at what fraction of the data: the report's first sentence."""
+    """What INFER bought and at what fraction of the data: the report's first sentence (without INFER: why, and the
+    best peer)."""
     b = report["budget"]
+    if b is None:
+        return _peers_headline(report)
     sentences = [f"INFER's distilled set stores {b['stored_bytes']:,} bytes, {100 * b['compression_ratio']:.1f} % of the "
                  f"{b['train_bytes']:,} bytes of training images."]
     for a in report["student_summary"]:
@@ -138,6 +141,22 @@ def headline(report: dict) -> str:
                  + f" ({x['baseline_stored_bytes']:,} bytes)"
                  for x in report["lift"] if x["arch"] == a["arch"] and x["label_mode"] == a["label_mode"]]
         sentences.append(text + (": " + "; ".join(lifts) if lifts else "") + ".")
+    return " ".join(sentences)
+
+
+def _peers_headline(report: dict) -> str:
+    """The headline of a run without INFER's steps: why INFER is absent, and the best peer by each score."""
+    why = report.get("infer_not_run", {})
+    sentences = [f"INFER is not part of this run (methods: {', '.join(why.get('methods', []))})"
+                 + (f"; at budget.ipc={why['ipc']} it would have K = {why['num_subsets']} subsets, and its smallest feasible "
+                    f"ipc here is {why['smallest_feasible_ipc']}." if why.get("num_subsets") == 0 else ".")]
+    for score in ("soft", "hard"):
+        rows = [m for m in report.get("methods") or [] if m.get(score)]
+        if rows:
+            best = max(rows, key=lambda m: m[score]["mean"])
+            sentences.append(f"Best {score}-label score: {best['method']} ({best['arch']}, equal {best['protocol']}), "
+                             f"{pct(best[score]['mean'], _spread(best[score]['std'], best[score]['seeds']))} % "
+                             f"with {best['stored_bytes']:,} stored bytes.")
     return " ".join(sentences)
 
 
@@ -165,7 +184,7 @@ def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str
     tables = [("Students (top-1 % on the real test set)",
                "Headline: final-epoch accuracy, mean ± std over seeds (the value alone for one seed). Best-over-epochs "
                "(what the paper reports) beside it.",
-               ["student", "trained on", "seeds", "stored bytes", "final acc", "best acc (secondary)"], students)]
+               ["student", "trained on", "seeds", "stored bytes", "final acc", "best acc (secondary)"], students)] if students else []
     if report["lift"]:
         rows = [[x["arch"], x["label_mode"], next(a["description"] for a in report["baseline_summary"] if a["baseline"] == x["baseline"]),
                  str(len(x["seeds"])), pct(x["lift_mean"], _spread(x["lift_std"], x["seeds"]), sign=True),
@@ -209,6 +228,8 @@ def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str
 
 def distilled_set_lines(report: dict) -> list[str]:
     b = report["budget"]
+    if b is None:
+        return []
     return [f"ipc budget {b['ipc']}: K = {b['num_subsets']} natural subsets x {b['num_classes']} classes, "
             f"{b['num_ufcs']} UFCs, {b['num_instances']} training instances",
             f"stored: {b['stored_bytes']:,} bytes (natural uint8, UFCs {b['ufc_dtype']}, static labels {b['label_dtype']}) "
@@ -220,8 +241,12 @@ def markdown(report: dict) -> str:
     for title, note, header, rows in result_tables(report):
         lines += [f"## {title}", ""] + ([note, ""] if note else [])
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
-    lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
-    for name in ("student_curves.png", "ufc_examples.png", *(["feature_similarity.png"] if report.get("feature_similarity") else [])):
+    if report["budget"] is not None:
+        lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
+    figures = [*(["student_curves.png"] if report["students"] or report["baselines"] else []),
+               *(["ufc_examples.png"] if report["budget"] is not None else []),
+               *(["feature_similarity.png"] if report.get("feature_similarity") else [])]
+    for name in figures:
         lines += ["", f"![{CAPTIONS[name]}]({name})", "", f"*{CAPTIONS[name]}*"]
     return "\n".join(lines + [""])
 
@@ -318,6 +343,6 @@ def html(report: dict, pngs: dict[str, bytes]) -> str:
         "figcaption{font-size:90%;color:#444}.headline{font-size:115%}</style>"
         "</head><body><h1>INFER distillation report</h1>"
         f"<p class='headline'>{html_lib.escape(headline(report))}</p>" + figure("student_curves.png")
-        + sections + f"<h2>Distilled set</h2><ul>{distilled}</ul>" + figure("ufc_examples.png")
+        + sections + (f"<h2>Distilled set</h2><ul>{distilled}</ul>" if distilled else "") + figure("ufc_examples.png")
         + figure("feature_similarity.png") + others + "</body></html>"
     )

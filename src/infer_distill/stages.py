@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from . import __version__, architectures
-from .config import BASELINES, KNOWN_IMAGES, METHODS, KNOWN_NUM_CLASSES, Config, ConfigError, check_budget, diff_settings, fingerprint, stage_config
+from .config import (BASELINES, KNOWN_IMAGES, KNOWN_NUM_CLASSES, METHODS, Config, ConfigError, check_budget, diff_settings,
+                     fingerprint, smallest_feasible_ipc, stage_config)
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
@@ -820,9 +821,11 @@ def set_similarity(teacher: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return methods.feature_similarity(methods.penultimate_features(teacher, images, device), labels)
 
 
-def _set_for(cfg: Config, method: str, sets: list[str], distilled: str) -> tuple[Artifact, dict]:
+def _set_for(cfg: Config, method: str, sets: list[str], distilled: str | None) -> tuple[Artifact, dict]:
     """The distilled set of `method`: INFER's soft-label artifact, or the distill-method one of that method."""
     if method == "infer":
+        if distilled is None:
+            raise StageError("evaluate-method --method infer needs --distilled, INFER's soft-label artifact")
         return load_input(distilled, cfg, "soft-label")
     for uri in sets:
         if open_artifact(uri).read_manifest().get("settings", {}).get("method") == method:
@@ -830,8 +833,8 @@ def _set_for(cfg: Config, method: str, sets: list[str], distilled: str) -> tuple
     raise StageError(f"no distill-method artifact of method {method!r} among {sets}: run distill-method --method {method}")
 
 
-def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int, data: str, distilled: str,
-                    out: str, methods: list[str] | None = None, progress: bool = True) -> dict:
+def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int, data: str, out: str,
+                    distilled: str | None = None, methods: list[str] | None = None, progress: bool = True) -> dict:
     """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the
     set's static labels) or the hard-label score (cross-entropy on the instances' classes, no soft label), for
     students.epochs or for INFER's static student's optimiser steps."""
@@ -895,23 +898,27 @@ def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bo
     return _write(output, cfg, "evaluate-full-data", {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
 
 
-def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str, students: list[str], out: str,
-           baselines: list[str] | None = None, method_scores: list[str] | None = None, full_data: list[str] | None = None,
-           methods: list[str] | None = None) -> dict:
-    """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
+def report(cfg: Config, data: str, teachers: list[str], out: str, ufc: list[str] | None = None, distilled: str | None = None,
+           students: list[str] | None = None, baselines: list[str] | None = None, method_scores: list[str] | None = None,
+           full_data: list[str] | None = None, methods: list[str] | None = None) -> dict:
+    """report.json, report.md and plots from every upstream manifest (timings summed per stage); without INFER's
+    steps (`methods` without infer) the peers' method table alone."""
     from . import report as rep
 
-    output = _begin(out, {"data": data, "teachers": teachers, "ufc": ufc, "distilled": distilled, "students": students,
-                          "baselines": baselines or [],
+    if cfg.runs_infer() and distilled is None:
+        raise StageError("report needs --distilled, INFER's soft-label artifact (methods has infer)")
+    output = _begin(out, {"data": data, "teachers": teachers,
+                          **({"ufc": ufc or [], "distilled": distilled, "students": students or [], "baselines": baselines or []}
+                             if distilled is not None else {}),
                           **({"method_scores": method_scores} if method_scores else {}),
                           **({"full_data": full_data} if full_data else {}),
                           **({"methods": methods} if methods else {})})
     _, dm = load_input(data, cfg, "prepare-data")
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
-    ufc_manifests = [open_artifact(u).read_manifest() for u in ufc]
-    dist_art, dist_manifest = load_input(distilled, cfg, "soft-label")
+    ufc_manifests = [open_artifact(u).read_manifest() for u in ufc or []]
+    dist_art, dist_manifest = load_input(distilled, cfg, "soft-label") if distilled is not None else (None, None)
     student_manifests = []
-    for uri in students:
+    for uri in students or []:
         m = open_artifact(uri).read_manifest()["metrics"]
         student_manifests.append(load_input(uri, cfg, "evaluate-student", arch=m["arch"], seed=m["seed"], label_mode=m["label_mode"])[1])
 
@@ -929,7 +936,7 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
 
     timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
     for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
-                            ("soft-label", [dist_manifest]), ("evaluate-student", student_manifests),
+                            ("soft-label", [dist_manifest] if dist_manifest else []), ("evaluate-student", student_manifests),
                             ("evaluate-baseline", baseline_manifests), ("evaluate-method", score_manifests),
                             ("evaluate-full-data", full_manifests)):
         if manifests:
@@ -940,42 +947,50 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
                                                    "epochs", "steps", "num_instances", "stored_bytes", "curve")}
                      for m in baseline_manifests]
     teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
-    summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"], rows, timings, baseline_rows)
+    summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"] if dist_manifest else None, rows, timings, baseline_rows)
+    if not cfg.runs_infer():
+        C = dm["metrics"]["num_classes"]
+        summary["infer_not_run"] = {"methods": cfg.methods, "ipc": cfg.budget.ipc, "num_subsets": cfg.num_subsets(C),
+                                    "smallest_feasible_ipc": smallest_feasible_ipc(cfg, C)}
     if score_manifests or full_manifests:
         summary["methods"] = rep.method_summary(_method_rows(cfg, dist_manifest, student_manifests, score_manifests),
                                                 [{k: m["metrics"][k] for k in ("arch", "final_acc")} for m in full_manifests])
         summary["feature_similarity"] = _similarities(cfg, teachers, dm, dist_art, methods or [])
-    t = read_distilled(dist_art)
-    pngs = {
-        "ufc_examples.png": rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
-                                                 cfg.synthesis.classes_per_ufc),
-        "student_curves.png": rep.student_curves_png(rows, baseline_rows),
-        **({"feature_similarity.png": rep.similarity_png(summary["feature_similarity"])} if "feature_similarity" in summary else {}),
-    }
+    pngs = {"student_curves.png": rep.student_curves_png(rows, baseline_rows)} if rows or baseline_rows else {}
+    if dist_art is not None:
+        t = read_distilled(dist_art)
+        pngs["ufc_examples.png"] = rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
+                                                        cfg.synthesis.classes_per_ufc)
+    if "feature_similarity" in summary:
+        pngs["feature_similarity.png"] = rep.similarity_png(summary["feature_similarity"])
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
     return _write(output, cfg, "report", files, {"report": summary})
 
 
-def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact, methods: list[str]) -> dict:
-    """{method: feature_similarity} on the first teacher: INFER's computed here, each peer's as its distill-method
-    artifact recorded it."""
-    t = read_distilled(dist_art)
-    K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
-    teacher = load_teachers(cfg, teachers, dm, "cpu")[0]
-    out = {"infer": set_similarity(teacher, distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc),
-                                   instance_origins(K, M, C)["label"], "cpu")}
+def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact | None, methods: list[str]) -> dict:
+    """{method: feature_similarity} on the first teacher: INFER's computed here (when it ran), each peer's as its
+    distill-method artifact recorded it."""
+    out = {}
+    if dist_art is not None:
+        t = read_distilled(dist_art)
+        K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
+        teacher = load_teachers(cfg, teachers, dm, "cpu")[0]
+        out["infer"] = set_similarity(teacher, distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc),
+                                      instance_origins(K, M, C)["label"], "cpu")
     for uri in methods:
         method = open_artifact(uri).read_manifest().get("settings", {}).get("method")
         out[method] = load_input(uri, cfg, "distill-method", method=method)[1]["metrics"]["feature_similarity"]
     return out
 
 
-def _method_rows(cfg: Config, dist_manifest: dict, student_manifests: list[dict], score_manifests: list[dict]) -> list[dict]:
+def _method_rows(cfg: Config, dist_manifest: dict | None, student_manifests: list[dict], score_manifests: list[dict]) -> list[dict]:
     """Every method student as a row of the method table: the evaluate-method runs, and INFER's static-label students
     as its soft-label score (under every protocol: INFER's steps are its epochs)."""
     keys = ("method", "score", "protocol", "arch", "seed", "final_acc", "steps", "num_instances", "stored_bytes")
     rows = [{k: m["metrics"][k] for k in keys} for m in score_manifests]
+    if dist_manifest is None:
+        return rows
     b = dist_manifest["metrics"]["budget"]
     for m in student_manifests:
         s = m["metrics"]

@@ -32,7 +32,7 @@ from .steps import STEP_FUNCTIONS
 
 def resolve_config(dataset: dict, budget: dict, teachers: dict, synthesis: dict, labels: dict, students: dict, device: str,
                    precision: str, channels_last: str, cudnn_benchmark: bool, compile: bool,
-                   seed: int, tracking: dict, methods: list, rded: dict, sre2l: dict, omitted_fanouts: list, config: Output[Artifact]):
+                   seed: int, tracking: dict, methods: list, rded: dict, sre2l: dict, omitted_steps: list, config: Output[Artifact]):
     """Validate the config sections given as pipeline parameters (and that the DAG has the steps they need); write the run's config."""
     from infer_distill import plan
     from infer_distill.config import validate_config
@@ -42,7 +42,7 @@ def resolve_config(dataset: dict, budget: dict, teachers: dict, synthesis: dict,
                 "cudnn_benchmark": cudnn_benchmark, "compile": compile, "seed": seed, "tracking": tracking, "methods": methods,
                 "rded": rded, "sre2l": sre2l}
     cfg = validate_config(sections, source="pipeline parameters")
-    plan.check_omitted(cfg, omitted_fanouts)
+    plan.check_omitted(cfg, omitted_steps)
     with open(config.path, "w") as f:
         f.write(cfg.model_dump_json(indent=2))
 

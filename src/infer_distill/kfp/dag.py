@@ -155,8 +155,8 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
     comps = components(opts.image)
     # KFP parameters cannot hold null: a None setting is left out, which is the same as its default.
     d = cfg.model_dump(mode="json", exclude_none=True)
-    # A loop over an empty list cannot be collected downstream: a step whose (optional) fan-out this
-    # config leaves empty is left out, and resolve-config refuses a run whose config would need it.
+    # A loop over an empty list cannot be collected downstream: a step this config does not run, or whose
+    # (optional) fan-out it leaves empty, is left out, and resolve-config refuses a run whose config would need it.
     left_out = plan.omitted(cfg)
 
     @dsl.pipeline(name="infer-distill", description="INFER dataset distillation: teachers, UFCs, soft labels, students")
@@ -171,7 +171,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
             dataset=dataset, budget=budget, teachers=teachers, synthesis=synthesis, labels=labels, students=students,
             device=device, precision=precision, channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,
             compile=compile, seed=seed, tracking=tracking, methods=methods, rded=rded, sre2l=sre2l,
-            omitted_fanouts=left_out), opts).outputs["config"]
+            omitted_steps=left_out), opts).outputs["config"]
         tasks: dict[str, object] = {}      # step name -> its task (inside its loop for a fan-out)
         gathered: dict[str, object] = {}   # plan output -> the one artifact a fan-out's outputs were gathered into
 
@@ -184,7 +184,7 @@ def build_pipeline(cfg: Config, opts: ClusterOptions, check: bool = True):
             return {name: dsl.Collected(output) if producer.over else output}
 
         for step in plan.PLAN:
-            if step.over and step.over.name in left_out:
+            if step.name in left_out:
                 continue
             args = {"config": config}
             for name in step.inputs:

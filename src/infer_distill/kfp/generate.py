@@ -56,7 +56,7 @@ def component_source(step: plan.Step) -> str:
         producer = plan.PRODUCER[name]
         if name in gathered_outputs():
             spec, param = f"{GATHERED[name]}: Input[{kind(name)}]", GATHERED[name]
-            if producer.over.optional:  # (the DAG leaves an empty optional fan-out out, and its gathered artifact with it)
+            if plan.optional_input(step, name):  # (the DAG leaves an omitted step out, and its gathered artifact with it)
                 optional.append(spec + " = None")
                 gathered.append(f'"{name}": {param}.path if {param} is not None else None')
             else:
@@ -64,11 +64,14 @@ def component_source(step: plan.Step) -> str:
                 gathered.append(f'"{name}": {param}.path')
         elif producer.over:
             spec = f"{name}: Input[List[{kind(name)}]]"
-            if producer.over.optional:  # the step of an optional fan-out may be left out of the DAG: None then
+            if plan.optional_input(step, name):  # the step may be left out of the DAG: None then
                 optional.append(spec + " = None")
             else:
                 params.append(spec)
-            inputs.append(f'"{name}": [a.path for a in {name}{" or []" if producer.over.optional else ""}]')
+            inputs.append(f'"{name}": [a.path for a in {name}{" or []" if plan.optional_input(step, name) else ""}]')
+        elif plan.optional_input(step, name):  # a step the DAG may be compiled without: the stage's default then
+            optional.append(f"{name}: Input[{kind(name)}] = None")
+            inputs.append(f'**({{"{name}": {name}.path}} if {name} is not None else {{}})')
         else:
             params.append(f"{name}: Input[{kind(name)}]")
             inputs.append(f'"{name}": {name}.path')

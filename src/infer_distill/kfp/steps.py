@@ -62,11 +62,11 @@ def distill_method(config: Input[Artifact], method: str, data: Input[Dataset], t
     run_step("distill-method", config.path, {"method": method}, {"data": data.path}, {"teachers": teacher_set.path}, method_set.path, metrics)
 
 
-def evaluate_method(config: Input[Artifact], method: str, score: str, protocol: str, arch: str, seed: int, data: Input[Dataset], distilled: Input[Dataset], method_score: Output[Artifact], metrics: Output[Metrics], method_sets: Input[Artifact] = None):
+def evaluate_method(config: Input[Artifact], method: str, score: str, protocol: str, arch: str, seed: int, data: Input[Dataset], method_score: Output[Artifact], metrics: Output[Metrics], distilled: Input[Dataset] = None, method_sets: Input[Artifact] = None):
     """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the"""
     from infer_distill.kfp.run import run_step
 
-    run_step("evaluate-method", config.path, {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed}, {"data": data.path, "distilled": distilled.path}, {"methods": method_sets.path if method_sets is not None else None}, method_score.path, metrics)
+    run_step("evaluate-method", config.path, {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed}, {"data": data.path, **({"distilled": distilled.path} if distilled is not None else {})}, {"methods": method_sets.path if method_sets is not None else None}, method_score.path, metrics)
 
 
 def evaluate_full_data(config: Input[Artifact], arch: str, data: Input[Dataset], full_data: Output[Artifact], metrics: Output[Metrics]):
@@ -76,11 +76,11 @@ def evaluate_full_data(config: Input[Artifact], arch: str, data: Input[Dataset],
     run_step("evaluate-full-data", config.path, {"arch": arch}, {"data": data.path}, {}, full_data.path, metrics)
 
 
-def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Model], ufc: Input[List[Artifact]], distilled: Input[Dataset], students: Input[List[Model]], report: Output[Artifact], summary: Output[Markdown], page: Output[HTML], metrics: Output[Metrics], baselines: Input[List[Model]] = None, method_scores: Input[List[Artifact]] = None, full_data: Input[List[Artifact]] = None, method_sets: Input[Artifact] = None):
-    """report.json, report.md and plots from every upstream manifest (timings summed per stage)."""
+def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Model], report: Output[Artifact], summary: Output[Markdown], page: Output[HTML], metrics: Output[Metrics], ufc: Input[List[Artifact]] = None, distilled: Input[Dataset] = None, students: Input[List[Model]] = None, baselines: Input[List[Model]] = None, method_scores: Input[List[Artifact]] = None, full_data: Input[List[Artifact]] = None, method_sets: Input[Artifact] = None):
+    """report.json, report.md and plots from every upstream manifest (timings summed per stage); without INFER's"""
     from infer_distill.kfp.run import run_step
 
-    run_step("report", config.path, {}, {"data": data.path, "ufc": [a.path for a in ufc], "distilled": distilled.path, "students": [a.path for a in students], "baselines": [a.path for a in baselines or []], "method_scores": [a.path for a in method_scores or []], "full_data": [a.path for a in full_data or []]}, {"teachers": teacher_set.path, "methods": method_sets.path if method_sets is not None else None}, report.path, metrics, {"summary": summary.path, "page": page.path})
+    run_step("report", config.path, {}, {"data": data.path, "ufc": [a.path for a in ufc or []], **({"distilled": distilled.path} if distilled is not None else {}), "students": [a.path for a in students or []], "baselines": [a.path for a in baselines or []], "method_scores": [a.path for a in method_scores or []], "full_data": [a.path for a in full_data or []]}, {"teachers": teacher_set.path, "methods": method_sets.path if method_sets is not None else None}, report.path, metrics, {"summary": summary.path, "page": page.path})
 
 
 STEP_FUNCTIONS = (prepare_data, train_teacher, select_subsets, synthesize_ufc, soft_label, evaluate_student, evaluate_baseline, distill_method, evaluate_method, evaluate_full_data, report,)
