@@ -39,7 +39,7 @@ import yaml
 
 from benchmarks.common import GpuSampler, link_pool, machine_info, source_info, torch_threads
 from infer_distill import plan, stages
-from infer_distill.config import Config, ConfigError, apply_overrides, fingerprint, stage_config, validate_config
+from infer_distill.config import Config, ConfigError, apply_overrides, fingerprint, validate_config
 from infer_distill.executor import Walk, parse_devices, run_walks, worker_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def default_datasets() -> str:
 
 def pool_dir(pools: Path, cfg: Config) -> Path:
     """Variants whose data and teacher recipe agree share one pool, whatever their teacher lists."""
-    settings = stage_config(cfg, "train-teacher", arch=cfg.teachers.archs[0])  # data, teacher recipe, seed
+    settings = plan.settings(cfg, "train-teacher", arch=cfg.teachers.archs[0])  # data, teacher recipe, seed
     recipe = {**settings, "teacher": {k: v for k, v in settings["teacher"].items() if k not in ("arch", "pretrained")},
               "pretrained": cfg.teachers.pretrained}
     return pools / f"pool-{fingerprint(recipe)[:12]}"

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from infer_distill.config import load_config, num_subsets, stage_config, validate_config
+from infer_distill import plan
+from infer_distill.config import load_config, num_subsets, validate_config
 from infer_distill.plan import STAGES
 
 
@@ -62,12 +63,12 @@ def test_stage_settings_are_cumulative_and_scoped():
     c = load_config(None, ["teachers.epochs=3"])
     # student settings do not touch the teacher, UFC or label artifacts
     for stage, keys in [("train-teacher", {"arch": "resnet_tiny"}), ("synthesize-ufc", {"subset_ids": [0]}), ("soft-label", {})]:
-        assert stage_config(a, stage, **keys) == stage_config(b, stage, **keys)
+        assert plan.settings(a, stage, **keys) == plan.settings(b, stage, **keys)
     # teacher settings flow into everything downstream of the teachers
-    assert stage_config(a, "select-subsets") == stage_config(c, "select-subsets")
-    assert stage_config(a, "synthesize-ufc", subset_ids=[0]) != stage_config(c, "synthesize-ufc", subset_ids=[0])
-    assert stage_config(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
-        stage_config(c, "evaluate-student", arch="x", seed=0, label_mode="static")
+    assert plan.settings(a, "select-subsets") == plan.settings(c, "select-subsets")
+    assert plan.settings(a, "synthesize-ufc", subset_ids=[0]) != plan.settings(c, "synthesize-ufc", subset_ids=[0])
+    assert plan.settings(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
+        plan.settings(c, "evaluate-student", arch="x", seed=0, label_mode="static")
 
 
 def test_placement_is_in_no_artifacts_settings():
@@ -81,8 +82,8 @@ def test_placement_is_in_no_artifacts_settings():
     placed = load_config(None, ["synthesis.subsets_per_shard=2", "device=cpu"])
     computed = load_config(None, ["synthesis.iterations=7"])
     for stage in STAGES:
-        assert stage_config(base, stage, **keys.get(stage, {})) == stage_config(placed, stage, **keys.get(stage, {})), stage
-    assert stage_config(base, "synthesize-ufc", subset_ids=[0, 1]) != stage_config(computed, "synthesize-ufc", subset_ids=[0, 1])
+        assert plan.settings(base, stage, **keys.get(stage, {})) == plan.settings(placed, stage, **keys.get(stage, {})), stage
+    assert plan.settings(base, "synthesize-ufc", subset_ids=[0, 1]) != plan.settings(computed, "synthesize-ufc", subset_ids=[0, 1])
 
 
 def test_shard_plan_covers_every_subset_once():

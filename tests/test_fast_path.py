@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY
-from infer_distill import stages, synthesis
+from infer_distill import plan, stages, synthesis
 from infer_distill.cli import main
 from infer_distill.plan import run_in_process
-from infer_distill.config import ConfigError, load_config, stage_config
+from infer_distill.config import ConfigError, load_config
 from infer_distill.plan import STAGES
 from infer_distill.data import augmentation, load_dataset, random_crop_flip
 from infer_distill.fast_path import PLAIN, CompileTime, FastPath, check_compile, resolve_fast_path
@@ -117,7 +117,7 @@ def test_fast_path_settings_are_in_no_artifacts_settings():
     plain = load_config(None, ["precision=fp32", "channels_last=false", "cudnn_benchmark=false", "compile=false"])
     fast = load_config(None, ["precision=bf16", "channels_last=true", "cudnn_benchmark=true", "compile=true"])
     for stage in STAGES:
-        assert stage_config(plain, stage, **keys.get(stage, {})) == stage_config(fast, stage, **keys.get(stage, {})), stage
+        assert plan.settings(plain, stage, **keys.get(stage, {})) == plan.settings(fast, stage, **keys.get(stage, {})), stage
 
 
 @pytest.fixture

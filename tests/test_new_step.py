@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import TINY
-from infer_distill import cli, config, executor, plan, stages
+from infer_distill import cli, config, plan, stages
 from infer_distill.executor import Walk, run_walks
 from infer_distill.plan import Layout
 from pipelines import render
@@ -24,7 +24,8 @@ def count_images(cfg, data: str, out: str) -> dict:
 
 @pytest.fixture
 def toy_plan(monkeypatch):
-    toy = plan.Step("count-images", "counts", "counts", ("data",))
+    # its settings: those of the data it reads (a step declares its settings function beside its inputs)
+    toy = plan.Step("count-images", "counts", "counts", ("data",), settings=config.data_settings)
     steps = (*plan.PLAN[:1], toy, *plan.PLAN[1:])
     monkeypatch.setattr(plan, "PLAN", steps)
     monkeypatch.setattr(plan, "STEPS", {s.name: s for s in steps})
@@ -32,11 +33,6 @@ def toy_plan(monkeypatch):
     monkeypatch.setattr(plan, "STAGES", tuple(s.name for s in steps))
     monkeypatch.setattr(stages, "count_images", count_images, raising=False)
     monkeypatch.setattr(Layout, "counts", property(lambda layout: layout._join("counts")), raising=False)
-    # its settings: those of the data it reads (config.stage_config holds every stage's, by name)
-    settings = config.stage_config
-    with_toy = lambda cfg, stage, **keys: settings(cfg, "prepare-data") if stage == "count-images" else settings(cfg, stage, **keys)  # noqa: E731
-    for module in (stages, executor):
-        monkeypatch.setattr(module, "stage_config", with_toy)
     return toy
 
 

@@ -12,7 +12,8 @@ import yaml
 
 from conftest import TINY
 from infer_distill.cli import main
-from infer_distill.config import load_config, stage_config
+from infer_distill import plan
+from infer_distill.config import load_config
 from infer_distill.plan import PLAN
 from infer_distill.plan import Layout
 from infer_distill.store import open_artifact
@@ -34,7 +35,8 @@ def test_tracking_is_in_no_artifacts_settings():
     item = {"arch": "convnet_d2_w32", "seed": 0, "label_mode": "static", "subset_ids": [0, 1], "baseline": "random_soft",
             "method": "rded", "score": "soft", "protocol": "epochs"}
     for step in PLAN:
-        settings = [stage_config(load_config(None, TINY + [f"tracking.backend={b}"]), step.name, **item)
+        keys = {k: item[k] for k in (step.over.keys if step.over else ())}
+        settings = [plan.settings(load_config(None, TINY + [f"tracking.backend={b}"]), step.name, **keys)
                     for b in ("none", "mlflow", "tensorboard")]
         assert settings[0] == settings[1] == settings[2], step.name
 

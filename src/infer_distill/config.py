@@ -5,7 +5,7 @@ Unknown keys are rejected (a typo must not silently fall back to a default). The
 defaults are the quickstart (configs/quickstart.yaml: digits, small nets, 2 CPU cores); the
 full-scale configs in configs/ set the official values explicitly.
 
-Each stage's artifact records the slice of this config it depends on (`stage_config`), so
+Each stage's artifact records the slice of this config it depends on (its `*_settings` function, named by its plan step), so
 that a later stage, or a resumed run, can tell an artifact made with other settings from a
 valid one and say which setting differs.
 """
@@ -419,78 +419,93 @@ BASELINES = {
 # Placement: where and how the work is spread, never what it computes. None of these is part of
 # any artifact's settings, so changing one reuses finished work (`device` and the fast-path keys
 # `precision`, `channels_last`, `cudnn_benchmark`, `compile` and `tracking`, which only reports
-# what was computed, are not either: stage_config never reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
+# what was computed, are not either: no settings function reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
 # section 4).
 PLACEMENT = {"synthesis": {"subsets_per_shard"}}
 # How the methods are scored: which runs exist, not how any one of them trains
 METHOD_SCORING = {"scores", "protocols", "full_data_reference", "full_data_epochs"}
 
 
-def stage_config(cfg: Config, stage: str, **keys: Any) -> dict:
-    """The settings an artifact of `stage` depends on; equal dicts mean interchangeable artifacts."""
-    data = {"dataset": cfg.dataset.model_dump(mode="json")}
-    teacher_common = cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained", "normalization"})
+# One function per artifact kind: `plan.Step.settings` names it, so a step and its settings are
+# declared together; `plan.settings(cfg, stage, **item)` is how every caller asks.
 
-    def teacher(arch: str) -> dict:
-        norm = cfg.teachers.normalization.get(arch)
-        return {**data, "teacher": {"arch": arch, **teacher_common, "pretrained": cfg.teachers.pretrained.get(arch),
-                                    **({"normalization": norm.model_dump(mode="json")} if norm else {})}, "seed": cfg.seed}
 
-    def subsets() -> dict:
-        return {**data, "budget": cfg.budget.model_dump(mode="json"), "num_teachers": len(cfg.teachers.archs),
-                "classes_per_ufc": cfg.synthesis.classes_per_ufc, "seed": cfg.seed}
+def data_settings(cfg: Config) -> dict:
+    return {"dataset": cfg.dataset.model_dump(mode="json")}
 
-    def teachers() -> list[dict]:
-        return [teacher(a)["teacher"] for a in cfg.teachers.archs]
 
-    def synthesis() -> dict:
-        # ufc_dtype is how soft-label stores the UFCs: it does not change the optimised UFCs
-        return {**subsets(), "teachers": teachers(),
-                "synthesis": cfg.synthesis.model_dump(mode="json", exclude=PLACEMENT["synthesis"] | {"ufc_dtype"})}
+def _teacher(cfg: Config, arch: str) -> dict:
+    norm = cfg.teachers.normalization.get(arch)
+    return {"arch": arch, **cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained", "normalization"}),
+            "pretrained": cfg.teachers.pretrained.get(arch), **({"normalization": norm.model_dump(mode="json")} if norm else {})}
 
-    def label_settings() -> dict:
-        return {"temperature": cfg.labels.temperature, "dtype": cfg.labels.dtype}
 
-    def labels() -> dict:
-        return {**synthesis(), "ufc_dtype": cfg.synthesis.ufc_dtype, "labels": label_settings()}
+def teacher_settings(cfg: Config, arch: str) -> dict:
+    return {**data_settings(cfg), "teacher": _teacher(cfg, arch), "seed": cfg.seed}
 
-    def student_common() -> dict:
-        return cfg.students.model_dump(mode="json", exclude={"archs", "seeds", "baselines", *METHOD_SCORING})
 
-    def method_set(method: str) -> dict:
-        # a peer's set: INFER's budget (subsets()), its teachers' labels, and the method's own settings
-        own = {"rded": cfg.rded, "sre2l": cfg.sre2l}.get(method)
-        return {**subsets(), "teachers": teachers(), "labels": label_settings(), "method": method,
-                **({method: own.model_dump(mode="json")} if own else {})}
+def subset_settings(cfg: Config) -> dict:
+    return {**data_settings(cfg), "budget": cfg.budget.model_dump(mode="json"), "num_teachers": len(cfg.teachers.archs),
+            "classes_per_ufc": cfg.synthesis.classes_per_ufc, "seed": cfg.seed}
 
-    if stage == "prepare-data":
-        return data
-    if stage == "train-teacher":
-        return teacher(keys["arch"])
-    if stage == "select-subsets":
-        return subsets()
-    if stage == "synthesize-ufc":
-        return {**synthesis(), "subset_ids": list(keys["subset_ids"])}
-    if stage == "soft-label":
-        return labels()
-    if stage == "evaluate-student":
-        return {**labels(), "student": {"arch": keys["arch"], "seed": keys["seed"], "label_mode": keys["label_mode"], **student_common()}}
-    if stage == "evaluate-baseline":
-        # the budget (ipc, and INFER's instance count for equal steps) comes with subsets()
-        return {**subsets(), "teachers": teachers(), "labels": label_settings(),
-                "student": {"arch": keys["arch"], "seed": keys["seed"], "baseline": keys["baseline"], **student_common()}}
-    if stage == "distill-method":
-        return method_set(keys["method"])
-    if stage == "evaluate-method":
-        made = labels() if keys["method"] == "infer" else method_set(keys["method"])
-        return {**made, "student": {**{k: keys[k] for k in ("method", "score", "protocol", "arch", "seed")}, **student_common()}}
-    if stage == "evaluate-full-data":
-        return {**data, "student": {"arch": keys["arch"], "seed": cfg.seed, "labels": "hard", **student_common(),
-                                    "epochs": cfg.students.full_data_epochs or cfg.students.epochs}}
-    if stage == "report":
-        return {**labels(), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes,
-                **({"methods": cfg.methods} if cfg.methods != ["infer"] else {})}
-    raise ConfigError(f"unknown stage {stage!r}: a step of infer_distill.plan.PLAN has no settings here")
+
+def _teachers(cfg: Config) -> list[dict]:
+    return [_teacher(cfg, a) for a in cfg.teachers.archs]
+
+
+def _synthesis(cfg: Config) -> dict:
+    # ufc_dtype is how soft-label stores the UFCs: it does not change the optimised UFCs
+    return {**subset_settings(cfg), "teachers": _teachers(cfg),
+            "synthesis": cfg.synthesis.model_dump(mode="json", exclude=PLACEMENT["synthesis"] | {"ufc_dtype"})}
+
+
+def ufc_settings(cfg: Config, subset_ids: list[int]) -> dict:
+    return {**_synthesis(cfg), "subset_ids": list(subset_ids)}
+
+
+def _label_recipe(cfg: Config) -> dict:
+    return {"temperature": cfg.labels.temperature, "dtype": cfg.labels.dtype}
+
+
+def distilled_settings(cfg: Config) -> dict:
+    return {**_synthesis(cfg), "ufc_dtype": cfg.synthesis.ufc_dtype, "labels": _label_recipe(cfg)}
+
+
+def _student_recipe(cfg: Config) -> dict:
+    return cfg.students.model_dump(mode="json", exclude={"archs", "seeds", "baselines", *METHOD_SCORING})
+
+
+def student_settings(cfg: Config, arch: str, seed: int, label_mode: str) -> dict:
+    return {**distilled_settings(cfg), "student": {"arch": arch, "seed": seed, "label_mode": label_mode, **_student_recipe(cfg)}}
+
+
+def baseline_settings(cfg: Config, arch: str, seed: int, baseline: str) -> dict:
+    # the budget (ipc, and INFER's instance count for equal steps) comes with subset_settings
+    return {**subset_settings(cfg), "teachers": _teachers(cfg), "labels": _label_recipe(cfg),
+            "student": {"arch": arch, "seed": seed, "baseline": baseline, **_student_recipe(cfg)}}
+
+
+def method_set_settings(cfg: Config, method: str) -> dict:
+    # a peer's set: INFER's budget (subset_settings), its teachers' labels, and the method's own settings
+    own = {"rded": cfg.rded, "sre2l": cfg.sre2l}.get(method)
+    return {**subset_settings(cfg), "teachers": _teachers(cfg), "labels": _label_recipe(cfg), "method": method,
+            **({method: own.model_dump(mode="json")} if own else {})}
+
+
+def method_score_settings(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int) -> dict:
+    made = distilled_settings(cfg) if method == "infer" else method_set_settings(cfg, method)
+    return {**made, "student": {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed,
+                                **_student_recipe(cfg)}}
+
+
+def full_data_settings(cfg: Config, arch: str) -> dict:
+    return {**data_settings(cfg), "student": {"arch": arch, "seed": cfg.seed, "labels": "hard", **_student_recipe(cfg),
+                                              "epochs": cfg.students.full_data_epochs or cfg.students.epochs}}
+
+
+def report_settings(cfg: Config) -> dict:
+    return {**distilled_settings(cfg), "students": cfg.students.model_dump(mode="json"), "label_modes": cfg.labels.modes,
+            **({"methods": cfg.methods} if cfg.methods != ["infer"] else {})}
 
 
 def fingerprint(settings: dict) -> str:
@@ -498,7 +513,7 @@ def fingerprint(settings: dict) -> str:
 
 
 def diff_settings(expected: dict, found: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two stage_config dicts (first few)."""
+    """Human-readable differences between two settings dicts (plan.settings) (first few)."""
     out: list[str] = []
     for key in sorted(set(expected) | set(found)):
         path = f"{prefix}{key}"

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import plan
-from .config import Config, ConfigError, stage_config
+from .config import Config, ConfigError
 from .plan import Layout, Step, StepResult, location, run_item, step_items
 from .store import open_artifact
 
@@ -178,7 +178,7 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
         if not items:
             walk.done.add(step.name)
         for item, uri in zip(items, uris):
-            settings = stage_config(walk.cfg, step.name, **item)
+            settings = plan.settings(walk.cfg, step.name, **item)
             if writers.setdefault(uri, settings) != settings:
                 raise ConfigError(f"two runs write {uri} with different settings: give them separate roots")
             future = running.get(uri)

@@ -18,7 +18,7 @@ On the CPU none of the fast path is on unless asked for: the CPU path is plain f
 eager, and the same config and seed give byte-identical artifacts.
 
 Like `device`, these settings decide how a result is computed, not what is computed, so they are
-part of no artifact's settings (config.stage_config). The fast path is held to the plain path
+part of no artifact's settings (plan.settings). The fast path is held to the plain path
 within tolerances measured on a tiny case (tests/test_fast_path.py), and every stage that runs a
 model records in its manifest metrics how it ran (`compute`, see `FastPath.describe`).
 """

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import config
 from .config import KNOWN_NUM_CLASSES, Config, ConfigError
 from .lock import run_lock
 from .store import ArtifactError, open_artifact
@@ -110,6 +111,9 @@ class Step:
     # leaves the step out otherwise, and its consumers get no such input (None, or [] from a fan-out).
     when: Callable[[Config], bool] | None = None
     retry: RetryPolicy = field(default=RETRY)
+    # The settings its artifact depends on, from the config and the item's keys (config.*_settings):
+    # equal settings mean interchangeable artifacts, so a current one is skipped.
+    settings: Callable[..., dict] = field(kw_only=True)
 
     def runs(self, cfg: Config) -> bool:
         return self.when is None or self.when(cfg)
@@ -127,22 +131,35 @@ def _stages():
 
 
 PLAN: tuple[Step, ...] = (
-    Step("prepare-data", "data", "data", reads_dataset=True),
-    Step("train-teacher", "teachers", "teacher", ("data",), over=TEACHERS, gpu=True),
-    Step("select-subsets", "subsets", "subsets", ("data",), when=Config.runs_infer),
-    Step("synthesize-ufc", "ufc", "ufc", ("data", "subsets", "teachers"), over=SHARDS, gpu=True, when=Config.runs_infer),
-    Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc"), when=Config.runs_infer),
-    Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True, when=Config.runs_infer),
-    Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True, when=Config.runs_infer),
-    Step("distill-method", "methods", "method_set", ("data", "teachers"), over=METHOD_SETS, gpu=True),
-    Step("evaluate-method", "method_scores", "method_score", ("data", "distilled", "methods"), over=METHOD_RUNS, gpu=True),
-    Step("evaluate-full-data", "full_data", "full_data", ("data",), over=FULL_DATA, gpu=True),
+    Step("prepare-data", "data", "data", reads_dataset=True, settings=config.data_settings),
+    Step("train-teacher", "teachers", "teacher", ("data",), over=TEACHERS, gpu=True, settings=config.teacher_settings),
+    Step("select-subsets", "subsets", "subsets", ("data",), when=Config.runs_infer, settings=config.subset_settings),
+    Step("synthesize-ufc", "ufc", "ufc", ("data", "subsets", "teachers"), over=SHARDS, gpu=True, when=Config.runs_infer,
+         settings=config.ufc_settings),
+    Step("soft-label", "distilled", "distilled", ("data", "subsets", "teachers", "ufc"), when=Config.runs_infer,
+         settings=config.distilled_settings),
+    Step("evaluate-student", "students", "student", ("data", "distilled", "teachers"), over=STUDENTS, gpu=True,
+         when=Config.runs_infer, settings=config.student_settings),
+    Step("evaluate-baseline", "baselines", "baseline", ("data", "subsets", "teachers"), over=BASELINES, gpu=True,
+         when=Config.runs_infer, settings=config.baseline_settings),
+    Step("distill-method", "methods", "method_set", ("data", "teachers"), over=METHOD_SETS, gpu=True,
+         settings=config.method_set_settings),
+    Step("evaluate-method", "method_scores", "method_score", ("data", "distilled", "methods"), over=METHOD_RUNS, gpu=True,
+         settings=config.method_score_settings),
+    Step("evaluate-full-data", "full_data", "full_data", ("data",), over=FULL_DATA, gpu=True, settings=config.full_data_settings),
     Step("report", "report", "report", ("data", "teachers", "ufc", "distilled", "students", "baselines", "method_scores",
-                                        "full_data", "methods"), always=True),
+                                        "full_data", "methods"), always=True, settings=config.report_settings),
 )
 STEPS = {s.name: s for s in PLAN}
 STAGES = tuple(STEPS)  # `infer-distill stage NAME`'s names, in run order
 PRODUCER = {s.output: s for s in PLAN}
+
+
+def settings(cfg: Config, stage: str, **keys: Any) -> dict:
+    """The settings an artifact of `stage` (with its item's keys) depends on; equal dicts mean interchangeable artifacts."""
+    if stage not in STEPS:
+        raise ConfigError(f"unknown stage {stage!r}: use one of {', '.join(STEPS)}")
+    return STEPS[stage].settings(cfg, **keys)
 
 
 def upstream(step: Step) -> set[str]:

@@ -7,7 +7,7 @@ The CLI, the KFP components, the compose services and the Helm templates all cal
 functions (through `infer-distill stage NAME`); none re-implements a stage.
 
 Every output is an artifact (store.py): safetensors + manifest.json recording the slice of the
-config it depends on (config.stage_config), what it read from outside the pipeline by content
+config it depends on (plan.settings: each step's settings function), what it read from outside the pipeline by content
 (`sources`: the dataset's file list, a pretrained teacher file's sha256) and the sha256 of each
 input artifact's manifest. Reading an input checks that slice against the current config, so an
 artifact made with other settings is refused with the differing keys; `is_current` also checks
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, architectures
+from . import __version__, architectures, plan
 from .config import (BASELINES, KNOWN_IMAGES, KNOWN_NUM_CLASSES, METHODS, Config, ConfigError, check_budget, diff_settings,
-                     fingerprint, smallest_feasible_ipc, stage_config)
+                     fingerprint, smallest_feasible_ipc)
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
@@ -82,7 +82,7 @@ def _begin(out: str, inputs: Inputs) -> _Output:
 
 def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, read: dict | None = None, **keys) -> dict:
     """Write the artifact; `read`: what the stage read from outside the pipeline, as `sources` gives it."""
-    settings = stage_config(cfg, stage, **keys)
+    settings = plan.settings(cfg, stage, **keys)
     manifest = {
         "stage": stage,
         "fingerprint": fingerprint({**settings, "sources": read} if read else settings),
@@ -106,7 +106,7 @@ def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dic
     manifest = art.read_manifest()
     if manifest.get("stage") != stage:
         raise ArtifactError(f"{uri} is a {manifest.get('stage')!r} artifact, but a {stage!r} artifact is needed here")
-    expected = stage_config(cfg, stage, **keys)
+    expected = plan.settings(cfg, stage, **keys)
     if manifest.get("settings") != expected:
         diffs = diff_settings(expected, manifest.get("settings", {}))
         raise ArtifactError(
