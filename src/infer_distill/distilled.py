@@ -517,6 +517,7 @@ def _made_by(ds: DistilledSet) -> _Provenance:
     method = settings["method"]
     name, published, instance = DESCRIPTIONS[method]
     own = settings.get(method) or {}  # the method's own settings (rded, sre2l)
+    # what distill-method recorded of how the method chose (herding's features, the candidates RDED had; not SRe2L's per-row losses)
     recorded = {k: m["metrics"][k] for k in ("features", "rded_candidates") if k in m["metrics"]}
     method_settings = ", ".join([f"{k} {v}" for k, v in own.items()] + [f"{k.replace('_', ' ')}: {v}" for k, v in recorded.items()]
                                 + [f"seed {settings['seed']}"])
