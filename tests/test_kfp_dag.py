@@ -204,9 +204,45 @@ def test_the_dag_script_compiles_from_any_directory(tmp_path):
     assert spec["root"]["inputDefinitions"]["parameters"]["budget"]["defaultValue"]["ipc"] == 10
 
 
+def test_gather_lays_each_artifact_out_by_the_item_its_manifest_records_and_names_a_missing_one(tmp_path):
+    """The fan-in before a loop that reads a fan-out's artifacts: teachers by the arch in their metrics, the peers'
+    sets by the method in their settings, each where a run root holds it."""
+    from infer_distill.plan import settings
+    from infer_distill.kfp.run import gather
+    from infer_distill.store import ArtifactError
+
+    cfg = load_config(None, ["methods=[infer, random, herding]"])
+    config = tmp_path / "config.json"
+    config.write_text(cfg.model_dump_json())
+
+    def made(stage, metrics, **keys):  # an artifact as the stage writes it, collected by KFP into a folder of its own
+        uri = str(tmp_path / "collected" / stage / "-".join(keys.values()))
+        open_artifact(uri).write({"x.bin": uri.encode()}, {"stage": stage, "settings": settings(cfg, stage, **keys),
+                                                            "metrics": metrics})
+        return uri
+
+    teachers = [made("train-teacher", {"arch": a, "test_acc": 0.5}, arch=a) for a in reversed(cfg.teachers.archs)]
+    gather("teachers", str(config), teachers, str(tmp_path / "teacher_set"))
+    for arch in cfg.teachers.archs:
+        copied = open_artifact(Layout(str(tmp_path / "teacher_set")).teacher(arch))
+        assert copied.read_bytes("x.bin").decode().endswith(f"/{arch}")
+    sets = {m: made("distill-method", {}, method=m) for m in cfg.peer_methods()}
+    gather("methods", str(config), list(sets.values()), str(tmp_path / "method_sets"))
+    assert open_artifact(Layout(str(tmp_path / "method_sets")).method_set("herding")).read_bytes("x.bin") == sets["herding"].encode()
+    with pytest.raises(ArtifactError, match=r"distill-method: no artifact of herding among the 1 collected \(they are of random\)"):
+        gather("methods", str(config), [sets["random"]], str(tmp_path / "partial"))
+    with pytest.raises(ArtifactError, match="a 'train-teacher' artifact is among the collected distill-method artifacts"):
+        gather("methods", str(config), [sets["random"], teachers[0]], str(tmp_path / "mixed"))
+
+
+# every fan-out, the methods' steps too: the peers' sets are gathered for evaluate-method and the report
+METHODS = ["methods=[infer, random, herding, rded]", "rded.candidates=20", "students.scores=[soft, hard]",
+           "students.full_data_reference=true"]
+
+
 @pytest.mark.slow
 def test_kfp_local_run_equals_the_in_process_run(tmp_path):
-    overrides = TINY + ["synthesis.subsets_per_shard=5", "students.baselines=[random_soft]"]
+    overrides = TINY + ["synthesis.subsets_per_shard=5", "students.baselines=[random_soft]", *METHODS]
     cfg = load_config(None, overrides)
     report_uri = infer_dag.run_local(cfg, str(tmp_path / "kfp"))
     report = open_artifact(report_uri).read_manifest()
@@ -231,6 +267,18 @@ def test_kfp_local_run_equals_the_in_process_run(tmp_path):
     assert [r["baseline"] for r in report["metrics"]["report"]["baselines"]] == ["random_soft"]
     assert report["metrics"]["report"]["budget"]["num_subsets"] == 8
     assert (run_root / "report" / "page").read_text().startswith("<!doctype html>")
+    # the peers' sets, gathered into one artifact as a run root holds them, are those of the in-process run
+    (gathered,) = run_root.glob("gather-methods/method_sets")
+    for method in cfg.peer_methods():
+        assert sha(Layout(str(gathered)).method_set(method), "distilled.safetensors") == \
+            sha(Layout(reference).method_set(method), "distilled.safetensors")
+    # and the report's method rows (every score, IOR and HLR) are the in-process run's numbers
+    in_process = open_artifact(Layout(reference).report).read_manifest()["metrics"]["report"]
+    rows = report["metrics"]["report"]["methods"]
+    assert [r["method"] for r in rows] == cfg.methods
+    assert all(r["soft"] and r["hard"] and r["hlr"] for r in rows)
+    assert rows == in_process["methods"]
+    assert report["metrics"]["report"]["feature_similarity"] == in_process["feature_similarity"]
 
 
 # ----------------------------------------------------------------------------------------

@@ -146,6 +146,28 @@ def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_r
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["imagefolder", "npz"])
+def test_a_peer_sets_datasheet_describes_its_method_not_infer(tiny_run, tmp_path, fmt):
+    from infer_distill.cli import main
+
+    cfg, layout = tiny_run
+    uri = layout.method_set("herding")
+    if not stages.is_current(uri, cfg, "distill-method", method="herding"):
+        stages.distill_method(cfg, "herding", layout.data, layout.teachers(cfg), uri, progress=False)
+    assert main(["export", uri, "--format", fmt, "--out", str(tmp_path / "out")]) == 0
+    sheet = (tmp_path / "out" / "DATASHEET.md").read_text()
+    b = stages.open_artifact(uri).read_manifest()["metrics"]["budget"]
+    teacher_acc = stages.open_artifact(layout.teacher("resnet_tiny")).read_manifest()["metrics"]["test_acc"]
+    for needle in ["made with herding (Welling", "| method | herding (herding): features: penultimate, teacher convnet_d2_w32, seed 0 |",
+                   f"| bytes stored | {b['stored_bytes']:,} (images and labels", f"{b['budget_bytes']:,} bytes",
+                   f"| instances per class | {cfg.method_per_class(10, 64)},", f"resnet_tiny ({100 * teacher_acc:.2f} % test accuracy)",
+                   "its images exactly", f"`{uri}` (distill-method stage)", "use at temperature 30"]:
+        assert needle in sheet, needle
+    for infer_only in ["UFC", "Compensator", "distilled with INFER", "natural subsets"]:
+        assert infer_only not in sheet, infer_only
+
+
+@pytest.mark.slow
 def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
     cfg, layout = tiny_run
     uri = layout.method_set("random")
@@ -239,6 +261,14 @@ def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
     infer = report["feature_similarity"]["infer"]
     assert infer["same_class"]["pairs"] + infer["cross_class"]["pairs"] == n * (n - 1) // 2
     assert (tmp_path / "run" / "report" / "feature_similarity.png").stat().st_size > 1000
+    # the datasheet of a peer's set gives that method's scores from the run's report, and its student recipe
+    from infer_distill.distilled import export
+
+    sheet = (export(Layout(str(tmp_path / "run")).method_set("rded"), "npz", tmp_path / "rded") / "DATASHEET.md").read_text()
+    hard = rows["rded"]["hard"]["mean"]
+    assert f"convnet_d3_w32, hard labels, equal epochs, 1 seed(s): {100 * hard:.2f} % final epoch" in sheet
+    assert "made with RDED (Sun et al." in sheet and "| method | RDED (rded): candidates 20," in sheet
+    assert "(read from the run's report)" in sheet
 
 
 def test_feature_similarity_by_hand():

@@ -10,6 +10,7 @@ from infer_distill import plan
 from infer_distill.cli import build_parser
 from infer_distill.config import ConfigError, load_config
 from infer_distill.kfp import dag as infer_dag
+from infer_distill.kfp import generate
 from infer_distill.plan import Layout
 from pipelines import render
 
@@ -100,8 +101,8 @@ def _kfp_graph(spec: dict) -> tuple[dict, dict]:
             else:
                 source = arg["taskOutputArtifact"]["producerTask"]
             source = component[source]
-            if source == "gather-teachers":
-                found |= reads(next(t for t in tasks if component[t] == "gather-teachers"))
+            if source.startswith("gather-"):  # a fan-out's artifacts gathered into one: read from that fan-out
+                found |= reads(next(t for t in tasks if component[t] == source))
             elif source != "resolve-config":
                 found.add(source)
         return found
@@ -132,21 +133,27 @@ def test_every_rendering_is_the_plan(tmp_path):
 
     # Kubeflow: each step reads the steps the plan says, and fans out over the plan's items; a step
     # whose optional fan-out the compiled config leaves empty is left out (and so is its input)
-    for baselines in ("[random_soft]", "[]"):
+    methods = ["students.baselines=[]", "methods=[infer, herding]", "students.scores=[soft, hard]", "students.full_data_reference=true"]
+    peers = ["select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "evaluate-baseline"]
+    for sets, empty in ((["students.baselines=[random_soft]"], ["distill-method", "evaluate-method", "evaluate-full-data"]),
+                        (["students.baselines=[]"], ["evaluate-baseline", "distill-method", "evaluate-method", "evaluate-full-data"]),
+                        (methods, ["evaluate-baseline"]),                          # the peers' sets gathered for evaluate-method
+                        (["students.scores=[soft, hard]"], ["distill-method", "evaluate-full-data"]),  # INFER's hard score only
+                        (["students.baselines=[]", "methods=[random, rded]"], [*peers, "evaluate-full-data"])):  # the peers alone
         out = tmp_path / "kfp.yaml"
         assert infer_dag.main(["compile", "--output", str(out), "--image", "ghcr.io/acme/infer-distill:0.1.0",
-                               "--set", f"students.baselines={baselines}"]) == 0
+                               *(part for s in sets for part in ("--set", s))]) == 0
         spec = next(yaml.safe_load_all(out.read_text()))
         graph, kfp_fanouts = _kfp_graph(spec)
-        # (the methods' steps: optional fan-outs this config leaves empty)
-        left_out = {s.name for s in plan.PLAN if s.over and s.over.optional and (baselines == "[]" or s.over.name != "baselines")}
-        assert left_out == set(plan.omitted(load_config(None, [f"students.baselines={baselines}"])))
-        assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}
+        assert empty == plan.omitted(load_config(None, sets)), sets
+        left_out = set(empty)
+        assert graph == {n: r - left_out for n, r in reads.items() if n not in left_out}, sets
         assert kfp_fanouts == {n: (f.name if f.source == "config" else f.source, set(f.keys)) for n, f in fan_outs.items()
                                if n not in left_out}
         omitted = spec["root"]["dag"]["tasks"]["resolve-config"]["inputs"]["parameters"]["omitted_steps"]
-        assert omitted == {"runtimeValue": {"constant": [*(["evaluate-baseline"] if baselines == "[]" else []),
-                                                          "distill-method", "evaluate-method", "evaluate-full-data"]}}
+        assert omitted == {"runtimeValue": {"constant": empty}}
+        gathers = {re.sub(r"^comp-|-\d+$", "", c) for c in spec["components"] if c.startswith("comp-gather-")}
+        assert gathers == {f"gather-{o}" for o in generate.gathered_outputs() if plan.PRODUCER[o].name not in left_out}
 
     # Argo (the committed template the chart installs): the DAG's edges, fan-outs and each pod's flags
     wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())

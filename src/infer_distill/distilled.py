@@ -25,6 +25,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from pydantic import ValidationError
 
 from .config import StudentConfig, fingerprint
 from .data import require_datasets
+from .methods import DESCRIPTIONS
 from .plan import Layout
 from .stages import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
 from .store import Artifact, ArtifactError, open_artifact
@@ -157,8 +159,12 @@ class DistilledSet(Dataset):
             raise ArtifactError(f"{self.neighbour('report')}: its students settings cannot be read ({e}): re-run the report stage") from e
 
     def neighbour(self, name: str) -> str:
-        """The URI of artifact `name` beside this one in its run root (the layout `infer-distill run` writes)."""
-        head = self.uri.rstrip("/").rpartition("/")[0]
+        """The URI of artifact `name` beside this one in its run root (the layout `infer-distill run` writes: INFER's
+        set at <root>/distilled, a peer method's at <root>/methods/<method>)."""
+        uri = self.uri.rstrip("/")
+        method = self.manifest["settings"].get("method")
+        where = Layout("").method_set(method) if self.manifest["stage"] == "distill-method" else Layout("").distilled
+        head = uri.removesuffix(where) if uri.endswith(where) else uri.rpartition("/")[0]
         return f"{head}/{name}" if head else name
 
 
@@ -445,9 +451,16 @@ def _teacher_accuracies(ds: DistilledSet) -> list[float | None]:
 
 
 def _run_report(ds: DistilledSet) -> dict | None:
-    """The manifest of the run's report beside this set (its settings: this set's plus the students'), if there is one."""
+    """The manifest of the run's report beside this set, if there is one: its settings are INFER's set's plus the
+    students' (and the methods'); a peer method's set shares them but for INFER's synthesis and its own."""
+    mine = ds.manifest["settings"]
+
     def same_set(settings: dict) -> bool:
-        return {k: v for k, v in settings.items() if k not in ("students", "label_modes")} == ds.manifest["settings"]
+        if ds.manifest["stage"] == "soft-label":
+            return {k: v for k, v in settings.items() if k not in ("students", "label_modes", "methods")} == mine
+        method = mine["method"]
+        return method in settings.get("methods", []) and all(
+            settings.get(k) == v for k, v in mine.items() if k not in ("method", method))
 
     found = _find_artifact([ds.neighbour("report")], "report", same_set)
     return found[1] if found else None
@@ -465,6 +478,64 @@ def _pct(x: float | None) -> str:
     return "not recorded" if x is None else f"{100 * x:.2f} %"
 
 
+@dataclass(frozen=True)
+class _Provenance:
+    """What the datasheet says of how the set was made: INFER's (soft-label) or a peer method's (distill-method)."""
+
+    by: str               # "distilled with ..." (the method and where it is published)
+    instances: str        # what every instance is
+    hard_label: str       # what its hard label is the class of
+    pixels: str           # what the export's 8-bit PNGs are of the set's images
+    rows: list[str]       # the rows of the source and budget table on the method, its teachers and its structure
+    stored: str           # what the stored bytes are made of
+    slots: str            # the export's file names: what <slot> and <teacher> say
+    teacher: str          # the export's teacher column
+
+
+def _made_by(ds: DistilledSet) -> _Provenance:
+    m, settings = ds.manifest, ds.manifest["settings"]
+    b = m["metrics"]["budget"]
+    teachers = ", ".join(f"{a} ({_pct(acc)} test accuracy)" for a, acc in zip(ds.teacher_archs, _teacher_accuracies(ds)))
+    if m["stage"] == "soft-label":
+        return _Provenance(
+            by="distilled with INFER (\"Breaking Class Barriers: Efficient Dataset Distillation via Inter-Class Feature "
+               "Compensator\", Zhang et al., ICLR 2025, arXiv 2408.06927)",
+            instances="Every instance is a real training image (natural) or the same image plus a Universal Feature "
+                      "Compensator (UFC) synthesised against one teacher, clipped to [0, 1].",
+            hard_label="the class of the real image",
+            pixels="**8-bit images.** The export quantises every composed image to 8 bits, round(255 x), as PNG does: pixels "
+                   "are within half an 8-bit step of the set's float images (natural images are exact, they are 8-bit). "
+                   "`infer_distill.DistilledSet` gives the unquantised float images.",
+            rows=[f"| teachers (M = {len(ds.teacher_archs)}) | {teachers} |",
+                  f"| images per class (ipc) | {b['ipc']} |",
+                  f"| natural subsets (K) | {b['num_subsets']}, one real image per class each |",
+                  f"| UFCs | {b['num_ufcs']} (K x M x {b['class_batches']} per subset and teacher), stored as {b['ufc_dtype']} |"],
+            stored="natural images, UFCs and labels as the pipeline stores them",
+            slots="`<slot>` 0 for the natural image and m + 1 for teacher m, `<teacher>` the architecture whose UFC it "
+                  "carries, or `natural`",
+            teacher="the architecture whose UFC it carries, or `natural`")
+    method = settings["method"]
+    name, published, instance = DESCRIPTIONS[method]
+    own = settings.get(method) or {}  # the method's own settings (rded, sre2l)
+    # what distill-method recorded of how the method chose (herding's features, the candidates RDED had; not SRe2L's per-row losses)
+    recorded = {k: m["metrics"][k] for k in ("features", "rded_candidates") if k in m["metrics"]}
+    method_settings = ", ".join([f"{k} {v}" for k, v in own.items()] + [f"{k.replace('_', ' ')}: {v}" for k, v in recorded.items()]
+                                + [f"seed {settings['seed']}"])
+    return _Provenance(
+        by=f"made with {name} ({published}), a method infer-distill compares INFER with at equal stored bytes,",
+        instances=f"Every instance is {instance}, stored as 8-bit pixels.",
+        hard_label="the class it was made for",
+        pixels="**8-bit images.** The set stores every image as 8 bits, so the export's PNGs are its images exactly.",
+        rows=[f"| method | {name} ({method}): {method_settings} |",
+              f"| labelling teachers | {teachers} |",
+              f"| images per class (ipc) | {b['ipc']}: the budget whose INFER set's stored bytes this set may take, "
+              f"{b['budget_bytes']:,} bytes |",
+              f"| instances per class | {b['num_subsets']}, as many as fit in those bytes with their soft labels |"],
+        stored="images and labels as the pipeline stores them, within the byte budget above",
+        slots="`<slot>` 0 and `<teacher>` `natural` for every image (no teacher adds anything to this set's images)",
+        teacher="`natural` for every image")
+
+
 def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
     """DATASHEET.md: what the set is, where it comes from, what it costs, how to check it and how to train on it."""
     m, settings = ds.manifest, ds.manifest["settings"]
@@ -473,35 +544,38 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
     dataset = settings["dataset"]
     source = dataset["name"] + (f" (root {dataset['root']})" if dataset.get("root") else "")
     limits = ", ".join(f"{k} {dataset[k]}" for k in ("train_per_class", "test_per_class", "image_size") if dataset.get(k))
-    teachers = ", ".join(f"{a} ({_pct(acc)} test accuracy)" for a, acc in zip(ds.teacher_archs, _teacher_accuracies(ds)))
+    made = _made_by(ds)
     found = _run_report(ds)
     report = found["metrics"]["report"] if found else None
     recipe, recipe_source = _recipe(ds)
-    students = [f"{s['arch']}, {s['label_mode']} labels, {len(s['seeds'])} seed(s): {_pct(s['final_acc_mean'])} final epoch"
-                + (f" (± {100 * s['final_acc_std']:.2f} over seeds)" if len(s["seeds"]) > 1 else "")
-                + f", {_pct(s['best_acc_mean'])} best over epochs"
-                for s in (report or {}).get("student_summary", [])]
-    students += [f"baseline {s['arch']}, {s['description']}: {_pct(s['final_acc_mean'])} final epoch"
-                 for s in (report or {}).get("baseline_summary", [])]
+    if m["stage"] == "soft-label":
+        students = [f"{s['arch']}, {s['label_mode']} labels, {len(s['seeds'])} seed(s): {_pct(s['final_acc_mean'])} final epoch"
+                    + (f" (± {100 * s['final_acc_std']:.2f} over seeds)" if len(s["seeds"]) > 1 else "")
+                    + f", {_pct(s['best_acc_mean'])} best over epochs"
+                    for s in (report or {}).get("student_summary", [])]
+        students += [f"baseline {s['arch']}, {s['description']}: {_pct(s['final_acc_mean'])} final epoch"
+                     for s in (report or {}).get("baseline_summary", [])]
+    else:  # the report's method table: this method's scores
+        students = [f"{r['arch']}, {score} labels, equal {r['protocol']}, {len(r[score]['seeds'])} seed(s): "
+                    f"{_pct(r[score]['mean'])} final epoch"
+                    for r in (report or {}).get("methods", []) if r["method"] == settings["method"]
+                    for score in ("soft", "hard") if r.get(score)]
     sums = content_sha256(ds)
     source_files = "\n".join(f"| `{name}` | `{entry['sha256']}` | {entry['bytes']:,} |" for name, entry in sorted(m["files"].items()))
-    layout = _LAYOUT[fmt].format(n=n, c=c, ch=ch, h=h, w=w, test=_TEST_LAYOUT[fmt] if with_test else "")
+    layout = _LAYOUT[fmt].format(n=n, c=c, ch=ch, h=h, w=w, test=_TEST_LAYOUT[fmt] if with_test else "",
+                                 slots=made.slots, teacher=made.teacher)
     loader = _LOADER[fmt].format(n=n, ch=ch, h=h, w=w)
     settings_code = ", ".join(f"{k}={v!r}" for k, v in recipe.model_dump(include=set(_RECIPE_KEYS)).items())
     lines = [
         f"# Distilled set: {dataset['name']}, {n // c} training instances per class (budget: {b['ipc']} images per class)",
         "",
-        f"{n:,} training instances of {c} classes, {ch}x{h}x{w} pixels, distilled with INFER (\"Breaking Class Barriers: "
-        "Efficient Dataset Distillation via Inter-Class Feature Compensator\", Zhang et al., ICLR 2025, arXiv 2408.06927) "
+        f"{n:,} training instances of {c} classes, {ch}x{h}x{w} pixels, {made.by} "
         f"by infer-distill {m.get('infer_distill_version', '?')}; exported by infer-distill {__version__}.",
         "",
-        "Every instance is a real training image (natural) or the same image plus a Universal Feature Compensator "
-        "(UFC) synthesised against one teacher, clipped to [0, 1]. Its label is the teachers' mean logits on it "
-        f"(soft label, use at temperature {ds.temperature:g}); the class of the real image is its hard label.",
+        f"{made.instances} Its label is the teachers' mean logits on it "
+        f"(soft label, use at temperature {ds.temperature:g}); {made.hard_label} is its hard label.",
         "",
-        "**8-bit images.** The export quantises every composed image to 8 bits, round(255 x), as PNG does: pixels "
-        "are within half an 8-bit step of the set's float images (natural images are exact, they are 8-bit). "
-        "`infer_distill.DistilledSet` gives the unquantised float images.",
+        made.pixels,
         "",
         "## Contents",
         "",
@@ -515,12 +589,9 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
         "| | |",
         "|---|---|",
         f"| source dataset | {source}{', ' + limits if limits else ''} |",
-        f"| teachers (M = {len(ds.teacher_archs)}) | {teachers} |",
-        f"| images per class (ipc) | {b['ipc']} |",
-        f"| natural subsets (K) | {b['num_subsets']}, one real image per class each |",
-        f"| UFCs | {b['num_ufcs']} (K x M x {b['class_batches']} per subset and teacher), stored as {b['ufc_dtype']} |",
+        *made.rows,
         f"| soft labels | {b['num_instances']:,} x {c}, stored as {b['label_dtype']} |",
-        f"| bytes stored | {b['stored_bytes']:,} (natural images, UFCs and labels as the pipeline stores them) |",
+        f"| bytes stored | {b['stored_bytes']:,} ({made.stored}) |",
         f"| compression ratio | {b['compression_ratio']:.4f} of the {b['train_bytes']:,} bytes of training images |",
         f"| student accuracy (real test set) | {'; '.join(students) if students else 'not recorded (no report of this run beside the set)'} |",
         f"| normalisation | mean {_floats(ds.mean)}, std {_floats(ds.std)} (per channel, pixels in [0, 1]) |",
@@ -529,7 +600,7 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
         "",
         "## Checksums",
         "",
-        f"Source artifact `{ds.uri}` (soft-label stage):",
+        f"Source artifact `{ds.uri}` ({m['stage']} stage):",
         "",
         "| file | sha256 | bytes |",
         "|---|---|---|",
@@ -582,8 +653,7 @@ def _floats(values: tuple[float, ...]) -> str:
 _LAYOUT = {
     "imagefolder": (
         "- `train/<class>/<subset>_<slot>_<teacher>.png`: the {n:,} instances, lossless PNG ({ch} channel(s), {h}x{w}); "
-        "`<subset>` is k (4 digits), `<slot>` 0 for the natural image and m + 1 for teacher m, `<teacher>` the architecture "
-        "whose UFC it carries, or `natural`. Class folders sort in label order (names that would not are prefixed with "
+        "`<subset>` is k (4 digits), {slots}. Class folders sort in label order (names that would not are prefixed with "
         "their label), so torchvision's `ImageFolder` target is the label\n"
         "- **Row order: the order `torchvision.datasets.ImageFolder(\"train\")` reads the files** (class folders sorted, "
         "then file names sorted), so its sample j pairs with row j of each of these three:\n"
@@ -603,8 +673,7 @@ _LAYOUT = {
 _LAYOUT["hf"] = (
     "A `datasets.DatasetDict` written with `save_to_disk` (`datasets.load_from_disk(\"path/to/this/folder\")`): split "
     "`train` holds the {n:,} instances in instance order, with columns `image` (lossless PNG, {ch} channel(s), {h}x{w}), "
-    "`label` (ClassLabel, the class names), `soft_label` (float32 [{c}], the logits), `subset` (k) and `teacher` (the "
-    "architecture whose UFC it carries, or `natural`){test}. This card is its README.md; to publish it, "
+    "`label` (ClassLabel, the class names), `soft_label` (float32 [{c}], the logits), `subset` (k) and `teacher` ({teacher}){test}. This card is its README.md; to publish it, "
     "`datasets.load_from_disk(folder).push_to_hub(\"you/name\")` with a Hugging Face token, then upload README.md."
 )
 _TEST_LAYOUT = {

@@ -4,13 +4,11 @@ Each returns the images of a distilled set as uint8 [P, C, ch, H, W] (row p hold
 every class, as INFER's natural subsets do), so the stage that stores them (`stages.distill_method`)
 labels, stores and accounts for every method's images exactly as soft-label does INFER's.
 
+What each method makes is `DESCRIPTIONS` (the datasheet of its set says it too):
 - random: P seeded real images per class (`stages.draw_per_class`, the random-real baseline's draw);
-- herding: per class, the real images whose running mean of the first teacher's penultimate
-  features tracks the class mean (Welling 2009), picked greedily;
-- rded: per class, random resized crops of candidate real images scored by the teachers'
-  cross-entropy for the class, the best stitched `factor x factor` into an image (Sun et al. 2024);
-- sre2l: images optimised from Gaussian noise against the teachers with cross-entropy plus
-  BatchNorm-statistics matching under jitter and flips (Yin et al. 2023; the UFC loss, `group_losses`).
+- herding: picked greedily on the first teacher's penultimate features (`herding`);
+- rded: crops of real images scored by the teachers and stitched (`rded_select`);
+- sre2l: images optimised from noise against the teachers (`sre2l_recover`; the UFC loss, `group_losses`).
 """
 from __future__ import annotations
 
@@ -24,6 +22,25 @@ from torch import nn
 
 from .progress import progress_bar
 from .synthesis import group_losses
+
+# Each peer method: its name as published, where, and what its set's images are.
+DESCRIPTIONS = {
+    "random": ("random real images", "the random-real baseline of dataset distillation",
+               "a real training image of its class, drawn at random (seeded)"),
+    "herding": ("herding", "Welling, \"Herding Dynamical Weights to Learn\", ICML 2009",
+                "a real training image of its class, picked greedily so that the running mean of the picked images' "
+                "penultimate features on the first teacher tracks the mean over the whole class"),
+    "rded": ("RDED", "Sun et al., \"On the Diversity and Realism of Distilled Dataset: An Efficient Dataset Distillation "
+             "Paradigm\", CVPR 2024",
+             "factor x factor crops of real training images of its class, stitched into one image: random square crops "
+             "of candidate images scored by the teachers' cross-entropy for the class, the best crop of each candidate "
+             "kept and the best of those used"),
+    "sre2l": ("SRe2L", "Yin et al., \"Squeeze, Recover and Relabel: Dataset Condensation at ImageNet Scale From A New "
+              "Perspective\", NeurIPS 2023",
+              "synthesised from Gaussian noise against the teachers: cross-entropy for its class plus matching of the "
+              "teachers' BatchNorm statistics, under random jitter (and flips where set), with no real image in it"),
+}
+
 
 # ----------------------------------------------------------------------------------------
 # Features and scores from the teachers

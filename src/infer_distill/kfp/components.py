@@ -1,29 +1,32 @@
-"""KFP v2 components: one per step of `infer_distill.plan.PLAN` (generated from the plan into steps.py,
-each a call of `run.run_step`), plus three that only the Kubeflow DAG needs:
+"""KFP v2 components: one per step of `infer_distill.plan.PLAN` and one per gathered output (generated
+from the plan into steps.py: each step a call of `run.run_step`, each gather one of `run.gather`), plus
+two that only the Kubeflow DAG needs:
 
 - resolve-config: the run's config from the pipeline parameters (one per config section), validated
   once before anything runs, passed on as a small JSON artifact (kfp.local resolves upstream
   parameter outputs inside ParallelFor iterations to the loop item, so it cannot be a parameter);
-- fanout-items: one fan-out's items (`plan.fanout_items`), the list a ParallelFor iterates;
-- gather-teachers: every teacher in one artifact, laid out as a run root's teachers/<arch>: KFP
-  cannot pass a collected list into another ParallelFor, and synthesis and the students fan out.
+- fanout-items: one fan-out's items (`plan.fanout_items`), the list a ParallelFor iterates.
+
+The gathers: KFP cannot pass a collected list into another ParallelFor, so a fan-out's artifacts
+that a later fan-out reads are gathered into one artifact laid out as a run root (gather-teachers:
+teachers/<arch>, read by synthesis, the students and the methods; gather-methods: methods/<method>,
+the peers' sets, read by evaluate-method and the report), each artifact identified by its manifest.
 
 Artifacts are KFP artifacts whose `.path` is a local directory (KFP moves them to and from the
 pipeline root, e.g. S3/MinIO); each stage writes its usual self-describing artifact there. Each
 component's arguments follow the plan: the config, the fan-out item's keys, then the step's inputs
-(the teachers as `teacher_set`), and its artifact is the output named after `Step.location`
-(evaluate-baseline's is `student`: its item already has a key named baseline).
+(a gathered output as its one artifact, e.g. the teachers as `teacher_set`), and its artifact is
+the output named after `Step.location` (evaluate-baseline's is `student`: its item already has a
+key named baseline).
 
 Lightweight components are serialised by source, so every import lives inside its function.
 `components(image)` builds them all for the project image every step runs in.
 """
 
-from typing import List
-
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Input, Output
 
-from .steps import STEP_FUNCTIONS
+from .steps import GATHER_FUNCTIONS, STEP_FUNCTIONS
 
 # ----------------------------------------------------------------------------------------
 # Config and fan-outs
@@ -55,24 +58,7 @@ def fanout_items(config: Input[Artifact], fanout: str) -> list:
     return plan.fanout_items(load_config(config.path))[fanout]
 
 
-def gather_teachers(config: Input[Artifact], teachers: Input[List[Model]], teacher_set: Output[Model]):
-    """Fan-in: one artifact holding every teacher at <teacher_set>/teachers/<arch> (a run root's layout)."""
-    import shutil
-
-    from infer_distill.config import load_config
-    from infer_distill.plan import Layout
-    from infer_distill.store import open_artifact
-
-    cfg = load_config(config.path)
-    by_arch = {open_artifact(t.path).read_manifest()["metrics"]["arch"]: t.path for t in teachers}
-    missing = sorted(set(cfg.teachers.archs) - set(by_arch))
-    if missing:
-        raise RuntimeError(f"teachers {missing} are missing from the collected teacher artifacts")
-    for arch in cfg.teachers.archs:
-        shutil.copytree(by_arch[arch], Layout(teacher_set.path).teacher(arch))
-
-
-FUNCTIONS = {f.__name__.replace("_", "-"): f for f in (resolve_config, fanout_items, gather_teachers, *STEP_FUNCTIONS)}
+FUNCTIONS = {f.__name__.replace("_", "-"): f for f in (resolve_config, fanout_items, *STEP_FUNCTIONS, *GATHER_FUNCTIONS)}
 
 
 def components(image: str) -> dict:

@@ -5,7 +5,13 @@ submit it to a cluster, or run it here with KFP's local runner.
                    -> select-subsets -> synthesize-ufc (ParallelFor over shards, GPU pods)
                    -> soft-label (Collected shards) -> evaluate-student (ParallelFor over student runs)
                    -> evaluate-baseline (ParallelFor over baseline runs, beside synthesis)
+                   -> distill-method (ParallelFor over the peer methods) -> gather-methods
+                   -> evaluate-method (ParallelFor over method scores) -> evaluate-full-data (ParallelFor over archs)
                    -> report (Markdown, HTML and Metrics in the Kubeflow UI)
+
+A fan-out's artifacts that a later fan-out reads (the teachers, the peers' sets) are gathered into
+one artifact laid out as a run root (KFP cannot pass a collected list into a ParallelFor); an
+optional fan-out this config gives no items (the baselines, the methods' steps) is left out.
 
     python pipelines/infer_dag.py compile --image REGISTRY/infer-distill:TAG --config configs/cifar10-ipc10.yaml --output infer.yaml
     python pipelines/infer_dag.py upload  --image REGISTRY/infer-distill:TAG --host https://kfp.example.com --namespace team
@@ -97,11 +103,6 @@ def check_expressible(cfg: Config, opts: ClusterOptions) -> None:
         if not architectures.is_library_source(source):  # published weights each pod downloads
             raise DagError(f"teachers.pretrained.{arch}={source!r}: a local weight file cannot reach pipeline pods; "
                            "use 'torchvision' or 'timm' weights, train the teacher in the pipeline, or bake the file into the image")
-    if cfg.peer_methods() or cfg.method_runs() or cfg.full_data_runs():
-        raise DagError(f"methods={cfg.methods}, students.scores={cfg.students.scores}, students.full_data_reference="
-                       f"{cfg.students.full_data_reference}: the Kubeflow pipeline cannot run the methods' steps yet (evaluate-method "
-                       "fans out over the methods' sets, and the DAG gathers only the teachers); run them with "
-                       "`infer-distill run`, the Argo WorkflowTemplate or docker compose")
     if cfg.device == "cuda" and opts.gpus == 0:
         raise DagError("device='cuda' but the DAG is compiled with --gpus 0: pods would have no GPU; use device=auto or --gpus 1")
     if opts.parallelism < 0:

@@ -8,7 +8,9 @@ KFP serialises a lightweight component by its function's source, with typed `Inp
 follow from the step: the config, the fan-out item's keys, one parameter per input (a collected
 list for a fan-out's outputs, or the one artifact they were gathered into where the consumer
 fans out itself), the step's artifact and its metrics; each body is one call of `run.run_step`.
-Adding a step to the plan and running this is all the Kubeflow side needs.
+A fan-out's outputs read by a later fan-out get a gather component too (`gather_source`): every
+artifact of the loop in one, laid out as a run root holds them, each identified by its manifest
+(`run.gather`). Adding a step to the plan and running this is all the Kubeflow side needs.
 """
 from __future__ import annotations
 
@@ -22,22 +24,22 @@ from .. import plan
 STEPS_FILE = Path(__file__).with_name("steps.py")
 
 # A fan-out's outputs that a fan-out step reads are gathered into one artifact first (KFP cannot pass
-# a collected list into a ParallelFor): the parameter name of that artifact.
-# (The DAG has a gather component for the teachers only, so it refuses configs whose methods' sets would need one.)
+# a collected list into a ParallelFor), by a gather-<output> component: the parameter name of that artifact.
 GATHERED = {"teachers": "teacher_set", "methods": "method_sets"}
 # The output's name where the location's would clash with an item key (evaluate-baseline's `baseline`).
 OUTPUT_NAMES = {"evaluate-baseline": "student"}
 # The KFP artifact type of each step's output (the Kubeflow UI shows datasets and models as such).
-KINDS = {"data": "Dataset", "teachers": "Model", "distilled": "Dataset", "students": "Model", "baselines": "Model"}
+KINDS = {"data": "Dataset", "teachers": "Model", "distilled": "Dataset", "students": "Model", "baselines": "Model",
+         "methods": "Dataset"}
 # Item key types (the fan-outs' item values; subset ids travel as "0,1,2").
 KEY_TYPES = {"seed": "int"}
 # Outputs only the Kubeflow UI reads: the report's Markdown and HTML pages.
 UI_OUTPUTS = {"report": {"summary": "Markdown", "page": "HTML"}}
 
 
-def gathered_outputs() -> set[str]:
-    """The fan-out outputs that a fan-out step reads: gathered into one artifact, which every later step reads."""
-    return {s.output for s in plan.PLAN if s.over and any(s.output in later.inputs and later.over for later in plan.PLAN)}
+def gathered_outputs() -> list[str]:
+    """The fan-out outputs that a fan-out step reads, in plan order: gathered into one artifact, which every later step reads."""
+    return [s.output for s in plan.PLAN if s.over and any(s.output in later.inputs and later.over for later in plan.PLAN)]
 
 
 def output_name(step: plan.Step) -> str:
@@ -90,14 +92,26 @@ def component_source(step: plan.Step) -> str:
             f"    {'return ' if feeds else ''}{call}\n")
 
 
+def gather_source(output: str) -> str:
+    """The source of the component gathering the fan-out artifacts of `output` into one (`run.gather`)."""
+    producer, k, gathered = plan.PRODUCER[output], kind(output), GATHERED[output]
+    where = plan.location(plan.Layout("<" + gathered + ">"), producer, {key: f"<{key}>" for key in producer.over.keys})
+    return (f"def gather_{output}(config: Input[Artifact], {output}: Input[List[{k}]], {gathered}: Output[{k}]):\n"
+            f'    """Fan-in: every {producer.name} artifact in one, at {where} (a run root\'s layout)."""\n'
+            "    from infer_distill.kfp.run import gather\n\n"
+            f'    gather("{output}", config.path, [a.path for a in {output}], {gathered}.path)\n')
+
+
 def module_source() -> str:
-    functions = "\n\n".join(component_source(step) for step in plan.PLAN)
+    functions = "\n\n".join([*(component_source(step) for step in plan.PLAN), *map(gather_source, gathered_outputs())])
     names = ", ".join(step.name.replace("-", "_") for step in plan.PLAN)
-    return (f'"""One KFP component per step of infer_distill.plan.PLAN. Generated: python -m infer_distill.kfp.generate; do not edit."""\n'
+    gathers = ", ".join(f"gather_{output}" for output in gathered_outputs())
+    return (f'"""One KFP component per step of infer_distill.plan.PLAN, and one per gathered fan-out output. Generated: '
+            'python -m infer_distill.kfp.generate; do not edit."""\n'
             "# flake8: noqa: E501\n\n"
             "from typing import List\n\n"
             "from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output\n\n\n"
-            f"{functions}\n\nSTEP_FUNCTIONS = ({names},)\n")
+            f"{functions}\n\nSTEP_FUNCTIONS = ({names},)\nGATHER_FUNCTIONS = ({gathers},)\n")
 
 
 def main(argv: list[str] | None = None) -> int:

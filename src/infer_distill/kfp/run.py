@@ -1,10 +1,13 @@
-"""What every step's KFP component runs (kfp/steps.py, generated): the stage, and its numbers for the Kubeflow UI."""
+"""What the generated KFP components run (kfp/steps.py): every step's stage, logging its numbers for the
+Kubeflow UI (`run_step`), and every fan-in of a fan-out's artifacts into one (`gather`)."""
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 from .. import plan
 from ..config import load_config
+from ..store import ArtifactError, open_artifact
 
 
 def run_step(name: str, config: str, item: dict, inputs: dict, gathered: dict, out: str, metrics, ui: dict | None = None):
@@ -36,3 +39,36 @@ def run_step(name: str, config: str, item: dict, inputs: dict, gathered: dict, o
     if sources:
         return plan.fanout_items(cfg, found["num_classes"])[sources[0].name]
     return None
+
+
+def made_for(step: plan.Step, manifest: dict) -> dict[str, Any]:
+    """The item of `step`'s fan-out that the artifact of `manifest` was made for: each item key as its stage
+    records it, among its settings (distill-method's method) or else its metrics (train-teacher's arch)."""
+    if manifest.get("stage") != step.name:
+        raise ArtifactError(f"a {manifest.get('stage')!r} artifact is among the collected {step.name} artifacts")
+    settings, metrics = manifest.get("settings", {}), manifest.get("metrics", {})
+    missing = [k for k in step.over.keys if k not in settings and k not in metrics]
+    if missing:
+        raise ArtifactError(f"a {step.name} artifact records no {', '.join(missing)} in its settings or metrics: "
+                            f"it cannot be told which {step.over.name} item it is; rerun {step.name}")
+    return {k: settings[k] if k in settings else metrics[k] for k in step.over.keys}
+
+
+def gather(output: str, config: str, collected: list[str], out: str) -> None:
+    """Fan-in: the collected artifacts of the fan-out producing `output`, copied into `out` where a run root holds
+    them (`plan.location`), so that a later loop reads them all as one artifact (KFP cannot pass a collected list
+    into a ParallelFor). Refuses a run where an item of the fan-out has no artifact."""
+    cfg = load_config(config)
+    producer = plan.PRODUCER[output]
+
+    def key(item: dict) -> tuple[str, ...]:  # item values as the command line gives them (subset ids "0,1,2")
+        return tuple(plan.cli_value(item[k]) for k in producer.over.keys)
+
+    by_item = {key(made_for(producer, open_artifact(uri).read_manifest())): uri for uri in collected}
+    items = producer.over.items(cfg, None)
+    missing = [producer.over.label(i) for i in items if key(i) not in by_item]
+    if missing:
+        raise ArtifactError(f"{producer.name}: no artifact of {', '.join(missing)} among the {len(collected)} collected "
+                            f"(they are of {', '.join(' '.join(k) for k in by_item) or 'nothing'}); rerun the pipeline")
+    for item in items:
+        shutil.copytree(by_item[key(item)], plan.location(plan.Layout(out), producer, item))

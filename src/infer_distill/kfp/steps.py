@@ -1,4 +1,4 @@
-"""One KFP component per step of infer_distill.plan.PLAN. Generated: python -m infer_distill.kfp.generate; do not edit."""
+"""One KFP component per step of infer_distill.plan.PLAN, and one per gathered fan-out output. Generated: python -m infer_distill.kfp.generate; do not edit."""
 # flake8: noqa: E501
 
 from typing import List
@@ -55,14 +55,14 @@ def evaluate_baseline(config: Input[Artifact], arch: str, seed: int, baseline: s
     run_step("evaluate-baseline", config.path, {"arch": arch, "seed": seed, "baseline": baseline}, {"data": data.path, "subsets": subsets.path}, {"teachers": teacher_set.path}, student.path, metrics)
 
 
-def distill_method(config: Input[Artifact], method: str, data: Input[Dataset], teacher_set: Input[Model], method_set: Output[Artifact], metrics: Output[Metrics]):
+def distill_method(config: Input[Artifact], method: str, data: Input[Dataset], teacher_set: Input[Model], method_set: Output[Dataset], metrics: Output[Metrics]):
     """A peer's distilled set at INFER's stored bytes: its images as uint8, labelled by the same teachers as INFER's."""
     from infer_distill.kfp.run import run_step
 
     run_step("distill-method", config.path, {"method": method}, {"data": data.path}, {"teachers": teacher_set.path}, method_set.path, metrics)
 
 
-def evaluate_method(config: Input[Artifact], method: str, score: str, protocol: str, arch: str, seed: int, data: Input[Dataset], method_score: Output[Artifact], metrics: Output[Metrics], distilled: Input[Dataset] = None, method_sets: Input[Artifact] = None):
+def evaluate_method(config: Input[Artifact], method: str, score: str, protocol: str, arch: str, seed: int, data: Input[Dataset], method_score: Output[Artifact], metrics: Output[Metrics], distilled: Input[Dataset] = None, method_sets: Input[Dataset] = None):
     """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the"""
     from infer_distill.kfp.run import run_step
 
@@ -76,11 +76,26 @@ def evaluate_full_data(config: Input[Artifact], arch: str, data: Input[Dataset],
     run_step("evaluate-full-data", config.path, {"arch": arch}, {"data": data.path}, {}, full_data.path, metrics)
 
 
-def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Model], report: Output[Artifact], summary: Output[Markdown], page: Output[HTML], metrics: Output[Metrics], ufc: Input[List[Artifact]] = None, distilled: Input[Dataset] = None, students: Input[List[Model]] = None, baselines: Input[List[Model]] = None, method_scores: Input[List[Artifact]] = None, full_data: Input[List[Artifact]] = None, method_sets: Input[Artifact] = None):
+def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Model], report: Output[Artifact], summary: Output[Markdown], page: Output[HTML], metrics: Output[Metrics], ufc: Input[List[Artifact]] = None, distilled: Input[Dataset] = None, students: Input[List[Model]] = None, baselines: Input[List[Model]] = None, method_scores: Input[List[Artifact]] = None, full_data: Input[List[Artifact]] = None, method_sets: Input[Dataset] = None):
     """report.json, report.md and plots from every upstream manifest (timings summed per stage); without INFER's"""
     from infer_distill.kfp.run import run_step
 
     run_step("report", config.path, {}, {"data": data.path, "ufc": [a.path for a in ufc or []], **({"distilled": distilled.path} if distilled is not None else {}), "students": [a.path for a in students or []], "baselines": [a.path for a in baselines or []], "method_scores": [a.path for a in method_scores or []], "full_data": [a.path for a in full_data or []]}, {"teachers": teacher_set.path, "methods": method_sets.path if method_sets is not None else None}, report.path, metrics, {"summary": summary.path, "page": page.path})
 
 
+def gather_teachers(config: Input[Artifact], teachers: Input[List[Model]], teacher_set: Output[Model]):
+    """Fan-in: every train-teacher artifact in one, at <teacher_set>/teachers/<arch> (a run root's layout)."""
+    from infer_distill.kfp.run import gather
+
+    gather("teachers", config.path, [a.path for a in teachers], teacher_set.path)
+
+
+def gather_methods(config: Input[Artifact], methods: Input[List[Dataset]], method_sets: Output[Dataset]):
+    """Fan-in: every distill-method artifact in one, at <method_sets>/methods/<method> (a run root's layout)."""
+    from infer_distill.kfp.run import gather
+
+    gather("methods", config.path, [a.path for a in methods], method_sets.path)
+
+
 STEP_FUNCTIONS = (prepare_data, train_teacher, select_subsets, synthesize_ufc, soft_label, evaluate_student, evaluate_baseline, distill_method, evaluate_method, evaluate_full_data, report,)
+GATHER_FUNCTIONS = (gather_teachers, gather_methods,)
