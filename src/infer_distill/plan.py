@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import KNOWN_NUM_CLASSES, Config, ConfigError
 from .lock import run_lock
+from .metrics import DataMetrics
 from .store import ArtifactError, open_artifact
 
 
@@ -367,8 +368,8 @@ def _check_replaceable(cfg: Config, layout: Layout) -> None:
     known = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if known is None:
         try:
-            known = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
-        except (ArtifactError, KeyError, TypeError):
+            known = DataMetrics.from_manifest(open_artifact(layout.data).read_manifest()).num_classes
+        except ArtifactError:
             known = None
     for step in PLAN:
         if step.over is not None and step.over.source != "config" and known is None:
