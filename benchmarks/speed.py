@@ -29,6 +29,7 @@ import torch
 from benchmarks.common import machine_info, source_info
 from benchmarks.run import RESULTS, RUNS, atomic_write, default_datasets, load_profile, log
 from infer_distill.config import Config, ConfigError
+from infer_distill.metrics import DataMetrics
 from infer_distill.plan import Layout
 from infer_distill.stages import compute_setup, is_current, load_input, load_teachers
 from infer_distill.synthesis import synthesize_ufcs
@@ -64,7 +65,7 @@ def measure_speed(cfg: Config, root: str, iterations: int, sample: int) -> dict:
     sub_art, _ = load_input(layout.subsets, cfg, "select-subsets")
     natural = train_x[sub_art.read_tensors("subsets.safetensors")["indices"]]   # [K, C, ch, H, W] uint8
     teachers = load_teachers(cfg, layout.teachers(cfg), dm, device)
-    K, M, archs, std = natural.shape[0], len(teachers), list(cfg.teachers.archs), dm["metrics"]["std"]
+    K, M, archs, std = natural.shape[0], len(teachers), list(cfg.teachers.archs), DataMetrics.from_manifest(dm).std
 
     def run(models: list[torch.nn.Module], ids: list[int], iters: int) -> float:
         syn = cfg.synthesis.model_copy(update={"iterations": iters})

@@ -338,7 +338,8 @@ def test_without_infer_the_plan_leaves_infers_steps_out_everywhere():
     assert plan.omitted(cfg) == [*infer_steps, "evaluate-full-data"]
     assert not any(plan.step_items(plan.STEPS[s], cfg, Layout("/x"), lambda: 10) for s in infer_steps)
     assert plan.step_inputs(plan.STEPS["report"], cfg, {o: o for o in plan.PRODUCER}) == {
-        "data": "data", "teachers": "teachers", "method_scores": "method_scores", "full_data": "full_data", "methods": "methods"}
+        "data": "data", "teachers": "teachers", "ufc": [], "distilled": None, "students": [], "baselines": [],
+        "method_scores": "method_scores", "full_data": "full_data", "methods": "methods"}
     with pytest.raises(Exception, match="compiled with the select-subsets step"):
         plan.check_omitted(cfg, ["evaluate-full-data"])
     # the peers' bytes: ipc real images per class with their labels (INFER's K = 0 stores nothing)

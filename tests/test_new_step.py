@@ -1,17 +1,25 @@
-"""Adding a step is one edit in the plan (plus its stage function and its settings): the CLI's `stage`
+"""Adding a step is one edit in the plan (plus its stage function, its settings and its metrics class): the CLI's `stage`
 command, the executor, the KFP components (generated) and the Argo and compose renderings pick a new
 step up from `plan.PLAN` alone."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
 from conftest import TINY
-from infer_distill import cli, config, plan, stages
+from infer_distill import cli, config, metrics, plan, stages
 from infer_distill.executor import Walk, run_walks
 from infer_distill.plan import Layout
 from pipelines import render
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountsMetrics(metrics.StageMetrics):
+    kind: ClassVar[str] = "count-images"
+    counts: dict[str, int]        # training images, by class
 
 
 def count_images(cfg, data: str, out: str) -> dict:
@@ -19,7 +27,7 @@ def count_images(cfg, data: str, out: str) -> dict:
     output = stages._begin(out, {"data": data})
     y = stages._data(cfg, data, "train")[1]
     counts = {str(c): int((y == c).sum()) for c in y.unique()}
-    return stages._write(output, cfg, "count-images", {"counts.json": json.dumps(counts).encode()}, {"counts": counts})
+    return stages._write(output, cfg, {"counts.json": json.dumps(counts).encode()}, CountsMetrics(counts=counts))
 
 
 @pytest.fixture
@@ -32,6 +40,7 @@ def toy_plan(monkeypatch):
     monkeypatch.setattr(plan, "PRODUCER", {s.output: s for s in steps})
     monkeypatch.setattr(plan, "STAGES", tuple(s.name for s in steps))
     monkeypatch.setattr(stages, "count_images", count_images, raising=False)
+    monkeypatch.setitem(metrics.METRICS, toy.name, CountsMetrics)
     monkeypatch.setattr(Layout, "counts", property(lambda layout: layout._join("counts")), raising=False)
     return toy
 

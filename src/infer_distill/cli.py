@@ -27,6 +27,8 @@ from rich.table import Table
 from . import plan
 from .config import BASELINES, KNOWN_NUM_CLASSES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
 from .errors import USER_ERRORS, StageError
+from .metrics import DataMetrics, ReportMetrics, SubsetsMetrics
+from .metrics import read as read_metrics
 from .store import ArtifactError, StoreUnavailable, open_artifact
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ def print_step(step: plan.StepResult) -> None:
 def print_summary(report: dict) -> None:
     from .report import distilled_set_lines, result_tables
 
-    r = report["metrics"]["report"]
+    r = ReportMetrics.from_manifest(report).report
     for title, _note, header, rows in result_tables(r):
         table = Table(title=title)
         for col in header:
@@ -133,14 +135,14 @@ def run_stage(args: argparse.Namespace, cfg: Config, tracker: Tracker | None = N
 
     inputs: dict = {}
     for name in step.inputs:
-        if plan.PRODUCER[name].runs(cfg):  # (an input this config does not make keeps the stage's default)
-            inputs[name] = produced(name)
+        producer = plan.PRODUCER[name]
+        inputs[name] = produced(name) if producer.runs(cfg) else plan.absent(producer)
     out = located("--out", lambda l: plan.location(l, step, item))
     manifest = step.function(cfg, **item, **inputs, out=out)
     if tracker is not None:
         tracker.step(step.name, out, manifest)
     if step.name == "select-subsets" and args.shards_output:  # for engines that fan out over the shards (Argo withParam)
-        items = plan.fanout_items(cfg, manifest["metrics"]["num_classes"])[plan.SHARDS.name]
+        items = plan.fanout_items(cfg, SubsetsMetrics.from_manifest(manifest, out).num_classes)[plan.SHARDS.name]
         Path(args.shards_output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.shards_output).write_text(json.dumps(items))
     return manifest
@@ -169,7 +171,7 @@ def _need(value, flag: str, stage: str):
 
 
 def _num_classes(data: str) -> int:
-    return open_artifact(data).read_manifest()["metrics"]["num_classes"]
+    return DataMetrics.from_manifest(open_artifact(data).read_manifest(), data).num_classes
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def show(uri: str, as_json: bool = False) -> None:
         for col in ("artifact", "stage", "accuracy", "made"):
             table.add_column(col)
         for child, m in found:
-            accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(m.get("metrics", {}).items()) if k.endswith("_acc"))
+            accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(_accuracies(child.uri, m).items()))
             table.add_row(child.uri.removeprefix(art.uri + "/"), m.get("stage", "?"), accs, m.get("created_at", "?"))
         Console().print(table)
         first = next((child for child, m in found if m.get("stage") == "report"), found[0][0])
@@ -221,6 +223,14 @@ def _run_artifacts(root: str) -> list[tuple]:
             except ArtifactError:
                 continue  # half-written or foreign: not a finished artifact of the run
     return found
+
+
+def _accuracies(uri: str, manifest: dict) -> dict[str, float]:
+    """An artifact's accuracies; none for one whose metrics are not its step's (the listing shows it all the same)."""
+    try:
+        return read_metrics(manifest, uri).accuracies()
+    except ArtifactError:
+        return {}
 
 
 def _metric(key: str, value) -> str:

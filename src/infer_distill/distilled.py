@@ -40,6 +40,8 @@ from pydantic import ValidationError
 from .config import StudentConfig, fingerprint
 from .data import require_datasets
 from .methods import DESCRIPTIONS
+from .metrics import ImageDescription
+from .metrics import read as read_metrics
 from .plan import Layout
 from .stages import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
 from .store import Artifact, ArtifactError, open_artifact
@@ -67,16 +69,17 @@ class DistilledSet(Dataset):
 
     def __init__(self, uri: str, manifest: dict[str, Any], images: torch.Tensor, soft_labels: torch.Tensor,
                  origins: dict[str, torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        metrics, settings = manifest["metrics"], manifest["settings"]
+        described: ImageDescription = read_metrics(manifest, uri)  # soft-label's or distill-method's
+        settings = manifest["settings"]
         self.uri, self.manifest, self.transform = uri, manifest, transform
         self.images, self.soft_labels = images, soft_labels
         self.labels, self.subsets, self.teachers = origins["label"], origins["subset"], origins["teacher"]
-        self.classes: list[str] = list(metrics["classes"])
+        self.classes: list[str] = list(described.classes)
         self.teacher_archs: list[str] = [t["arch"] for t in settings["teachers"]]
-        self.mean: tuple[float, ...] = tuple(metrics["mean"])
-        self.std: tuple[float, ...] = tuple(metrics["std"])
-        self.crop_padding: int = metrics["crop_padding"]
-        self.hflip: bool = metrics["hflip"]
+        self.mean: tuple[float, ...] = tuple(described.mean)
+        self.std: tuple[float, ...] = tuple(described.std)
+        self.crop_padding: int = described.crop_padding
+        self.hflip: bool = described.hflip
         self.temperature: float = settings["labels"]["temperature"]
 
     @classmethod

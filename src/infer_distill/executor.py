@@ -34,6 +34,7 @@ from typing import Any
 
 from . import plan
 from .config import Config, ConfigError
+from .metrics import DataMetrics, ReportMetrics
 from .plan import Layout, Step, StepResult, location, run_item, step_items
 from .store import open_artifact
 
@@ -168,7 +169,7 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
         walk.started.add(step.name)
 
         def num_classes() -> int:
-            return open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
+            return DataMetrics.from_manifest(open_artifact(layout.data).read_manifest(), layout.data).num_classes
 
         items = step_items(step, walk.cfg, layout, num_classes)
         uris = [location(layout, step, item) for item in items]
@@ -203,7 +204,7 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
             if walk.pending[step.name] == 0:
                 walk.done.add(step.name)
                 if step.name == "report":
-                    walk.report = result.manifest["metrics"]["report"]
+                    walk.report = ReportMetrics.from_manifest(result.manifest, result.uri).report
                     if on_report:
                         on_report(walk)
 

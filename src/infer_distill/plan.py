@@ -26,6 +26,7 @@ from typing import Any
 from . import config
 from .config import KNOWN_NUM_CLASSES, Config, ConfigError
 from .lock import run_lock
+from .metrics import DataMetrics
 from .store import ArtifactError, open_artifact
 
 
@@ -205,9 +206,14 @@ def check_omitted(cfg: Config, left_out: list[str]) -> None:
 
 
 def step_inputs(step: Step, cfg: Config, produced: dict[str, Any]) -> dict[str, Any]:
-    """The stage arguments of `step` from `produced` (output name -> URI or URIs), without those of steps this config
-    leaves out (their stage arguments keep their defaults)."""
-    return {name: produced[name] for name in step.inputs if PRODUCER[name].runs(cfg)}
+    """The stage arguments of `step` from `produced` (output name -> URI or URIs); the output of a step this config
+    does not run is None (a fan-out's: [])."""
+    return {name: produced[name] if PRODUCER[name].runs(cfg) else absent(PRODUCER[name]) for name in step.inputs}
+
+
+def absent(producer: Step) -> Any:
+    """What a stage receives for the output of `producer` where the config does not run it."""
+    return [] if producer.over else None
 
 
 def cli_value(value: Any) -> str:
@@ -411,8 +417,8 @@ def _check_replaceable(cfg: Config, layout: Layout) -> None:
     known = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if known is None:
         try:
-            known = open_artifact(layout.data).read_manifest()["metrics"]["num_classes"]
-        except (ArtifactError, KeyError, TypeError):
+            known = DataMetrics.from_manifest(open_artifact(layout.data).read_manifest()).num_classes
+        except ArtifactError:
             known = None
     for step in PLAN:
         if not step.runs(cfg) or (step.over is not None and step.over.source != "config" and known is None):

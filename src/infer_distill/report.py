@@ -243,7 +243,7 @@ def markdown(report: dict) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
     if report["budget"] is not None:
         lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
-    figures = [*(["student_curves.png"] if report["students"] or report["baselines"] else []),
+    figures = [*(["student_curves.png"] if report.get("students") or report.get("baselines") else []),
                *(["ufc_examples.png"] if report["budget"] is not None else []),
                *(["feature_similarity.png"] if report.get("feature_similarity") else [])]
     for name in figures:

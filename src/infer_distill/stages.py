@@ -24,7 +24,7 @@ import time
 import zipfile
 from datetime import datetime, timezone
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -36,6 +36,9 @@ from .config import (BASELINES, KNOWN_IMAGES, KNOWN_NUM_CLASSES, METHODS, Config
 from .data import augmentation, load_dataset, source_digest
 from .errors import DataError, StageError
 from .fast_path import PLAIN, CompileTime, FastPath, resolve_fast_path
+from .metrics import (BaselineMetrics, DataMetrics, DistilledMetrics, FullDataMetrics, ImageDescription, MethodScoreMetrics,
+                      MethodSetMetrics, ReportMetrics, StageMetrics, StudentMetrics, SubsetsMetrics, TeacherMetrics, UfcShardMetrics)
+from .metrics import read as read_metrics
 from .models import (MODEL_REGISTRY, Normalize, check_architecture, create_model, download_library_weights, library_weights,
                      describe_architecture, read_pth, require_batchnorm)
 from .store import Artifact, ArtifactError, open_artifact
@@ -80,8 +83,10 @@ def _begin(out: str, inputs: Inputs) -> _Output:
     return _Output(out, dict(inputs), input_digests(inputs), started)
 
 
-def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, read: dict | None = None, **keys) -> dict:
-    """Write the artifact; `read`: what the stage read from outside the pipeline, as `sources` gives it."""
+def _write(out: _Output, cfg: Config, files: dict, metrics: StageMetrics, read: dict | None = None, **keys) -> dict:
+    """Write the artifact of the step `metrics` belong to; `read`: what the stage read from outside the pipeline,
+    as `sources` gives it."""
+    stage = metrics.kind
     settings = plan.settings(cfg, stage, **keys)
     manifest = {
         "stage": stage,
@@ -91,7 +96,7 @@ def _write(out: _Output, cfg: Config, stage: str, files: dict, metrics: dict, re
         "seed": cfg.seed,
         "inputs": out.inputs,
         "input_digests": out.input_digests,
-        "metrics": metrics,
+        "metrics": metrics.to_dict(),
         "elapsed_s": round(time.perf_counter() - out.started, 3),
         # microseconds: a remade input gets a manifest (and digest) of its own even within one second
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -119,8 +124,9 @@ def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dic
 def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, **keys) -> bool:
     """True if the artifact at `uri` can stand for running `stage` now, so a resumed run skips it.
 
-    It must have these settings, have read the sources there now (`sources`), every file must
-    match its recorded size and sha256 (a safetensors file must also have a readable header), and
+    It must have these settings and the metrics its step's class (metrics.METRICS) reads, have read
+    the sources there now (`sources`), every file must match its recorded size and sha256 (a
+    safetensors file must also have a readable header), and
     the manifests of the inputs it was made from must be the ones now at `inputs`: the artifacts
     the stage would read (a walker may name more than the stage used); None: the locations the
     artifact records. So a corrupt or stale artifact is remade, and remaking a stage makes
@@ -128,6 +134,7 @@ def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, 
     """
     try:
         art, manifest = load_input(uri, cfg, stage, **keys)
+        read_metrics(manifest, uri)  # its readers need its metrics whole: one another version wrote otherwise is remade
         if manifest.get("sources", {}) != sources(cfg, stage, **keys):
             return False
         for name in manifest["files"]:
@@ -226,9 +233,8 @@ def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor
 
 def build_model(arch: str, data_manifest: dict) -> nn.Module:
     """A fresh `arch` sized and normalised for the data artifact's images."""
-    m = data_manifest["metrics"]
-    return create_model(arch, num_classes=m["num_classes"], in_chans=m["in_chans"], image_size=m["image_size"],
-                        mean=m["mean"], std=m["std"])
+    m = DataMetrics.from_manifest(data_manifest)
+    return create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size, mean=m.mean, std=m.std)
 
 
 def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str, fast_path: FastPath = PLAIN
@@ -318,8 +324,8 @@ def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) 
         library_weights(arch, source)
         return
     if data_manifest is not None:
-        m = data_manifest["metrics"]
-        model, shapes = create_model(arch, num_classes=m["num_classes"], in_chans=m["in_chans"], image_size=m["image_size"]), True
+        m = DataMetrics.from_manifest(data_manifest)
+        model, shapes = create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size), True
     elif cfg.dataset.name in KNOWN_IMAGES:
         classes, chans, side = KNOWN_IMAGES[cfg.dataset.name]
         model, shapes = create_model(arch, num_classes=classes, in_chans=chans, image_size=cfg.dataset.image_size or side), True
@@ -410,13 +416,13 @@ def prepare_data(cfg: Config, out: str) -> dict:
         raise DataError(f"class {data.classes[c]!r} has {int(counts[c])} training images, but K={k} disjoint subsets need {k} "
                         "per class; lower budget.ipc or raise dataset.train_per_class")
     padding, hflip = augmentation(cfg.dataset, data.image_size)
-    metrics = {
-        "num_classes": data.num_classes, "classes": data.classes, "in_chans": data.in_chans, "image_size": data.image_size,
-        "mean": list(data.mean), "std": list(data.std), "num_train": len(data.train_y), "num_test": len(data.test_y),
-        "min_train_per_class": int(counts.min()), "crop_padding": padding, "hflip": hflip,
-    }
+    metrics = DataMetrics(
+        num_classes=data.num_classes, classes=data.classes, in_chans=data.in_chans, image_size=data.image_size,
+        mean=list(data.mean), std=list(data.std), num_train=len(data.train_y), num_test=len(data.test_y),
+        min_train_per_class=int(counts.min()), crop_padding=padding, hflip=hflip,
+    )
     files = {"train.safetensors": {"x": data.train_x, "y": data.train_y}, "test.safetensors": {"x": data.test_x, "y": data.test_y}}
-    return _write(output, cfg, "prepare-data", files, metrics, read)
+    return _write(output, cfg, files, metrics, read)
 
 
 def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
@@ -430,7 +436,8 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     test_x, test_y, _ = _data(cfg, data, "test")
     torch.manual_seed(cfg.seed)
     model = build_model(arch, dm)
-    _require_teacher(model, arch, dm["metrics"]["in_chans"], dm["metrics"]["image_size"])
+    d = DataMetrics.from_manifest(dm)
+    _require_teacher(model, arch, d.in_chans, d.image_size)
     source = cfg.teachers.pretrained.get(arch)
     check_pretrained(cfg, arch, dm)
     losses: list[float] = []
@@ -441,17 +448,16 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
             norm = cfg.teachers.normalization.get(arch)
             read = _import_weights(model, arch, source, norm.model_dump() if norm else None)
         else:
-            losses = train_teacher_model(model, train_x, train_y, cfg.teachers,
-                                         (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
+            losses = train_teacher_model(model, train_x, train_y, cfg.teachers, (d.crop_padding, d.hflip), device, cfg.seed,
                                          desc=f"teacher {arch}", progress=progress, fast_path=fast)
             trained = {"training": fast.training_precision}
     fast.place(model, device)
     acc = evaluate(model, test_x, test_y, device)
-    metrics = {"arch": arch, "test_acc": acc, "train_losses": losses, "imported_from": source,
-               "architecture": describe_architecture(arch, *(dm["metrics"][k] for k in ("num_classes", "in_chans", "image_size"))),
-               "num_params": sum(p.numel() for p in model.parameters()),
-               "compute": fast.describe(device, compile_time.seconds, **trained, evaluation="fp32")}
-    return _write(output, cfg, "train-teacher", {"weights.safetensors": cpu_weights(model)}, metrics, read, arch=arch)
+    metrics = TeacherMetrics(arch=arch, test_acc=acc, train_losses=losses, imported_from=source,
+                             architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size),
+                             num_params=sum(p.numel() for p in model.parameters()),
+                             compute=fast.describe(device, compile_time.seconds, **trained, evaluation="fp32"))
+    return _write(output, cfg, {"weights.safetensors": cpu_weights(model)}, metrics, read, arch=arch)
 
 
 def _import_weights(model: nn.Module, arch: str, source: str, normalization: Mapping | None = None) -> dict:
@@ -516,12 +522,13 @@ def select_subsets(cfg: Config, data: str, out: str) -> dict:
     """K disjoint seeded subsets, each one real training image per class: indices [K, C]."""
     output = _begin(out, {"data": data})
     _, train_y, dm = _data(cfg, data, "train")
-    C = dm["metrics"]["num_classes"]
+    d = DataMetrics.from_manifest(dm)
+    C = d.num_classes
     K = check_budget(cfg, C)
-    indices = draw_per_class(train_y, K, cfg.seed, dm["metrics"]["classes"])
-    metrics = {"num_subsets": K, "num_classes": C, "num_teachers": len(cfg.teachers.archs),
-               "class_batches": cfg.class_batches(C), "shards": cfg.shard_plan(C)}
-    return _write(output, cfg, "select-subsets", {"subsets.safetensors": {"indices": indices}}, metrics)
+    indices = draw_per_class(train_y, K, cfg.seed, d.classes)
+    metrics = SubsetsMetrics(num_subsets=K, num_classes=C, num_teachers=len(cfg.teachers.archs),
+                             class_batches=cfg.class_batches(C), shards=cfg.shard_plan(C))
+    return _write(output, cfg, {"subsets.safetensors": {"indices": indices}}, metrics)
 
 
 def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, teachers: list[str], out: str,
@@ -541,18 +548,18 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     models = load_teachers(cfg, teachers, dm, device)
     natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
     result = synthesize_ufcs(models, natural, subset_ids, cfg.synthesis, cfg.seed, device, progress,
-                             pixel_std=dm["metrics"]["std"])
+                             pixel_std=DataMetrics.from_manifest(dm).std)
     ufc_iters = result.ufc.shape[0] * result.ufc.shape[1] * result.ufc.shape[2] * cfg.synthesis.iterations
-    metrics = {
-        "subset_ids": subset_ids, "ufc_shape": list(result.ufc.shape), "synthesis_s": round(result.seconds, 3),
-        "ufc_iterations_per_s": ufc_iters / max(result.seconds, 1e-9),
-        "images_per_s": ufc_iters / max(result.seconds, 1e-9) * natural.shape[1] / result.ufc.shape[2],
-        "initial_loss": result.initial_loss.tolist(), "final_loss": result.final_loss.tolist(),
-        "final_ce": result.final_ce.tolist(), "final_bn": result.final_bn.tolist(),
-        "compute": fast.describe(device, synthesis="fp32"),
-    }
+    metrics = UfcShardMetrics(
+        subset_ids=subset_ids, ufc_shape=list(result.ufc.shape), synthesis_s=round(result.seconds, 3),
+        ufc_iterations_per_s=ufc_iters / max(result.seconds, 1e-9),
+        images_per_s=ufc_iters / max(result.seconds, 1e-9) * natural.shape[1] / result.ufc.shape[2],
+        initial_loss=result.initial_loss.tolist(), final_loss=result.final_loss.tolist(),
+        final_ce=result.final_ce.tolist(), final_bn=result.final_bn.tolist(),
+        compute=fast.describe(device, synthesis="fp32"),
+    )
     files = {"ufc.safetensors": {"ufc": result.ufc, "subset_ids": torch.tensor(subset_ids)}}
-    return _write(output, cfg, "synthesize-ufc", files, metrics, subset_ids=subset_ids)
+    return _write(output, cfg, files, metrics, subset_ids=subset_ids)
 
 
 def read_distilled(art: Artifact) -> dict[str, torch.Tensor]:
@@ -590,7 +597,7 @@ def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch
 # What a reader of the distilled artifact alone needs to use the set (infer_distill.DistilledSet), copied from
 # the data artifact into soft-label's metrics: class names, the normalisation the students' models apply,
 # and the augmentation they train with.
-DISTILLED_DESCRIPTION = ("classes", "mean", "std", "crop_padding", "hflip")
+DISTILLED_DESCRIPTION = tuple(f.name for f in fields(ImageDescription))
 
 
 def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
@@ -602,7 +609,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     K, C = indices.shape
     shards: dict[int, torch.Tensor] = {}
     for uri in ufc:
-        ids = open_artifact(uri).read_manifest().get("metrics", {}).get("subset_ids", [])  # which shard, then check it
+        ids = UfcShardMetrics.from_manifest(open_artifact(uri).read_manifest(), uri).subset_ids  # which shard, then check it
         art, _ = load_input(uri, cfg, "synthesize-ufc", subset_ids=ids)
         tensors = art.read_tensors("ufc.safetensors")
         for row, k in enumerate(tensors["subset_ids"].tolist()):
@@ -632,11 +639,11 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
         "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
         "images_per_class_equivalent": K * (1 + M * B / C),
     }
-    described = {k: dm["metrics"][k] for k in DISTILLED_DESCRIPTION}
-    metrics = {"budget": budget, **described,
-               "instance_order": "for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each",
-               "compute": fast.describe(device, labels="fp32")}
-    return _write(output, cfg, "soft-label", files, metrics)
+    metrics = DistilledMetrics(
+        budget=budget, **DataMetrics.from_manifest(dm).description(),
+        instance_order="for k in subsets: P_k, then P_k + U_{k,m} for m in teachers; classes 0..C-1 within each",
+        compute=fast.describe(device, labels="fp32"))
+    return _write(output, cfg, files, metrics)
 
 
 def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: str, distilled: str, teachers: list[str],
@@ -648,6 +655,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     # Static labels come with the distilled set; only dynamic ones ask the teachers.
     output = _begin(out, {"data": data, "distilled": distilled, **({"teachers": teachers} if label_mode == "dynamic" else {})})
     test_x, test_y, dm = _data(cfg, data, "test")
+    d = DataMetrics.from_manifest(dm)
     art, _ = load_input(distilled, cfg, "soft-label")
     t = read_distilled(art)
     images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
@@ -659,15 +667,15 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     with CompileTime(fast.compile) as compile_time:
         result: StudentResult = train_student_model(
             student, images, t["soft_labels"] if ensemble is None else None, ensemble, test_x, test_y, cfg.students,
-            cfg.students.epochs_for(label_mode), cfg.labels.temperature, (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]),
+            cfg.students.epochs_for(label_mode), cfg.labels.temperature, (d.crop_padding, d.hflip),
             device, seed, desc=f"student {arch} {label_mode} seed {seed}", progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
-    metrics = {"arch": arch, "seed": seed, "label_mode": label_mode, "final_acc": result.final_acc, "best_acc": best_acc,
-               "architecture": describe_architecture(arch, *(dm["metrics"][k] for k in ("num_classes", "in_chans", "image_size"))),
-               "best_epoch": best_epoch, "epochs": cfg.students.epochs_for(label_mode), "curve": result.curve, "train_losses": result.losses,
-               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
-    return _write(output, cfg, "evaluate-student", {"weights.safetensors": cpu_weights(student)}, metrics,
-                  arch=arch, seed=seed, label_mode=label_mode)
+    metrics = StudentMetrics(
+        arch=arch, seed=seed, label_mode=label_mode, final_acc=result.final_acc, best_acc=best_acc,
+        architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size),
+        best_epoch=best_epoch, epochs=cfg.students.epochs_for(label_mode), curve=result.curve, train_losses=result.losses,
+        compute=fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32"))
+    return _write(output, cfg, {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch, seed=seed, label_mode=label_mode)
 
 
 def _check_student_arch(arch: str) -> None:
@@ -696,9 +704,9 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     test_x, test_y, _ = _data(cfg, data, "test")
     sub_art, _ = load_input(subsets, cfg, "select-subsets")
     subset_indices = sub_art.read_tensors("subsets.safetensors")["indices"]
-    m = dm["metrics"]
-    per_class = cfg.baseline_per_class(m["num_classes"], m["in_chans"] * m["image_size"] ** 2)
-    drawn = draw_per_class(train_y, per_class, cfg.seed, m["classes"])          # [per_class, C]
+    d = DataMetrics.from_manifest(dm)
+    per_class = cfg.baseline_per_class(d.num_classes, d.in_chans * d.image_size ** 2)
+    drawn = draw_per_class(train_y, per_class, cfg.seed, d.classes)             # [per_class, C]
     if not torch.equal(drawn[: len(subset_indices)], subset_indices):
         raise StageError(f"{subsets} holds subsets that are not the first rows of this config's draw: rerun select-subsets")
     natural = train_x[drawn.flatten()]                                           # row-major: INFER's instance order
@@ -708,7 +716,7 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     labels = ensemble_logits(ensemble, images, device).to(getattr(torch, cfg.labels.dtype))
 
-    C, batch = dm["metrics"]["num_classes"], cfg.students.batch_size
+    C, batch = d.num_classes, cfg.students.batch_size
     infer_instances = cfg.num_subsets(C) * (len(cfg.teachers.archs) + 1) * C
     infer_steps = cfg.students.epochs * math.ceil(infer_instances / batch)
     steps_per_epoch = math.ceil(len(images) / batch)
@@ -718,16 +726,17 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     with CompileTime(fast.compile) as compile_time:
         result = train_student_model(
             student, images, labels.float(), None, test_x, test_y, cfg.students, epochs, cfg.labels.temperature,
-            (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, seed, desc=f"baseline {baseline} {arch} seed {seed}",
+            (d.crop_padding, d.hflip), device, seed, desc=f"baseline {baseline} {arch} seed {seed}",
             progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
-    metrics = {"arch": arch, "seed": seed, "baseline": baseline, "description": BASELINES[baseline].format(per_class=per_class),
-               "per_class": per_class, "architecture": describe_architecture(arch, m["num_classes"], m["in_chans"], m["image_size"]),
-               "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
-               "steps": epochs * steps_per_epoch, "infer_static_steps": infer_steps, "num_instances": len(images),
-               "stored_bytes": tensor_bytes(natural) + tensor_bytes(labels), "curve": result.curve, "train_losses": result.losses,
-               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
-    return _write(output, cfg, "evaluate-baseline", {"weights.safetensors": cpu_weights(student), "labels.safetensors": {"soft_labels": labels}},
+    metrics = BaselineMetrics(
+        arch=arch, seed=seed, baseline=baseline, description=BASELINES[baseline].format(per_class=per_class),
+        per_class=per_class, architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size),
+        final_acc=result.final_acc, best_acc=best_acc, best_epoch=best_epoch, epochs=epochs,
+        steps=epochs * steps_per_epoch, infer_static_steps=infer_steps, num_instances=len(images),
+        stored_bytes=tensor_bytes(natural) + tensor_bytes(labels), curve=result.curve, train_losses=result.losses,
+        compute=fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32"))
+    return _write(output, cfg, {"weights.safetensors": cpu_weights(student), "labels.safetensors": {"soft_labels": labels}},
                   metrics, arch=arch, seed=seed, baseline=baseline)
 
 
@@ -742,8 +751,8 @@ def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor
     """uint8 [per_class, C, ch, H, W] images of `method`, and what the method records about them."""
     from . import methods
 
-    m = dm["metrics"]
-    classes = m["classes"]
+    d = DataMetrics.from_manifest(dm)
+    classes = d.classes
     if method == "random":
         return train_x[draw_per_class(train_y, per_class, cfg.seed, classes)], {}
     if method == "herding":
@@ -771,7 +780,7 @@ def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor
         return torch.stack(picked, 1), {"rded_candidates": candidates}
     if method == "sre2l":
         s = cfg.sre2l
-        result = methods.sre2l_recover(models, per_class, len(classes), tuple(train_x.shape[1:]), m["mean"], m["std"],
+        result = methods.sre2l_recover(models, per_class, len(classes), tuple(train_x.shape[1:]), d.mean, d.std,
                                        iterations=s.iterations, lr=s.lr, betas=s.betas, r_bn=s.r_bn,
                                        first_bn_multiplier=s.first_bn_multiplier, jitter=s.jitter, flip=s.flip,
                                        seed=cfg.seed, device=device, progress=progress)
@@ -790,14 +799,14 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
         raise StageError(f"method {method!r}: use one of {', '.join(METHODS[1:])}")
     output = _begin(out, {"data": data, "teachers": teachers})
     train_x, train_y, dm = _data(cfg, data, "train")
-    m = dm["metrics"]
-    C, numel = m["num_classes"], m["in_chans"] * m["image_size"] ** 2
+    d = DataMetrics.from_manifest(dm)
+    C, numel = d.num_classes, d.in_chans * d.image_size ** 2
     per_class = cfg.method_per_class(C, numel)
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural, recorded = _peer_images(cfg, method, per_class, train_x, train_y, dm, models, device, progress)
     labels = ensemble_logits(Ensemble(models), natural.flatten(0, 1).float() / 255.0, device).to(getattr(torch, cfg.labels.dtype))
-    recorded["feature_similarity"] = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
+    similarity = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
     ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
     files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
     stored = {name: tensor_bytes(t) for name, t in files["distilled.safetensors"].items()}
@@ -809,9 +818,10 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
         "train_bytes": tensor_bytes(train_x), "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
         "images_per_class_equivalent": per_class,
     }
-    metrics = {"budget": budget, **{k: m[k] for k in DISTILLED_DESCRIPTION}, **recorded,
-               "instance_order": "row r: one image of every class, classes 0..C-1", "compute": fast.describe(device, labels="fp32")}
-    return _write(output, cfg, "distill-method", files, metrics, method=method)
+    metrics = MethodSetMetrics(budget=budget, **d.description(), **recorded, feature_similarity=similarity,
+                               instance_order="row r: one image of every class, classes 0..C-1",
+                               compute=fast.describe(device, labels="fp32"))
+    return _write(output, cfg, files, metrics, method=method)
 
 
 def set_similarity(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> dict:
@@ -833,8 +843,8 @@ def _set_for(cfg: Config, method: str, sets: list[str], distilled: str | None) -
     raise StageError(f"no distill-method artifact of method {method!r} among {sets}: run distill-method --method {method}")
 
 
-def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int, data: str, out: str,
-                    distilled: str | None = None, methods: list[str] | None = None, progress: bool = True) -> dict:
+def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: str, seed: int, data: str, distilled: str | None,
+                    out: str, methods: list[str] | None = None, progress: bool = True) -> dict:
     """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the
     set's static labels) or the hard-label score (cross-entropy on the instances' classes, no soft label), for
     students.epochs or for INFER's static student's optimiser steps."""
@@ -854,7 +864,8 @@ def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: s
     infer_steps = cfg.students.epochs * math.ceil(cfg.num_subsets(C) * (len(cfg.teachers.archs) + 1) * C / batch)
     steps_per_epoch = math.ceil(len(images) / batch)
     epochs = cfg.students.epochs if protocol == "epochs" else max(1, round(infer_steps / steps_per_epoch))
-    augment = (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"])
+    d = DataMetrics.from_manifest(dm)
+    augment = (d.crop_padding, d.hflip)
     device, fast = compute_setup(cfg, trains=True)
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
@@ -867,12 +878,13 @@ def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: s
             result = train_student_hard(student, images, hard, test_x, test_y, cfg.students, epochs, augment, device, seed,
                                         desc=desc, progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
-    metrics = {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed,
-               "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
-               "steps": epochs * steps_per_epoch, "num_instances": len(images),
-               "stored_bytes": manifest["metrics"]["budget"]["stored_bytes"], "curve": result.curve, "train_losses": result.losses,
-               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
-    return _write(output, cfg, "evaluate-method", {"weights.safetensors": cpu_weights(student)}, metrics,
+    metrics = MethodScoreMetrics(
+        method=method, score=score, protocol=protocol, arch=arch, seed=seed,
+        final_acc=result.final_acc, best_acc=best_acc, best_epoch=best_epoch, epochs=epochs,
+        steps=epochs * steps_per_epoch, num_instances=len(images),
+        stored_bytes=read_metrics(manifest, art.uri).budget["stored_bytes"], curve=result.curve, train_losses=result.losses,
+        compute=fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32"))
+    return _write(output, cfg, {"weights.safetensors": cpu_weights(student)}, metrics,
                   method=method, score=score, protocol=protocol, arch=arch, seed=seed)
 
 
@@ -887,22 +899,24 @@ def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bo
     epochs = cfg.students.full_data_epochs or cfg.students.epochs
     torch.manual_seed(cfg.seed)
     student = build_model(arch, dm).to(device)
+    d = DataMetrics.from_manifest(dm)
     with CompileTime(fast.compile) as compile_time:
         result = train_student_hard(student, train_x.float() / 255.0, train_y, test_x, test_y, cfg.students, epochs,
-                                    (dm["metrics"]["crop_padding"], dm["metrics"]["hflip"]), device, cfg.seed,
+                                    (d.crop_padding, d.hflip), device, cfg.seed,
                                     desc=f"full data {arch}", progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
-    metrics = {"arch": arch, "seed": cfg.seed, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
-               "epochs": epochs, "num_instances": len(train_x), "curve": result.curve,
-               "compute": fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32")}
-    return _write(output, cfg, "evaluate-full-data", {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
+    metrics = FullDataMetrics(
+        arch=arch, seed=cfg.seed, final_acc=result.final_acc, best_acc=best_acc, best_epoch=best_epoch,
+        epochs=epochs, num_instances=len(train_x), curve=result.curve,
+        compute=fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32"))
+    return _write(output, cfg, {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
 
 
-def report(cfg: Config, data: str, teachers: list[str], out: str, ufc: list[str] | None = None, distilled: str | None = None,
-           students: list[str] | None = None, baselines: list[str] | None = None, method_scores: list[str] | None = None,
-           full_data: list[str] | None = None, methods: list[str] | None = None) -> dict:
+def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distilled: str | None, students: list[str], out: str,
+           baselines: list[str] | None = None, method_scores: list[str] | None = None, full_data: list[str] | None = None,
+           methods: list[str] | None = None) -> dict:
     """report.json, report.md and plots from every upstream manifest (timings summed per stage); without INFER's
-    steps (`methods` without infer) the peers' method table alone."""
+    steps (`methods` without infer: `distilled` None, no UFCs and students) the peers' method table alone."""
     from . import report as rep
 
     if cfg.runs_infer() and distilled is None:
@@ -917,22 +931,19 @@ def report(cfg: Config, data: str, teachers: list[str], out: str, ufc: list[str]
     teacher_manifests = [load_input(u, cfg, "train-teacher", arch=a)[1] for a, u in zip(cfg.teachers.archs, teachers)]
     ufc_manifests = [open_artifact(u).read_manifest() for u in ufc or []]
     dist_art, dist_manifest = load_input(distilled, cfg, "soft-label") if distilled is not None else (None, None)
-    student_manifests = []
-    for uri in students or []:
-        m = open_artifact(uri).read_manifest()["metrics"]
-        student_manifests.append(load_input(uri, cfg, "evaluate-student", arch=m["arch"], seed=m["seed"], label_mode=m["label_mode"])[1])
 
-    baseline_manifests = []
-    for uri in baselines or []:
-        m = open_artifact(uri).read_manifest()["metrics"]
-        baseline_manifests.append(load_input(uri, cfg, "evaluate-baseline", arch=m["arch"], seed=m["seed"], baseline=m["baseline"])[1])
+    def fanned_out(uris: list[str] | None, kind: type[StageMetrics], keys: tuple[str, ...]) -> list[dict]:
+        """The manifests at `uris`, each checked against this config for the item its metrics name."""
+        manifests = []
+        for uri in uris or []:
+            m = kind.from_manifest(open_artifact(uri).read_manifest(), uri)
+            manifests.append(load_input(uri, cfg, kind.kind, **{k: getattr(m, k) for k in keys})[1])
+        return manifests
 
-    score_manifests = []
-    for uri in method_scores or []:
-        m = open_artifact(uri).read_manifest()["metrics"]
-        score_manifests.append(load_input(uri, cfg, "evaluate-method", **{k: m[k] for k in ("method", "score", "protocol", "arch", "seed")})[1])
-    full_manifests = [load_input(uri, cfg, "evaluate-full-data", arch=open_artifact(uri).read_manifest()["metrics"]["arch"])[1]
-                      for uri in full_data or []]
+    student_manifests = fanned_out(students, StudentMetrics, ("arch", "seed", "label_mode"))
+    baseline_manifests = fanned_out(baselines, BaselineMetrics, ("arch", "seed", "baseline"))
+    score_manifests = fanned_out(method_scores, MethodScoreMetrics, ("method", "score", "protocol", "arch", "seed"))
+    full_manifests = fanned_out(full_data, FullDataMetrics, ("arch",))
 
     timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
     for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
@@ -941,31 +952,36 @@ def report(cfg: Config, data: str, teachers: list[str], out: str, ufc: list[str]
                             ("evaluate-full-data", full_manifests)):
         if manifests:
             timings[name] = sum(m["elapsed_s"] for m in manifests)
-    rows = [{k: m["metrics"][k] for k in ("arch", "seed", "label_mode", "final_acc", "best_acc", "best_epoch", "curve")}
-            for m in student_manifests]
-    baseline_rows = [{k: m["metrics"][k] for k in ("arch", "seed", "baseline", "description", "final_acc", "best_acc", "best_epoch",
-                                                   "epochs", "steps", "num_instances", "stored_bytes", "curve")}
-                     for m in baseline_manifests]
-    teacher_rows = [{"arch": m["metrics"]["arch"], "test_acc": m["metrics"]["test_acc"]} for m in teacher_manifests]
-    summary = rep.summarise(teacher_rows, dist_manifest["metrics"]["budget"] if dist_manifest else None, rows, timings, baseline_rows)
+    student_runs = [StudentMetrics.from_manifest(m) for m in student_manifests]
+    baseline_runs = [BaselineMetrics.from_manifest(m) for m in baseline_manifests]
+    infer_set = DistilledMetrics.from_manifest(dist_manifest) if dist_manifest else None
+    rows = [{"arch": s.arch, "seed": s.seed, "label_mode": s.label_mode, "final_acc": s.final_acc, "best_acc": s.best_acc,
+             "best_epoch": s.best_epoch, "curve": s.curve} for s in student_runs]
+    baseline_rows = [{"arch": b.arch, "seed": b.seed, "baseline": b.baseline, "description": b.description, "final_acc": b.final_acc,
+                      "best_acc": b.best_acc, "best_epoch": b.best_epoch, "epochs": b.epochs, "steps": b.steps,
+                      "num_instances": b.num_instances, "stored_bytes": b.stored_bytes, "curve": b.curve} for b in baseline_runs]
+    teacher_rows = [{"arch": t.arch, "test_acc": t.test_acc} for t in map(TeacherMetrics.from_manifest, teacher_manifests)]
+    summary = rep.summarise(teacher_rows, infer_set.budget if infer_set else None, rows, timings, baseline_rows)
+    data_metrics = DataMetrics.from_manifest(dm)
     if not cfg.runs_infer():
-        C = dm["metrics"]["num_classes"]
+        C = data_metrics.num_classes
         summary["infer_not_run"] = {"methods": cfg.methods, "ipc": cfg.budget.ipc, "num_subsets": cfg.num_subsets(C),
                                     "smallest_feasible_ipc": smallest_feasible_ipc(cfg, C)}
     if score_manifests or full_manifests:
-        summary["methods"] = rep.method_summary(_method_rows(cfg, dist_manifest, student_manifests, score_manifests),
-                                                [{k: m["metrics"][k] for k in ("arch", "final_acc")} for m in full_manifests])
+        summary["methods"] = rep.method_summary(
+            _method_rows(cfg, infer_set, student_runs, [MethodScoreMetrics.from_manifest(m) for m in score_manifests]),
+            [{"arch": f.arch, "final_acc": f.final_acc} for f in map(FullDataMetrics.from_manifest, full_manifests)])
         summary["feature_similarity"] = _similarities(cfg, teachers, dm, dist_art, methods or [])
     pngs = {"student_curves.png": rep.student_curves_png(rows, baseline_rows)} if rows or baseline_rows else {}
     if dist_art is not None:
         t = read_distilled(dist_art)
-        pngs["ufc_examples.png"] = rep.ufc_examples_png(t["natural"], t["ufc"], dm["metrics"]["classes"], cfg.teachers.archs,
+        pngs["ufc_examples.png"] = rep.ufc_examples_png(t["natural"], t["ufc"], data_metrics.classes, cfg.teachers.archs,
                                                         cfg.synthesis.classes_per_ufc)
     if "feature_similarity" in summary:
         pngs["feature_similarity.png"] = rep.similarity_png(summary["feature_similarity"])
     files = {"report.json": rep.json_bytes(summary), "report.md": rep.markdown(summary).encode(),
              "report.html": rep.html(summary, pngs).encode(), **pngs}
-    return _write(output, cfg, "report", files, {"report": summary})
+    return _write(output, cfg, files, ReportMetrics(report=summary))
 
 
 def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact | None, methods: list[str]) -> dict:
@@ -980,23 +996,23 @@ def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact
                                       instance_origins(K, M, C)["label"], "cpu")
     for uri in methods:
         method = open_artifact(uri).read_manifest().get("settings", {}).get("method")
-        out[method] = load_input(uri, cfg, "distill-method", method=method)[1]["metrics"]["feature_similarity"]
+        out[method] = MethodSetMetrics.from_manifest(load_input(uri, cfg, "distill-method", method=method)[1], uri).feature_similarity
     return out
 
 
-def _method_rows(cfg: Config, dist_manifest: dict | None, student_manifests: list[dict], score_manifests: list[dict]) -> list[dict]:
+def _method_rows(cfg: Config, infer_set: DistilledMetrics | None, students: list[StudentMetrics],
+                 scores: list[MethodScoreMetrics]) -> list[dict]:
     """Every method student as a row of the method table: the evaluate-method runs, and INFER's static-label students
     as its soft-label score (under every protocol: INFER's steps are its epochs)."""
-    keys = ("method", "score", "protocol", "arch", "seed", "final_acc", "steps", "num_instances", "stored_bytes")
-    rows = [{k: m["metrics"][k] for k in keys} for m in score_manifests]
-    if dist_manifest is None:
+    rows = [{"method": m.method, "score": m.score, "protocol": m.protocol, "arch": m.arch, "seed": m.seed, "final_acc": m.final_acc,
+             "steps": m.steps, "num_instances": m.num_instances, "stored_bytes": m.stored_bytes} for m in scores]
+    if infer_set is None:
         return rows
-    b = dist_manifest["metrics"]["budget"]
-    for m in student_manifests:
-        s = m["metrics"]
-        if s["label_mode"] != "static":
+    b = infer_set.budget
+    for s in students:
+        if s.label_mode != "static":
             continue
-        steps = s["epochs"] * math.ceil(b["num_instances"] / cfg.students.batch_size)
-        rows += [{"method": "infer", "score": "soft", "protocol": p, "arch": s["arch"], "seed": s["seed"], "final_acc": s["final_acc"],
+        steps = s.epochs * math.ceil(b["num_instances"] / cfg.students.batch_size)
+        rows += [{"method": "infer", "score": "soft", "protocol": p, "arch": s.arch, "seed": s.seed, "final_acc": s.final_acc,
                   "steps": steps, "num_instances": b["num_instances"], "stored_bytes": b["stored_bytes"]} for p in cfg.students.protocols]
     return rows

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import yaml
 
 from .config import Config, ConfigError
+from .metrics import BaselineMetrics, StudentMetrics, TeacherMetrics, UfcShardMetrics
 from .store import StoreUnavailable, open_artifact
 
 EXTRA = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
@@ -72,23 +73,24 @@ def local_folder(out: str, name: str) -> Path:
 
 def scalars(stage: str, manifest: dict) -> list[tuple[str, float, int]]:
     """The scalars of one step's manifest, as (key, value, step)."""
-    metrics = manifest["metrics"]
     if stage == "train-teacher":
-        prefix = f"teacher/{metrics['arch']}"
-        return [(f"{prefix}/train_loss", loss, epoch) for epoch, loss in enumerate(metrics["train_losses"], 1)] + \
-               [(f"{prefix}/test_acc", metrics["test_acc"], len(metrics["train_losses"]))]
+        t = TeacherMetrics.from_manifest(manifest)
+        prefix = f"teacher/{t.arch}"
+        return [(f"{prefix}/train_loss", loss, epoch) for epoch, loss in enumerate(t.train_losses, 1)] + \
+               [(f"{prefix}/test_acc", t.test_acc, len(t.train_losses))]
     if stage == "synthesize-ufc":
-        ids = metrics["subset_ids"]
+        u = UfcShardMetrics.from_manifest(manifest)
+        ids = u.subset_ids
         key, last = f"synthesis/subsets {ids[0]}..{ids[-1]}/loss", manifest["settings"]["synthesis"]["iterations"]
-        return [(key, _mean(metrics["initial_loss"]), 0), (key, _mean(metrics["final_loss"]), last)]
+        return [(key, _mean(u.initial_loss), 0), (key, _mean(u.final_loss), last)]
     if stage in ("evaluate-student", "evaluate-baseline"):
-        kind = f"student/{metrics['arch']}/{metrics['label_mode']}" if stage == "evaluate-student" \
-            else f"baseline/{metrics['baseline']}/{metrics['arch']}"
-        prefix = f"{kind}/seed{metrics['seed']}"
-        return [(f"{prefix}/train_loss", loss, epoch) for epoch, loss in enumerate(metrics["train_losses"], 1)] + \
-               [(f"{prefix}/test_acc", acc, epoch) for epoch, acc in metrics["curve"]] + \
-               [(f"{prefix}/final_acc", metrics["final_acc"], metrics["epochs"]),
-                (f"{prefix}/best_acc", metrics["best_acc"], metrics["best_epoch"])]
+        s = StudentMetrics.from_manifest(manifest) if stage == "evaluate-student" else BaselineMetrics.from_manifest(manifest)
+        kind = f"student/{s.arch}/{s.label_mode}" if isinstance(s, StudentMetrics) else f"baseline/{s.baseline}/{s.arch}"
+        prefix = f"{kind}/seed{s.seed}"
+        return [(f"{prefix}/train_loss", loss, epoch) for epoch, loss in enumerate(s.train_losses, 1)] + \
+               [(f"{prefix}/test_acc", acc, epoch) for epoch, acc in s.curve] + \
+               [(f"{prefix}/final_acc", s.final_acc, s.epochs),
+                (f"{prefix}/best_acc", s.best_acc, s.best_epoch)]
     return []
 
 

@@ -73,7 +73,7 @@ def component_source(step: plan.Step) -> str:
             inputs.append(f'"{name}": [a.path for a in {name}{" or []" if plan.optional_input(step, name) else ""}]')
         elif plan.optional_input(step, name):  # a step the DAG may be compiled without: the stage's default then
             optional.append(f"{name}: Input[{kind(name)}] = None")
-            inputs.append(f'**({{"{name}": {name}.path}} if {name} is not None else {{}})')
+            inputs.append(f'"{name}": {name}.path if {name} is not None else None')
         else:
             params.append(f"{name}: Input[{kind(name)}]")
             inputs.append(f'"{name}": {name}.path')

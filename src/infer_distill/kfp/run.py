@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import plan
 from ..config import load_config
+from ..metrics import METRICS
 from ..store import ArtifactError, open_artifact
 
 
@@ -23,21 +24,20 @@ def run_step(name: str, config: str, item: dict, inputs: dict, gathered: dict, o
         producer = plan.PRODUCER[input_name]
         inputs[input_name] = [] if root is None else [plan.location(Layout(root), producer, i) for i in producer.over.items(cfg, None)]
     manifest = step.function(cfg, **item, **inputs, out=out)
-    found = manifest["metrics"]
+    found = METRICS[name].from_manifest(manifest, out)
     label = "_".join(str(v) for v in item.values())
-    for key, value in found.items():
-        if key.endswith("_acc") and isinstance(value, float):
-            metrics.log_metric("_".join(filter(None, (step.location, label, key))), value)
+    for key, value in found.accuracies().items():
+        metrics.log_metric("_".join(filter(None, (step.location, label, key))), value)
     if name == "report":
         shutil.copyfile(f"{out}/report.md", ui["summary"])
         shutil.copyfile(f"{out}/report.html", ui["page"])
-        for row in found["report"]["student_summary"]:
+        for row in found.report["student_summary"]:
             metrics.log_metric(f"{row['arch']}_{row['label_mode']}_final_acc_mean", row["final_acc_mean"])
-        for row in found["report"]["teachers"]:
+        for row in found.report["teachers"]:
             metrics.log_metric(f"teacher_{row['arch']}_test_acc", row["test_acc"])
     sources = [f for f in plan.FANOUTS.values() if f.source == name]
     if sources:
-        return plan.fanout_items(cfg, found["num_classes"])[sources[0].name]
+        return plan.fanout_items(cfg, found.num_classes)[sources[0].name]
     return None
 
 

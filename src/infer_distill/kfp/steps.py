@@ -66,7 +66,7 @@ def evaluate_method(config: Input[Artifact], method: str, score: str, protocol: 
     """Train the student of evaluate-student on a method's set and test it: the soft-label score (MixUp + KL on the"""
     from infer_distill.kfp.run import run_step
 
-    run_step("evaluate-method", config.path, {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed}, {"data": data.path, **({"distilled": distilled.path} if distilled is not None else {})}, {"methods": method_sets.path if method_sets is not None else None}, method_score.path, metrics)
+    run_step("evaluate-method", config.path, {"method": method, "score": score, "protocol": protocol, "arch": arch, "seed": seed}, {"data": data.path, "distilled": distilled.path if distilled is not None else None}, {"methods": method_sets.path if method_sets is not None else None}, method_score.path, metrics)
 
 
 def evaluate_full_data(config: Input[Artifact], arch: str, data: Input[Dataset], full_data: Output[Artifact], metrics: Output[Metrics]):
@@ -80,7 +80,7 @@ def report(config: Input[Artifact], data: Input[Dataset], teacher_set: Input[Mod
     """report.json, report.md and plots from every upstream manifest (timings summed per stage); without INFER's"""
     from infer_distill.kfp.run import run_step
 
-    run_step("report", config.path, {}, {"data": data.path, "ufc": [a.path for a in ufc or []], **({"distilled": distilled.path} if distilled is not None else {}), "students": [a.path for a in students or []], "baselines": [a.path for a in baselines or []], "method_scores": [a.path for a in method_scores or []], "full_data": [a.path for a in full_data or []]}, {"teachers": teacher_set.path, "methods": method_sets.path if method_sets is not None else None}, report.path, metrics, {"summary": summary.path, "page": page.path})
+    run_step("report", config.path, {}, {"data": data.path, "ufc": [a.path for a in ufc or []], "distilled": distilled.path if distilled is not None else None, "students": [a.path for a in students or []], "baselines": [a.path for a in baselines or []], "method_scores": [a.path for a in method_scores or []], "full_data": [a.path for a in full_data or []]}, {"teachers": teacher_set.path, "methods": method_sets.path if method_sets is not None else None}, report.path, metrics, {"summary": summary.path, "page": page.path})
 
 
 def gather_teachers(config: Input[Artifact], teachers: Input[List[Model]], teacher_set: Output[Model]):
