@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.run import RESULTS, SCHEMA, load_profile  # noqa: E402
-from infer_distill.report import figure_png, mean_std, pct  # noqa: E402
+from infer_distill.report import METHOD_ORDER, figure_png, mean_std, pct, similarity_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (python -m benchmarks.report) -->", "<!-- results:end -->"
@@ -150,6 +150,78 @@ def _stage_times(result: dict) -> list[tuple[str, float, int]]:
     return [(stage, sum(t), len(t)) for stage, t in totals.items()]
 
 
+def method_rows(result: dict) -> list[dict]:
+    """The method table of every variant (report.json's `methods`; a variant of INFER alone gives its soft score), in
+    the profile's order. A variant without the full-data reference takes HLR's reference from one that has it for
+    the same student (the same dataset and recipe, whatever the ipc), and says so."""
+    references = {}
+    for variant, entry in result["variants"].items():
+        for m in (entry.get("report") or {}).get("methods") or []:
+            if m.get("hlr"):
+                references.setdefault(m["arch"], (m["hlr"]["full_data_acc"], variant))
+    rows = []
+    for variant, entry in result["variants"].items():
+        report = entry.get("report")
+        if not report:
+            continue
+        table = report.get("methods") or [
+            {"arch": a["arch"], "protocol": "epochs", "method": "infer", "stored_bytes": report["budget"]["stored_bytes"],
+             "num_instances": report["budget"]["num_instances"], "steps_soft": None, "hard": None, "ior_soft": None, "ior_hard": None,
+             "hlr": None, "soft": {"mean": a["final_acc_mean"], "std": a["final_acc_std"], "seeds": a["seeds"]}}
+            for a in report["student_summary"] if a["label_mode"] == "static"]
+        for m in table:
+            hlr, via = m.get("hlr"), ""
+            if hlr is None and m.get("hard") and m["arch"] in references:
+                full, via = references[m["arch"]]
+                hlr = {"mean": full - m["hard"]["mean"], "std": m["hard"]["std"], "seeds": m["hard"]["seeds"], "full_data_acc": full}
+            rows.append({**m, "variant": variant, "title": entry["title"], "ipc": entry["config"]["budget"]["ipc"],
+                         "hlr": hlr, "hlr_from": via if via and via != variant else "", "infer_not_run": report.get("infer_not_run")})
+    return rows
+
+
+def _score(x: dict | None, sign: bool = False) -> str:
+    return "-" if x is None else pct(x["mean"], x["std"] if len(x["seeds"]) > 1 else None, sign=sign)
+
+
+def method_lines(result: dict, rel: str) -> list[str]:
+    """The method table, INFER's feasibility where a variant leaves it out, and the feature similarities."""
+    rows = method_rows(result)
+    if not rows:
+        return []
+    lines = ["### Methods at equal bytes: final-epoch test accuracy (%), mean ± std over seeds", "",
+             "Soft: MixUp + KL on the set's static labels (the teacher's); hard: cross-entropy on the instances' classes. "
+             "IOR: minus random at the same protocol and score, paired by seed (points). HLR: the full training set's "
+             "hard-label accuracy minus the set's (points; lower is better).", "",
+             "| variant | ipc | protocol | method | stored bytes | instances | steps (soft / hard) | soft | hard | IOR soft "
+             "| IOR hard | HLR |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in rows:
+        steps = " / ".join(str(m[f"steps_{s}"]) for s in ("soft", "hard") if m.get(f"steps_{s}") is not None) or "-"
+        hlr = _score(m["hlr"]) + (f" (reference of {m['hlr_from']})" if m["hlr_from"] else "")
+        lines.append(f"| {m['variant']} | {m['ipc']} | {m['protocol']} | {m['method']} | {m['stored_bytes']:,} | {m['num_instances']} | "
+                     f"{steps} | {_score(m['soft'])} | {_score(m['hard'])} | {_score(m['ior_soft'], True)} | "
+                     f"{_score(m['ior_hard'], True)} | {hlr} |")
+    absent = {m["variant"]: m["infer_not_run"] for m in rows if m["infer_not_run"]}
+    lines += [""] + [f"- {v}: INFER is not run (K = {why['num_subsets']} at ipc {why['ipc']}); its smallest feasible ipc here is "
+                     f"{why['smallest_feasible_ipc']}." for v, why in absent.items()]
+    references = {(m["arch"], m["hlr"]["full_data_acc"]) for m in rows if m["hlr"]}
+    lines += [f"- HLR's reference: {arch} trained on the full training set with hard labels, {100 * acc:.2f} %." for arch, acc in sorted(references)]
+    sims = [(v, e["report"]["feature_similarity"]) for v, e in result["variants"].items()
+            if (e.get("report") or {}).get("feature_similarity")]
+    if sims:
+        names = sorted({name for _, f in sims for name in f}, key=lambda n: METHOD_ORDER.get(n, 99))
+        lines += ["", "Cosine similarity of the teacher's penultimate features between two instances of a set, mean over all "
+                      "pairs (same class / different classes):", "",
+                  "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for v, f in sims:
+            def cos(x: dict) -> str:  # (no pair of the same class in a set of one image per class)
+                return "-" if x["mean"] is None else f"{x['mean']:.3f}"
+
+            cells = [f"{cos(f[n]['same_class'])} / {cos(f[n]['cross_class'])}" if n in f else "-" for n in names]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines += ["", f"![feature similarity of each method's instances, {sims[0][0]}]({rel}/{result['profile']}-similarity.png)"]
+    return lines + [""]
+
+
 def section(result: dict, rel: str) -> list[str]:
     profile = result["profile"]
     # the command without the run's own paths or its time limit: what another machine types
@@ -163,6 +235,9 @@ def section(result: dict, rel: str) -> list[str]:
         lines += [f"Unfinished in that invocation: {', '.join(result['unfinished'])}.", ""]
     lines += ["Protocol:", ""] + [f"- {n}" for n in result["notes"]] + [""]
 
+    if any((e.get("report") or {}).get("methods") for e in result["variants"].values()):
+        return lines + method_lines(result, rel) + _stage_lines(result) + [
+            "", "Reproduce one row: `" + reproduce + " --variants VARIANT` (add `--fresh` to start from nothing).", ""]
     rows = rows_of(result)
     lines += ["### Final-epoch test accuracy (%), mean ± std over seeds", "",
               "Lift: INFER minus the baseline, paired by seed. Bytes: what each training set stores (images, UFCs with "
@@ -198,16 +273,19 @@ def section(result: dict, rel: str) -> list[str]:
     questions = [r for r in rows if r["question"]]
     if questions:
         lines += ["", "What each ablation asks:", ""] + [f"- {r['variant']}: {r['question']}" for r in questions]
-    busy = result.get("gpu_utilisation_by_stage") or {}
-    lines += ["", f"![test accuracy over epochs]({rel}/{profile}.png)", "",
-              "Time spent per stage in that invocation (seconds of work summed over worker processes; skipped steps not counted):", "",
-              "| stage | steps run | seconds |" + (" mean GPU utilisation while running |" if busy else ""),
-              "|---|---|---|" + ("---|" if busy else "")]
-    lines += [f"| {stage} | {n} | {sec:.0f} |" + (f" {f'{busy[stage]:.0f} %' if stage in busy else '-'} |" if busy else "")
-              for stage, sec, n in _stage_times(result)]
+    lines += ["", f"![test accuracy over epochs]({rel}/{profile}.png)"] + _stage_lines(result)
     lines += _speed_lines(result)
     lines += ["", "Reproduce one row: `" + reproduce + " --variants VARIANT` (add `--fresh` to start from nothing).", ""]
     return lines
+
+
+def _stage_lines(result: dict) -> list[str]:
+    busy = result.get("gpu_utilisation_by_stage") or {}
+    lines = ["", "Time spent per stage (seconds of work summed over worker processes; skipped steps not counted):", "",
+             "| stage | steps run | seconds |" + (" mean GPU utilisation while running |" if busy else ""),
+             "|---|---|---|" + ("---|" if busy else "")]
+    return lines + [f"| {stage} | {n} | {sec:.0f} |" + (f" {f'{busy[stage]:.0f} %' if stage in busy else '-'} |" if busy else "")
+                    for stage, sec, n in _stage_times(result)]
 
 
 def _speed_lines(result: dict) -> list[str]:
@@ -231,7 +309,11 @@ def render(results_dir: Path, rel: str = "benchmarks/results") -> str:
         if result.get("schema") == SCHEMA:
             result["speed"] = [json.loads(p.read_text()) for p in sorted(results_dir.glob(f"{result['profile']}-*-speed.json"))]
             results.append(result)
-            (results_dir / f"{result['profile']}.png").write_bytes(curves_png(result))
+            if rows_of(result):
+                (results_dir / f"{result['profile']}.png").write_bytes(curves_png(result))
+            sims = [e["report"]["feature_similarity"] for e in result["variants"].values() if (e.get("report") or {}).get("feature_similarity")]
+            if sims:  # the first variant's (the profile's main budget)
+                (results_dir / f"{result['profile']}-similarity.png").write_bytes(similarity_png(sims[0]))
     order = {"cifar10-cpu": 0}
     results.sort(key=lambda r: (order.get(r["profile"], 1), r["profile"]))
     return "\n".join(line for r in results for line in section(r, rel))

@@ -104,7 +104,9 @@ def test_variants_share_a_pool_run_in_workers_resume_and_render(tmp_path):
     stopped = json.loads((results / "tiny.json").read_text())
     assert stopped["unfinished"] == ["m1"] and not (runs / "m2").exists()
     assert stopped["variants"]["m2"]["report"] == m2  # kept from the earlier invocation
-    assert all(s["skipped"] for s in stopped["steps"] if s["stage"] == "train-teacher")
+    assert all(s["skipped"] for s in stopped["steps"] if s["stage"] == "train-teacher" and s["variant"] == "m1")
+    # the step timings of the variants this invocation did not run are kept with their reports
+    assert [s for s in stopped["steps"] if s["variant"] == "m2"] == [s for s in again["steps"] if s["variant"] == "m2"]
 
     # BENCHMARKS.md's region and the figure, from the results
     md = tmp_path / "B.md"
@@ -157,3 +159,47 @@ def test_the_paper_profiles_teacher_recipe_trains_at_toy_size(tmp_path):
     stages.prepare_data(cfg, str(tmp_path / "data"))
     manifest = stages.train_teacher(cfg, "resnet_tiny", str(tmp_path / "data"), str(tmp_path / "teacher"), progress=False)
     assert manifest["metrics"]["test_acc"] > 0.5 and len(manifest["metrics"]["train_losses"]) > 0
+
+
+METHODS_PROFILE = {
+    "title": "digits, the methods, tiny",
+    "notes": ["the methods at equal bytes on scikit-learn's digits"],
+    "config": {
+        "dataset": {"name": "digits"},
+        "budget": {"ipc": 2},
+        "teachers": {"archs": ["convnet_d2_w32"], "epochs": 1},
+        "synthesis": {"iterations": 2},
+        "students": {"archs": ["convnet_d2_w32"], "seeds": [0, 1], "epochs": 2, "baselines": [], "scores": ["soft", "hard"]},
+        "methods": ["infer", "random", "herding"],
+        "device": "cpu",
+    },
+    "variants": {
+        "ipc2": {"title": "ipc 2, every method", "set": ["students.full_data_reference=true", "students.full_data_epochs=1"]},
+        "ipc1": {"title": "ipc 1, the peers", "set": ["budget.ipc=1", "methods=[random, herding]"]},
+    },
+}
+
+
+def test_the_methods_profile_renders_the_method_table_with_infers_feasibility_and_a_borrowed_reference(tmp_path):
+    path = tmp_path / "methods.yaml"
+    path.write_text(yaml.safe_dump(METHODS_PROFILE, sort_keys=False))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    assert main(["--profile", str(path), "--root", str(runs), "--results", str(results), "--jobs", "1"]) == 0
+    result = json.loads((results / "methods.json").read_text())
+    ipc1 = result["variants"]["ipc1"]["report"]
+    assert ipc1["infer_not_run"]["smallest_feasible_ipc"] == 2 and {m["method"] for m in ipc1["methods"]} == {"random", "herding"}
+
+    rows = {(m["variant"], m["method"]): m for m in report.method_rows(result)}
+    assert set(rows) == {("ipc2", "infer"), ("ipc2", "random"), ("ipc2", "herding"), ("ipc1", "random"), ("ipc1", "herding")}
+    full = next(r["hlr"]["full_data_acc"] for r in rows.values() if r["variant"] == "ipc2")
+    borrowed = rows[("ipc1", "herding")]
+    assert borrowed["hlr_from"] == "ipc2" and borrowed["hlr"]["mean"] == pytest.approx(full - borrowed["hard"]["mean"])
+    assert rows[("ipc2", "herding")]["hlr_from"] == ""
+
+    md = tmp_path / "B.md"
+    md.write_text(f"# Benchmarks\n\n{report.BEGIN}\n{report.END}\n")
+    report.main(["--results", str(results), "--out", str(md)])
+    text = md.read_text()
+    assert "Methods at equal bytes" in text and "ipc1: INFER is not run (K = 0 at ipc 1); its smallest feasible ipc here is 2" in text
+    assert "(reference of ipc2)" in text and "same class / different classes" in text
+    assert (results / "methods-similarity.png").read_bytes().startswith(b"\x89PNG")
