@@ -180,6 +180,7 @@ METHODS_PROFILE = {
 }
 
 
+@pytest.mark.slow
 def test_the_methods_profile_renders_the_method_table_with_infers_feasibility_and_a_borrowed_reference(tmp_path):
     path = tmp_path / "methods.yaml"
     path.write_text(yaml.safe_dump(METHODS_PROFILE, sort_keys=False))
