@@ -136,10 +136,14 @@ def _rate(result: dict) -> str:
 
 
 def _source(result: dict) -> str:
-    src = result.get("source")
-    if not src or not src.get("commit"):
-        return ""
-    return f" Code: commit {src['commit'][:10]}{' with uncommitted changes' if src.get('dirty') else ''}."
+    """The commit the results came from; where variants came from several (run at different times), each one's."""
+    def commit(src: dict | None) -> str:
+        return f"{src['commit'][:10]}{' with uncommitted changes' if src.get('dirty') else ''}" if src and src.get("commit") else ""
+
+    by_variant = {v: commit(e.get("source") or result.get("source")) for v, e in result["variants"].items()}
+    if len(set(by_variant.values())) > 1:
+        return " Code: " + "; ".join(f"{v} from commit {c}" for v, c in by_variant.items() if c) + "."
+    return f" Code: commit {commit(result.get('source'))}." if commit(result.get("source")) else ""
 
 
 def _stage_times(result: dict) -> list[tuple[str, float, int]]:

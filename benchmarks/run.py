@@ -171,7 +171,9 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("schema") == SCHEMA:
-            kept = {v: e for v, e in old.get("variants", {}).items() if v in profile.variants and e.get("report")}
+            # (each keeps the code it came from: results written before variants recorded theirs came from the file's)
+            kept = {v: {"source": old.get("source"), **e} for v, e in old.get("variants", {}).items()
+                    if v in profile.variants and e.get("report")}
             kept_steps = [s for s in old.get("steps", []) if s.get("variant") not in cfgs]  # (and the pool's earlier steps)
     result = {
         "schema": SCHEMA, "profile": profile.name, "title": profile.title, "notes": list(profile.notes),
@@ -186,7 +188,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
                 variant = profile.variants[w.name]
                 entries[w.name] = {"title": variant.title, "question": variant.question, "baselines_from": variant.baselines_from,
                                    "paper": variant.paper,
-                                   "overrides": list(variant.overrides), "report": w.report,
+                                   "overrides": list(variant.overrides), "report": w.report, "source": result["source"],
                                    "config": json.loads(w.cfg.model_dump_json())}
         result.update({
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": round(time.perf_counter() - wall0, 1),

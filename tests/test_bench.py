@@ -103,7 +103,8 @@ def test_variants_share_a_pool_run_in_workers_resume_and_render(tmp_path):
     assert main([*args, "--jobs", "1", "--reuse-teachers", "--variants", "m1", "--deadline-s", "0"]) == 1
     stopped = json.loads((results / "tiny.json").read_text())
     assert stopped["unfinished"] == ["m1"] and not (runs / "m2").exists()
-    assert stopped["variants"]["m2"]["report"] == m2  # kept from the earlier invocation
+    assert stopped["variants"]["m2"]["report"] == m2  # kept from the earlier invocation, with the code it came from
+    assert stopped["variants"]["m2"]["source"] == again["source"] and again["variants"]["m2"]["source"] == again["source"]
     assert all(s["skipped"] for s in stopped["steps"] if s["stage"] == "train-teacher" and s["variant"] == "m1")
     # the step timings of the variants this invocation did not run are kept with their reports
     assert [s for s in stopped["steps"] if s["variant"] == "m2"] == [s for s in again["steps"] if s["variant"] == "m2"]
