@@ -131,7 +131,10 @@ def _machine(m: dict) -> str:
 
 def _rate(result: dict) -> str:
     """Steps run (not skipped) per minute of the invocation's wall time: --jobs 1 against --jobs N on one machine."""
-    ran = len({s.get("uri", (s["variant"], s["stage"], s["label"])) for s in result.get("steps", []) if not s["skipped"]})
+    # this invocation's steps (a kept variant's ran in an earlier one; older results name the shared data and teachers "pool")
+    this_run = set(result.get("variants_run") or result["variants"]) | {"pool"}
+    ran = len({s.get("uri", (s["variant"], s["stage"], s["label"])) for s in result.get("steps", [])
+               if not s["skipped"] and s["variant"] in this_run})
     return f", {ran} steps run, {60 * ran / result['wall_s']:.1f} per minute" if ran and result.get("wall_s") else ""
 
 
@@ -230,7 +233,8 @@ def section(result: dict, rel: str) -> list[str]:
     profile = result["profile"]
     # the command without the run's own paths or its time limit: what another machine types
     command = re.sub(r"\s--(results|root|datasets|deadline-s)\s+\S+", "", result["command"])
-    reproduce = re.sub(r"\s--(fresh|reuse-teachers)", "", command)
+    one_row = re.sub(r"\s--variants\s+\S+", "", command)
+    reproduce = re.sub(r"\s--(fresh|reuse-teachers)", "", one_row)
     lines = [f"## {result['title']}", "",
              f"`{rel}/{profile}.json`, written {result['created_at']}; ran on {_machine(result['machine'])}, "
              f"{result['jobs']} worker processes, torch {result['machine'].get('torch')}; "

@@ -177,7 +177,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
             kept_steps = [s for s in old.get("steps", []) if s.get("variant") not in cfgs]  # (and the pool's earlier steps)
     result = {
         "schema": SCHEMA, "profile": profile.name, "title": profile.title, "notes": list(profile.notes),
-        "command": command, "jobs": jobs, "devices": list(devices), "threads_per_job": threads, "machine": machine_info(device),
+        "command": command, "variants_run": variants, "jobs": jobs, "devices": list(devices), "threads_per_job": threads, "machine": machine_info(device),
         "source": source_info(), "config": profile.config,
     }
 
