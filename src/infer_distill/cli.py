@@ -27,7 +27,7 @@ from rich.table import Table
 from . import plan
 from .config import BASELINES, KNOWN_NUM_CLASSES, Config, check_budget, config_description, dump_config, load_config, packaged_configs
 from .errors import USER_ERRORS, StageError
-from .metrics import DataMetrics, ReportMetrics, SubsetsMetrics
+from .metrics import ReportMetrics, SubsetsMetrics
 from .metrics import read as read_metrics
 from .store import ArtifactError, StoreUnavailable, open_artifact
 
@@ -129,7 +129,7 @@ def run_stage(args: argparse.Namespace, cfg: Config, tracker: Tracker | None = N
         def derive(layout):
             if producer.over is None:
                 return plan.location(layout, producer, {})
-            items = plan.step_items(producer, cfg, layout, lambda: _num_classes(inputs.get("data") or layout.data))
+            items = plan.step_items(producer, cfg, layout, lambda: plan.num_classes_of(inputs.get("data") or layout.data))
             return [plan.location(layout, producer, i) for i in items]
         return located(f"--{name}", derive)
 
@@ -168,10 +168,6 @@ def _need(value, flag: str, stage: str):
     if value is None:
         raise StageError(f"stage {stage} needs {flag}")
     return value
-
-
-def _num_classes(data: str) -> int:
-    return DataMetrics.from_manifest(open_artifact(data).read_manifest(), data).num_classes
 
 
 # ----------------------------------------------------------------------------------------

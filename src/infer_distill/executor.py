@@ -34,9 +34,8 @@ from typing import Any
 
 from . import plan
 from .config import Config, ConfigError
-from .metrics import DataMetrics, ReportMetrics
+from .metrics import ReportMetrics
 from .plan import Layout, Step, StepResult, location, run_item, step_items
-from .store import open_artifact
 
 
 POOLED = ("prepare-data", "train-teacher")  # the steps that read nothing but the dataset and the teacher recipe
@@ -168,10 +167,7 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
         layout = Layout(walk.pool if walk.pool and step.name in POOLED else walk.root)
         walk.started.add(step.name)
 
-        def num_classes() -> int:
-            return DataMetrics.from_manifest(open_artifact(layout.data).read_manifest(), layout.data).num_classes
-
-        items = step_items(step, walk.cfg, layout, num_classes)
+        items = step_items(step, walk.cfg, layout, lambda: plan.num_classes_of(layout.data))
         uris = [location(layout, step, item) for item in items]
         inputs = plan.step_inputs(step, walk.cfg, walk.produced)
         walk.produced[step.output] = uris if step.over else (uris[0] if uris else None)

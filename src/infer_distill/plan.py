@@ -361,6 +361,11 @@ class StepResult:
     manifest: dict
 
 
+def num_classes_of(data: str) -> int:
+    """The number of classes a prepare-data artifact at `data` records."""
+    return DataMetrics.from_manifest(open_artifact(data).read_manifest(), data).num_classes
+
+
 def step_items(step: Step, cfg: Config, layout: Layout, num_classes: Callable[[], int]) -> list[dict[str, Any]]:
     """The items a walk under `layout` runs `step` for ([{}] for a single step); `num_classes` is asked only when needed."""
     if not step.runs(cfg):
@@ -417,7 +422,7 @@ def _check_replaceable(cfg: Config, layout: Layout) -> None:
     known = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if known is None:
         try:
-            known = DataMetrics.from_manifest(open_artifact(layout.data).read_manifest()).num_classes
+            known = num_classes_of(layout.data)
         except ArtifactError:
             known = None
     for step in PLAN:
