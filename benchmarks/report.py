@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.run import RESULTS, SCHEMA, load_profile  # noqa: E402
-from infer_distill.report import METHOD_ORDER, figure_png, mean_std, pct, similarity_png  # noqa: E402
+from infer_distill.report import METHOD_ORDER, figure_png, mean_std, pct, score_cell, similarity_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (python -m benchmarks.report) -->", "<!-- results:end -->"
@@ -187,7 +187,7 @@ def method_rows(result: dict) -> list[dict]:
 
 
 def _score(x: dict | None, sign: bool = False) -> str:
-    return "-" if x is None else pct(x["mean"], x["std"] if len(x["seeds"]) > 1 else None, sign=sign)
+    return score_cell(x, sign, missing="-")
 
 
 def method_lines(result: dict, rel: str) -> list[str]:

@@ -124,6 +124,11 @@ def _spread(std: float, seeds: list[int]) -> float | None:
     return std if len(seeds) > 1 else None
 
 
+def score_cell(x: dict | None, sign: bool = False, missing: str = "—") -> str:
+    """A method-table score {mean, std, seeds} as percent points, `missing` where there is none."""
+    return missing if x is None else pct(x["mean"], _spread(x["std"], x["seeds"]), sign=sign)
+
+
 def headline(report: dict) -> str:
     """What INFER bought and at what fraction of the data: the report's first sentence (without INFER: why, and the
     best peer)."""
@@ -195,9 +200,7 @@ def result_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str
                        "ipc per class, more where the distilled set stores more bytes.",
                        ["student", "INFER labels", "baseline", "seeds", "lift (points)", "bytes: INFER vs baseline"], rows))
     if report.get("methods"):
-        def score(x: dict | None, sign: bool = False) -> str:
-            return "—" if x is None else pct(x["mean"], _spread(x["std"], x["seeds"]), sign=sign)
-
+        score = score_cell
         rows = [[m["arch"], m["protocol"], m["method"], f"{m['stored_bytes']:,}", str(m["num_instances"]),
                  " / ".join(str(m[f"steps_{s}"]) for s in ("soft", "hard") if m.get(f"steps_{s}") is not None),
                  score(m["soft"]), score(m["hard"]), score(m["ior_soft"], True), score(m["ior_hard"], True), score(m["hlr"])]
