@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from infer_distill import __version__
-from infer_distill.config import Config
-from infer_distill.plan import Layout
+from infer_distill.config.schema import Config
+from infer_distill.dag.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 

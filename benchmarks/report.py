@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.run import RESULTS, SCHEMA, load_profile  # noqa: E402
-from infer_distill.report import METHOD_ORDER, figure_png, mean_std, pct, score_cell, similarity_png  # noqa: E402
+from infer_distill.outputs.plots import figure_png, similarity_png  # noqa: E402
+from infer_distill.outputs.report import METHOD_ORDER, mean_std, pct, score_cell
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (python -m benchmarks.report) -->", "<!-- results:end -->"

@@ -5,7 +5,7 @@
 
 A profile (benchmarks/profiles/<name>.yaml) is one library config plus named variants, each a
 few `--set`-style overrides of it (M = 1, 2, 3; a teacher recipe; an ablation). Every variant is
-an ordinary run of the pipeline (infer_distill.plan) under its own root, so it trains INFER's
+an ordinary run of the pipeline (infer_distill.dag) under its own root, so it trains INFER's
 students and, beside them, the baselines the config names (random real images with the same
 ensemble soft labels, for the same epochs and for the same optimiser steps), and its report holds
 the accuracies, curves, stored bytes and the lift over each baseline, paired by seed. Nothing
@@ -38,9 +38,14 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import GpuSampler, link_pool, machine_info, source_info, torch_threads
-from infer_distill import plan, stages
-from infer_distill.config import Config, ConfigError, apply_overrides, fingerprint, validate_config
-from infer_distill.executor import Walk, parse_devices, run_walks, worker_threads
+from infer_distill import dag
+from infer_distill.config.loading import apply_overrides, validate_config
+from infer_distill.config.schema import Config
+from infer_distill.dag.artifact_settings import fingerprint
+from infer_distill.engines import runner
+from infer_distill.engines.executor import Walk, parse_devices, run_walks, worker_threads
+from infer_distill.errors import ConfigError
+from infer_distill.stages import preflight
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "benchmarks" / "profiles"
@@ -126,7 +131,7 @@ def default_datasets() -> str:
 
 def pool_dir(pools: Path, cfg: Config) -> Path:
     """Variants whose data and teacher recipe agree share one pool, whatever their teacher lists."""
-    settings = plan.settings(cfg, "train-teacher", arch=cfg.teachers.archs[0])  # data, teacher recipe, seed
+    settings = dag.settings(cfg, "train-teacher", arch=cfg.teachers.archs[0])  # data, teacher recipe, seed
     recipe = {**settings, "teacher": {k: v for k, v in settings["teacher"].items() if k not in ("arch", "pretrained")},
               "pretrained": cfg.teachers.pretrained}
     return pools / f"pool-{fingerprint(recipe)[:12]}"
@@ -150,7 +155,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
     started, wall0 = time.time(), time.perf_counter()
     cfgs = {v: profile.variant_config(v, datasets, extra) for v in variants}
     for v, cfg in cfgs.items():
-        stages.preflight(cfg, [str(root / v)])
+        preflight.preflight(cfg, [str(root / v)])
     walks = [Walk(v, cfg, str(root / v), pool=str(pool_dir(root, cfg))) for v, cfg in cfgs.items()]
     for w in walks:
         link_pool(w.cfg, w.pool, w.root)
@@ -158,7 +163,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
     threads = worker_threads(jobs) if device == "cpu" else torch_threads()
     steps: list[dict] = []
 
-    def on_step(walk: Walk, r: plan.StepResult) -> None:
+    def on_step(walk: Walk, r: runner.StepResult) -> None:
         steps.append({"variant": walk.name, "stage": r.stage, "label": r.label, "uri": r.uri, "seconds": round(r.seconds, 2),
                       "skipped": r.skipped, "finished_at": round(time.time() - started, 2),
                       **({"elapsed_s": r.manifest.get("elapsed_s")} if r.manifest else {})})

@@ -28,11 +28,13 @@ import torch
 
 from benchmarks.common import machine_info, source_info
 from benchmarks.run import RESULTS, RUNS, atomic_write, default_datasets, load_profile, log
-from infer_distill.config import Config, ConfigError
-from infer_distill.metrics import DataMetrics
-from infer_distill.plan import Layout
-from infer_distill.stages import compute_setup, is_current, load_input, load_teachers
-from infer_distill.synthesis import synthesize_ufcs
+from infer_distill.config.schema import Config
+from infer_distill.dag.layout import Layout
+from infer_distill.dag.metrics import DataMetrics
+from infer_distill.errors import ConfigError
+from infer_distill.method.synthesis import synthesize_ufcs
+from infer_distill.stages.artifacts import is_current, load_input
+from infer_distill.stages.inputs import compute_setup, load_teachers
 
 WARMUP_ITERATIONS = 3
 

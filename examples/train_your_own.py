@@ -5,7 +5,7 @@
     .venv/bin/python examples/train_your_own.py s3://bucket/run1/distilled --model resnet10t --epochs 30
     .venv/bin/python examples/train_your_own.py runs/quickstart/distilled --labels hard   # cross-entropy on the classes
 
-The recipe is `infer_distill.training.train_student_model` with the run's `students` settings
+The recipe is `infer_distill.method.training.train_student_model` with the run's `students` settings
 (epochs, batch size, learning rate, weight decay, MixUp), read from the report of the run beside
 the set, or from the run's config given with --config; --epochs overrides the epochs alone.
 `--labels hard` trains the same way on the instances' classes with plain cross-entropy and no
@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from infer_distill import DistilledSet
-from infer_distill.config import ConfigError, StudentConfig, load_config
-from infer_distill.models import Normalize
-from infer_distill.store import ArtifactError
-from infer_distill.training import train_student_hard, train_student_model
+from infer_distill.config.loading import load_config
+from infer_distill.config.schema import StudentConfig
+from infer_distill.errors import ArtifactError, ConfigError
+from infer_distill.method.training import train_student_hard, train_student_model
+from infer_distill.models.networks import Normalize
 
 
 def student_recipe(ds: DistilledSet, config: str | None) -> tuple[StudentConfig, str]:

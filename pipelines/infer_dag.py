@@ -4,12 +4,12 @@ with KFP's local runner (`python pipelines/infer_dag.py --help` for every option
     python pipelines/infer_dag.py compile --image REGISTRY/infer-distill:TAG --config cifar10-ipc10 --output infer.yaml
     python pipelines/infer_dag.py run-local --config quickstart --out runs/kfp-local
 
-The DAG and its components are the package's `infer_distill.kfp` (pip install 'infer-distill[kfp]');
-`python -m infer_distill.kfp` is the same command without a checkout.
+The DAG and its components are the package's `infer_distill.engines.kfp` (pip install 'infer-distill[kfp]');
+`python -m infer_distill.engines.kfp` is the same command without a checkout.
 """
 import sys
 
-from infer_distill.kfp import main
+from infer_distill.engines.kfp import main
 
 if __name__ == "__main__":
     sys.exit(main())

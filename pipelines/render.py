@@ -1,4 +1,4 @@
-"""Render `infer_distill.plan.PLAN` into the files the Helm chart and docker compose read.
+"""Render `infer_distill.dag.PLAN` into the files the Helm chart and docker compose read.
 
     python pipelines/render.py            # write every generated file
     python pipelines/render.py --check    # exit 1 naming every stale one (tests/test_plan.py runs it)
@@ -29,13 +29,15 @@ from pathlib import Path
 
 import yaml
 
-from infer_distill import plan
-from infer_distill.accelerator import REQUIRE_CUDA
-from infer_distill.config import KNOWN_NUM_CLASSES, Config, load_config
-from infer_distill.plan import Layout
+from infer_distill import dag
+from infer_distill.config.budget import KNOWN_NUM_CLASSES
+from infer_distill.config.loading import load_config
+from infer_distill.config.schema import Config
+from infer_distill.dag.layout import Layout
+from infer_distill.runtime.accelerator import REQUIRE_CUDA
 
 REPO = Path(__file__).resolve().parents[1]
-GENERATED_BY = "Generated from infer_distill.plan by pipelines/render.py; do not edit (python pipelines/render.py)."
+GENERATED_BY = "Generated from infer_distill.dag by pipelines/render.py; do not edit (python pipelines/render.py)."
 
 # ----------------------------------------------------------------------------------------
 # Argo: the WorkflowTemplate
@@ -47,12 +49,12 @@ ITEMS_DIR = "/tmp/items"                            # resolve-config writes the 
 SHARDS_FILE = "/tmp/shards.json"                    # select-subsets writes the shard items here
 
 
-def runs_parameter(step: plan.Step) -> str:
+def runs_parameter(step: dag.Step) -> str:
     """resolve-config's output saying whether the config runs `step` ("true"/"false")."""
-    return plan.runs_file(step)
+    return dag.runs_file(step)
 
 
-def fanout_template(step: plan.Step) -> str:
+def fanout_template(step: dag.Step) -> str:
     """The DAG template that runs a fan-out step once per item (its parallelism limits that fan-out alone)."""
     return f"{step.name}s"
 
@@ -61,50 +63,50 @@ def workflow_template() -> dict:
     from hera.workflows import DAG, Container, Parameter, RawArtifact, RetryStrategy, Task, WorkflowTemplate
     from hera.workflows import models as m
 
-    def retry(policy: plan.RetryPolicy) -> RetryStrategy:
+    def retry(policy: dag.RetryPolicy) -> RetryStrategy:
         # retryPolicy Always: an evicted or preempted pod (an Argo "Error", exit code -1) is retried too.
         return RetryStrategy(limit=policy.limit, retry_policy="Always", expression=policy.argo_expression(),
                              backoff=m.Backoff(duration=f"{policy.backoff_s}s", factor=str(policy.factor),
                                                max_duration=f"{policy.max_duration_s // 3600}h"))
 
-    def pod(name: str, args: list[str], params=(), outputs=(), retry_policy=plan.RETRY, labels=None) -> None:
+    def pod(name: str, args: list[str], params=(), outputs=(), retry_policy=dag.RETRY, labels=None) -> None:
         Container(name=name, image="infer-distill", command=["infer-distill"], args=args,  # (the chart sets the image)
                   labels={"infer-distill/stage": name, **(labels or {})},
                   inputs=[RawArtifact(name="config", path=CONFIG_PATH, data="{{workflow.parameters.config}}"),
                           *(Parameter(name=p) for p in params)],
                   outputs=list(outputs) or None, retry_strategy=retry(retry_policy))
 
-    config_fanouts = [f for f in plan.FANOUTS.values() if f.source == "config"]
+    config_fanouts = [f for f in dag.FANOUTS.values() if f.source == "config"]
     arguments = [Parameter(name="config", description="the infer-distill config (YAML), e.g. \"$(cat configs/cifar10-ipc10.yaml)\""),
                  Parameter(name="root", description="runs are written under <root>/<workflow name>, e.g. s3://bucket/infer")]
     with WorkflowTemplate(name="infer-distill", entrypoint="infer", arguments=arguments) as wt:
         pod("resolve-config", ["plan", "--config", CONFIG_PATH, "--items-dir", ITEMS_DIR],
             outputs=[*(Parameter(name=f.name, value_from=m.ValueFrom(path=f"{ITEMS_DIR}/{f.name}.json")) for f in config_fanouts),
                      *(Parameter(name=runs_parameter(s), value_from=m.ValueFrom(path=f"{ITEMS_DIR}/{runs_parameter(s)}"))
-                       for s in plan.PLAN if s.when)])
-        for step in plan.PLAN:
+                       for s in dag.PLAN if s.when)])
+        for step in dag.PLAN:
             args = ["stage", step.name, "--config", CONFIG_PATH, "--root", RUN_ROOT]
             keys = step.over.keys if step.over else ()
             args += [part for key in keys for part in (f"--{key.replace('_', '-')}", f"{{{{inputs.parameters.{key}}}}}")]
             outputs = []
-            if any(f.source == step.name for f in plan.FANOUTS.values()):
+            if any(f.source == step.name for f in dag.FANOUTS.values()):
                 args += ["--shards-output", SHARDS_FILE]
-                outputs = [Parameter(name=plan.SHARDS.name, value_from=m.ValueFrom(path=SHARDS_FILE))]
+                outputs = [Parameter(name=dag.SHARDS.name, value_from=m.ValueFrom(path=SHARDS_FILE))]
             pod(step.name, args, keys, outputs, step.retry, {"infer-distill/reads-dataset": "true"} if step.reads_dataset else None)
-        for step in plan.PLAN:
+        for step in dag.PLAN:
             if step.over:
                 with DAG(name=fanout_template(step), inputs=[Parameter(name="items")]):
                     Task(name=step.name, template=step.name, with_param="{{inputs.parameters.items}}",
                          arguments=[Parameter(name=k, value=f"{{{{item.{k}}}}}") for k in step.over.keys])
 
         def task_name(name: str) -> str:
-            step = plan.STEPS[name]
+            step = dag.STEPS[name]
             return fanout_template(step) if step.over else step.name
 
         with DAG(name="infer"):
             Task(name="resolve-config", template="resolve-config")
-            for step in plan.PLAN:
-                after = [task_name(d) for d in plan.depends(step)] or ["resolve-config"]
+            for step in dag.PLAN:
+                after = [task_name(d) for d in dag.depends(step)] or ["resolve-config"]
                 # A step the config does not run is skipped; Argo counts a skipped dependency as done.
                 when = {"when": f"{{{{tasks.resolve-config.outputs.parameters.{runs_parameter(step)}}}}} == true"} if step.when else {}
                 if step.over is None:
@@ -142,11 +144,11 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def service_name(step: plan.Step, layout: Layout, item: dict) -> str:
+def service_name(step: dag.Step, layout: Layout, item: dict) -> str:
     """e.g. train-teacher-resnet-tiny, synthesize-ufc-subsets-0000-0002, evaluate-student-convnet-d3-w32-static-seed0."""
     if not step.over:
         return step.name
-    return f"{step.name}-{plan.location(layout, step, item).rsplit('/', 1)[-1]}".replace("_", "-").lower()
+    return f"{step.name}-{dag.location(layout, step, item).rsplit('/', 1)[-1]}".replace("_", "-").lower()
 
 
 def config_check(file: str) -> list[str]:
@@ -225,9 +227,9 @@ def compose(file: str, s3: str, sets: list[str], cuda: bool = False) -> dict:
     set_args = [part for s in sets for part in ("--set", s)]
     image = CUDA_IMAGE if cuda else INFER_IMAGE
     names: dict[str, list[str]] = {}
-    for step in plan.PLAN:
+    for step in dag.PLAN:
         items = [] if not step.runs(cfg) else step.over.items(cfg, num_classes) if step.over else [{}]
-        after = [n for d in plan.depends(step) for n in names[d]] or ["create-bucket"]
+        after = [n for d in dag.depends(step) for n in names[d]] or ["create-bucket"]
         names[step.name] = []
         for item in items:
             name = service_name(step, layout, item)
@@ -246,7 +248,7 @@ def compose(file: str, s3: str, sets: list[str], cuda: bool = False) -> dict:
                     **({REQUIRE_CUDA: "1"} if gpu else {})},
                 **({"deploy": GPU_RESERVATION} if gpu else {}),
                 "entrypoint": config_check(file),
-                "command": ["stage", step.name, *plan.cli_args(item), "--config", f"/config/{COMPOSE_CONFIG}", "--root", ROOT, *set_args],
+                "command": ["stage", step.name, *dag.cli_args(item), "--config", f"/config/{COMPOSE_CONFIG}", "--root", ROOT, *set_args],
             }
     out = {"name": "infer-distill", "services": services}
     if s3 == "minio":

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-
 NOT_FAST = ("slow", "s3", "datasets", "processes", "containers")
 
 

@@ -7,12 +7,13 @@ import stat
 
 import pytest
 import torch
-
 from conftest import TINY
-from infer_distill import accelerator
-from infer_distill.accelerator import REQUIRE_CUDA, check_cuda, no_cuda_message, parse_nvidia_smi, parse_proc_version
+
 from infer_distill.cli import main as cli_main
-from infer_distill.config import ConfigError, load_config
+from infer_distill.config.loading import load_config
+from infer_distill.errors import ConfigError
+from infer_distill.runtime import accelerator
+from infer_distill.runtime.accelerator import REQUIRE_CUDA, check_cuda, no_cuda_message, parse_nvidia_smi, parse_proc_version
 
 PROPRIETARY = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n"
                "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")

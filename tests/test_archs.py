@@ -6,16 +6,23 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, TINY
 from torch import nn
 
-from conftest import REPO, TINY
-from infer_distill import architectures
 from infer_distill.cli import main
-from infer_distill.config import ConfigError, validate_config
-from infer_distill.models import (adapt_small_stem, batchnorm_layers, check_architecture, create_model, describe_architecture,
-                                  library_models)
-from infer_distill.plan import Layout
-from infer_distill.store import open_artifact
+from infer_distill.config.loading import validate_config
+from infer_distill.dag.layout import Layout
+from infer_distill.errors import ConfigError
+from infer_distill.models import architectures
+from infer_distill.models.networks import (
+    adapt_small_stem,
+    batchnorm_layers,
+    check_architecture,
+    create_model,
+    describe_architecture,
+    library_models,
+)
+from infer_distill.storage import open_artifact
 
 # ---- the registry's metadata, parametrised over it ------------------------------------------
 
@@ -77,7 +84,7 @@ def test_a_library_typo_names_the_closest_model_of_that_library():
 
 @pytest.mark.processes
 def test_library_names_validate_without_importing_torch():
-    code = ("import sys; from infer_distill.config import validate_config; "
+    code = ("import sys; from infer_distill.config.loading import validate_config; "
             "validate_config({'teachers': {'archs': ['timm:resnet10t', 'torchvision:mobilenet_v2']}, "
             "'students': {'archs': ['timm:resnet10t']}}); "
             "assert not {'torch', 'timm', 'torchvision'} & set(sys.modules), sorted(sys.modules)")

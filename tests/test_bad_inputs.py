@@ -1,7 +1,7 @@
 """Every bad input a user can give, as one table: the real CLI exits 2, names the field or file and the fix, and
 leaves nothing behind.
 
-Each row builds its inputs under `given/`, runs `infer_distill.cli.main` in this process with `--out` (or
+Each row builds its inputs under `given/`, runs `infer_distill.cli.commands` in this process with `--out` (or
 `--root`) at `out/`, and checks the exit code, fragments of the message and that the test folder holds nothing
 the run made. Every failure happens before any training, so the whole table takes seconds. The store's own
 cases (S3 URIs, manifests) have their table beside the store's tests.
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, make_folder
 from PIL import Image
 
-from conftest import TINY, make_folder
 from infer_distill.cli import main
 
 Build = Callable[[Path, Path], list[str]]  # (given folder, out folder) -> argv
@@ -151,7 +151,7 @@ def state_file(name: str, state: Callable[[], dict], save: str = "safetensors") 
 
 def net_state(arch: str, **sizes) -> Callable[[], dict]:
     def state() -> dict:
-        from infer_distill.models import create_model
+        from infer_distill.models.networks import create_model
 
         return create_model(arch, **{"num_classes": 10, "in_chans": 1, "image_size": 8, **sizes}).state_dict()
     return state

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+
 from infer_distill.cli import main
-from infer_distill.store import open_artifact
+from infer_distill.storage import open_artifact
 
 SETS = sum((["--set", s] for s in TINY), [])
 

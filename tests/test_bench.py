@@ -6,7 +6,7 @@ import yaml
 
 from benchmarks import report, speed
 from benchmarks.run import load_profile, main, profile_names
-from infer_distill.config import ConfigError
+from infer_distill.errors import ConfigError
 
 TINY_PROFILE = {
     "title": "digits, tiny",

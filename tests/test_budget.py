@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from infer_distill.config import load_config
-from infer_distill.synthesis import decode_ufc, encode_ufc
+from infer_distill.config.loading import load_config
+from infer_distill.method.synthesis import decode_ufc, encode_ufc
 
 
 def test_uint8_ufc_round_trip_is_within_half_a_step():

@@ -6,13 +6,12 @@ import urllib.request
 
 import pytest
 
-from conftest import TINY
 from infer_distill.cli import main
-from infer_distill.config import load_config
-from infer_distill.data import load_dataset
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.data.sources import load_dataset
 from infer_distill.errors import DataError
-from infer_distill.plan import Layout
-from infer_distill.store import open_artifact
+from infer_distill.storage import open_artifact
 
 
 @pytest.fixture(autouse=True)

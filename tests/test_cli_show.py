@@ -2,13 +2,14 @@
 import json
 
 import pytest
-
 from conftest import REPO, TINY
-from infer_distill import plan
-from infer_distill.cli import main, print_step
-from infer_distill.config import load_config
-from infer_distill.plan import run_in_process
-from infer_distill.plan import Layout
+
+from infer_distill import dag
+from infer_distill.cli import main
+from infer_distill.cli.show import print_step
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines.walk import run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,10 @@ def test_plan_says_which_of_infers_steps_a_config_runs_and_writes_it_for_argo(me
     sets = ["--set", f"methods={methods}", "--set", "students.baselines=[]", "--set", "budget.ipc=1" if runs == "false" else "seed=0"]
     assert main(["plan", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--items-dir", str(tmp_path)]) == 0
     rows = {row[0]: row for row in _rows(capsys.readouterr().out)}
-    conditional = [s for s in plan.PLAN if s.when]
+    conditional = [s for s in dag.PLAN if s.when]
     assert [s.name for s in conditional] == ["select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "evaluate-baseline"]
     for step in conditional:
-        assert (tmp_path / plan.runs_file(step)).read_text() == runs
+        assert (tmp_path / dag.runs_file(step)).read_text() == runs
         if runs == "false":
             assert rows[step.name][2] == "0"
     assert rows["distill-method"][2] == ("1" if runs == "true" else "2")

@@ -9,12 +9,12 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import REPO
-from infer_distill import plan
-from infer_distill.accelerator import REQUIRE_CUDA
-from infer_distill.cli import build_parser
-from infer_distill.config import load_config
+
+from infer_distill import dag
+from infer_distill.cli.commands import build_parser
+from infer_distill.config.loading import load_config
+from infer_distill.runtime.accelerator import REQUIRE_CUDA
 from pipelines import render
 
 GPU_RESERVATION = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
@@ -25,8 +25,8 @@ def _stage_services(name: str) -> dict:
     return {n: s for n, s in services.items() if (s.get("command") or [""])[0] == "stage"}
 
 
-def _step(service: dict) -> plan.Step:
-    return plan.STEPS[build_parser().parse_args(service["command"]).name]
+def _step(service: dict) -> dag.Step:
+    return dag.STEPS[build_parser().parse_args(service["command"]).name]
 
 
 @pytest.mark.parametrize("name", list(render.COMPOSE_HEADERS))
@@ -34,7 +34,7 @@ def test_only_the_cuda_variant_reserves_gpus_and_only_for_gpu_steps(name):
     services = _stage_services(name)
     cuda = name == "compose.cuda.yaml"
     assert {_step(s).name for s in services.values() if s["environment"].get(REQUIRE_CUDA) == "1"} == \
-        ({s.name for s in plan.PLAN if s.gpu and (not s.over or s.over.items(load_config(REPO / "configs" / "quickstart.yaml"), 10))}
+        ({s.name for s in dag.PLAN if s.gpu and (not s.over or s.over.items(load_config(REPO / "configs" / "quickstart.yaml"), 10))}
          if cuda else set())  # (the quickstart runs no step of an empty fan-out: the methods' steps)
     for service_name, service in services.items():
         gpu = cuda and _step(service).gpu

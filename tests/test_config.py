@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from infer_distill import plan
-from infer_distill.config import load_config, num_subsets, validate_config
-from infer_distill.plan import STAGES
+from infer_distill import dag
+from infer_distill.config.budget import num_subsets
+from infer_distill.config.loading import load_config, validate_config
+from infer_distill.dag.steps import STAGES
 
 
 @pytest.mark.parametrize(
@@ -44,10 +47,24 @@ def test_quickstart_file_lists_every_key():
     assert sorted(every - written) == [] and sorted(written - every) == []
 
 
-@pytest.mark.parametrize("name", ["quickstart", "cifar10-ipc10", "cifar10-ipc50", "cifar100-ipc10", "cifar100-ipc50",
-                                  "tiny-imagenet-ipc50", "imagenet-ipc10", "imagenet-ipc50"])
-def test_shipped_configs_validate(name):
-    load_config(f"configs/{name}.yaml")
+SHIPPED = ["quickstart", "cifar10-ipc10", "cifar10-ipc50", "cifar100-ipc10", "cifar100-ipc50", "tiny-imagenet-ipc50",
+           "imagenet-ipc10", "imagenet-ipc50"]
+
+
+def test_every_shipped_config_is_tested():
+    assert sorted(SHIPPED) == sorted(p.stem for p in Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED[1:])
+def test_a_shipped_config_is_what_its_name_says(name):
+    """cifar100-ipc50: CIFAR-100 at 50 images per class (and the quickstart: digits, the embedded defaults)."""
+    cfg = load_config(f"configs/{name}.yaml")
+    dataset, ipc = name.rsplit("-ipc", 1)
+    assert (cfg.dataset.name.replace("_", "-"), cfg.budget.ipc) == (dataset, int(ipc))
+
+
+def test_the_quickstart_file_is_the_embedded_default():
+    assert load_config("configs/quickstart.yaml") == load_config(None)
 
 
 def test_set_overrides_parse_yaml_scalars_and_lists():
@@ -63,12 +80,12 @@ def test_stage_settings_are_cumulative_and_scoped():
     c = load_config(None, ["teachers.epochs=3"])
     # student settings do not touch the teacher, UFC or label artifacts
     for stage, keys in [("train-teacher", {"arch": "resnet_tiny"}), ("synthesize-ufc", {"subset_ids": [0]}), ("soft-label", {})]:
-        assert plan.settings(a, stage, **keys) == plan.settings(b, stage, **keys)
+        assert dag.settings(a, stage, **keys) == dag.settings(b, stage, **keys)
     # teacher settings flow into everything downstream of the teachers
-    assert plan.settings(a, "select-subsets") == plan.settings(c, "select-subsets")
-    assert plan.settings(a, "synthesize-ufc", subset_ids=[0]) != plan.settings(c, "synthesize-ufc", subset_ids=[0])
-    assert plan.settings(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
-        plan.settings(c, "evaluate-student", arch="x", seed=0, label_mode="static")
+    assert dag.settings(a, "select-subsets") == dag.settings(c, "select-subsets")
+    assert dag.settings(a, "synthesize-ufc", subset_ids=[0]) != dag.settings(c, "synthesize-ufc", subset_ids=[0])
+    assert dag.settings(a, "evaluate-student", arch="x", seed=0, label_mode="static") != \
+        dag.settings(c, "evaluate-student", arch="x", seed=0, label_mode="static")
 
 
 def test_placement_is_in_no_artifacts_settings():
@@ -82,8 +99,8 @@ def test_placement_is_in_no_artifacts_settings():
     placed = load_config(None, ["synthesis.subsets_per_shard=2", "device=cpu"])
     computed = load_config(None, ["synthesis.iterations=7"])
     for stage in STAGES:
-        assert plan.settings(base, stage, **keys.get(stage, {})) == plan.settings(placed, stage, **keys.get(stage, {})), stage
-    assert plan.settings(base, "synthesize-ufc", subset_ids=[0, 1]) != plan.settings(computed, "synthesize-ufc", subset_ids=[0, 1])
+        assert dag.settings(base, stage, **keys.get(stage, {})) == dag.settings(placed, stage, **keys.get(stage, {})), stage
+    assert dag.settings(base, "synthesize-ufc", subset_ids=[0, 1]) != dag.settings(computed, "synthesize-ufc", subset_ids=[0, 1])
 
 
 def test_shard_plan_covers_every_subset_once():

@@ -22,9 +22,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from infer_distill import plan
+
+from infer_distill import dag
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -203,7 +203,7 @@ def test_compose_files_validate_and_keep_s3_on_loopback(compose_cli, tmp_path):
     stages = {n: s for n, s in minio.items() if s["command"][0] == "stage"}
     assert {s["environment"]["AWS_ENDPOINT_URL"] for s in stages.values()} == {"http://s3:9000"}
     # the CUDA variant: a GPU reserved for exactly the GPU steps, as Compose reads the file
-    gpu_steps = {s.name for s in plan.PLAN if s.gpu}
+    gpu_steps = {s.name for s in dag.PLAN if s.gpu}
     for name, service in resolved["compose.cuda.yaml"].items():
         devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         gpu = service["command"][0] == "stage" and service["command"][1] in gpu_steps
@@ -215,7 +215,6 @@ def test_compose_files_validate_and_keep_s3_on_loopback(compose_cli, tmp_path):
 
 def test_image_is_non_root_with_the_pinned_dependencies(images):
     import tomllib
-
     from packaging.requirements import Requirement
 
     script = (
@@ -239,10 +238,10 @@ def test_image_is_non_root_with_the_pinned_dependencies(images):
 
 
 def test_compose_dry_run_end_to_end(project, monkeypatch):
-    from infer_distill.config import load_config
-    from infer_distill.plan import Layout
-    from infer_distill.stages import load_input
-    from infer_distill.store import open_artifact
+    from infer_distill.config.loading import load_config
+    from infer_distill.dag.layout import Layout
+    from infer_distill.stages.artifacts import load_input
+    from infer_distill.storage import open_artifact
 
     p = project()
     up = p("up", "--detach", timeout=UP_TIMEOUT_S)
@@ -325,7 +324,8 @@ def test_kfp_dag_runs_in_the_image_with_kfps_docker_runner(images, tmp_path):
     import sys
 
     from conftest import TINY
-    from infer_distill.store import open_artifact
+
+    from infer_distill.storage import open_artifact
 
     sets = sum((["--set", s] for s in TINY + ["students.baselines=[random_soft]"]), [])
     out = tmp_path / "kfp-docker"

@@ -1,17 +1,17 @@
 """The README's drawing of the DAG is the plan's, and current."""
 import pytest
-
 from conftest import REPO
-from infer_distill import plan
-from infer_distill.dag_text import MARKER, drawing, main, updated
+
+from infer_distill import dag
+from infer_distill.dag.drawing import MARKER, drawing, main, updated
 
 
 def test_the_drawing_reads_back_as_the_plan():
     lines = drawing().splitlines()
-    assert [line.split()[0] for line in lines] == [s.name for s in plan.PLAN]
-    for line, step in zip(lines, plan.PLAN):
+    assert [line.split()[0] for line in lines] == [s.name for s in dag.PLAN]
+    for line, step in zip(lines, dag.PLAN):
         head, _, after = line.partition("<-")
-        assert [a.strip() for a in after.split(",") if a.strip()] == plan.depends(step), line
+        assert [a.strip() for a in after.split(",") if a.strip()] == dag.depends(step), line
         if step.over:
             assert f"({' x '.join(step.over.keys)})" in head, line
         else:
@@ -21,7 +21,7 @@ def test_the_drawing_reads_back_as_the_plan():
 @pytest.mark.parametrize("page", ["README.md", "docs/kubeflow.md"])
 def test_the_drawings_in_the_docs_are_current(page):
     text = (REPO / page).read_text()
-    assert updated(text, page) == text, f"{page}'s DAG drawing is stale: python -m infer_distill.dag_text --update {page}"
+    assert updated(text, page) == text, f"{page}'s DAG drawing is stale: python -m infer_distill.dag.drawing --update {page}"
 
 
 def test_a_stale_drawing_is_rewritten_and_a_missing_marker_refused(tmp_path, capsys):

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import COLOURS, make_folder
 from PIL import Image
 
-from conftest import COLOURS, make_folder
-from infer_distill.config import DatasetConfig
-from infer_distill.data import DataError, augmentation, dataset_defaults, load_dataset, random_crop_flip
+from infer_distill.config.schema import DatasetConfig
+from infer_distill.data.augment import augmentation, dataset_defaults, random_crop_flip
+from infer_distill.data.sources import load_dataset
+from infer_distill.errors import DataError
 
 
 def label_colours(x: torch.Tensor) -> list[tuple[int, ...]]:

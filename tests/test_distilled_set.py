@@ -11,17 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TINY
 from PIL import Image
 
-from conftest import REPO, TINY
 from infer_distill import DistilledSet, stages
 from infer_distill.cli import main
-from infer_distill.config import DatasetConfig, dump_config, load_config
-from infer_distill.data import load_dataset
-from infer_distill.distilled import content_sha256, to_uint8
-from infer_distill.plan import Layout
-from infer_distill.store import ArtifactError, open_artifact
-from infer_distill.synthesis import class_batch_index, decode_ufc, encode_ufc
+from infer_distill.config.loading import dump_config, load_config
+from infer_distill.config.schema import DatasetConfig
+from infer_distill.dag.layout import Layout
+from infer_distill.data.sources import load_dataset
+from infer_distill.errors import ArtifactError
+from infer_distill.method.synthesis import class_batch_index, decode_ufc, encode_ufc
+from infer_distill.outputs import export
+from infer_distill.outputs.datasheet import content_sha256
+from infer_distill.outputs.distilled import to_uint8
+from infer_distill.stages import infer
+from infer_distill.storage import open_artifact
 
 
 def test_to_uint8_rounds_to_the_nearest_step_and_clips():
@@ -56,13 +61,13 @@ def run(tmp_path_factory):
 def _student_inputs(cfg, layout, distilled, out, monkeypatch):
     """The images and soft labels evaluate-student hands to the training loop."""
     seen = {}
-    real = stages.train_student_model
+    real = infer.train_student_model
 
     def spy(model, images, soft_logits, *args, **kwargs):
         seen.update(images=images.clone(), soft_labels=soft_logits.clone())
         return real(model, images, soft_logits, *args, **kwargs)
 
-    monkeypatch.setattr(stages, "train_student_model", spy)
+    monkeypatch.setattr(infer, "train_student_model", spy)
     stages.evaluate_student(cfg, "convnet_d3_w32", 0, "static", layout.data, distilled, layout.teachers(cfg), out, progress=False)
     return seen
 
@@ -309,7 +314,7 @@ def test_the_datasheet_states_the_runs_own_student_recipe(run, tmp_path):
     library, standalone = re.findall(r"```python\n(.*?)```", sheet, re.S)
 
     (line,) = [x for x in library.splitlines() if x.startswith("recipe = ")]
-    from infer_distill.config import StudentConfig
+    from infer_distill.config.schema import StudentConfig
     stated = eval(line.removeprefix("recipe = ").split("#")[0], {"StudentConfig": StudentConfig})
     assert stated.model_dump(exclude={"archs", "seeds", "baselines"}) == cfg.students.model_dump(exclude={"archs", "seeds", "baselines"})
 
@@ -432,10 +437,10 @@ def test_export_never_overwrites_and_a_failure_midway_leaves_nothing(run, tmp_pa
     assert main(["export", layout.distilled, "--format", "npz", "--out", "s3://bucket/x"]) == 2
     assert "local directory" in capsys.readouterr().err
 
-    from infer_distill import distilled
+    
 
     written = []
-    real_png = distilled._png
+    real_png = export._png
 
     def failing_png(image):
         if len(written) == 50:
@@ -444,15 +449,15 @@ def test_export_never_overwrites_and_a_failure_midway_leaves_nothing(run, tmp_pa
         return real_png(image)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(distilled, "_png", failing_png)
+    monkeypatch.setattr(export, "_png", failing_png)
     with pytest.raises(ArtifactError, match="No space left on device"):
-        distilled.export(layout.distilled, "imagefolder", out)
+        export.export(layout.distilled, "imagefolder", out)
     assert len(written) == 50
     assert _nothing_written(out)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(distilled, "_png", real_png)
+    monkeypatch.setattr(export, "_png", real_png)
     assert main(["export", layout.distilled, "--format", "imagefolder", "--out", str(empty)]) == 0
     assert (empty / "DATASHEET.md").is_file() and _nothing_written(tmp_path / "out")
 
@@ -460,7 +465,7 @@ def test_export_never_overwrites_and_a_failure_midway_leaves_nothing(run, tmp_pa
 @pytest.mark.slow
 @pytest.mark.processes
 def test_the_example_trains_a_timm_model_outside_the_registry_with_the_runs_recipe(run, tmp_path):
-    from infer_distill.models import MODEL_REGISTRY
+    from infer_distill.models.networks import MODEL_REGISTRY
 
     cfg, layout = run
     assert "resnet10t" not in MODEL_REGISTRY

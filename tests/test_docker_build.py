@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
 import yaml
-
 from conftest import REPO
 
 pytestmark = pytest.mark.processes  # runs bash

@@ -4,12 +4,12 @@ The table of bad inputs (config values, datasets, weight files, stage flags) is 
 here: the cases that need more than one row can say (a custom teacher, S3, artifacts, exit codes).
 """
 import pytest
-
 from conftest import TINY, OddBatchNorms
-from infer_distill import architectures
-from infer_distill.models import MODEL_REGISTRY
+
 from infer_distill.cli import main
-from infer_distill.store import open_artifact
+from infer_distill.models import architectures
+from infer_distill.models.networks import MODEL_REGISTRY
+from infer_distill.storage import open_artifact
 
 
 def _sets(extra):
@@ -99,7 +99,7 @@ def _exit(args, env_extra=None, code=None):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(env_extra or {})
-    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "infer_distill.cli", *args]
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "infer_distill", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     return done.returncode, done.stderr
 

@@ -6,11 +6,13 @@ import json
 import pytest
 import torch
 
-from infer_distill import executor, plan, stages
-from infer_distill.config import ConfigError, load_config
-from infer_distill.executor import Walk, parse_devices, run_walks
-from infer_distill.plan import Layout
-from infer_distill.stages import StageError
+from infer_distill import dag
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines import executor, runner, walk
+from infer_distill.engines.executor import Walk, parse_devices, run_walks
+from infer_distill.errors import ConfigError, StageError
+from infer_distill.stages import artifacts
 
 TINY = ["teachers.archs=[convnet_d2_w32,resnet_tiny]", "teachers.epochs=1", "synthesis.iterations=2",
         "students.epochs=1", "students.seeds=[0,1]", "synthesis.subsets_per_shard=3"]
@@ -29,7 +31,7 @@ def test_a_failed_step_stops_its_dependants_and_keeps_finished_work(tmp_path, mo
     """Serial walk: synthesis fails; the steps before it stay, nothing after it starts, the error is raised."""
     cfg = load_config(None, TINY)
     ran = []
-    real = plan.run_item
+    real = runner.run_item
 
     def run_item(cfg, step, item, inputs, uri, progress=True):
         ran.append(step.name)
@@ -42,8 +44,8 @@ def test_a_failed_step_stops_its_dependants_and_keeps_finished_work(tmp_path, mo
         run_walks([Walk("w", cfg, str(tmp_path))], jobs=1, progress=False)
     assert ran == ["prepare-data", "train-teacher", "train-teacher", "select-subsets", "synthesize-ufc"]
     layout = Layout(str(tmp_path))
-    assert stages.is_current(layout.data, cfg, "prepare-data") and stages.is_current(layout.subsets, cfg, "select-subsets")
-    assert all(stages.is_current(layout.teacher(a), cfg, "train-teacher", arch=a) for a in cfg.teachers.archs)
+    assert artifacts.is_current(layout.data, cfg, "prepare-data") and artifacts.is_current(layout.subsets, cfg, "select-subsets")
+    assert all(artifacts.is_current(layout.teacher(a), cfg, "train-teacher", arch=a) for a in cfg.teachers.archs)
     assert not (tmp_path / "distilled").exists() and not (tmp_path / "report").exists()
 
 
@@ -56,16 +58,16 @@ def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_curren
     unfinished = run_walks([Walk("w", cfg, str(root))], jobs=2, progress=False,
                            on_step=lambda walk, r: results.append(r))
     assert unfinished == []
-    expected = {(s.name, s.over.label(i) if s.over else "") for s in plan.PLAN
+    expected = {(s.name, s.over.label(i) if s.over else "") for s in dag.PLAN
                 for i in (s.over.items(cfg, 10) if s.over else [{}])}
     assert {(r.stage, r.label) for r in results} == expected and not any(r.skipped for r in results)
     # the order respects every edge: nothing finished before a step it reads from
     finished = [r.stage for r in results]
-    for step in [s for s in plan.PLAN if s.name in finished]:  # (a step of an empty fan-out runs no item)
-        for before in plan.upstream(step) & set(finished):
+    for step in [s for s in dag.PLAN if s.name in finished]:  # (a step of an empty fan-out runs no item)
+        for before in dag.upstream(step) & set(finished):
             assert max(i for i, s in enumerate(finished) if s == before) < finished.index(step.name)
     again = []
-    plan.run_in_process(cfg, str(root), progress=False, on_step=again.append)
+    walk.run_in_process(cfg, str(root), progress=False, on_step=again.append)
     assert all(r.skipped for r in again if r.stage != "report")
     report = json.loads((root / "report" / "report.json").read_text())
     assert len(report["students"]) == 2
@@ -74,7 +76,7 @@ def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_curren
     threads = torch.get_num_threads()
     torch.set_num_threads(executor.worker_threads(2))
     try:
-        plan.run_in_process(cfg, str(tmp_path / "serial"), progress=False)
+        walk.run_in_process(cfg, str(tmp_path / "serial"), progress=False)
     finally:
         torch.set_num_threads(threads)
     serial = json.loads((tmp_path / "serial" / "report" / "report.json").read_text())

@@ -1,5 +1,5 @@
 """The ImageFolder export's class folders: torchvision's ImageFolder numbers them by sorted name."""
-from infer_distill.distilled import class_folders
+from infer_distill.outputs.export import class_folders
 
 
 def test_sorted_class_names_are_the_folders():

@@ -7,23 +7,37 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import TINY
-from infer_distill import plan, stages, synthesis
+from infer_distill import dag, stages
 from infer_distill.cli import main
-from infer_distill.plan import run_in_process
-from infer_distill.config import ConfigError, load_config
-from infer_distill.plan import STAGES
-from infer_distill.data import augmentation, load_dataset, random_crop_flip
-from infer_distill.fast_path import PLAIN, CompileTime, FastPath, check_compile, resolve_fast_path
-from infer_distill.models import batchnorm_layers, create_model
-from infer_distill.plan import Layout, plan_ufc_shards
-from infer_distill.stages import build_model, cpu_weights, distilled_instances, ensemble_logits
-from infer_distill.store import open_artifact
-from infer_distill.synthesis import group_bn_loss, recorded_bn_inputs, synthesize_ufcs
-from infer_distill.training import (Ensemble, cross_entropy_step, evaluate, kd_loss, mixup, student_step, train_student_model,
-                                    train_teacher_model)
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.dag.steps import STAGES
+from infer_distill.data.augment import augmentation, random_crop_flip
+from infer_distill.data.sources import load_dataset
+from infer_distill.engines.runner import plan_ufc_shards
+from infer_distill.engines.walk import run_in_process
+from infer_distill.errors import ConfigError
+from infer_distill.method import synthesis
+from infer_distill.method.synthesis import group_bn_loss, recorded_bn_inputs, synthesize_ufcs
+from infer_distill.method.training import (
+    Ensemble,
+    cross_entropy_step,
+    evaluate,
+    kd_loss,
+    mixup,
+    student_step,
+    train_student_model,
+    train_teacher_model,
+)
+from infer_distill.models.networks import batchnorm_layers, create_model
+from infer_distill.outputs.instances import distilled_instances
+from infer_distill.runtime.fast_path import PLAIN, CompileTime, FastPath, check_compile, resolve_fast_path
+from infer_distill.stages.infer import ensemble_logits
+from infer_distill.stages.inputs import build_model, cpu_weights
+from infer_distill.storage import open_artifact
 
 BF16_CL = FastPath(autocast=torch.bfloat16, channels_last=True)
 
@@ -117,7 +131,7 @@ def test_fast_path_settings_are_in_no_artifacts_settings():
     plain = load_config(None, ["precision=fp32", "channels_last=false", "cudnn_benchmark=false", "compile=false"])
     fast = load_config(None, ["precision=bf16", "channels_last=true", "cudnn_benchmark=true", "compile=true"])
     for stage in STAGES:
-        assert plan.settings(plain, stage, **keys.get(stage, {})) == plan.settings(fast, stage, **keys.get(stage, {})), stage
+        assert dag.settings(plain, stage, **keys.get(stage, {})) == dag.settings(fast, stage, **keys.get(stage, {})), stage
 
 
 @pytest.fixture

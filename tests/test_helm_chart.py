@@ -4,9 +4,9 @@ then every object checked against the real schemas and against the project's own
 - Kubernetes objects (and the `helm test` pod): kubernetes-validate, strict mode (unknown fields are
   errors). The WorkflowTemplate's pod templates are also assembled into Pods and validated the same way.
 - The WorkflowTemplate: hera's Argo models, with a round trip that must give back every rendered key.
-- Every step's command is parsed by `infer_distill.cli.build_parser()`, once per fan-out item, and the
+- Every step's command is parsed by `infer_distill.cli.commands.build_parser()`, once per fan-out item, and the
   real resolve-config and select-subsets commands write the items the fan-outs iterate.
-- The default config parameter is validated by `infer_distill.config.validate_config`.
+- The default config parameter is validated by `infer_distill.config.loading.validate_config`.
 
 (That the WorkflowTemplate's DAG is the plan, and that files/workflow-template.yaml is current, is
 checked in test_plan.py.) Regenerate the config part of values.schema.json after changing
@@ -29,10 +29,12 @@ helm = pytest.importorskip("helm_python", reason="helm-python-sdk (the [dev] ext
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 hera_models = pytest.importorskip("hera.workflows.models")
 
-from infer_distill import plan  # noqa: E402
-from infer_distill.accelerator import REQUIRE_CUDA  # noqa: E402
-from infer_distill.cli import build_parser, main as cli_main  # noqa: E402
-from infer_distill.config import Config, validate_config  # noqa: E402
+from infer_distill import dag  # noqa: E402
+from infer_distill.cli.commands import build_parser  # noqa: E402
+from infer_distill.cli.commands import main as cli_main
+from infer_distill.config.loading import validate_config  # noqa: E402
+from infer_distill.config.schema import Config
+from infer_distill.runtime.accelerator import REQUIRE_CUDA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "infer-distill"
@@ -100,9 +102,9 @@ def _drop_none(d):
     return [_drop_none(v) for v in d] if isinstance(d, list) else d
 
 
-PLAN_RETRY = {"limit": plan.RETRY.limit, "retryPolicy": "Always", "expression": "asInt(lastRetry.exitCode) != 2",
-              "backoff": {"duration": f"{plan.RETRY.backoff_s}s", "factor": str(plan.RETRY.factor),
-                          "maxDuration": f"{plan.RETRY.max_duration_s // 3600}h"}}
+PLAN_RETRY = {"limit": dag.RETRY.limit, "retryPolicy": "Always", "expression": "asInt(lastRetry.exitCode) != 2",
+              "backoff": {"duration": f"{dag.RETRY.backoff_s}s", "factor": str(dag.RETRY.factor),
+                          "maxDuration": f"{dag.RETRY.max_duration_s // 3600}h"}}
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -265,7 +267,7 @@ def test_the_pod_spec_patch_lets_argos_executor_containers_pass_restricted_pod_s
 
 def test_step_pods_validate_strictly(case):
     pods = _pods(case)
-    assert len(pods) == len(plan.PLAN) + 1  # every step and resolve-config
+    assert len(pods) == len(dag.PLAN) + 1  # every step and resolve-config
     for pod in pods:
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
@@ -335,10 +337,10 @@ def test_select_subsets_and_resolve_config_write_what_the_fan_outs_iterate(tmp_p
     for name in ("resolve-config", "select-subsets"):
         for out in case.named(name)["outputs"]["parameters"]:
             produced[out["name"]] = json.loads(Path(local([out["valueFrom"]["path"]])[0]).read_text())
-    runs = {plan.runs_file(s): True for s in plan.PLAN if s.when}  # the default config runs every conditional step
-    assert produced == {**plan.fanout_items(case.run_config, case.num_classes), **runs}
+    runs = {dag.runs_file(s): True for s in dag.PLAN if s.when}  # the default config runs every conditional step
+    assert produced == {**dag.fanout_items(case.run_config, case.num_classes), **runs}
     assert produced["shards"] == [{"subset_ids": "0,1,2,3,4,5,6"}]  # K = 7 on digits with 3 teachers, one shard
-    for step in [s for s in plan.PLAN if s.over]:
+    for step in [s for s in dag.PLAN if s.over]:
         declared = {p["name"] for p in case.named(step.name)["inputs"]["parameters"]}
         assert all(set(item) == declared for item in produced[step.over.name]), step.name
 
@@ -362,8 +364,8 @@ def _substitute(args: list[str], params: dict) -> list[str]:
 
 def test_every_step_is_infer_distill_and_parses_with_the_cli_once_per_item(case):
     parser = build_parser()
-    items = plan.fanout_items(case.run_config, case.num_classes)
-    for step in plan.PLAN:
+    items = dag.fanout_items(case.run_config, case.num_classes)
+    for step in dag.PLAN:
         c = case.named(step.name)["container"]
         assert c["image"] == case.image and c["command"] == ["infer-distill"]
         for item in items[step.over.name] if step.over else [{}]:
@@ -394,7 +396,7 @@ def test_gpu_steps_request_gpus_and_are_scheduled_on_gpu_nodes(case):
         assert {k: res["requests"][k] for k in ("cpu", "memory")} == stage_values["resources"]["requests"]
         assert {k: res["limits"][k] for k in ("cpu", "memory")} == stage_values["resources"]["limits"]
         env = {e["name"]: e.get("value") for e in tmpl["container"]["env"]}
-        # a pod that holds a GPU refuses to fall back to its CPU (infer_distill.accelerator); no other pod does
+        # a pod that holds a GPU refuses to fall back to its CPU (infer_distill.runtime.accelerator); no other pod does
         assert env.get(REQUIRE_CUDA) == ("1" if gpus else None), name
         if gpus:
             assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == str(gpus), name
@@ -404,7 +406,7 @@ def test_gpu_steps_request_gpus_and_are_scheduled_on_gpu_nodes(case):
             assert "nvidia.com/gpu" not in res["requests"] and "nvidia.com/gpu" not in res["limits"], name
             assert tmpl.get("nodeSelector", {}) == case.node_selector, name
             assert "tolerations" not in tmpl, name
-    assert {s.name for s in plan.PLAN if s.gpu} <= set(case.gpus)
+    assert {s.name for s in dag.PLAN if s.gpu} <= set(case.gpus)
 
 
 def test_every_step_retries_evictions_and_crashes_but_not_refused_input(case):
@@ -417,7 +419,7 @@ def test_the_data_volume_is_mounted_into_the_data_step_only(case):
     volumes = {v["name"]: v for v in spec["volumes"]}
     for tmpl in case.pod_templates:
         mounts = {m["name"]: m for m in tmpl["container"]["volumeMounts"]}
-        reads = plan.STEPS[tmpl["name"]].reads_dataset if tmpl["name"] in plan.STEPS else False
+        reads = dag.STEPS[tmpl["name"]].reads_dataset if tmpl["name"] in dag.STEPS else False
         if case.data_mount and reads:
             assert mounts["data"] == {"name": "data", "mountPath": case.data_mount, "readOnly": True}
         else:
@@ -620,7 +622,7 @@ def test_values_schema_config_part_is_generated_from_the_config_model():
 def test_default_values_are_the_quickstart_and_the_plans_gpu_steps():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["config"] == QUICKSTART
-    for step in plan.PLAN:
+    for step in dag.PLAN:
         stage = values["stages"][re.sub(r"-(\w)", lambda m: m.group(1).upper(), step.name)]
         assert (stage["gpu"] > 0) == step.gpu and ("parallelism" in stage) == bool(step.over), step.name
 

@@ -12,10 +12,10 @@ from PIL import Image
 
 from infer_distill import DistilledSet
 from infer_distill.cli import main
-from infer_distill.config import DatasetConfig
-from infer_distill.data import load_dataset
-from infer_distill.distilled import to_uint8
+from infer_distill.config.schema import DatasetConfig
+from infer_distill.data.sources import load_dataset
 from infer_distill.errors import MissingExtra
+from infer_distill.outputs.distilled import to_uint8
 
 datasets = pytest.importorskip("datasets")
 

@@ -13,9 +13,9 @@ import torchvision
 from PIL import Image
 
 from infer_distill.cli import main
-from infer_distill.config import load_config
-from infer_distill.plan import Layout
-from infer_distill.store import open_artifact
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.storage import open_artifact
 
 CLASSES = ["airplane", "cat", "ship"]
 TEACHERS = {"torchvision:resnet18": "resnet18", "torchvision:mobilenet_v2": "mobilenet_v2",

@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY
-from infer_distill import plan
-from infer_distill.accelerator import REQUIRE_CUDA
-from infer_distill.config import load_config
-from infer_distill.kfp import dag as infer_dag
-from infer_distill.plan import run_in_process
-from infer_distill.plan import Layout
-from infer_distill.store import open_artifact
+
+from infer_distill import dag
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines.kfp import dag as infer_dag
+from infer_distill.engines.walk import run_in_process
+from infer_distill.runtime.accelerator import REQUIRE_CUDA
+from infer_distill.storage import open_artifact
 
 IMAGE = "registry.example.com:5000/ml/infer-distill:0.1.0-cuda"
 # the steps a pipeline compiled for the default config has (the methods' fan-outs are empty there)
-KFP_STEPS = [s for s in plan.PLAN if s.name not in plan.omitted(load_config(None))]
+KFP_STEPS = [s for s in dag.PLAN if s.name not in dag.omitted(load_config(None))]
 GPU_STAGES = [s.name for s in KFP_STEPS if s.gpu]
 
 
@@ -77,8 +77,8 @@ def test_every_task_retries_with_the_shared_policy(compiled):
     containers = {n: t for n, t in _all_tasks(spec).items() if "componentRef" in t and not n.startswith("for-loop")}
     assert {n for n in containers} >= {s.name for s in KFP_STEPS} | {"resolve-config", "fanout-items", "gather-teachers"}
     for name, task in containers.items():
-        assert task["retryPolicy"] == {"maxRetryCount": 4, "backoffDuration": f"{plan.RETRY.backoff_s}s",
-                                       "backoffFactor": plan.RETRY.factor, "backoffMaxDuration": f"{48 * 3600}s"}, name
+        assert task["retryPolicy"] == {"maxRetryCount": 4, "backoffDuration": f"{dag.RETRY.backoff_s}s",
+                                       "backoffFactor": dag.RETRY.factor, "backoffMaxDuration": f"{48 * 3600}s"}, name
 
 
 def test_gpu_fan_outs_are_limited_by_parallelism(compiled):
@@ -87,7 +87,7 @@ def test_gpu_fan_outs_are_limited_by_parallelism(compiled):
     for name, task in tasks.items():
         if "parameterIterator" in task:
             inner = set(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
-            gpu = any(plan.STEPS[s].gpu for s in inner)
+            gpu = any(dag.STEPS[s].gpu for s in inner)
             assert task.get("iteratorPolicy", {}).get("parallelismLimit", 0) == (3 if gpu else 0), name
 
 
@@ -110,8 +110,13 @@ def test_every_step_runs_the_given_image(compiled):
 @pytest.mark.parametrize("image", ["ghcr.io/acme/infer-distill:0.1.0", "registry.example.com:5000/a/b/infer-distill",
                                    "localhost/infer-distill:dev", "123456789012.dkr.ecr.us-east-1.amazonaws.com/infer-distill:1",
                                    f"docker.io/acme/infer-distill@sha256:{'a' * 64}"])
-def test_registry_qualified_images_are_accepted(image):
+def test_registry_qualified_images_are_accepted(image, tmp_path):
     infer_dag.check_image(image)
+    from infer_distill.engines.kfp.components import components
+
+    infer_dag.compiler.Compiler().compile(components(image)["prepare-data"], str(tmp_path / "c.yaml"))
+    (spec,) = yaml.safe_load_all((tmp_path / "c.yaml").read_text())
+    assert [e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()] == [image]
 
 
 @pytest.mark.parametrize("image, needle", [(None, "--image is required"), ("infer-distill:0.1.0", "name the registry"),
@@ -130,7 +135,7 @@ def test_data_volume_is_mounted_into_the_data_step_only(tmp_path, capsys):
     spec, platform = compile_dag(tmp_path, "--data-pvc", "datasets", "--data-mount", "/data",
                                  "--set", "dataset.name=tiny-imagenet", "--set", "dataset.root=/data/tiny-imagenet-200")
     mounted = {name for name, e in platform.items() if "pvcMount" in e}
-    assert mounted == {f"exec-{s.name}" for s in plan.PLAN if s.reads_dataset} == {"exec-prepare-data"}
+    assert mounted == {f"exec-{s.name}" for s in dag.PLAN if s.reads_dataset} == {"exec-prepare-data"}
     assert platform["exec-prepare-data"]["pvcMount"] == [{"constant": "datasets", "mountPath": "/data", "pvcNameParameter": {
         "runtimeValue": {"constant": "datasets"}}}]
     code = infer_dag.main(["compile", "--output", str(tmp_path / "y.yaml"), "--image", IMAGE, "--data-pvc", "datasets",
@@ -140,7 +145,7 @@ def test_data_volume_is_mounted_into_the_data_step_only(tmp_path, capsys):
 
 def test_component_yamls_compile_for_the_given_image(tmp_path):
     paths = infer_dag.compile_components(IMAGE, tmp_path)
-    from infer_distill.kfp.components import FUNCTIONS
+    from infer_distill.engines.kfp.components import FUNCTIONS
 
     assert sorted(p.parent.name for p in paths) == sorted(FUNCTIONS)
     for path in paths:
@@ -207,9 +212,9 @@ def test_the_dag_script_compiles_from_any_directory(tmp_path):
 def test_gather_lays_each_artifact_out_by_the_item_its_manifest_records_and_names_a_missing_one(tmp_path):
     """The fan-in before a loop that reads a fan-out's artifacts: teachers by the arch in their metrics, the peers'
     sets by the method in their settings, each where a run root holds it."""
-    from infer_distill.plan import settings
-    from infer_distill.kfp.run import gather
-    from infer_distill.store import ArtifactError
+    from infer_distill.dag.steps import settings
+    from infer_distill.engines.kfp.run import gather
+    from infer_distill.errors import ArtifactError
 
     cfg = load_config(None, ["methods=[infer, random, herding]"])
     config = tmp_path / "config.json"
@@ -261,7 +266,7 @@ def test_kfp_local_run_equals_the_in_process_run(tmp_path):
         assert sha(shard, "ufc.safetensors") == sha(Layout(reference).ufc(ids), "ufc.safetensors")
     assert sha(run_root / "soft-label" / "distilled", "distilled.safetensors") == \
         sha(Layout(reference).distilled, "distilled.safetensors")
-    (baseline,) = run_root.glob("for-loop-*-iteration-0/evaluate-baseline/student")
+    (baseline,) = run_root.glob("for-loop-*-iteration-0/evaluate-baseline/baseline_model")
     assert open_artifact(baseline).read_manifest()["metrics"]["baseline"] == "random_soft"
     assert sha(baseline, "labels.safetensors") == sha(Layout(reference).baseline("convnet_d3_w32", 0, "random_soft"), "labels.safetensors")
     assert [r["baseline"] for r in report["metrics"]["report"]["baselines"]] == ["random_soft"]
@@ -390,10 +395,10 @@ def test_upload_refuses_an_ambiguous_name(kfp_api, capsys):
 
 
 def test_the_step_components_are_generated_from_the_plan():
-    """src/infer_distill/kfp/steps.py is what the plan gives: python -m infer_distill.kfp.generate rewrites it."""
-    from infer_distill.kfp import generate
+    """src/infer_distill/engines/kfp/steps.py is what the plan gives: python -m infer_distill.engines.kfp.generate rewrites it."""
+    from infer_distill.engines.kfp import generate
 
     assert generate.main(["--check"]) == 0
-    from infer_distill.kfp.steps import STEP_FUNCTIONS
+    from infer_distill.engines.kfp.steps import STEP_FUNCTIONS
 
-    assert [f.__name__.replace("_", "-") for f in STEP_FUNCTIONS] == [s.name for s in plan.PLAN]
+    assert [f.__name__.replace("_", "-") for f in STEP_FUNCTIONS] == [s.name for s in dag.PLAN]

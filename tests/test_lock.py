@@ -14,10 +14,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from conftest import REPO, TINY
+
 from infer_distill.cli import main
-from infer_distill.lock import LOCK, LockHeld, run_lock
+from infer_distill.storage.lock import LOCK, LockHeld, run_lock
 
 SETS = sum((["--set", s] for s in TINY), [])
 
@@ -59,7 +59,7 @@ def _plant_lock(root: str, host: str, age_s: float) -> None:
 
 def _start_run(root: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.Popen([sys.executable, "-m", "infer_distill.cli", "run", "--out", root, "--no-progress", *SETS],
+    return subprocess.Popen([sys.executable, "-m", "infer_distill", "run", "--out", root, "--no-progress", *SETS],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,16 +1,21 @@
-"""The methods INFER is compared with: selection and synthesis (methods.py) and their stages on tiny digits runs."""
+"""The methods INFER is compared with: selection and synthesis (peers.py) and their stages on tiny digits runs."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
-from conftest import TINY
-from infer_distill import DistilledSet, methods, stages
-from infer_distill.config import load_config
-from infer_distill.plan import Layout
+from infer_distill import DistilledSet, dag, stages
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines import runner
+from infer_distill.method import peers
+from infer_distill.outputs import report
+from infer_distill.stages import artifacts, infer, inputs, preflight
+from infer_distill.storage import open_artifact
 
 # ---- herding, rded, sre2l on hand-made inputs ------------------------------------------------
 
@@ -26,14 +31,14 @@ def _herding_by_hand(x: torch.Tensor, count: int) -> list[int]:
 
 def test_herding_picks_what_the_herding_recursion_picks():
     x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0], [10.0, 0.0], [0.1, 0.1], [3.0, -2.0]])
-    assert methods.herding(x, 4) == _herding_by_hand(x, 4)
+    assert peers.herding(x, 4) == _herding_by_hand(x, 4)
     # mean (2.183, -0.317): (1, 1) is nearest (1.77, against 1.87 for (3, -2)); then the point that pulls the mean
     # of two back onto it, (3, -2): ((1, 1) + (3, -2)) / 2 = (2, -0.5)
-    assert methods.herding(x, 2) == [1, 5]
+    assert peers.herding(x, 2) == [1, 5]
     rand = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
-    assert methods.herding(rand, 12) == _herding_by_hand(rand, 12)
+    assert peers.herding(rand, 12) == _herding_by_hand(rand, 12)
     with pytest.raises(ValueError, match="12 picks asked of 5"):
-        methods.herding(rand[:5], 12)
+        peers.herding(rand[:5], 12)
 
 
 class Brightness(nn.Module):
@@ -47,7 +52,7 @@ class Brightness(nn.Module):
 def test_rded_stitches_the_top_scored_crops():
     gen = torch.Generator().manual_seed(0)
     candidates = (torch.rand(12, 1, 8, 8, generator=gen) * 255).to(torch.uint8)
-    images, crops, scores = methods.rded_select([Brightness()], candidates, 0, 2, crops=4, factor=2,
+    images, crops, scores = peers.rded_select([Brightness()], candidates, 0, 2, crops=4, factor=2,
                                                 gen=torch.Generator().manual_seed(1), device="cpu")
     assert images.shape == (2, 1, 8, 8) and images.dtype == torch.uint8 and len(crops) == 8
     assert torch.all(scores[:-1] <= scores[1:])  # best first
@@ -55,16 +60,16 @@ def test_rded_stitches_the_top_scored_crops():
     g = torch.Generator().manual_seed(1)  # the same crops from the same seed
     best = []
     for i in range(12):
-        boxes = methods.random_square_crops(8, 8, 4, g)
-        views = torch.cat([methods.resize(candidates[i : i + 1, :, t : t + s, l : l + s].float() / 255, 8) for t, l, s in boxes])
-        best.append(float(methods.class_cross_entropy([Brightness()], views, 0, "cpu").min()))
+        boxes = peers.random_square_crops(8, 8, 4, g)
+        views = torch.cat([peers.resize(candidates[i : i + 1, :, t : t + s, l : l + s].float() / 255, 8) for t, l, s in boxes])
+        best.append(float(peers.class_cross_entropy([Brightness()], views, 0, "cpu").min()))
     assert sorted(best)[:8] == pytest.approx(scores.tolist(), abs=1e-6)
     # image 0's top-left tile is the best crop, resized to 4x4
     c = crops[0]
-    tile = methods.resize(candidates[c.image : c.image + 1, :, c.top : c.top + c.side, c.left : c.left + c.side].float() / 255, 4)
-    assert torch.equal(images[0, :, :4, :4], methods.to_uint8(tile[0]))
+    tile = peers.resize(candidates[c.image : c.image + 1, :, c.top : c.top + c.side, c.left : c.left + c.side].float() / 255, 4)
+    assert torch.equal(images[0, :, :4, :4], peers.to_uint8(tile[0]))
     with pytest.raises(ValueError, match="factor must divide"):
-        methods.rded_select([Brightness()], candidates, 0, 1, 2, 3, torch.Generator(), "cpu")
+        peers.rded_select([Brightness()], candidates, 0, 1, 2, 3, torch.Generator(), "cpu")
 
 
 def test_sre2l_images_move_from_their_noise_and_lower_the_loss():
@@ -73,7 +78,7 @@ def test_sre2l_images_move_from_their_noise_and_lower_the_loss():
     with torch.no_grad():
         teacher[1].running_mean.uniform_(-0.2, 0.2)
         teacher[1].running_var.uniform_(0.5, 1.5)
-    result = methods.sre2l_recover([teacher.eval()], 2, 3, (1, 8, 8), [0.5], [0.25], iterations=30, lr=0.25, betas=(0.5, 0.9),
+    result = peers.sre2l_recover([teacher.eval()], 2, 3, (1, 8, 8), [0.5], [0.25], iterations=30, lr=0.25, betas=(0.5, 0.9),
                                    r_bn=0.01, first_bn_multiplier=10, jitter=1, flip=True, seed=0, device="cpu", progress=False)
     assert result.images.shape == (2, 3, 1, 8, 8) and result.images.dtype == torch.uint8
     assert (result.images.float() / 255 - result.noise).abs().mean() > 0.05
@@ -109,8 +114,8 @@ def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_ru
     stored = ds.manifest["metrics"]["budget"]["stored_bytes_by_tensor"]
     assert stored["natural"] == len(ds) * 64 and stored["soft_labels"] == len(ds) * 10 * 2 and stored["ufc"] == 0
     if method == "random":  # the random-real baseline's seeded draw
-        train = stages._data(cfg, layout.data, "train")
-        drawn = stages.draw_per_class(train[1], per_class, cfg.seed, ds.classes)
+        train = artifacts._data(cfg, layout.data, "train")
+        drawn = infer.draw_per_class(train[1], per_class, cfg.seed, ds.classes)
         assert torch.equal((ds.images * 255).round().to(torch.uint8), train[0][drawn.flatten()].float().div(255).mul(255).round().to(torch.uint8))
     run = stages.evaluate_method(cfg, method, "hard", "epochs", "convnet_d3_w32", 0, layout.data, layout.distilled,
                                  layout.method_score(method, "hard", "epochs", "convnet_d3_w32", 0),
@@ -120,27 +125,27 @@ def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_ru
 
 @pytest.mark.slow
 def test_rded_with_more_candidates_than_a_class_has_takes_them_all_and_a_bad_factor_is_refused_first(tiny_run, tmp_path):
-    from infer_distill.config import ConfigError
+    from infer_distill.errors import ConfigError
 
     cfg, layout = tiny_run
     many = cfg.model_copy(update={"rded": cfg.rded.model_copy(update={"candidates": 10_000})})
     m = stages.distill_method(many, "rded", layout.data, layout.teachers(many), str(tmp_path / "rded"), progress=False)
-    train_y = stages._data(cfg, layout.data, "train")[1]
+    train_y = artifacts._data(cfg, layout.data, "train")[1]
     assert m["metrics"]["rded_candidates"] == int(torch.bincount(train_y).min()) < 10_000
     with pytest.raises(ConfigError, match="rded.factor=3 does not divide the image side 8"):
-        stages.preflight(load_config(None, TINY + ["methods=[infer, rded]", "rded.factor=3"]), [str(tmp_path / "x")])
+        preflight.preflight(load_config(None, TINY + ["methods=[infer, rded]", "rded.factor=3"]), [str(tmp_path / "x")])
 
 
 @pytest.mark.slow
 def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_run):
     cfg, layout = tiny_run
     uri = layout.method_set("herding")
-    if not stages.is_current(uri, cfg, "distill-method", method="herding"):
+    if not artifacts.is_current(uri, cfg, "distill-method", method="herding"):
         stages.distill_method(cfg, "herding", layout.data, layout.teachers(cfg), uri, progress=False)
-    train_x, train_y, dm = stages._data(cfg, layout.data, "train")
-    teacher = stages.load_teachers(cfg, layout.teachers(cfg), dm, "cpu")[0]
+    train_x, train_y, dm = artifacts._data(cfg, layout.data, "train")
+    teacher = inputs.load_teachers(cfg, layout.teachers(cfg), dm, "cpu")[0]
     pool = (train_y == 3).nonzero().flatten()
-    picks = methods.herding(methods.penultimate_features(teacher, train_x[pool], "cpu"), cfg.method_per_class(10, 64))
+    picks = peers.herding(peers.penultimate_features(teacher, train_x[pool], "cpu"), cfg.method_per_class(10, 64))
     got = DistilledSet.open(uri, dtype=torch.uint8)
     assert torch.equal(got.images[got.labels == 3], train_x[pool[picks]])
 
@@ -152,12 +157,12 @@ def test_a_peer_sets_datasheet_describes_its_method_not_infer(tiny_run, tmp_path
 
     cfg, layout = tiny_run
     uri = layout.method_set("herding")
-    if not stages.is_current(uri, cfg, "distill-method", method="herding"):
+    if not artifacts.is_current(uri, cfg, "distill-method", method="herding"):
         stages.distill_method(cfg, "herding", layout.data, layout.teachers(cfg), uri, progress=False)
     assert main(["export", uri, "--format", fmt, "--out", str(tmp_path / "out")]) == 0
     sheet = (tmp_path / "out" / "DATASHEET.md").read_text()
-    b = stages.open_artifact(uri).read_manifest()["metrics"]["budget"]
-    teacher_acc = stages.open_artifact(layout.teacher("resnet_tiny")).read_manifest()["metrics"]["test_acc"]
+    b = open_artifact(uri).read_manifest()["metrics"]["budget"]
+    teacher_acc = open_artifact(layout.teacher("resnet_tiny")).read_manifest()["metrics"]["test_acc"]
     for needle in ["made with herding (Welling", "| method | herding (herding): features: penultimate, teacher convnet_d2_w32, seed 0 |",
                    f"| bytes stored | {b['stored_bytes']:,} (images and labels", f"{b['budget_bytes']:,} bytes",
                    f"| instances per class | {cfg.method_per_class(10, 64)},", f"resnet_tiny ({100 * teacher_acc:.2f} % test accuracy)",
@@ -171,16 +176,16 @@ def test_a_peer_sets_datasheet_describes_its_method_not_infer(tiny_run, tmp_path
 def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
     cfg, layout = tiny_run
     uri = layout.method_set("random")
-    if not stages.is_current(uri, cfg, "distill-method", method="random"):
+    if not artifacts.is_current(uri, cfg, "distill-method", method="random"):
         stages.distill_method(cfg, "random", layout.data, layout.teachers(cfg), uri, progress=False)
     # the same set with its soft labels shuffled between instances, stored as a set of its own
-    art = stages.open_artifact(uri)
+    art = open_artifact(uri)
     manifest = art.read_manifest()
     tensors = art.read_tensors("distilled.safetensors")
     shuffled = tensors["soft_labels"][torch.randperm(len(tensors["soft_labels"]), generator=torch.Generator().manual_seed(0))]
     assert not torch.equal(shuffled, tensors["soft_labels"])
     other = str(tmp_path / "shuffled")
-    stages.open_artifact(other).write({"distilled.safetensors": {**tensors, "soft_labels": shuffled}},
+    open_artifact(other).write({"distilled.safetensors": {**tensors, "soft_labels": shuffled}},
                                       {k: v for k, v in manifest.items() if k != "files"})
     runs = {}
     for name, sets in (("stored", [uri]), ("shuffled", [other])):
@@ -197,7 +202,7 @@ def test_hard_label_score_uses_no_soft_label(tiny_run, tmp_path):
 def test_equal_steps_protocol_matches_infers_static_steps(tiny_run, tmp_path):
     cfg, layout = tiny_run
     uri = layout.method_set("random")
-    if not stages.is_current(uri, cfg, "distill-method", method="random"):
+    if not artifacts.is_current(uri, cfg, "distill-method", method="random"):
         stages.distill_method(cfg, "random", layout.data, layout.teachers(cfg), uri, progress=False)
     m = stages.evaluate_method(cfg, "random", "soft", "steps", "convnet_d3_w32", 0, layout.data, layout.distilled,
                                str(tmp_path / "steps"), methods=[uri], progress=False)["metrics"]
@@ -214,7 +219,7 @@ def _run(method, score, seed, acc, protocol="epochs"):
 
 
 def test_method_table_ior_and_hlr_by_hand():
-    from infer_distill import report
+    
 
     runs = [_run("infer", "soft", 0, 0.60), _run("infer", "soft", 1, 0.64), _run("infer", "hard", 0, 0.40), _run("infer", "hard", 1, 0.50),
             _run("random", "soft", 0, 0.50), _run("random", "soft", 1, 0.58), _run("random", "hard", 0, 0.30), _run("random", "hard", 1, 0.36),
@@ -245,7 +250,7 @@ def test_method_table_ior_and_hlr_by_hand():
 
 @pytest.mark.slow
 def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
-    from infer_distill.plan import run_in_process
+    from infer_distill.engines.walk import run_in_process
 
     cfg = load_config(None, TINY + ["methods=[infer, random, rded]", "rded.candidates=20", "students.scores=[soft, hard]",
                                     "students.full_data_reference=true", "students.baselines=[]"])
@@ -262,7 +267,7 @@ def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
     assert infer["same_class"]["pairs"] + infer["cross_class"]["pairs"] == n * (n - 1) // 2
     assert (tmp_path / "run" / "report" / "feature_similarity.png").stat().st_size > 1000
     # the datasheet of a peer's set gives that method's scores from the run's report, and its student recipe
-    from infer_distill.distilled import export
+    from infer_distill.outputs.export import export
 
     sheet = (export(Layout(str(tmp_path / "run")).method_set("rded"), "npz", tmp_path / "rded") / "DATASHEET.md").read_text()
     hard = rows["rded"]["hard"]["mean"]
@@ -273,7 +278,7 @@ def test_a_run_with_the_methods_reports_them_at_equal_bytes(tmp_path):
 
 def test_feature_similarity_by_hand():
     feats = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    sim = methods.feature_similarity(feats, torch.tensor([0, 0, 1, 1]), bins=4)
+    sim = peers.feature_similarity(feats, torch.tensor([0, 0, 1, 1]), bins=4)
     # same class: (0, 1) cos 1, (2, 3) cos 0; different classes: (0, 2) 0, (0, 3) -1, (1, 2) 0, (1, 3) -1
     assert sim["same_class"]["pairs"] == 2 and sim["same_class"]["mean"] == pytest.approx(0.5)
     assert sim["cross_class"]["pairs"] == 4 and sim["cross_class"]["mean"] == pytest.approx(-0.5)
@@ -286,7 +291,7 @@ def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
     import json
 
     from infer_distill.cli import main
-    from infer_distill.store import open_artifact
+    from infer_distill.storage import open_artifact
 
     sets = sum((["--set", s] for s in TINY + ["methods=[infer, herding]", "students.scores=[hard]", "students.baselines=[]",
                                               "students.full_data_reference=true"]), [])
@@ -310,7 +315,8 @@ def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
 
 
 def test_infer_is_refused_at_ipc_1_with_its_smallest_feasible_ipc_and_the_way_to_run_the_peers():
-    from infer_distill.config import ConfigError, check_budget, smallest_feasible_ipc
+    from infer_distill.config.budget import check_budget, smallest_feasible_ipc
+    from infer_distill.errors import ConfigError
 
     cfg = load_config(None, TINY + ["budget.ipc=1", "methods=[infer, random]"])
     with pytest.raises(ConfigError, match=r"K = floor.* = 0 .*at least 2.*leave infer out of methods"):
@@ -324,31 +330,31 @@ def test_infer_is_refused_at_ipc_1_with_its_smallest_feasible_ipc_and_the_way_to
 @pytest.mark.parametrize("override, field", [("students.baselines=[random_soft]", "students.baselines"),
                                              ("students.protocols=[epochs, steps]", "students.protocols")])
 def test_a_config_without_infer_refuses_what_needs_infers_steps(override, field):
-    from infer_distill.config import ConfigError
+    from infer_distill.errors import ConfigError
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, TINY + ["methods=[random]", "students.baselines=[]", override])
 
 
 def test_without_infer_the_plan_leaves_infers_steps_out_everywhere():
-    from infer_distill import plan
+    
 
     cfg = load_config(None, TINY + ["methods=[random, herding]", "students.baselines=[]", "students.scores=[soft, hard]"])
     infer_steps = ["select-subsets", "synthesize-ufc", "soft-label", "evaluate-student", "evaluate-baseline"]
-    assert plan.omitted(cfg) == [*infer_steps, "evaluate-full-data"]
-    assert not any(plan.step_items(plan.STEPS[s], cfg, Layout("/x"), lambda: 10) for s in infer_steps)
-    assert plan.step_inputs(plan.STEPS["report"], cfg, {o: o for o in plan.PRODUCER}) == {
+    assert dag.omitted(cfg) == [*infer_steps, "evaluate-full-data"]
+    assert not any(runner.step_items(dag.STEPS[s], cfg, Layout("/x"), lambda: 10) for s in infer_steps)
+    assert dag.step_inputs(dag.STEPS["report"], cfg, {o: o for o in dag.PRODUCER}) == {
         "data": "data", "teachers": "teachers", "ufc": [], "distilled": None, "students": [], "baselines": [],
         "method_scores": "method_scores", "full_data": "full_data", "methods": "methods"}
     with pytest.raises(Exception, match="compiled with the select-subsets step"):
-        plan.check_omitted(cfg, ["evaluate-full-data"])
+        dag.check_omitted(cfg, ["evaluate-full-data"])
     # the peers' bytes: ipc real images per class with their labels (INFER's K = 0 stores nothing)
     assert cfg.method_per_class(10, 64) == cfg.budget.ipc
 
 
 @pytest.mark.slow
 def test_the_peers_alone_at_ipc_1_run_and_report_why_infer_is_absent(tmp_path):
-    from infer_distill.plan import run_in_process
+    from infer_distill.engines.walk import run_in_process
 
     cfg = load_config(None, TINY + ["budget.ipc=1", "methods=[random, herding, sre2l]", "students.baselines=[]",
                                     "students.scores=[soft, hard]", "sre2l.iterations=3"])

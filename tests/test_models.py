@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from infer_distill import architectures, models
-from infer_distill.config import validate_config
-from infer_distill.models import (
+from infer_distill.config.loading import validate_config
+from infer_distill.models import architectures, networks
+from infer_distill.models.networks import (
     MODEL_REGISTRY,
     Normalize,
     batchnorm_layers,
@@ -40,11 +40,11 @@ def test_registry_has_the_documented_names() -> None:
 
 def test_the_torch_free_names_are_the_builders_defined_here() -> None:
     """Config validation checks architectures against `architectures.BUILTIN` without importing models."""
-    assert {name for name, fn in MODEL_REGISTRY.items() if fn.__module__ == models.__name__} == set(architectures.BUILTIN)
+    assert {name for name, fn in MODEL_REGISTRY.items() if fn.__module__ == networks.__name__} == set(architectures.BUILTIN)
 
 
 def test_a_registered_architecture_is_a_valid_config_name(monkeypatch) -> None:
-    monkeypatch.setattr(models, "MODEL_REGISTRY", dict(MODEL_REGISTRY))
+    monkeypatch.setattr(networks, "MODEL_REGISTRY", dict(MODEL_REGISTRY))
     monkeypatch.setattr(architectures, "NAMES", set(architectures.NAMES))
     with pytest.raises(ValueError, match="unknown architecture 'my_net'"):
         validate_config({"students": {"archs": ["my_net"]}})

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import infer_distill
-import infer_distill.kfp
-from conftest import REPO
+import infer_distill.engines.kfp
 from infer_distill.cli import main
-from infer_distill.config import PACKAGED_CONFIGS, ConfigError, load_config, packaged_configs
+from infer_distill.config.loading import PACKAGED_CONFIGS, load_config, packaged_configs
+from infer_distill.errors import ConfigError
 
 HEAVY = ("torch", "torchvision", "timm", "matplotlib", "boto3")
 # Runs the CLI, then reports which heavy modules it imported (on stderr, after the command's own output).
@@ -89,10 +90,10 @@ def test_a_missing_config_names_the_shipped_ones(tmp_path, monkeypatch):
 def without_kfp(monkeypatch):
     """As if kfp were not installed: importing it fails, and the package's kfp modules are imported afresh."""
     monkeypatch.setitem(sys.modules, "kfp", None)
-    for name in ("infer_distill.kfp.dag", "infer_distill.kfp.components"):
+    for name in ("infer_distill.engines.kfp.dag", "infer_distill.engines.kfp.components"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.delattr(infer_distill.kfp, "dag", raising=False)
-    monkeypatch.delattr(infer_distill.kfp, "components", raising=False)
+    monkeypatch.delattr(infer_distill.engines.kfp, "dag", raising=False)
+    monkeypatch.delattr(infer_distill.engines.kfp, "components", raising=False)
 
 
 EXTRA_HINT = re.compile(r"error: the Kubeflow pipeline .* needs the 'kfp' extra, which is not installed \(.*kfp.*\): "

@@ -7,16 +7,21 @@ from pathlib import Path
 import boto3
 import pytest
 import torch
-
 from conftest import TINY
+
 from infer_distill import stages
-from infer_distill.cli import main, print_step
-from infer_distill.config import load_config
-from infer_distill.plan import run_in_process
-from infer_distill.plan import Layout, plan_ufc_shards
-from infer_distill.stages import build_model, distilled_instances, load_teachers
-from infer_distill.store import open_artifact
-from infer_distill.training import evaluate
+from infer_distill.cli import main
+from infer_distill.cli.show import print_step
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines.runner import plan_ufc_shards
+from infer_distill.engines.walk import run_in_process
+from infer_distill.method.training import evaluate
+from infer_distill.outputs import instances
+from infer_distill.outputs.instances import distilled_instances
+from infer_distill.stages import infer
+from infer_distill.stages.inputs import build_model, load_teachers
+from infer_distill.storage import open_artifact
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +75,7 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
 
     # static labels are the mean of the M teachers' logits on the un-augmented instances, as stored (uint8 UFCs)
     teachers = load_teachers(cfg, Layout(out).teachers(cfg), dm, "cpu")
-    t = stages.read_distilled(open_artifact(Layout(out).distilled))
+    t = instances.read_distilled(open_artifact(Layout(out).distilled))
     x = distilled_instances(t["natural"], t["ufc"], None)
     with torch.no_grad():
         expected = torch.stack([m(x) for m in teachers]).mean(0)
@@ -161,7 +166,7 @@ def test_stage_cli_with_explicit_uris(tmp_path):
 def test_teacher_weights_can_be_imported_instead_of_trained(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from infer_distill.models import create_model
+    from infer_distill.models.networks import create_model
 
     torch.manual_seed(5)
     net = create_model("resnet_tiny", num_classes=10, in_chans=1, image_size=8)
@@ -317,7 +322,7 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     assert metrics["per_class"] == per_class and metrics["num_instances"] == per_class * 10
     assert metrics["stored_bytes"] == per_class * 10 * (64 + 10 * 2) >= cfg.infer_stored_bytes(10, 64)
     # the images continue select-subsets' draw: the first K rows per class are INFER's natural subsets
-    drawn = stages.draw_per_class(train["y"], per_class, cfg.seed, classes)
+    drawn = infer.draw_per_class(train["y"], per_class, cfg.seed, classes)
     assert torch.equal(drawn[: len(subsets)], subsets)
     # the labels are the same teachers' mean logits on those images, rounded like INFER's (float16)
     teachers = load_teachers(cfg, layout.teachers(cfg), data.read_manifest(), "cpu")
@@ -330,10 +335,10 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
 
     report = json.loads(open_artifact(layout.report).read_text("report.json"))
     assert [(b["baseline"], b["seeds"]) for b in report["baseline_summary"]] == [("random_soft", [0, 1]), ("random_soft_steps", [0, 1])]
-    infer = {s["seed"]: s["final_acc"] for s in report["students"]}
+    infer_acc = {s["seed"]: s["final_acc"] for s in report["students"]}
     random_soft = {b["seed"]: b["final_acc"] for b in report["baselines"] if b["baseline"] == "random_soft"}
     lift = next(x for x in report["lift"] if x["baseline"] == "random_soft")
-    assert lift["lift_mean"] == pytest.approx(sum(infer[s] - random_soft[s] for s in (0, 1)) / 2)
+    assert lift["lift_mean"] == pytest.approx(sum(infer_acc[s] - random_soft[s] for s in (0, 1)) / 2)
     assert "What the distillation bought" in open_artifact(layout.report).read_text("report.md")
 
     # students.baselines: [] removes them (everything else is reused)

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import TINY
 from infer_distill import stages
 from infer_distill.cli import main
-from infer_distill.config import ConfigError, load_config
-from infer_distill.models import Normalize, create_model, read_pth
-from infer_distill.plan import Layout
-from infer_distill.stages import _import_weights, build_model
-from infer_distill.store import open_artifact
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.errors import ConfigError, StageError
+from infer_distill.models.networks import Normalize, create_model, read_pth
+from infer_distill.stages import preflight
+from infer_distill.stages.inputs import _import_weights, build_model
+from infer_distill.storage import open_artifact
 
 ARCH = "convnet_d2_w32"
 
@@ -100,7 +102,7 @@ def test_a_file_that_does_not_fit_names_the_first_missing_and_unexpected_keys(da
     path = _write(tmp_path / "w.pt", state, "module.")
     cfg = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: {path}}}"])
     with pytest.raises(ConfigError, match=r"1 tensors missing \['classifier.weight'\], 1 unexpected \['extra.weight'\]"):
-        stages.check_pretrained(cfg, ARCH)
+        preflight.check_pretrained(cfg, ARCH)
 
 
 def test_teachers_normalization_is_what_the_imported_teacher_applies(data, tmp_path):
@@ -176,7 +178,7 @@ def test_timm_weights_import_from_the_hub_cache_with_their_normalisation(tmp_pat
 def test_published_weights_that_cannot_be_had_are_a_stage_error(tmp_path, monkeypatch):
     _hf_cache(monkeypatch, tmp_path, "resnet10t.c3_in1k", {})
     (tmp_path / "models--timm--resnet10t.c3_in1k" / "snapshots" / ("0" * 40) / "model.safetensors").unlink()
-    with pytest.raises(stages.StageError, match="timm:resnet10t=timm: could not get timm's published weights"):
+    with pytest.raises(StageError, match="timm:resnet10t=timm: could not get timm's published weights"):
         _import_weights(_imagenet_teacher("timm:resnet10t"), "timm:resnet10t", "timm")
 
 

@@ -3,9 +3,9 @@ import re
 
 import torch
 
-from infer_distill.config import TeacherConfig
-from infer_distill.progress import LogLines, progress_bar
-from infer_distill.training import train_teacher_model
+from infer_distill.config.schema import TeacherConfig
+from infer_distill.method.training import train_teacher_model
+from infer_distill.runtime.progress import LogLines, progress_bar
 
 LINE = re.compile(r"^(?P<desc>.+): step (?P<step>\d+)/(?P<total>\d+) \(\d+%\), loss=[\d.]+, [\d.]+ step/s, ETA \w+$")
 

@@ -3,13 +3,13 @@ import json
 import re
 
 import pytest
-
 from conftest import REPO
-from infer_distill.cli import print_step
-from infer_distill.config import load_config
-from infer_distill.plan import run_in_process
-from infer_distill.plan import Layout
-from infer_distill.store import open_artifact
+
+from infer_distill.cli.show import print_step
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines.walk import run_in_process
+from infer_distill.storage import open_artifact
 
 
 def readme_figure() -> tuple[float, float]:

@@ -5,7 +5,8 @@ import re
 import torch
 from PIL import Image
 
-from infer_distill.report import html, markdown, pct, result_tables, summarise, ufc_examples_png
+from infer_distill.outputs.plots import ufc_examples_png
+from infer_distill.outputs.report import html, markdown, pct, result_tables, summarise
 
 BUDGET = {"ipc": 10, "num_subsets": 7, "num_classes": 10, "num_ufcs": 21, "num_instances": 280, "stored_bytes": 11592,
           "train_bytes": 91712, "compression_ratio": 11592 / 91712, "ufc_dtype": "uint8", "label_dtype": "float16"}

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, make_folder
 from PIL import Image
 
-from conftest import TINY, make_folder
-from infer_distill import plan, stages
-from infer_distill.config import load_config
-from infer_distill.plan import Layout
-from infer_distill.stages import is_current
-from infer_distill.store import open_artifact
+from infer_distill import stages
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.engines import walk
+from infer_distill.stages.artifacts import is_current
+from infer_distill.storage import open_artifact
 
 
 def test_is_current_checks_settings_files_and_inputs(tmp_path):
@@ -55,7 +56,7 @@ FAST = TINY + ["students.baselines=[]", "students.epochs=1"]
 def _walk(root: Path, overrides: list[str]) -> dict[str, bool]:
     """Run (or resume) under `root` with a freshly loaded config, as the CLI does; {"stage item": skipped}."""
     steps: dict[str, bool] = {}
-    plan.run_in_process(load_config(None, FAST + overrides), str(root), progress=False,
+    walk.run_in_process(load_config(None, FAST + overrides), str(root), progress=False,
                         on_step=lambda r: steps.__setitem__(f"{r.stage} {r.label}".strip(), r.skipped))
     return steps
 
@@ -67,7 +68,7 @@ def _remade(steps: dict[str, bool]) -> set[str]:
 def _save_teacher(path: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
-    from infer_distill.models import create_model
+    from infer_distill.models.networks import create_model
 
     torch.manual_seed(seed)
     save_file(create_model("convnet_d2_w32", num_classes=10, in_chans=1, image_size=8).state_dict(), path)
@@ -114,8 +115,8 @@ def test_a_dataset_whose_content_changed_remakes_the_data_and_everything_downstr
 
 
 def test_the_dataset_digest_follows_what_the_loader_reads(tmp_path):
-    from infer_distill.config import DatasetConfig
-    from infer_distill.data import source_digest
+    from infer_distill.config.schema import DatasetConfig
+    from infer_distill.data.sources import source_digest
 
     data = make_folder(tmp_path / "images")
     cfg = DatasetConfig(name="imagefolder", root=str(data))

@@ -16,11 +16,12 @@ from urllib.parse import urlparse
 
 import boto3
 import pytest
-
 from conftest import TINY
+
 from infer_distill.cli import main
-from infer_distill.plan import Layout
-from infer_distill.store import ArtifactError, StoreUnavailable, open_artifact
+from infer_distill.dag.layout import Layout
+from infer_distill.errors import ArtifactError, StoreUnavailable
+from infer_distill.storage import open_artifact
 
 SETS = sum((["--set", s] for s in TINY), [])
 STALL_S = 3.0  # the longest a stalled connection is held; the client's read timeout is far shorter

@@ -8,8 +8,11 @@ import boto3
 import pytest
 import torch
 
-from infer_distill import store
-from infer_distill.store import SCHEMA_VERSION, Artifact, ArtifactError, LocalArtifact, S3Artifact, StoreUnavailable, open_artifact, sha256_bytes
+from infer_distill.errors import ArtifactError, StoreUnavailable
+from infer_distill.storage import open_artifact, s3
+from infer_distill.storage.artifact import SCHEMA_VERSION, Artifact, sha256_bytes
+from infer_distill.storage.local import LocalArtifact
+from infer_distill.storage.s3 import S3Artifact
 
 
 def _s3(endpoint: str):
@@ -202,8 +205,17 @@ def test_s3_bad_multipart_threshold(s3_bucket: str, monkeypatch: pytest.MonkeyPa
         open_artifact(f"s3://{s3_bucket}/a").write({"a": b"a"}, {})
 
 
-def test_s3_check_writable_ok(s3_bucket: str) -> None:
+def test_s3_check_writable_passes_and_leaves_the_bucket_as_it_was(s3_bucket: str, s3_env: str) -> None:
+    import boto3
+
+    client = boto3.session.Session().client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    client.put_object(Bucket=s3_bucket, Key="out/theirs.txt", Body=b"not ours")
     open_artifact(f"s3://{s3_bucket}/out").check_writable()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert keys == ["out/theirs.txt"]  # a check writes, moves and deletes nothing
+    art = open_artifact(f"s3://{s3_bucket}/out/new")  # and what it passed can be written
+    art.write({"a": b"a"}, {})
+    assert art.read_bytes("a") == b"a"
 
 
 def test_s3_check_writable_missing_bucket(s3_env: str) -> None:
@@ -227,7 +239,7 @@ def test_s3_check_writable_no_credentials(s3_bucket: str, monkeypatch: pytest.Mo
 def test_s3_unreachable_endpoint_is_an_outage_after_botos_retries(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens: connection refused
     attempts = []
-    client = store._s3_client()
+    client = s3._s3_client()
     client.meta.events.register("before-send.s3", lambda **_: attempts.append(1))
     with pytest.raises(StoreUnavailable, match=r"endpoint http://127\.0\.0\.1:1 is unreachable \(EndpointConnectionError, after 6 attempts"):
         open_artifact("s3://bkt/out").check_writable()

@@ -1,12 +1,11 @@
 """The grouped synthesis is the one-UFC-at-a-time synthesis, run in parallel."""
 import pytest
 import torch
+from conftest import OddBatchNorms
 from torch import nn
 
-from conftest import OddBatchNorms
-from infer_distill.config import SynthesisConfig
-from infer_distill.models import batchnorm_layers, create_model
-from infer_distill.synthesis import (
+from infer_distill.config.schema import SynthesisConfig
+from infer_distill.method.synthesis import (
     BatchNormUseError,
     class_batch_index,
     compose,
@@ -14,6 +13,7 @@ from infer_distill.synthesis import (
     recorded_bn_inputs,
     synthesize_ufcs,
 )
+from infer_distill.models.networks import batchnorm_layers, create_model
 
 
 def _teacher(arch="convnet_d3_w32", seed=0, chans=3, size=16, classes=5):

@@ -1,12 +1,15 @@
 """CPU threads: the cores a process may use, from its cgroup quota and affinity mask."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from infer_distill import threads
+from infer_distill.runtime import threads
 
 
 def _tree(tmp_path: Path, files: dict[str, str], proc: str) -> tuple[Path, Path]:
@@ -46,10 +49,15 @@ def test_configure_sets_torch_threads_unless_omp_num_threads(monkeypatch: pytest
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr(threads, "usable_cpus", lambda: 1)
         assert threads.configure_cpu_threads()[0] == 1 and torch.get_num_threads() == 1
+        # OMP_NUM_THREADS set: torch took it at start-up, and configure leaves torch's count as it is
+        torch.set_num_threads(2)
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        torch.set_num_threads(3)
-        monkeypatch.setattr(threads, "usable_cpus", lambda: 1)
-        count, why = threads.configure_cpu_threads()
-        assert (count, why) == (3, "OMP_NUM_THREADS") and torch.get_num_threads() == 3
+        assert threads.configure_cpu_threads() == (2, "OMP_NUM_THREADS") and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_omp_num_threads_is_what_a_fresh_process_uses() -> None:
+    code = "from infer_distill.runtime.threads import configure_cpu_threads; print(configure_cpu_threads()[0])"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # fewer than the cores (torch caps a larger value at them)
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "1"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY
+
+from infer_distill import dag
 from infer_distill.cli import main
-from infer_distill import plan
-from infer_distill.config import load_config
-from infer_distill.plan import PLAN
-from infer_distill.plan import Layout
-from infer_distill.store import open_artifact
+from infer_distill.config.loading import load_config
+from infer_distill.dag.layout import Layout
+from infer_distill.dag.steps import PLAN
+from infer_distill.storage import open_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = [part for s in TINY for part in ("--set", s)]
@@ -36,7 +36,7 @@ def test_tracking_is_in_no_artifacts_settings():
             "method": "rded", "score": "soft", "protocol": "epochs"}
     for step in PLAN:
         keys = {k: item[k] for k in (step.over.keys if step.over else ())}
-        settings = [plan.settings(load_config(None, TINY + [f"tracking.backend={b}"]), step.name, **keys)
+        settings = [dag.settings(load_config(None, TINY + [f"tracking.backend={b}"]), step.name, **keys)
                     for b in ("none", "mlflow", "tensorboard")]
         assert settings[0] == settings[1] == settings[2], step.name
 

@@ -3,9 +3,8 @@ import random
 import pytest
 import torch
 
-from infer_distill.config import StudentConfig, TeacherConfig
-from infer_distill.models import create_model
-from infer_distill.training import (
+from infer_distill.config.schema import StudentConfig, TeacherConfig
+from infer_distill.method.training import (
     Ensemble,
     cross_entropy_step,
     kd_loss,
@@ -17,6 +16,7 @@ from infer_distill.training import (
     train_student_model,
     train_teacher_model,
 )
+from infer_distill.models.networks import create_model
 
 
 def test_mixup_mixes_images_and_labels_with_the_same_lambda_and_permutation():

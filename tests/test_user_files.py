@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY
+
 from infer_distill.cli import main
-from infer_distill.store import ArtifactError, open_artifact
+from infer_distill.errors import ArtifactError
+from infer_distill.storage import open_artifact
 
 SETS = sum((["--set", s] for s in TINY), [])
 

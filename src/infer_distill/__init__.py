@@ -7,7 +7,7 @@ def __getattr__(name: str):
     # Imported on first use: `import infer_distill.config` (the DAG compiler, the CLI's argument
     # parsing) stays free of torch.
     if name == "DistilledSet":
-        from .distilled import DistilledSet
+        from infer_distill.outputs.distilled import DistilledSet
 
         return DistilledSet
     raise AttributeError(f"module 'infer_distill' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """`python -m infer_distill`: the `infer-distill` command."""
 import sys
 
-from .cli import main
+from infer_distill.cli import main
 
 sys.exit(main())

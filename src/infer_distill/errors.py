@@ -1,17 +1,30 @@
-"""The refusals every entry point turns into exit 2 (`plan.EXIT_REFUSED`), importable without torch.
+"""Every refusal an entry point turns into an exit code, importable without torch.
 
-A stage or data error is raised deep inside torch-bound modules, but the CLI must catch it
-without importing them: `--help`, `config` and `plan` stay free of torch. `ConfigError` and the
-store's errors live beside the code that raises them (both modules are torch-free).
+Errors are raised deep inside torch-bound modules, but the CLI and the engines must catch them
+without importing those modules: `--help`, `config` and `plan` stay free of torch. So every
+error class is defined here, and the modules that raise them import them from here.
 """
 from __future__ import annotations
 
-from .config import ConfigError
-from .store import ArtifactError
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the field and how to fix it."""
 
 
 class DataError(ValueError):
     """Data that cannot be loaded; the message names the field or file and how to fix it."""
+
+
+class ArtifactError(RuntimeError):
+    """A store failure that trying again cannot fix; the message names the artifact URI (and file) and the fix."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store did not answer, or answered that it is busy or failing (network errors,
+    timeouts, cut or truncated answers, HTTP 5xx, throttling), after every retry: trying again later may succeed.
+
+    Not an ArtifactError, so no caller mistakes an outage for a missing or invalid artifact.
+    """
 
 
 class StageError(RuntimeError):
@@ -26,4 +39,5 @@ class MissingExtra(ImportError):
                          f"pip install 'infer-distill[{extra}]'")
 
 
+# Refused input: exit 2, never worth retrying. StoreUnavailable is not among them (exit 75: retry later).
 USER_ERRORS = (ConfigError, DataError, ArtifactError, StageError, MissingExtra)

@@ -1,0 +1,1 @@
+"""The validated config: its schema, budget arithmetic and loading."""

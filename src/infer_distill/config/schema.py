@@ -1,0 +1,358 @@
+"""One validated config for the whole pipeline.
+
+Every setting of every stage lives here, loaded from YAML with `--set a.b=value` overrides.
+Unknown keys are rejected (a typo must not silently fall back to a default). The embedded
+defaults are the quickstart (configs/quickstart.yaml: digits, small nets, 2 CPU cores); the
+full-scale configs in configs/ set the official values explicitly.
+
+Each stage's artifact records the slice of this config it depends on (its `*_settings` function, named by its plan step), so
+that a later stage, or a resumed run, can tell an artifact made with other settings from a
+valid one and say which setting differs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+from infer_distill.config.budget import DTYPE_BYTES, num_subsets
+from infer_distill.models import architectures
+
+
+class _Strict(BaseModel):
+    # allow_inf_nan=False: an infinite or NaN number (`teachers.lr=.inf`) is refused, never trained with
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Seeds feed torch.manual_seed and numpy, which take at most 64 bits; the JSON of every manifest keeps them exact below 2^63.
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="a seed: 0 <= seed < 2^63")]
+
+
+def _folder_name(name: str) -> str:
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"{name!r} is not a folder name: give the name of one folder directly under dataset.root, e.g. 'train'")
+    return name
+
+
+# A split is one folder under dataset.root (or at a zip's top level), never a path that leaves it.
+SplitName = Annotated[str, AfterValidator(_folder_name)]
+
+
+# ----------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------
+
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tiny-imagenet", "imagenet"]
+
+
+class DatasetConfig(_Strict):
+    name: DatasetName = "digits"
+    root: str | None = Field(None, description="data directory or .zip (not used by digits)")
+    download: bool = Field(False, description="cifar10/cifar100: let torchvision download")
+    train_split: SplitName = "train"
+    test_split: SplitName = "test"
+    image_size: int | None = Field(None, ge=8, description="resize to this square size; None keeps the source size")
+    train_per_class: int | None = Field(None, ge=1, description="keep only the first N training images per class")
+    test_per_class: int | None = Field(None, ge=1, description="keep only the first N test images per class")
+    hflip: bool | None = Field(None, description="horizontal flips in augmentation; None: the dataset's default")
+    crop_padding: int | None = Field(None, ge=0, description="random-crop padding; None: the dataset's default")
+    image_column: str = Field("image", min_length=1, description="dataset.name=hf: the column of images")
+    label_column: str = Field("label", min_length=1, description="dataset.name=hf: the column of class labels")
+
+    @model_serializer(mode="wrap")
+    def _hf_columns_only_for_hf(self, handler: Any) -> dict:
+        # The column names mean something for dataset.name=hf alone; leaving them out elsewhere keeps the
+        # settings (and fingerprints) of every other dataset what they were before the hf reader existed.
+        data = handler(self)
+        if self.name != "hf":
+            data = {k: v for k, v in data.items() if k not in ("image_column", "label_column")}
+        return data
+
+
+class BudgetConfig(_Strict):
+    ipc: int = Field(10, ge=1, description="stored images per class (natural images plus a share of the UFCs)")
+
+
+class Normalization(_Strict):
+    mean: list[float] = Field(min_length=1, description="per channel, of pixels in [0, 1]")
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "Normalization":
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        return self
+
+
+class TeacherConfig(_Strict):
+    archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32", "convnet_d2_w64", "resnet_tiny"], min_length=1)
+    epochs: int = Field(15, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum, constant through training")
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    pretrained: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="arch -> weights to import instead of training: 'torchvision' or 'torchvision:<Weights member>' "
+                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a local .safetensors, .pth "
+                    "or .pt state dict",
+    )
+    normalization: dict[str, Normalization] = Field(
+        default_factory=dict,
+        description="arch -> {mean, std} an imported teacher's weights expect; default: the published weights' own, "
+                    "and the dataset's for a local file",
+    )
+
+    @field_validator("archs")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"teacher architectures must be distinct, got {v}")
+        return v
+
+
+class SynthesisConfig(_Strict):
+    iterations: int = Field(1000, ge=1, description="official: 1000 (CIFAR), 2000 (ImageNet)")
+    lr: float = Field(0.25, gt=0, le=100)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
+    r_bn: float = Field(1.0, ge=0, le=1e6)
+    first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
+    jitter: int = Field(1, ge=0, description="random roll of up to this many pixels (official CIFAR: 4)")
+    random_resized_crop: bool = Field(False, description="ImageNet-style RandomResizedCrop + flip during synthesis")
+    classes_per_ufc: int | None = Field(None, ge=1, description="classes one UFC covers; None: all classes")
+    subsets_per_shard: int = Field(0, ge=0, description="subsets synthesised together (one pod in the DAG); 0: all")
+    clip_during_optimisation: bool = Field(
+        True, description="teachers see clip(P + U) while the UFC is optimised (false: the unclipped sum, as the official code)")
+    ufc_dtype: Literal["uint8", "float16", "float32"] = Field(
+        "uint8", description="how the distilled set stores each UFC: uint8 (one image's bytes + 8: an affine scale and offset), float16 or float32")
+
+
+class LabelConfig(_Strict):
+    modes: list[Literal["static", "dynamic"]] = Field(
+        default_factory=lambda: ["static"], min_length=1,
+        description="static: the teachers' mean logits on the un-augmented instances, computed once and reused under "
+                    "crop/flip/MixUp (as in the paper); dynamic: the teachers label every augmented, mixed batch",
+    )
+    temperature: float = Field(30.0, gt=0, le=1e4)
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)"
+    )
+
+
+class StudentConfig(_Strict):
+    archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32"], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    epochs: int = Field(100, ge=1, description="epochs with static labels")
+    epochs_dynamic: int | None = Field(None, ge=1, description="epochs with dynamic labels; None: same as epochs")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    mixup_alpha: float = Field(0.8, ge=0, le=100)
+    eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and always after the last)")
+    baselines: list[Literal["random_soft", "random_soft_steps"]] = Field(
+        default_factory=lambda: ["random_soft"],
+        description="students trained beside INFER's on ipc random real images per class with the same ensemble labels and "
+                    "training: random_soft for the same epochs, random_soft_steps for the same optimiser steps; [] skips them")
+
+    @field_validator("baselines")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"baselines must be distinct, got {v}")
+        return v
+
+    scores: list[Literal["soft", "hard"]] = Field(
+        default_factory=lambda: ["soft"], min_length=1,
+        description="how the methods' sets are scored: soft (the student above: MixUp + KL on the set's static labels), "
+                    "hard (the same student with cross-entropy on the instances' class labels, no soft label)")
+    protocols: list[Literal["epochs", "steps"]] = Field(
+        default_factory=lambda: ["epochs"], min_length=1,
+        description="the peers' training length: epochs (students.epochs, as INFER's) and/or steps (INFER's static "
+                    "student's optimiser steps; instance counts differ)")
+    full_data_reference: bool = Field(
+        False, description="train each student architecture once with hard labels on the whole real training set "
+                           "(the reference of the hard-label recovery, HLR; expensive: full_data_epochs over all the data)")
+    full_data_epochs: int | None = Field(
+        None, ge=1, description="epochs of the full-data reference; None: students.epochs (a full training set needs far "
+                                "fewer epochs than a distilled one to converge)")
+
+    @field_validator("scores", "protocols")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"entries must be distinct, got {v}")
+        return v
+
+    def epochs_for(self, label_mode: str) -> int:
+        return self.epochs_dynamic if label_mode == "dynamic" and self.epochs_dynamic else self.epochs
+
+
+class TrackingConfig(_Strict):
+    backend: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="log the config, losses, accuracies and report of a run to MLflow (its local store under the run "
+                            "root, or MLFLOW_TRACKING_URI) or TensorBoard (<out>/tensorboard); needs the extra of that name")
+# The distillation methods a run compares at equal stored bytes (docs/method.md, section 9)
+METHODS = ("infer", "random", "herding", "rded", "sre2l")
+MethodName = Literal["infer", "random", "herding", "rded", "sre2l"]
+
+
+class RdedConfig(_Strict):
+    """RDED's selection; defaults from its CIFAR-10 scripts (LINs-lab/RDED): whole crops, no stitching."""
+
+    factor: int = Field(1, ge=1, description="crops stitched per side of one image (RDED: 1 on CIFAR-10, 2 on ImageNet)")
+    crops: int = Field(5, ge=1, description="random resized crops scored per candidate image (RDED's num_crop)")
+    candidates: int = Field(300, ge=1, description="candidate real images drawn per class (RDED's mipc)")
+
+
+class Sre2lConfig(_Strict):
+    """SRe2L's recover; defaults from its CIFAR code (VILA-Lab/SRe2L, small_dataset/recover_cifar.sh and .py)."""
+
+    iterations: int = Field(1000, ge=1)
+    lr: float = Field(0.25, gt=0, le=100)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
+    r_bn: float = Field(0.01, ge=0, le=1e6)
+    first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
+    jitter: int = Field(4, ge=0, description="random roll of up to this many pixels")
+    flip: bool = Field(False, description="random horizontal flip each step (SRe2L's ImageNet recover; its CIFAR one has none)")
+
+
+class Config(_Strict):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    teachers: TeacherConfig = Field(default_factory=TeacherConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    students: StudentConfig = Field(default_factory=StudentConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The fast path (runtime/fast_path.py): how the work is computed on its device, never what is computed.
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast for teacher and student training on a CUDA GPU with native bf16, fp32 "
+                            "elsewhere; fp32: no autocast; bf16: bf16 autocast for training on any device. All other work "
+                            "(synthesis, labels, evaluation) is IEEE fp32")
+    channels_last: Literal["auto"] | bool = Field("auto", description="channels_last models; auto: on CUDA only")
+    cudnn_benchmark: bool = Field(True, description="CUDA: cuDNN times its convolution algorithms once per shape")
+    compile: bool = Field(False, description="torch.compile the teacher and student in training (compile time in the manifests)")
+    seed: Seed = 0
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    methods: list[MethodName] = Field(
+        default_factory=lambda: ["infer"], min_length=1,
+        description="the methods distilled and scored at INFER's stored bytes, with its teachers, labels and students: "
+                    "infer (always), random, herding, rded, sre2l")
+    rded: RdedConfig = Field(default_factory=RdedConfig)
+    sre2l: Sre2lConfig = Field(default_factory=Sre2lConfig)
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods must be distinct, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _without_infer(self) -> "Config":
+        """Without infer the peers run alone, at ipc real images' bytes: nothing may need INFER's steps."""
+        if self.runs_infer():
+            return self
+        if self.students.baselines:
+            raise ValueError(f"students.baselines={self.students.baselines} train beside INFER's students, but methods="
+                             f"{self.methods} has no infer: set students.baselines=[] (the random method is that baseline)")
+        if "steps" in self.students.protocols:
+            raise ValueError(f"students.protocols has steps (INFER's optimiser steps), but methods={self.methods} has no infer: "
+                             "use students.protocols=[epochs]")
+        return self
+
+    @model_validator(mode="after")
+    def _known_archs(self) -> "Config":
+        for section, archs in (("teachers.archs", self.teachers.archs), ("students.archs", self.students.archs)):
+            for arch in archs:
+                problem = architectures.problem(arch, teacher=section == "teachers.archs")
+                if problem:
+                    raise ValueError(f"{section}: {problem}")
+        for arch in self.teachers.pretrained:
+            if arch not in self.teachers.archs:
+                raise ValueError(f"teachers.pretrained names {arch!r}, which is not in teachers.archs {self.teachers.archs}")
+        for arch in self.teachers.normalization:
+            if arch not in self.teachers.pretrained:
+                raise ValueError(f"teachers.normalization names {arch!r}, which imports no weights (teachers.pretrained): "
+                                 "a teacher trained here uses the dataset's normalisation")
+        return self
+
+    # ---- derived quantities ---------------------------------------------------------------
+
+    def runs_infer(self) -> bool:
+        """INFER's own steps run: `methods` has infer (without it, the peers are distilled and scored alone)."""
+        return "infer" in self.methods
+
+    def class_batches(self, num_classes: int) -> int:
+        """How many UFCs one (subset, teacher) pair needs: one per batch of classes."""
+        per = self.synthesis.classes_per_ufc or num_classes
+        return math.ceil(num_classes / per)
+
+    def num_subsets(self, num_classes: int) -> int:
+        return num_subsets(self.budget.ipc, len(self.teachers.archs), num_classes, self.class_batches(num_classes))
+
+    def shard_plan(self, num_classes: int) -> list[list[int]]:
+        """Subset ids grouped into synthesis shards (one DAG pod each); same plan for every engine."""
+        k = self.num_subsets(num_classes)
+        per = self.synthesis.subsets_per_shard or k
+        return [list(range(i, min(i + per, k))) for i in range(0, k, per)]
+
+    def infer_stored_bytes(self, num_classes: int, image_numel: int) -> int:
+        """Bytes of the distilled set: K*C uint8 natural images, K*M*B UFCs at ufc_dtype, K*(M+1)*C static labels."""
+        k, m, b, c = self.num_subsets(num_classes), len(self.teachers.archs), self.class_batches(num_classes), num_classes
+        ufc = image_numel * DTYPE_BYTES[self.synthesis.ufc_dtype] + (8 if self.synthesis.ufc_dtype == "uint8" else 0)
+        return k * c * image_numel + k * m * b * ufc + k * (m + 1) * c * c * DTYPE_BYTES[self.labels.dtype]
+
+    def baseline_per_class(self, num_classes: int, image_numel: int) -> int:
+        """Real images per class the baselines get: ipc, or more where the distilled set stores more bytes than
+        ipc real images with their labels would (small images, many labels), so a baseline never has less room."""
+        per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
+        return max(self.budget.ipc, math.ceil(self.infer_stored_bytes(num_classes, image_numel) / (num_classes * per_instance)))
+
+    def student_runs(self) -> list[dict]:
+        """The INFER students to train: one per label mode x architecture x seed (a DAG fan-out)."""
+        return [{"arch": a, "seed": s, "label_mode": m} for m in self.labels.modes for a in self.students.archs for s in self.students.seeds]
+
+    def baseline_runs(self) -> list[dict]:
+        """The baseline students to train: one per baseline x architecture x seed (a DAG fan-out)."""
+        return [{"arch": a, "seed": s, "baseline": b} for b in self.students.baselines for a in self.students.archs for s in self.students.seeds]
+
+    def method_budget_bytes(self, num_classes: int, image_numel: int) -> int:
+        """The bytes a peer method may store: INFER's, or ipc real images per class with their labels where that is
+        more (or where INFER does not run)."""
+        per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
+        infer = self.infer_stored_bytes(num_classes, image_numel) if self.runs_infer() else 0
+        return max(infer, self.budget.ipc * num_classes * per_instance)
+
+    def method_per_class(self, num_classes: int, image_numel: int) -> int:
+        """Images per class a peer method stores: as many as fit in `method_budget_bytes` with their labels."""
+        per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
+        return self.method_budget_bytes(num_classes, image_numel) // (num_classes * per_instance)
+
+    def peer_methods(self) -> list[str]:
+        """The methods other than INFER: one distill-method step each."""
+        return [m for m in self.methods if m != "infer"]
+
+    def method_runs(self) -> list[dict]:
+        """The method students to train: method x score x protocol x architecture x seed, without INFER's soft-label
+        students (evaluate-student trains them) and without an equal-steps run of INFER (its steps are its epochs)."""
+        return [{"method": m, "score": sc, "protocol": p, "arch": a, "seed": s}
+                for m in self.methods for sc in self.students.scores for p in self.students.protocols
+                for a in self.students.archs for s in self.students.seeds
+                if not (m == "infer" and (sc == "soft" or p == "steps"))]
+
+    def full_data_runs(self) -> list[dict]:
+        """The full-data hard-label references (HLR): one per student architecture, when asked for."""
+        return [{"arch": a} for a in self.students.archs] if self.students.full_data_reference else []
+
+    def resolve_device(self) -> str:
+        import torch
+
+        from infer_distill.runtime.accelerator import check_cuda
+
+        check_cuda(self.device)  # device: cuda, or a pod that requested a GPU, with no usable CUDA: refused
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device

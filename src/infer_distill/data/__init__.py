@@ -1,0 +1,1 @@
+"""Datasets: sources, decoding and augmentation."""

@@ -1,0 +1,301 @@
+"""Image files: one view over directories, zips and directories of zips; the folder datasets
+(imagefolder, tiny-imagenet, imagenet) and their decoding.
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from tqdm import tqdm
+
+from infer_distill.config.schema import DatasetConfig
+from infer_distill.data.augment import _NATIVE_SIZE
+from infer_distill.data.tensors import IMAGE_EXTENSIONS, IMAGENET_STATS, ImageData, Stats, _channel_stats
+from infer_distill.errors import DataError
+
+# ----------------------------------------------------------------------------------------
+# Image files: one view over directories, zips and directories of zips
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _File:
+    archive: Path | None  # the zip holding the file; None: a plain file
+    name: str  # the member name inside the archive, or the file's path
+
+    def __str__(self) -> str:
+        return f"{self.archive}:{self.name}" if self.archive else self.name
+
+
+class _Tree:
+    """A dataset root read the same way whether it is a directory, a zip, or a directory of zips.
+
+    `split(name)` lists one top-level folder as {path relative to it: file}, paths in posix style
+    with directories ending in "/" (as zip member names do), so empty class folders show too.
+    """
+
+    def __init__(self, root: str | None):
+        if root is None:
+            raise DataError("dataset.root must be set: a directory or .zip holding <split>/<class>/<file>")
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DataError(f"dataset.root {self.root} does not exist; point it at the data directory or .zip")
+        if self.root.is_dir():
+            self._archives = sorted(self.root.glob("*.zip"))
+        elif zipfile.is_zipfile(self.root):
+            self._archives = [self.root]
+        else:
+            raise DataError(f"dataset.root {self.root} is neither a directory nor a zip archive")
+        # Each zip is opened once, on first use (reading the index of 50,000 members takes a while).
+        # A ZipFile shares one file position between readers, so decoding threads take turns reading
+        # (a stored member is a plain copy, far cheaper than decoding it).
+        self._zips: dict[Path, zipfile.ZipFile] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for zf in self._zips.values():
+            zf.close()
+
+    def split(self, name: str) -> dict[str, _File]:
+        """Everything below `<root>/<name>/`: a folder of the directory, else the first zip holding it."""
+        folder = self.root / name
+        if folder.is_dir():
+            entries: dict[str, _File] = {}
+            for dirpath, dirnames, filenames in os.walk(folder):
+                rel = Path(dirpath).relative_to(folder).as_posix()
+                prefix = "" if rel == "." else rel + "/"
+                entries.update({prefix + d + "/": _File(None, os.path.join(dirpath, d)) for d in dirnames})
+                entries.update({prefix + f: _File(None, os.path.join(dirpath, f)) for f in filenames})
+            return entries
+        for archive in self._archives:
+            names = self._list(archive)
+            # Accept the splits at the top of the zip, or inside a single folder wrapping everything
+            # (as the official tiny-imagenet-200.zip has).
+            tops = {n.split("/", 1)[0] for n in names}
+            for prefix in [f"{name}/"] + [f"{t}/{name}/" for t in tops if len(tops) == 1]:
+                entries = {n[len(prefix):]: _File(archive, n) for n in names if n.startswith(prefix) and n != prefix}
+                if entries:
+                    return entries
+        raise DataError(
+            f"dataset.root {self.root} has no {name!r} split; expected the layout {name}/<class>/<file> "
+            f"(in the directory, in a zip, or in a zip inside the directory); found top-level entries: {self._top_level()}"
+        )
+
+    def read(self, file: _File) -> bytes:
+        if file.archive is None:
+            return Path(file.name).read_bytes()
+        with self._lock:
+            return self._zip(file.archive).read(file.name)
+
+    def _list(self, archive: Path) -> list[str]:
+        return self._zip(archive).namelist()
+
+    def _zip(self, archive: Path) -> zipfile.ZipFile:
+        if archive not in self._zips:
+            try:
+                zf = zipfile.ZipFile(archive)
+            except zipfile.BadZipFile as e:
+                raise DataError(f"{archive} under dataset.root is not a readable zip archive: {e}") from None
+            # train/a/../../x.png would count as an image of class a: a member must stay in its folder
+            escaping = [n for n in zf.namelist() if n.startswith("/") or ".." in n.replace("\\", "/").split("/")]
+            if escaping:
+                zf.close()
+                raise DataError(f"{archive} under dataset.root: member {escaping[0]!r} leaves its folder ('..' or an "
+                                f"absolute path; {len(escaping)} such members); rebuild the zip with plain <split>/<class>/<file> names")
+            self._zips[archive] = zf
+        return self._zips[archive]
+
+    def _top_level(self) -> str:
+        found: list[str] = []
+        if self.root.is_dir():
+            found += sorted(p.name + "/" if p.is_dir() else p.name for p in self.root.iterdir())
+        for archive in self._archives:
+            found.append(f"{archive.name}: [{', '.join(sorted({n.split('/', 1)[0] for n in self._list(archive)}))}]")
+        shown = ", ".join(found[:20]) + (f", ... ({len(found)} in all)" if len(found) > 20 else "")
+        return shown or "(none: it is empty)"
+
+
+def _is_image(path: str) -> bool:
+    base = path.rsplit("/", 1)[-1]
+    # Names starting with "." are hidden files or macOS "._x.jpg" metadata, not images.
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+# ----------------------------------------------------------------------------------------
+# Folder datasets: imagefolder, tiny-imagenet, imagenet
+# ----------------------------------------------------------------------------------------
+
+Items = list[tuple[_File, int]]  # (image file, label)
+
+
+def _load_imagefolder(cfg: DatasetConfig) -> ImageData:
+    return _folder_dataset(cfg, cfg.test_split, cfg.image_size, stats=None)
+
+
+def _load_imagenet(cfg: DatasetConfig) -> ImageData:
+    return _folder_dataset(cfg, _val_split(cfg), cfg.image_size or _NATIVE_SIZE["imagenet"], IMAGENET_STATS)
+
+
+def _folder_dataset(cfg: DatasetConfig, test_split: str, image_size: int | None, stats: Stats | None) -> ImageData:
+    with _Tree(cfg.root) as tree:
+        train = _class_folders(tree, cfg.train_split, cfg.train_per_class)
+        test = _class_folders(tree, test_split, cfg.test_per_class)
+        if set(train) != set(test):
+            only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+            raise DataError(
+                f"dataset.root {tree.root}: splits {cfg.train_split!r} and {test_split!r} have different classes; "
+                f"only in {cfg.train_split!r}: {only_train[:10]}, only in {test_split!r}: {only_test[:10]}"
+            )
+        classes = sorted(train)
+        return _decoded_dataset(tree, classes, _items(train, classes), _items(test, classes), image_size, stats)
+
+
+def _load_tiny_imagenet(cfg: DatasetConfig) -> ImageData:
+    val = _val_split(cfg)
+    with _Tree(cfg.root) as tree:
+        train = _class_folders(tree, cfg.train_split, cfg.train_per_class)  # <wnid>/images/*.JPEG
+        classes = sorted(train)
+        entries = tree.split(val)
+        if "val_annotations.txt" not in entries:
+            raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is missing; tiny-imagenet expects "
+                            f"{val}/images/<file> labelled by {val}/val_annotations.txt (file<TAB>wnid<TAB>...)")
+        test: dict[str, list[_File]] = {c: [] for c in classes}
+        for line_no, line in enumerate(tree.read(entries["val_annotations.txt"]).decode().splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{val}/val_annotations.txt line {line_no}"
+            fields = line.split("\t")
+            if len(fields) < 2:
+                raise DataError(f"dataset.root {tree.root}: {where} is not <file><TAB><wnid>...: {line!r}")
+            file, wnid = fields[:2]
+            if wnid not in test:
+                raise DataError(f"dataset.root {tree.root}: {where} names class {wnid!r}, "
+                                f"which has no folder in {cfg.train_split}/")
+            if f"images/{file}" not in entries:
+                raise DataError(f"dataset.root {tree.root}: {where} names {val}/images/{file}, which does not exist")
+            test[wnid].append(entries[f"images/{file}"])
+        if not any(test.values()):
+            raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt lists no images")
+        test = {c: sorted(files, key=lambda f: f.name)[: cfg.test_per_class] for c, files in test.items()}
+        return _decoded_dataset(tree, classes, _items(train, classes), _items(test, classes), cfg.image_size,
+                                IMAGENET_STATS)
+
+
+def _splits(cfg: DatasetConfig) -> tuple[str, str]:
+    """(train split, test split) as the loader of `cfg.name` reads them."""
+    return cfg.train_split, cfg.test_split if cfg.name == "imagefolder" else _val_split(cfg)
+
+
+def _val_split(cfg: DatasetConfig) -> str:
+    """ImageNet-style datasets call their test split "val"; a test_split changed from the default wins."""
+    return "val" if cfg.test_split == "test" else cfg.test_split
+
+
+def _class_folders(tree: _Tree, split: str, limit: int | None) -> dict[str, list[_File]]:
+    """{class: its first `limit` images by name} from `<split>/<class>/...` (class folders may nest images deeper)."""
+    classes: dict[str, list[_File]] = {}
+    for rel, file in sorted(tree.split(split).items()):
+        name, sep, below = rel.partition("/")
+        if not sep:
+            continue  # a loose file beside the class folders (a README, say) is no class
+        images = classes.setdefault(name, [])
+        if _is_image(below):
+            images.append(file)
+    if not classes:
+        raise DataError(f"dataset.root {tree.root}: split {split!r} has no class folders; expected {split}/<class>/<file>")
+    empty = sorted(c for c, files in classes.items() if not files)
+    if empty:
+        raise DataError(f"dataset.root {tree.root}: class folders without images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                        f"in split {split!r}: {empty[:10]}; remove them or add images")
+    return {c: files[:limit] for c, files in classes.items()}
+
+
+def _items(per_class: dict[str, list[_File]], classes: list[str]) -> Items:
+    return [(file, label) for label, c in enumerate(classes) for file in per_class[c]]
+
+
+def _decoded_dataset(tree: _Tree, classes: list[str], train: Items, test: Items, image_size: int | None,
+                     stats: Stats | None) -> ImageData:
+    train_x, train_y = _decode_images(tree, train, image_size, size=None, desc="train")
+    test_x, test_y = _decode_images(tree, test, image_size, size=tuple(train_x.shape[2:]), desc="test")
+    mean, std = stats or _channel_stats(train_x)
+    return ImageData(train_x, train_y, test_x, test_y, classes, mean, std)
+
+
+# ----------------------------------------------------------------------------------------
+# Decoding: image files -> uint8 tensors, on a thread pool
+# ----------------------------------------------------------------------------------------
+
+def _decode_images(tree: _Tree, items: Items, image_size: int | None, size: tuple[int, int] | None,
+                   desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(file, label) pairs -> uint8 RGB images [N, 3, H, W] and int64 labels [N].
+
+    Every image must come out H x W = `size` (None: the first image's size) unless `image_size`
+    resizes them all. Threads decode in parallel because PIL releases the GIL while decoding; that
+    pays off for large images (ImageNet), while for 32x32 ones PIL's per-file Python work dominates.
+    """
+    first = _decode(tree, items[0][0], image_size)
+    size = size or first.shape[:2]
+    if size[0] != size[1]:
+        raise DataError(f"{desc} image {items[0][0]} is {size[1]}x{size[0]}, not square; "
+                        "set dataset.image_size to resize and center-crop every image to one square size")
+    out = torch.empty((len(items), 3, *size), dtype=torch.uint8)
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+
+    def decode_range(start: int, stop: int) -> int:
+        for i in range(start, stop):
+            image = first if i == 0 else _decode(tree, items[i][0], image_size)
+            if image.shape[:2] != tuple(size):
+                (h, w), (eh, ew) = image.shape[:2], size
+                raise DataError(f"image {items[i][0]} is {w}x{h} but {desc} images are expected to be {ew}x{eh}; "
+                                "set dataset.image_size to resize every image to one square size")
+            out[i] = torch.from_numpy(image).permute(2, 0, 1)
+        return stop - start
+
+    chunk = 256  # images per task: big enough to amortise scheduling, small enough for a smooth progress bar
+    workers = min(16, os.cpu_count() or 1)  # more threads than cores only contend for the GIL
+    bar = tqdm(total=len(items), desc=f"decoding {desc}", unit="img", leave=False, disable=None)  # silent unless a TTY
+    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+        futures = [pool.submit(decode_range, s, min(s + chunk, len(items))) for s in range(0, len(items), chunk)]
+        try:
+            for future in as_completed(futures):
+                bar.update(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()  # a bad image (or Ctrl-C) ends the load now, not after decoding the rest
+            raise
+    return out, labels
+
+
+# PIL modes with more than 8 bits per sample: converting them to RGB clips every value above 255
+_WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+
+
+def _decode(tree: _Tree, file: _File, image_size: int | None) -> np.ndarray:
+    """One image as uint8 RGB [H, W, 3]; with `image_size`, shorter side resized to it, then center-cropped."""
+    try:
+        with Image.open(io.BytesIO(tree.read(file))) as img:
+            if img.mode in _WIDE_MODES:
+                raise DataError(f"image {file} has {_WIDE_MODES[img.mode]}-bit samples (PIL mode {img.mode}); the pipeline "
+                                "stores 8-bit images and does not reduce them silently: convert the dataset to 8 bits per "
+                                "sample first (e.g. the top byte of each 16-bit value)")
+            rgb = img if img.mode == "RGB" else img.convert("RGB")  # most files are RGB: skip convert's copy
+            if image_size is not None and rgb.size != (image_size, image_size):
+                rgb = TF.center_crop(TF.resize(rgb, image_size), [image_size, image_size])
+            return np.array(rgb)  # a copy: np.asarray of a PIL image is read-only, which torch warns about
+    except Image.DecompressionBombError as e:  # raised when the header is read, before any pixel is decoded
+        raise DataError(f"image {file} is refused as a possible decompression bomb ({e}); remove the file, or store it "
+                        f"at fewer than {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, SyntaxError, zipfile.BadZipFile) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataError(f"cannot decode image {file}: {e}; remove or replace the file") from None

@@ -1,0 +1,100 @@
+"""Datasets as uint8 tensors in memory, and the batched crop/flip augmentation every stage shares.
+
+`load_dataset(cfg)` returns an `ImageData`: train and test images as uint8 [N, C, H, W], int64
+labels, class names and the per-channel normalisation. Sources, by `dataset.name`:
+
+- digits: scikit-learn's 8x8 digits (offline, for tests and quick runs).
+- cifar10 / cifar100: torchvision's datasets under `dataset.root` (`dataset.download=true` fetches them).
+- imagefolder: `<split>/<class>/<file>` under `dataset.root`, which is a directory, a zip (optionally
+  with one top-level folder wrapping the splits), or a directory holding zips whose members start
+  with `<split>/` (e.g. one zip per split, such as `cifar10-train-jpeg.zip` and `cifar10-test-png.zip`).
+- tiny-imagenet: the official layout (`train/<wnid>/images/*.JPEG`, `val/images/*.JPEG` labelled by
+  `val/val_annotations.txt`); its val split is the test split.
+- imagenet: the prepared ImageFolder layout (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), resized to
+  `dataset.image_size` (default 224).
+
+Everything is materialised as uint8 in memory (50,000 CIFAR images are 150 MB; all of ImageNet at
+224 px would be about 190 GB), so for ImageNet set `dataset.train_per_class`: when the teachers are
+imported pretrained, only a few natural images per class are needed.
+
+Images are 8 bits per sample: a 16-bit image (PIL mode I;16, say a 16-bit grayscale PNG) is refused,
+naming the file, rather than clipped to 255 as PIL's conversion would do; convert the dataset to 8
+bits first. An image larger than PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS` x 2)
+is refused before it is decoded, and so is a zip member whose name leaves its folder (`..`).
+
+`source_digest(cfg)` digests what a load reads (names, sizes, modification times) without reading
+it, so a resumed run remakes the data artifact when its source changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torchvision
+
+from infer_distill.config.schema import DatasetConfig
+from infer_distill.data.folders import _load_imagefolder, _load_imagenet, _load_tiny_imagenet, _splits
+from infer_distill.data.tensors import _CIFAR, ImageData, _load_cifar, _load_digits, _load_hf
+from infer_distill.errors import DataError
+
+# ----------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------
+
+def load_dataset(cfg: DatasetConfig) -> ImageData:
+    """Load `cfg.name` as uint8 tensors (see the module docstring for the sources and layouts)."""
+    loaders = {
+        "digits": _load_digits,
+        "cifar10": _load_cifar,
+        "cifar100": _load_cifar,
+        "imagefolder": _load_imagefolder,
+        "hf": _load_hf,
+        "tiny-imagenet": _load_tiny_imagenet,
+        "imagenet": _load_imagenet,
+    }
+    if cfg.name not in loaders:
+        raise DataError(f"dataset.name: unknown dataset {cfg.name!r}; known: {', '.join(loaders)}")
+    return loaders[cfg.name](cfg)
+
+
+def source_digest(cfg: DatasetConfig) -> dict | None:
+    """What loading `cfg` reads, by name, size and modification time: {"files": n, "sha256": ...}, or None
+    where the source is a package's constant data (digits). One stat per file, nothing decoded.
+
+    The files are those the loader opens: the split folders (walked as the loader walks them) and
+    the zips at the top of dataset.root, the zip dataset.root names, or torchvision's CIFAR files;
+    a file that is missing counts as missing, so its appearing later changes the digest too.
+    """
+    if cfg.name == "digits" or cfg.root is None:
+        return None  # digits: scikit-learn's data; no root: loading refuses the config
+    root = Path(cfg.root).expanduser()
+    if cfg.name == "hf":  # every file of a saved dataset or imagefolder-builder folder
+        return _digest((p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()) if root.is_dir() else None
+    if cfg.name in _CIFAR:
+        dataset_cls = getattr(torchvision.datasets, _CIFAR[cfg.name][1])
+        names = [name for name, _ in dataset_cls.train_list + dataset_cls.test_list] + [dataset_cls.meta["filename"]]
+        return _digest((f"{dataset_cls.base_folder}/{n}", root / dataset_cls.base_folder / n) for n in names)
+    if not root.is_dir():
+        return _digest([(root.name, root)])
+    files = [(p.name, p) for p in sorted(root.glob("*.zip"))]
+    for split in dict.fromkeys(_splits(cfg)):
+        for dirpath, _dirnames, filenames in os.walk(root / split):
+            rel = Path(dirpath).relative_to(root).as_posix()
+            files += [(f"{rel}/{f}", Path(dirpath, f)) for f in filenames]
+    return _digest(files)
+
+
+def _digest(files) -> dict:
+    """{"files": n, "sha256": digest of the sorted (name, size, mtime) lines} of (name, path) pairs."""
+    lines = []
+    for name, path in files:
+        try:
+            st = path.stat()
+            lines.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n")
+        except FileNotFoundError:
+            lines.append(f"{name}\tmissing\n")
+    digest = hashlib.sha256()
+    for line in sorted(lines):
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return {"files": len(lines), "sha256": digest.hexdigest()}

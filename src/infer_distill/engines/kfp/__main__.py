@@ -1,0 +1,5 @@
+import sys
+
+from infer_distill.engines.kfp import main
+
+sys.exit(main())

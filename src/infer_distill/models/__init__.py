@@ -1,0 +1,1 @@
+"""Model architectures: their names (torch-free) and builders."""

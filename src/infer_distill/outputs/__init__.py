@@ -1,0 +1,1 @@
+"""What users get: the report, the distilled set, its exports and datasheet."""

@@ -1,0 +1,97 @@
+"""Models as the stages build and load them: from a data artifact's description, teachers from
+their artifacts, imported weights, the device and fast path a stage computes with.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from infer_distill.config.schema import Config
+from infer_distill.dag.metrics import DataMetrics
+from infer_distill.errors import ConfigError, StageError
+from infer_distill.models.networks import Normalize, create_model, download_library_weights, library_weights
+from infer_distill.runtime.fast_path import PLAIN, FastPath, resolve_fast_path
+from infer_distill.stages.artifacts import load_input
+from infer_distill.stages.preflight import _check_fits, _is_pickle, _network, _read_pth
+
+
+def build_model(arch: str, data_manifest: dict) -> nn.Module:
+    """A fresh `arch` sized and normalised for the data artifact's images."""
+    m = DataMetrics.from_manifest(data_manifest)
+    return create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size, mean=m.mean, std=m.std)
+
+
+def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str, fast_path: FastPath = PLAIN
+                  ) -> list[nn.Module]:
+    """The frozen teachers, in eval mode, placed on `device` as `fast_path` says (channels_last or not)."""
+    if len(uris) != len(cfg.teachers.archs):
+        raise StageError(f"{len(uris)} teacher artifacts given, but teachers.archs lists {len(cfg.teachers.archs)}: {cfg.teachers.archs}")
+    models = []
+    for arch, uri in zip(cfg.teachers.archs, uris):
+        art, _ = load_input(uri, cfg, "train-teacher", arch=arch)
+        model = build_model(arch, data_manifest)
+        model.load_state_dict(art.read_tensors("weights.safetensors"))
+        models.append(fast_path.place(model, device).eval().requires_grad_(False))
+    return models
+
+
+def compute_setup(cfg: Config, trains: bool) -> tuple[str, FastPath]:
+    """A stage's device and fast path (all of it if the stage `trains` a model, else cuDNN autotuning
+    alone: synthesis and labels stay fp32, see runtime/fast_path.py); on CUDA it sets this process's cuDNN switches."""
+    device = cfg.resolve_device()
+    fast = resolve_fast_path(cfg, device)
+    if not trains:
+        fast = fast.without_training()
+    if device == "cuda":
+        fast.set_cuda_backends()
+    return device, fast
+
+
+def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors (channels_last weights are stored in the usual layout)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _import_weights(model: nn.Module, arch: str, source: str, normalization: Mapping | None = None) -> dict:
+    """Load `source` into the model's network and give its Normalize the statistics the weights expect:
+    `normalization` ({mean, std}) where given, else published weights' own, else the dataset's (as built).
+    Returns what was read from outside the pipeline, as `sources` records it."""
+    net = _network(model)
+    read = {}
+    stats = None
+    weights = library_weights(arch, source)
+    if weights is not None:
+        try:
+            state, stats = download_library_weights(weights)
+        except Exception as e:  # noqa: BLE001 - any failure here means: weights unavailable
+            raise StageError(f"teachers.pretrained.{arch}={source}: could not get {weights[0]}'s published weights ({e}); "
+                             "download them where there is internet and give the file's path instead") from None
+    else:
+        raw = Path(source).expanduser().read_bytes()  # check_pretrained has read it
+        read = {"pretrained_sha256": hashlib.sha256(raw).hexdigest()}
+        if _is_pickle(Path(source).expanduser()):
+            state = _read_pth(arch, source)
+        else:
+            from safetensors.torch import load
+
+            state = load(raw)
+    _check_fits(arch, source, {k: list(v.shape) for k, v in net.state_dict().items()},
+                {k: list(v.shape) for k, v in state.items()}, shapes=True)
+    net.load_state_dict(state)
+    if normalization is not None:
+        stats = (list(normalization["mean"]), list(normalization["std"]))
+    if stats is not None and model is not net:
+        _set_normalization(model[0], arch, *stats)
+    return read
+
+
+def _set_normalization(norm: Normalize, arch: str, mean: list[float], std: list[float]) -> None:
+    if len(mean) != norm.mean.numel():
+        raise ConfigError(f"teachers.normalization.{arch}: {len(mean)} values for {norm.mean.numel()} image channels; "
+                          "give one mean and std per channel")
+    norm.mean.copy_(torch.tensor(mean).view_as(norm.mean))
+    norm.std.copy_(torch.tensor(std).view_as(norm.std))

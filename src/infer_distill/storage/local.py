@@ -1,0 +1,136 @@
+"""Artifacts in local folders: written in a staging folder and renamed into place.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infer_distill.errors import ArtifactError
+from infer_distill.storage.artifact import MANIFEST, Artifact, _parsed
+
+if TYPE_CHECKING:  # torch is imported by the code that reads or writes tensors: the CLI's plan and config stay free of it
+    pass
+
+
+# ----------------------------------------------------------------------------------------
+# Local directories
+# ----------------------------------------------------------------------------------------
+
+
+class LocalArtifact(Artifact):
+    def __init__(self, uri: str, path: Path) -> None:
+        self.uri = uri
+        # abspath normalises "." and "..", so the artifact always has a real name and parent.
+        self.path = Path(os.path.abspath(path.expanduser()))
+
+    def exists(self) -> bool:
+        return (self.path / MANIFEST).is_file()
+
+    def children(self) -> list[Artifact]:
+        if not self.path.is_dir():
+            return []
+        # Names starting with "." are write()'s staging directories, never artifacts.
+        return [LocalArtifact(f"{self.uri}/{p.name}", p) for p in sorted(self.path.iterdir())
+                if not p.name.startswith(".") and (p / MANIFEST).is_file()]
+
+    def check_writable(self) -> None:
+        # write() stages a sibling folder and renames it in; the folders on the way do not exist yet
+        # when a run starts. Creating a file in the nearest one that does is what creating them takes,
+        # and probing with a file makes no folder: a refused run leaves none behind, and runs starting
+        # side by side never see a folder another one's check made and removed.
+        existing = next(p for p in self.path.parents if os.path.lexists(p))
+        probe = existing / f".{self.path.name}.probe-{uuid.uuid4().hex}"
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ArtifactError(
+                f"output location {self.uri} is not writable: {e.strerror or e}; choose another --out"
+            ) from e
+
+    def _resident(self) -> dict[str, Any] | str | None:
+        # A link to an artifact counts as one (a write replaces the link, never what it points to).
+        if self.path.exists() and not self.path.is_dir():
+            return "a file, not a folder"
+        try:
+            entries = set(os.listdir(self.path))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ArtifactError(f"cannot read the folder {self.uri}: {e}") from e
+        if not entries:
+            return None
+        if MANIFEST not in entries:
+            return f"a folder without a manifest.json ({len(entries)} entries, e.g. {sorted(entries)[0]!r})"
+        found = _parsed(self._get(MANIFEST) or b"", "manifest.json")
+        if isinstance(found, dict):
+            listed = found.get("files") if isinstance(found.get("files"), dict) else {}
+            unlisted = sorted(entries - {MANIFEST} - set(listed))
+            if unlisted:
+                return f"files its manifest.json does not list ({', '.join(map(repr, unlisted[:5]))})"
+        return found
+
+    def _get(self, name: str) -> bytes | None:
+        try:
+            return (self.path / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r}: {e}") from e
+
+    def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
+        parent, tag = self.path.parent, uuid.uuid4().hex
+        tmp = parent / f".{self.path.name}.tmp-{tag}"
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._remove_staging()
+            tmp.mkdir()
+            for name, data in items:
+                with open(tmp / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            if os.path.lexists(self.path):
+                # No atomic directory swap in POSIX rename: move the old one aside first.
+                old = parent / f".{self.path.name}.old-{tag}"
+                os.rename(self.path, old)
+                try:
+                    os.rename(tmp, self.path)
+                except OSError:
+                    os.rename(old, self.path)
+                    raise
+                old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, self.path)
+            _fsync_dir(parent)
+        except OSError as e:
+            raise ArtifactError(f"cannot write artifact {self.uri}: {e}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # no-op once renamed into place
+
+    def _remove_staging(self) -> None:
+        """The staging folders (and probe files) earlier writes of this artifact left when they were killed."""
+        staging = re.compile(rf"\.{re.escape(self.path.name)}\.(tmp|old|probe)-[0-9a-f]{{32}}")
+        for p in self.path.parent.iterdir():
+            if staging.fullmatch(p.name):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
