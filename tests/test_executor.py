@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
 
 import pytest
 import torch
+from conftest import TINY
 
 from infer_distill import dag
 from infer_distill.config.loading import load_config
@@ -14,8 +17,8 @@ from infer_distill.engines.executor import Walk, parse_devices, run_walks
 from infer_distill.errors import ConfigError, StageError
 from infer_distill.stages import artifacts
 
-TINY = ["teachers.archs=[convnet_d2_w32,resnet_tiny]", "teachers.epochs=1", "synthesis.iterations=2",
-        "students.epochs=1", "students.seeds=[0,1]", "synthesis.subsets_per_shard=3"]
+# The tests' tiny run with two student seeds and two synthesis shards: steps that can run side by side.
+PARALLEL = [*TINY, "students.seeds=[0,1]", "synthesis.subsets_per_shard=3"]
 
 
 def test_devices_parse_and_bad_ones_are_refused() -> None:
@@ -27,9 +30,28 @@ def test_devices_parse_and_bad_ones_are_refused() -> None:
         run_walks([], jobs=0)
 
 
+def test_each_worker_gets_a_device_in_turn(monkeypatch) -> None:
+    assert executor.device_slots(3, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1", "cuda:0"]  # a GPU shared by two
+    assert executor.device_slots(2, []) == ["", ""]
+    # a worker pins its device before torch sees CUDA: "cuda" in its stages is that GPU
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = queue.SimpleQueue()
+    slots.put("cuda:5")
+    threads = torch.get_num_threads()
+    try:
+        executor._worker_init(slots, 1)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    # one job: this process is the worker, on the first device
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    run_walks([], jobs=1, devices=["cuda:2", "cuda:3"], progress=False)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+
+
 def test_a_failed_step_stops_its_dependants_and_keeps_finished_work(tmp_path, monkeypatch) -> None:
     """Serial walk: synthesis fails; the steps before it stay, nothing after it starts, the error is raised."""
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, PARALLEL)
     ran = []
     real = runner.run_item
 
@@ -53,7 +75,7 @@ def test_a_failed_step_stops_its_dependants_and_keeps_finished_work(tmp_path, mo
 @pytest.mark.processes
 def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_current(tmp_path) -> None:
     root = tmp_path / "jobs2"
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, PARALLEL)
     results = []
     unfinished = run_walks([Walk("w", cfg, str(root))], jobs=2, progress=False,
                            on_step=lambda walk, r: results.append(r))
@@ -88,8 +110,8 @@ def test_two_workers_run_the_plan_and_a_serial_walk_then_finds_everything_curren
 @pytest.mark.slow
 def test_walks_that_share_an_artifact_location_run_it_once(tmp_path) -> None:
     """The benchmark's pool: two walks (other students) whose data and teachers are one artifact each."""
-    a = load_config(None, TINY)
-    b = load_config(None, [*TINY, "teachers.archs=[convnet_d2_w32]"])
+    a = load_config(None, PARALLEL)
+    b = load_config(None, [*PARALLEL, "teachers.archs=[convnet_d2_w32]"])
     results: list[tuple[str, str, str]] = []
     pool = str(tmp_path / "pool")
     walks = [Walk("a", a, pool, steps=("prepare-data", "train-teacher")), Walk("b", b, pool, steps=("prepare-data", "train-teacher"))]
@@ -97,7 +119,7 @@ def test_walks_that_share_an_artifact_location_run_it_once(tmp_path) -> None:
     ran = [(stage, label) for _, stage, label in results]
     assert ran.count(("prepare-data", "")) == 2 and ran.count(("train-teacher", "convnet_d2_w32")) == 2  # both walks are told
     assert len(list((tmp_path / "pool" / "teachers").iterdir())) == 2
-    bad = load_config(None, [*TINY, "teachers.epochs=2"])
+    bad = load_config(None, [*PARALLEL, "teachers.epochs=2"])
     with pytest.raises(ConfigError, match="different settings"):
         run_walks([Walk("a", a, pool, steps=("prepare-data", "train-teacher")), Walk("c", bad, pool, steps=("prepare-data", "train-teacher"))],
                   jobs=1, progress=False)

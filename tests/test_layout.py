@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import infer_distill
 
 PACKAGE = Path(infer_distill.__file__).parent
@@ -119,7 +121,11 @@ def test_the_dag_imports_no_execution_code() -> None:
     dag_modules = [m for m in MODULES if m == "infer_distill.dag" or m.startswith("infer_distill.dag.")]
     bad = {m: sorted(i for i in imports(m) if i.startswith(NOT_FROM_THE_DAG)) for m in dag_modules}
     assert {m: found for m, found in bad.items() if found} == {}
-    # and so, run: importing the plan loads none of them (nor torch) through any other module either
+
+
+@pytest.mark.processes
+def test_importing_the_dag_loads_no_execution_code() -> None:
+    """Run: importing the plan loads none of them (nor torch) through any other module either."""
     code = ("import sys, infer_distill.dag; "
             f"print([m for m in sys.modules if m.startswith({NOT_FROM_THE_DAG!r})])")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -112,6 +112,21 @@ def test_another_hosts_lock_expires_without_heartbeats(root: str, monkeypatch: p
     assert "took over the stale lock" in capsys.readouterr().err
 
 
+def test_a_lock_taken_over_meanwhile_is_left_to_its_new_holder(root: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A run whose lock another run took (it looked dead: a long pause, a partition) stops renewing it and, at its end,
+    removes nothing: the lock is the new holder's."""
+    monkeypatch.setenv("INFER_LOCK_EXPIRY_S", "1")  # a heartbeat every 0.25 s
+    with run_lock(root):
+        _plant_lock(root, "elsewhere", age_s=0)
+        deadline = time.monotonic() + 10
+        while "taken over by another run" not in capsys.readouterr().err:
+            assert time.monotonic() < deadline, "the heartbeat never noticed that its lock was taken"
+            time.sleep(0.05)
+        time.sleep(0.6)  # more beats: none renews the other run's lock
+        assert _read_lock(root)["host"] == "elsewhere"
+    assert _read_lock(root)["host"] == "elsewhere"
+
+
 def test_force_unlock_removes_a_stuck_lock_and_a_failed_run_releases_it(root: str, tmp_path: Path, capsys) -> None:
     _plant_lock(root, "elsewhere", age_s=0)
     assert main(["run", "--out", root, "--no-progress", *SETS, "--set", "budget.ipc=1"]) == 2  # refused config: no lock needed

@@ -99,3 +99,22 @@ def test_the_distilled_sets_description_is_the_data_artifacts():
     data = DataMetrics(classes=["a"], mean=[0.5], std=[0.2], crop_padding=1, hflip=True, num_classes=1, in_chans=1,
                        image_size=8, num_train=4, num_test=2, min_train_per_class=4)
     assert data.description() == {k: data.to_dict()[k] for k in instances.DISTILLED_DESCRIPTION}
+
+
+@pytest.mark.slow
+def test_tracking_logs_every_trained_model_of_every_step(every_manifest):
+    """What experiment tracking logs of each manifest (`scalars`): every teacher, shard and student of every kind has
+    its curves under its own prefix, and the keys of one run never collide."""
+    cfg, _, manifests = every_manifest
+    logged = {m["stage"]: read(m).scalars(m["settings"]) for _, m in manifests}
+    assert {stage for stage, s in logged.items() if s} == {"train-teacher", "synthesize-ufc", "evaluate-student",
+                                                           "evaluate-baseline", "evaluate-method", "evaluate-full-data"}
+    prefixes = {stage: {key.split("/")[0] for key, _, _ in s} for stage, s in logged.items() if s}
+    assert prefixes == {"train-teacher": {"teacher"}, "synthesize-ufc": {"synthesis"}, "evaluate-student": {"student"},
+                        "evaluate-baseline": {"baseline"}, "evaluate-method": {"method"}, "evaluate-full-data": {"full_data"}}
+    for _, m in manifests:
+        if m["stage"] in ("evaluate-student", "evaluate-method", "evaluate-full-data"):  # its test curve, epoch by epoch
+            curve = [(step, value) for key, value, step in read(m).scalars(m["settings"]) if key.endswith("/test_acc")]
+            assert curve == [tuple(point) for point in m["metrics"]["curve"]]
+    keys = [(key, step) for _, m in manifests for key, _, step in read(m).scalars(m["settings"])]
+    assert len(keys) == len(set(keys))

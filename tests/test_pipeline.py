@@ -81,13 +81,6 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
         expected = torch.stack([m(x) for m in teachers]).mean(0)
     torch.testing.assert_close(t["soft_labels"], expected, rtol=2**-10, atol=1e-4)  # float16 rounding
 
-    # a second run skips every stage whose artifact is current
-    before = {u: open_artifact(u).read_manifest()["created_at"] for u in _all_artifacts(cfg, out, 10) if u != Layout(out).report}
-    steps = []
-    run_in_process(cfg, out, progress=False, on_step=steps.append)
-    assert sum(step.skipped for step in steps) == len(before) and len(steps) == len(before) + 1  # + the report
-    assert before == {u: open_artifact(u).read_manifest()["created_at"] for u in before}
-
     # the same config and seed give byte-identical UFCs (and labels) in a fresh directory
     out2 = str(tmp_path / "again")
     run_in_process(cfg, out2, progress=False)

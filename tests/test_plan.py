@@ -14,6 +14,7 @@ from infer_distill.engines import walk
 from infer_distill.engines.kfp import dag as infer_dag
 from infer_distill.engines.kfp import generate
 from infer_distill.errors import ConfigError
+from infer_distill.storage import open_artifact
 from pipelines import render
 
 
@@ -227,6 +228,8 @@ def test_run_in_process_reports_every_step_and_skips_current_ones(tmp_path):
                 for i in (s.over.items(cfg, 10) if s.over else [{}])]
     assert [(r.stage, r.label) for r in first] == expected
     assert not any(r.skipped for r in first) and all(r.seconds > 0 for r in first)
+    made = {r.uri: open_artifact(r.uri).read_manifest()["created_at"] for r in first}
     walk.run_in_process(cfg, str(tmp_path), progress=False, on_step=again.append)
-    assert [(r.stage, r.skipped) for r in again] == [(s, s != "report") for s, _ in expected]
+    assert [(r.stage, r.skipped) for r in again] == [(s, not dag.STEPS[s].always) for s, _ in expected]
     assert all(r.seconds == 0.0 for r in again if r.skipped)
+    assert all(open_artifact(r.uri).read_manifest()["created_at"] == made[r.uri] for r in again if r.skipped)  # not rewritten

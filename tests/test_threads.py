@@ -57,6 +57,7 @@ def test_configure_sets_torch_threads_unless_omp_num_threads(monkeypatch: pytest
         torch.set_num_threads(before)
 
 
+@pytest.mark.processes
 def test_omp_num_threads_is_what_a_fresh_process_uses() -> None:
     code = "from infer_distill.runtime.threads import configure_cpu_threads; print(configure_cpu_threads()[0])"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # fewer than the cores (torch caps a larger value at them)

@@ -150,21 +150,26 @@ class UfcShardMetrics(StageMetrics):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistilledMetrics(StageMetrics, ImageDescription):
-    kind: ClassVar[str] = "soft-label"
+class SetMetrics(StageMetrics, ImageDescription):
+    """What every distilled set records, INFER's or a peer method's: an artifact whose step's metrics class is one of
+    these is a set `infer_distill.DistilledSet` opens and exports."""
+
     # K, M, B, C, instances, stored bytes (in all and per tensor), compression against the training images
     budget: dict[str, Any]
-    instance_order: str           # how the instances are ordered, in words (stages.distilled_instances)
+    instance_order: str           # how the instances are ordered, in words (outputs.instances.distilled_instances)
     compute: dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodSetMetrics(StageMetrics, ImageDescription):
+class DistilledMetrics(SetMetrics):
+    kind: ClassVar[str] = "soft-label"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodSetMetrics(SetMetrics):
     kind: ClassVar[str] = "distill-method"
-    budget: dict[str, Any]        # as soft-label's, with the method, no UFCs and the peers' byte budget
-    feature_similarity: dict[str, Any]  # methods.feature_similarity of the set on the first teacher's features
-    instance_order: str
-    compute: dict[str, Any]
+    # budget: as soft-label's, with the method, no UFCs and the peers' byte budget
+    feature_similarity: dict[str, Any]  # method.peers.feature_similarity of the set on the first teacher's features
     features: str | None = _recorded_when_set()         # herding: which features it herds
     rded_candidates: int | None = _recorded_when_set()  # rded: the images per class it chose from
     initial_loss: list | None = _recorded_when_set()    # sre2l: its recovery loss per image, first and last iteration
@@ -270,6 +275,11 @@ def _leaves(values: Any):
             yield from _leaves(v)
     else:
         yield float(values)
+
+
+def is_distilled_set(stage: Any) -> bool:
+    """Whether artifacts of step `stage` are distilled sets (their metrics are a SetMetrics)."""
+    return isinstance(stage, str) and issubclass(METRICS.get(stage, StageMetrics), SetMetrics)
 
 
 def read(manifest: dict[str, Any], uri: str = "") -> StageMetrics:

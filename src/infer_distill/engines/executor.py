@@ -125,6 +125,11 @@ def parse_devices(text: str | None) -> list[str]:
     return devices
 
 
+def device_slots(jobs: int, devices: Sequence[str]) -> list[str]:
+    """The device of each of `jobs` workers: the devices in turn ("" for none: the stages' own choice)."""
+    return [devices[i % len(devices)] if devices else "" for i in range(jobs)]
+
+
 def worker_threads(jobs: int) -> int:
     from infer_distill.runtime.threads import usable_cpus
 
@@ -154,8 +159,8 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
     else:
         ctx = multiprocessing.get_context("spawn")
         slots = ctx.Queue()
-        for i in range(jobs):
-            slots.put(devices[i % len(devices)] if devices else "")
+        for device in device_slots(jobs, devices):
+            slots.put(device)
         pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                       initargs=(slots, worker_threads(jobs)))
     running: dict[str, cf.Future] = {}                       # artifact URI -> its item's future

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from infer_distill.config.schema import StudentConfig
 from infer_distill.dag.artifact_settings import fingerprint
 from infer_distill.dag.layout import Layout
-from infer_distill.dag.metrics import ImageDescription
+from infer_distill.dag.metrics import ImageDescription, is_distilled_set
 from infer_distill.dag.metrics import read as read_metrics
 from infer_distill.errors import ArtifactError
 from infer_distill.outputs.instances import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
@@ -180,7 +180,7 @@ def _find_artifact(uris: list[str], stage: str, settings_match: Callable[[dict],
 
 def _check_manifest(uri: str, manifest: dict[str, Any]) -> None:
     stage = manifest.get("stage")
-    if stage not in ("soft-label", "distill-method"):
+    if not is_distilled_set(stage):
         raise ArtifactError(f"{uri} is a {stage!r} artifact, not a distilled set: give the soft-label stage's output, "
                             "the distilled/ folder of a run (e.g. runs/quickstart/distilled)")
     if fingerprint(manifest.get("settings", {})) != manifest.get("fingerprint"):

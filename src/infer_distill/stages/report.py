@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from infer_distill import dag
 from infer_distill.config.budget import smallest_feasible_ipc
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import (
@@ -61,13 +62,11 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     score_manifests = fanned_out(method_scores, MethodScoreMetrics, ("method", "score", "protocol", "arch", "seed"))
     full_manifests = fanned_out(full_data, FullDataMetrics, ("arch",))
 
-    timings: dict[str, float] = {"prepare-data": dm["elapsed_s"]}
-    for name, manifests in (("train-teacher", teacher_manifests), ("synthesize-ufc", ufc_manifests),
-                            ("soft-label", [dist_manifest] if dist_manifest else []), ("evaluate-student", student_manifests),
-                            ("evaluate-baseline", baseline_manifests), ("evaluate-method", score_manifests),
-                            ("evaluate-full-data", full_manifests)):
-        if manifests:
-            timings[name] = sum(m["elapsed_s"] for m in manifests)
+    # each step's time, summed over its items: by the producer of each input read, in plan order
+    read = {"data": [dm], "teachers": teacher_manifests, "ufc": ufc_manifests, "distilled": [dist_manifest] if dist_manifest else [],
+            "students": student_manifests, "baselines": baseline_manifests, "method_scores": score_manifests,
+            "full_data": full_manifests}
+    timings = {dag.PRODUCER[name].name: sum(m["elapsed_s"] for m in manifests) for name, manifests in read.items() if manifests}
     student_runs = [StudentMetrics.from_manifest(m) for m in student_manifests]
     baseline_runs = [BaselineMetrics.from_manifest(m) for m in baseline_manifests]
     infer_set = DistilledMetrics.from_manifest(dist_manifest) if dist_manifest else None
