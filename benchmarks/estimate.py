@@ -275,7 +275,7 @@ def estimate(cfgs: list[Config], jobs: int, target_s: float | None, command: str
         s["end_s"] = max(s.get("end_s", 0.0), item.end)
     walls = {"1": worst, **{f"{g:g}": schedule(cfgs, jobs, g, costs)[0] for g in gains if 1 < g < jobs}, f"{jobs}": best}
     return {
-        "command": command, "jobs": jobs, "target_s": target_s, "measured_on": costs.gpu, "source": costs.source,
+        "command": command, "jobs": jobs, "target_s": target_s, "measured_on": costs.gpu, "measured_in": costs.source,
         "how": costs.how, "work_s": round(sum(i.work for i in items.values()), 1),
         "stages": {k: {kk: round(v, 1) if isinstance(v, float) else v for kk, v in s.items()} for k, s in stages.items()},
         "wall_s_by_gain": {g: round(w, 1) for g, w in walls.items()},

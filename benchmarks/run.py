@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(gpu_estimate.format_estimate(est))
-        atomic_write(args.results / f"{profile.name}-estimate.json", json.dumps({"schema": ESTIMATE_SCHEMA, "profile": profile.name,
-                                                                                  "source": source_info(), **est}, indent=1))
+        atomic_write(args.results / f"{profile.name}-estimate.json", json.dumps(
+            {"schema": ESTIMATE_SCHEMA, "profile": profile.name, "title": profile.title, "variants": variants,
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source_info(), **est}, indent=1))
         return 0
     root = args.root or RUNS / profile.name
     if args.fresh and root.exists():
