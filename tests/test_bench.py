@@ -266,6 +266,13 @@ def test_the_estimate_scales_the_measured_costs_and_bounds_the_wall_time():
         est.estimate([load_profile("cifar10-paper").variant_config("ipc50")], 8, 540, "cmd", costs)
 
 
+def test_make_paper_runs_the_one_gpu_command():
+    from benchmarks.run import REPO
+
+    recipe = (REPO / "Makefile").read_text().split("\npaper: install\n", 1)[1].splitlines()
+    assert recipe[0].strip() == "$(PY) -m benchmarks.run " + " ".join(ONE_GPU) + " $(ARGS)"
+
+
 def test_the_estimate_command_prints_and_writes_the_breakdown(tmp_path, capsys):
     assert main([*ONE_GPU, "--estimate", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
