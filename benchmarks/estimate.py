@@ -1,6 +1,6 @@
 """The GPU time of a benchmark command, from the per-step costs a GPU run measured.
 
-    python -m benchmarks.run --profile cifar10-paper --variants ipc10-one-gpu --device cuda --jobs 12 --estimate
+    python -m benchmarks.run --profile cifar10-paper --variants ipc10-one-gpu --device cuda --jobs 8 --estimate
 
 Every figure comes from a results file of an earlier GPU run (default: the first one,
 benchmarks/results/gpu/cifar10-h100.json, which ran every step one at a time on one H100), and
@@ -9,7 +9,8 @@ is scaled to the command's config by the quantity its cost grows with:
 - prepare-data, select-subsets, soft-label, report: the step's measured seconds, as they were;
 - train-teacher: seconds per optimiser step of that architecture (the step's seconds over its
   epochs x ceil(training images / batch)), times the config's steps; set-up and the test pass
-  are spread over the steps, so more epochs than measured are over-estimated a little;
+  are spread over the steps, so more epochs than measured are over-estimated (the first run's
+  own steady-state step times put EfficientNet-B0's 20 epochs at 99 s where this gives 150 s);
 - synthesize-ufc: seconds per iteration of the grouped shape measured (K subsets x M teachers in
   one call), times the config's iterations; other shapes were never measured and are refused;
 - evaluate-student, evaluate-baseline: seconds per optimiser step of each label mode and baseline
@@ -30,6 +31,7 @@ Not included: starting the worker processes (each imports torch and creates its 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +71,6 @@ def _mean(xs: list[float]) -> float:
 
 def measured_costs(path: Path = MEASURED) -> Costs:
     """The per-step costs of the GPU run recorded in `path` (schema infer-distill-gpu-benchmark/1)."""
-    import json
-
     if not path.is_file():
         raise ConfigError(f"{path}: no measured GPU run to estimate from")
     run = json.loads(path.read_text())
@@ -130,37 +130,56 @@ def _refuse(what: str, costs: Costs) -> ConfigError:
     return ConfigError(f"{what}: no such cost was measured in {costs.source}; the estimate covers what that run measured")
 
 
+def _teacher(costs: Costs, cfg: Config, item: dict) -> float:
+    arch = item["arch"]
+    if arch not in costs.teacher_step_s:
+        raise _refuse(f"teacher {arch}", costs)
+    if cfg.teachers.batch_size != costs.teacher_batch:
+        raise _refuse(f"teachers.batch_size={cfg.teachers.batch_size} (measured: {costs.teacher_batch})", costs)
+    return costs.teacher_step_s[arch] * cfg.teachers.epochs * math.ceil(costs.train_images / cfg.teachers.batch_size)
+
+
+def _synthesis(costs: Costs, cfg: Config, item: dict) -> float:
+    shape = (len(item["subset_ids"]), len(cfg.teachers.archs))
+    if shape != costs.synthesis_shape:
+        raise _refuse(f"synthesis of {shape[0]} subsets x {shape[1]} teachers in one call "
+                      f"(measured: {costs.synthesis_shape[0]} x {costs.synthesis_shape[1]})", costs)
+    return costs.synthesis_iter_s * cfg.synthesis.iterations
+
+
+def _check_student(costs: Costs, cfg: Config, arch: str) -> None:
+    if arch != costs.student_arch or cfg.students.eval_every != costs.eval_every:
+        raise _refuse(f"student {arch} evaluated every {cfg.students.eval_every} epochs "
+                      f"(measured: {costs.student_arch}, every {costs.eval_every})", costs)
+
+
+def _student(costs: Costs, cfg: Config, item: dict) -> float:
+    _check_student(costs, cfg, item["arch"])
+    mode = item["label_mode"]
+    per_epoch = cfg.infer_static_steps(costs.num_classes) // cfg.students.epochs
+    return costs.student_step_s[mode] * cfg.students.epochs_for(mode) * per_epoch
+
+
+def _baseline(costs: Costs, cfg: Config, item: dict) -> float:
+    _check_student(costs, cfg, item["arch"])
+    C = costs.num_classes
+    examples = cfg.baseline_per_class(C, costs.image_numel) * C
+    steps = cfg.baseline_epochs(item["baseline"], examples, C) * math.ceil(examples / cfg.students.batch_size)
+    return costs.student_step_s[item["baseline"]] * steps
+
+
+# What each stage's item costs grows with (the stages of FIXED_STAGES cost what they cost); a stage missing here was
+# never measured.
+SCALED = {"train-teacher": _teacher, "synthesize-ufc": _synthesis, "evaluate-student": _student, "evaluate-baseline": _baseline}
+
+
 def item_seconds(costs: Costs, cfg: Config, stage: str, item: dict) -> float:
     """Seconds of one item of `stage` for `cfg`, alone on the measuring GPU."""
-    C = costs.num_classes
     if stage in costs.fixed_s:
         return costs.fixed_s[stage]
-    if stage == "train-teacher":
-        arch = item["arch"]
-        if arch not in costs.teacher_step_s:
-            raise _refuse(f"teacher {arch}", costs)
-        if cfg.teachers.batch_size != costs.teacher_batch:
-            raise _refuse(f"teachers.batch_size={cfg.teachers.batch_size} (measured: {costs.teacher_batch})", costs)
-        return costs.teacher_step_s[arch] * cfg.teachers.epochs * math.ceil(costs.train_images / cfg.teachers.batch_size)
-    if stage == "synthesize-ufc":
-        shape = (len(item["subset_ids"]), len(cfg.teachers.archs))
-        if shape != costs.synthesis_shape:
-            raise _refuse(f"synthesis of {shape[0]} subsets x {shape[1]} teachers in one call "
-                          f"(measured: {costs.synthesis_shape[0]} x {costs.synthesis_shape[1]})", costs)
-        return costs.synthesis_iter_s * cfg.synthesis.iterations
-    if stage in ("evaluate-student", "evaluate-baseline"):
-        if item["arch"] != costs.student_arch or cfg.students.eval_every != costs.eval_every:
-            raise _refuse(f"student {item['arch']} evaluated every {cfg.students.eval_every} epochs "
-                          f"(measured: {costs.student_arch}, every {costs.eval_every})", costs)
-        if stage == "evaluate-student":
-            mode = item["label_mode"]
-            per_epoch = math.ceil(cfg.infer_static_steps(C) / cfg.students.epochs)
-            return costs.student_step_s[mode] * cfg.students.epochs_for(mode) * per_epoch
-        baseline = item["baseline"]
-        examples = cfg.baseline_per_class(C, costs.image_numel) * C
-        steps = cfg.baseline_epochs(baseline, examples, C) * math.ceil(examples / cfg.students.batch_size)
-        return costs.student_step_s[baseline] * steps
-    raise _refuse(f"stage {stage}", costs)
+    if stage not in SCALED:
+        raise _refuse(f"stage {stage}", costs)
+    return SCALED[stage](costs, cfg, item)
 
 
 # ----------------------------------------------------------------------------------------
