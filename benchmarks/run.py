@@ -16,8 +16,14 @@ What the benchmark adds:
   their teachers, and `--reuse-teachers` keeps them between invocations;
 - `--jobs N` (`--devices cuda:0,...`): the steps of all variants run in N worker processes as soon
   as their inputs are there, by the library's executor (`infer-distill run --jobs N`);
-- benchmarks/results/<profile>.json: every report, the machine, the wall time of each step and of
-  the whole invocation; `python -m benchmarks.report` turns it into BENCHMARKS.md's tables.
+- benchmarks/results/<profile>.json: every report, the machine (GPU, driver, CUDA and torch; null
+  where no GPU ran it), the commit, the wall time of each step and of the whole invocation, per
+  stage its work, wall span and mean GPU utilisation (`stages`; null without nvidia-smi), per
+  variant the final- and best-epoch top-1 over seeds of INFER, INFER+Dyn and each baseline beside
+  the paper's figure (`accuracy`), and, for variants sized for a GPU time (`target_s`), the
+  estimate made before the run (`estimate`, benchmarks/estimate.py); `python -m benchmarks.report`
+  turns it into BENCHMARKS.md's tables. `--estimate` runs nothing: it prints the command's GPU
+  time from measured per-step costs and writes <profile>-estimate.json.
 
 Resuming: a step whose artifact is current is skipped (the library's rule), so a killed benchmark
 picks up where it stopped; `--fresh` starts from nothing.
