@@ -36,3 +36,11 @@ clean:
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.report
+
+# The paper's CIFAR-10 protocol at ipc 10 on one GPU, sized for under 9 minutes on an H100 (benchmarks/profiles/
+# cifar10-paper.yaml, variant ipc10-one-gpu), then BENCHMARKS.md: `make paper`. Its GPU time from the per-step
+# costs measured so far, running nothing: `make paper ARGS=--estimate`.
+.PHONY: paper
+paper: install
+	$(PY) -m benchmarks.run --profile cifar10-paper --variants ipc10-one-gpu --device cuda --jobs 8 $(ARGS)
+	$(PY) -m benchmarks.report

@@ -68,7 +68,8 @@ def machine_info(device: str) -> dict:
     """What ran the benchmark: CPU, cores, threads, GPU (name, memory, driver), library versions."""
     info = {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
             "infer_distill": __version__, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+            "gpu": None, "driver": None, "cuda": None}  # filled in below when a GPU ran it
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]

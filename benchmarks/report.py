@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.run import RESULTS, SCHEMA, load_profile  # noqa: E402
+from benchmarks.run import ESTIMATE_SCHEMA, RESULTS, SCHEMA, load_profile  # noqa: E402
 from infer_distill.outputs.plots import figure_png, similarity_png  # noqa: E402
 from infer_distill.outputs.report import METHOD_ORDER, mean_std, pct, score_cell
 
@@ -230,10 +230,66 @@ def method_lines(result: dict, rel: str) -> list[str]:
     return lines + [""]
 
 
+def portable(command: str) -> str:
+    """The command without the run's own paths or its time limit: what another machine types."""
+    return re.sub(r"\s--(results|root|datasets|deadline-s)\s+\S+", "", command)
+
+
+def estimate_lines(est: dict) -> list[str]:
+    """The GPU time a command was estimated at (benchmarks.estimate): per stage and in all, and where the figures come from."""
+    if est.get("error"):
+        return [f"No GPU-time estimate: {est['error']}", ""]
+    gains = est["wall_s_by_gain"]
+    lines = [f"Estimated from the per-step costs measured on {est['measured_on']} (`{est['measured_in']}`), each item scaled by "
+             "what its cost grows with (`benchmarks/estimate.py`):", ""] + [f"- {h}" for h in est["how"][1:]]
+    lines += ["", f"Stages on {est['jobs']} workers sharing the GPU (work: one item after another; span: when it would run "
+                  "if sharing cost nothing):", "", "| stage | items | work (s) | span with free sharing (s) |", "|---|---|---|---|"]
+    lines += [f"| {stage} | {st['items']} | {st['work_s']:.1f} | {st['start_s']:.1f} to {st['end_s']:.1f} |"
+              for stage, st in est["stages"].items()]
+    walls = ", ".join(f"gain {g}: {w:.0f} s" for g, w in gains.items())
+    g = est["break_even_gain"]
+    fit = ("" if est.get("target_s") is None else
+           f" The target, {est['target_s']:.0f} s, is met from a gain of **{g:.2f}**." if g is not None else
+           f" The target, {est['target_s']:.0f} s, is not met even with free sharing.")
+    lines += ["", f"Wall time by sharing gain g (with k items running, each at min(1, g/k) of its speed alone; g = 1: no "
+                  f"gain, the sum of the work; g = {est['jobs']}: free sharing): {walls}.{fit} The gain was never "
+                  f"measured; the run's GPU busy fraction per stage shows it. Not included: {est['not_included']}.", ""]
+    return lines
+
+
+def pending_section(est: dict, rel: str) -> list[str]:
+    return [f"## {est['title']}: {', '.join(est['variants'])} on one GPU, the run is pending", "",
+            f"`{rel}/{est['profile']}-estimate.json`, written {est['created_at']}. Command: `{portable(est['command'])}`.", ""
+            ] + estimate_lines(est)
+
+
+def paper_lines(result: dict) -> list[str]:
+    """Final- and best-epoch top-1 of INFER, INFER+Dyn and both baselines beside the paper's figures, and the teachers."""
+    names = {"infer": "INFER (static labels)", "infer_dynamic": "INFER+Dyn (dynamic labels)",
+             "random_soft": "random real, same labels, same epochs", "random_soft_steps": "random real, same labels, same steps"}
+    lines = []
+    for variant, entry in result["variants"].items():
+        summary = entry.get("accuracy")
+        if not summary or not entry.get("paper"):
+            continue
+        lines += ["", f"### {variant} against the paper: top-1 (%), mean ± std over seeds", "",
+                  "| run | student | seeds | final epoch | best epoch | paper (best epoch) |", "|---|---|---|---|---|---|"]
+        for s in sorted(summary.values(), key=lambda s: list(names).index(s["run"]) if s["run"] in names else len(names)):
+            spread = len(s["seeds"]) > 1
+            paper = s["paper_best_percent"]
+            lines.append(f"| {names.get(s['run'], s['run'])} | {s['arch']} | {len(s['seeds'])} | "
+                         f"{pct(s['final_mean'], s['final_std'] if spread else None)} | {pct(s['best_mean'], s['best_std'] if spread else None)} | "
+                         f"{'-' if paper is None else f'{paper:.1f}'} |")
+        teachers = (entry.get("report") or {}).get("teachers", [])
+        under = [t["arch"] for t in teachers if t["test_acc"] < 0.9]
+        lines += ["", "Teachers' test accuracy: " + ", ".join(f"{t['arch']} {100 * t['test_acc']:.1f} %" for t in teachers)
+                  + (f"; under 90 %: {', '.join(under)}." if under else "; every one at 90 % or more.")]
+    return lines
+
+
 def section(result: dict, rel: str) -> list[str]:
     profile = result["profile"]
-    # the command without the run's own paths or its time limit: what another machine types
-    command = re.sub(r"\s--(results|root|datasets|deadline-s)\s+\S+", "", result["command"])
+    command = portable(result["command"])
     one_row = re.sub(r"\s--variants\s+\S+", "", command)
     reproduce = re.sub(r"\s--(fresh|reuse-teachers)", "", one_row)
     lines = [f"## {result['title']}", "",
@@ -282,7 +338,9 @@ def section(result: dict, rel: str) -> list[str]:
     questions = [r for r in rows if r["question"]]
     if questions:
         lines += ["", "What each ablation asks:", ""] + [f"- {r['variant']}: {r['question']}" for r in questions]
-    lines += ["", f"![test accuracy over epochs]({rel}/{profile}.png)"] + _stage_lines(result)
+    lines += ["", f"![test accuracy over epochs]({rel}/{profile}.png)"] + paper_lines(result) + _stage_lines(result)
+    if result.get("estimate"):
+        lines += ["", f"GPU time: {result['wall_s']:.0f} s of wall time; estimated before the run:", ""] + estimate_lines(result["estimate"])
     lines += _speed_lines(result)
     lines += ["", "Reproduce one row: `" + reproduce + " --variants VARIANT` (add `--fresh` to start from nothing).", ""]
     return lines
@@ -293,7 +351,11 @@ def _stage_lines(result: dict) -> list[str]:
     lines = ["", "Time spent per stage (seconds of work summed over worker processes; skipped steps not counted):", "",
              "| stage | steps run | seconds |" + (" mean GPU utilisation while running |" if busy else ""),
              "|---|---|---|" + ("---|" if busy else "")]
-    return lines + [f"| {stage} | {n} | {sec:.0f} |" + (f" {f'{busy[stage]:.0f} %' if stage in busy else '-'} |" if busy else "")
+    spans = result.get("stages") or {}
+    if spans:  # results that record each stage's wall span
+        lines[-2:] = [lines[-2].replace(" seconds |", " seconds | wall span (s) |"), lines[-1] + "---|"]
+    return lines + [f"| {stage} | {n} | {sec:.0f} |" + (f" {spans[stage]['span_s']:.0f} |" if spans else "")
+                    + (f" {f'{busy[stage]:.0f} %' if stage in busy else '-'} |" if busy else "")
                     for stage, sec, n in _stage_times(result)]
 
 
@@ -325,7 +387,13 @@ def render(results_dir: Path, rel: str = "benchmarks/results") -> str:
                 (results_dir / f"{result['profile']}-similarity.png").write_bytes(similarity_png(sims[0]))
     order = {"cifar10-cpu": 0}
     results.sort(key=lambda r: (order.get(r["profile"], 1), r["profile"]))
-    return "\n".join(line for r in results for line in section(r, rel))
+    lines = [line for r in results for line in section(r, rel)]
+    ran = {portable(r["estimate"]["command"]) for r in results if r.get("estimate") and not r.get("unfinished")}
+    for path in sorted(results_dir.glob("*-estimate.json")):
+        est = json.loads(path.read_text())
+        if est.get("schema") == ESTIMATE_SCHEMA and portable(est["command"]) not in ran:
+            lines += pending_section(est, rel)
+    return "\n".join(lines)
 
 
 def update(markdown_path: Path, generated: str) -> None:

@@ -16,8 +16,14 @@ What the benchmark adds:
   their teachers, and `--reuse-teachers` keeps them between invocations;
 - `--jobs N` (`--devices cuda:0,...`): the steps of all variants run in N worker processes as soon
   as their inputs are there, by the library's executor (`infer-distill run --jobs N`);
-- benchmarks/results/<profile>.json: every report, the machine, the wall time of each step and of
-  the whole invocation; `python -m benchmarks.report` turns it into BENCHMARKS.md's tables.
+- benchmarks/results/<profile>.json: every report, the machine (GPU, driver, CUDA and torch; null
+  where no GPU ran it), the commit, the wall time of each step and of the whole invocation, per
+  stage its work, wall span and mean GPU utilisation (`stages`; null without nvidia-smi), per
+  variant the final- and best-epoch top-1 over seeds of INFER, INFER+Dyn and each baseline beside
+  the paper's figure (`accuracy`), and, for variants sized for a GPU time (`target_s`), the
+  estimate made before the run (`estimate`, benchmarks/estimate.py); `python -m benchmarks.report`
+  turns it into BENCHMARKS.md's tables. `--estimate` runs nothing: it prints the command's GPU
+  time from measured per-step costs and writes <profile>-estimate.json.
 
 Resuming: a step whose artifact is current is skipped (the library's rule), so a killed benchmark
 picks up where it stopped; `--fresh` starts from nothing.
@@ -28,6 +34,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -37,6 +44,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import estimate as gpu_estimate
 from benchmarks.common import GpuSampler, link_pool, machine_info, source_info, torch_threads
 from infer_distill import dag
 from infer_distill.config.loading import apply_overrides, validate_config
@@ -53,6 +61,7 @@ CONFIGS = REPO / "configs"
 RESULTS = REPO / "benchmarks" / "results"
 RUNS = REPO / "benchmarks" / "runs"
 SCHEMA = "infer-distill-benchmark/2"
+ESTIMATE_SCHEMA = "infer-distill-estimate/1"
 
 
 def log(msg: str) -> None:
@@ -72,6 +81,7 @@ class Variant:
     question: str = ""          # what this row answers, printed beside it
     baselines_from: str = ""    # a variant with the same teachers, subsets and labels whose baselines this one is compared with
     paper: dict = field(default_factory=dict)  # the paper's best-over-epochs top-1 (%) by label mode, where it reports this setting
+    target_s: float | None = None  # the GPU wall time the variant's command is sized for (benchmarks.estimate)
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ def load_profile(name: str) -> Profile:
         raise ConfigError(f"no benchmark profile {name!r}; profiles: {', '.join(profile_names())}")
     raw = yaml.safe_load(path.read_text())
     variants = {v: Variant(v, spec["title"], tuple(spec.get("set", [])), spec.get("question", ""), spec.get("baselines_from", ""),
-                           spec.get("paper", {}))
+                           spec.get("paper", {}), spec.get("target_s"))
                 for v, spec in raw["variants"].items()}
     config = raw.get("config", {})
     if "base" in raw:  # a repository config (configs/<base>.yaml) with the profile's keys on top: one definition of the protocol
@@ -149,6 +159,62 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def accuracy_summary(report: dict, paper: dict) -> dict:
+    """Final- and best-epoch top-1 (fractions), mean and std over seeds, of INFER (static labels), INFER+Dyn and each
+    baseline, with the paper's best-epoch figure (percent, as the profile quotes it) beside INFER's; one entry per
+    student architecture."""
+    from infer_distill.outputs.report import mean_std
+
+    groups: dict[str, list[dict]] = {}
+    for s in report.get("students", []):
+        groups.setdefault(f"{'infer' if s['label_mode'] == 'static' else 'infer_' + s['label_mode']} {s['arch']}", []).append(s)
+    for b in report.get("baselines", []):
+        groups.setdefault(f"{b['baseline']} {b['arch']}", []).append(b)
+    out = {}
+    for key, runs in groups.items():
+        name, arch = key.split(" ")
+        mode = "static" if name == "infer" else name.removeprefix("infer_") if name.startswith("infer_") else None
+        final, best = mean_std([r["final_acc"] for r in runs]), mean_std([r["best_acc"] for r in runs])
+        out[key] = {"run": name, "arch": arch, "seeds": sorted(r["seed"] for r in runs),
+                    "final_mean": final[0], "final_std": final[1], "best_mean": best[0], "best_std": best[1],
+                    "paper_best_percent": paper.get(mode) if mode else None}
+    return out
+
+
+def stage_summary(steps: list[dict], busy: dict[str, float] | None) -> dict:
+    """Per stage: items run, seconds of work summed over workers, the wall span from its first start to its last
+    end, and the mean GPU utilisation (%) sampled while it ran (None where nothing was sampled: no GPU)."""
+    out: dict[str, dict] = {}
+    for s in steps:
+        if s["skipped"]:
+            continue
+        e = out.setdefault(s["stage"], {"steps_run": 0, "work_s": 0.0, "start_s": s["finished_at"] - s["seconds"], "end_s": 0.0})
+        e["steps_run"] += 1
+        e["work_s"] += s["seconds"]
+        e["start_s"] = min(e["start_s"], s["finished_at"] - s["seconds"])
+        e["end_s"] = max(e["end_s"], s["finished_at"])
+    return {stage: {"steps_run": e["steps_run"], "work_s": round(e["work_s"], 2), "span_s": round(e["end_s"] - e["start_s"], 2),
+                    "gpu_busy_percent": (busy or {}).get(stage)} for stage, e in out.items()}
+
+
+def target_s(profile: Profile, variants: list[str]) -> float | None:
+    """The GPU wall time a command running `variants` is sized for: the tightest any of them names; None if none does."""
+    return min((t for v in variants if (t := profile.variants[v].target_s)), default=None)
+
+
+def command_estimate(profile: Profile, variants: list[str], jobs: int, extra: list[str] | None, command: str) -> dict | None:
+    """The GPU time of this command from measured per-step costs (benchmarks.estimate), for a command whose variants
+    name the time they are sized for; None for others. A config the measurements do not cover gives the reason."""
+    target = target_s(profile, variants)
+    if target is None:
+        return None
+    cfgs = [profile.variant_config(v, extra=extra) for v in variants]
+    try:
+        return gpu_estimate.estimate(cfgs, jobs, target, command)
+    except ConfigError as e:
+        return {"command": command, "error": str(e)}
+
+
 def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Path, jobs: int = 1,
                   datasets: str | None = None, extra: list[str] | None = None, deadline_s: float | None = None,
                   command: str = "", devices: tuple[str, ...] = ()) -> dict:
@@ -184,6 +250,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
         "schema": SCHEMA, "profile": profile.name, "title": profile.title, "notes": list(profile.notes),
         "command": command, "variants_run": variants, "jobs": jobs, "devices": list(devices), "threads_per_job": threads, "machine": machine_info(device),
         "source": source_info(), "config": profile.config,
+        "estimate": command_estimate(profile, variants, jobs, extra, command),
     }
 
     def save(unfinished: list[str] | None = None) -> None:
@@ -193,6 +260,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
                 variant = profile.variants[w.name]
                 entries[w.name] = {"title": variant.title, "question": variant.question, "baselines_from": variant.baselines_from,
                                    "paper": variant.paper,
+                                   "accuracy": accuracy_summary(w.report, variant.paper) if w.report else None,
                                    "overrides": list(variant.overrides), "report": w.report, "source": result["source"],
                                    "config": json.loads(w.cfg.model_dump_json())}
         result.update({
@@ -209,6 +277,7 @@ def run_benchmark(profile: Profile, variants: list[str], root: Path, results: Pa
         unfinished = run_walks(walks, jobs, devices, progress=False, on_step=on_step, on_report=lambda walk: save(),
                                deadline=started + deadline_s if deadline_s is not None else None)
     result["gpu_utilisation_by_stage"] = gpu.busy_by_stage(steps) if gpu.samples else None
+    result["stages"] = stage_summary(steps, result["gpu_utilisation_by_stage"])
     save(unfinished)
     log(f"wrote {path} ({result['wall_s']:.0f} s{', unfinished: ' + ', '.join(unfinished) if unfinished else ''})")
     return result
@@ -227,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=None, help="where the runs live (default: benchmarks/runs/<profile>)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where <profile>.json is written")
     p.add_argument("--deadline-s", type=float, default=None, help="start no step after this many seconds; unfinished variants are listed")
+    p.add_argument("--estimate", action="store_true",
+                   help="run nothing: print the command's GPU time from measured per-step costs (benchmarks/estimate.py) "
+                        "and write it to <results>/<profile>-estimate.json")
     fresh = p.add_mutually_exclusive_group()
     fresh.add_argument("--fresh", action="store_true", help="delete the profile's runs and pool first: a benchmark from nothing")
     fresh.add_argument("--reuse-teachers", action="store_true", help="delete everything but the data and teacher pool first")
@@ -247,6 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    device = cfg0.resolve_device() if not args.estimate else "cuda"
+    jobs = args.jobs or (min(2, os.cpu_count() or 1) if device == "cpu" else 4)
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.estimate:
+        command = re.sub(r"\s--estimate\b", "", command).strip()
+        try:
+            est = gpu_estimate.estimate([profile.variant_config(v, extra=extra) for v in variants], jobs,
+                                        target_s(profile, variants), command)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(gpu_estimate.format_estimate(est))
+        atomic_write(args.results / f"{profile.name}-estimate.json", json.dumps(
+            {"schema": ESTIMATE_SCHEMA, "profile": profile.name, "title": profile.title, "variants": variants,
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": source_info(), **est}, indent=1))
+        return 0
     root = args.root or RUNS / profile.name
     if args.fresh and root.exists():
         shutil.rmtree(root)
@@ -254,9 +342,6 @@ def main(argv: list[str] | None = None) -> int:
         for child in root.iterdir():
             if not child.name.startswith("pool-"):
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    device = cfg0.resolve_device()
-    jobs = args.jobs or (min(2, os.cpu_count() or 1) if device == "cpu" else 4)
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     log(f"profile {profile.name}: {len(variants)} variants, {jobs} jobs on {device}, runs under {root}")
     result = run_benchmark(profile, variants, root, args.results, jobs, args.datasets or default_datasets(), extra,
                            args.deadline_s, command.strip(), devices)

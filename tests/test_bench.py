@@ -205,3 +205,132 @@ def test_the_methods_profile_renders_the_method_table_with_infers_feasibility_an
     assert "Methods at equal bytes" in text and "ipc1: INFER is not run (K = 0 at ipc 1); its smallest feasible ipc here is 2" in text
     assert "(reference of ipc2)" in text and "same class / different classes" in text
     assert (results / "methods-similarity.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ----------------------------------------------------------------------------------------
+# The paper's protocol on one GPU: the command, its estimate, its results file
+# ----------------------------------------------------------------------------------------
+
+ONE_GPU = ["--profile", "cifar10-paper", "--variants", "ipc10-one-gpu", "--device", "cuda", "--jobs", "8"]
+
+
+def test_the_one_gpu_command_is_the_papers_protocol_with_shorter_teachers():
+    variant = load_profile("cifar10-paper").variants["ipc10-one-gpu"]
+    cfg = load_profile("cifar10-paper").variant_config("ipc10-one-gpu")
+    assert (cfg.num_subsets(10), len(cfg.teachers.archs), cfg.synthesis.iterations) == (7, 4, 1000)
+    assert (cfg.students.epochs, cfg.students.epochs_dynamic, cfg.students.seeds, cfg.labels.modes) == (400, 80, [0, 1, 2], ["static", "dynamic"])
+    assert cfg.students.baselines == ["random_soft", "random_soft_steps"] and cfg.teachers.epochs == 20
+    assert variant.target_s == 540 and variant.paper == {"static": 32.0, "dynamic": 30.7}
+
+
+def test_the_estimate_scales_the_measured_costs_and_bounds_the_wall_time():
+    """Each item's seconds are the first GPU run's, scaled by what they grow with; the schedule lies between the sum of
+    the work (no sharing gain) and the critical path (free sharing); the break-even gain meets the target and no less."""
+    import json as _json
+
+    from benchmarks import estimate as est
+
+    costs = est.measured_costs()
+    run = _json.loads(est.MEASURED.read_text())
+    measured = {(s["stage"], s["label"]): s["seconds"] for s in run["times"]["steps"] if not s["skipped"]}
+    cfg = load_profile("cifar10-paper").variant_config("ipc10-one-gpu")
+    # 20 of the measured 5 teacher epochs, 1000 of 250 iterations, 400 of 100 static and 80 of 20 dynamic student epochs
+    teacher = {a: est.item_seconds(costs, cfg, "train-teacher", {"arch": a}) for a in cfg.teachers.archs}
+    assert teacher == pytest.approx({a: 4 * measured[("train-teacher", a)] for a in cfg.teachers.archs})
+    assert est.item_seconds(costs, cfg, "synthesize-ufc", {"subset_ids": list(range(7))}) == pytest.approx(
+        4 * measured[("synthesize-ufc", "subsets 0..6")])
+    static = est.item_seconds(costs, cfg, "evaluate-student", {"arch": "resnet18", "seed": 0, "label_mode": "static"})
+    assert static == pytest.approx(4 * (measured[("evaluate-student", "resnet18 static seed 0")]
+                                        + measured[("evaluate-student", "resnet18 static seed 1")]) / 2)
+    steps = est.item_seconds(costs, cfg, "evaluate-baseline", {"arch": "resnet18", "seed": 0, "baseline": "random_soft_steps"})
+    assert steps == pytest.approx(4 * (12.364 + 12.241) / 2)  # 2400 of 600 steps (INFER's 400 epochs x 6 batches)
+
+    e = est.estimate([cfg], 8, 540, "cmd", costs)
+    assert e["stages"]["evaluate-student"]["items"] == 6 and e["stages"]["evaluate-baseline"]["items"] == 6
+    assert e["wall_s_by_gain"]["1"] == pytest.approx(e["work_s"], abs=0.2)
+    critical = (costs.fixed_s["prepare-data"] + max(teacher.values()) + 4 * measured[("synthesize-ufc", "subsets 0..6")]
+                + costs.fixed_s["soft-label"] + static + costs.fixed_s["report"])  # the static student is the longest after the labels
+    assert e["wall_s_by_gain"]["8"] == pytest.approx(critical, abs=0.2)
+    walls = list(e["wall_s_by_gain"].values())
+    assert walls == sorted(walls, reverse=True)
+    g = e["break_even_gain"]
+    assert 1 < g < 8
+    assert est.schedule([cfg], 8, g + 0.01, costs)[0] <= 540 < est.schedule([cfg], 8, g - 0.05, costs)[0]
+    # forty teacher epochs (the ipc10 variant) do not fit nine minutes even with free sharing
+    assert est.estimate([load_profile("cifar10-paper").variant_config("ipc10")], 8, 540, "cmd", costs)["break_even_gain"] is None
+
+    # what was never measured is refused, naming it
+    with pytest.raises(ConfigError, match="teacher resnet_tiny"):
+        est.item_seconds(costs, cfg, "train-teacher", {"arch": "resnet_tiny"})
+    with pytest.raises(ConfigError, match="35 subsets x 4 teachers"):
+        est.estimate([load_profile("cifar10-paper").variant_config("ipc50")], 8, 540, "cmd", costs)
+
+
+def test_make_paper_runs_the_one_gpu_command():
+    from benchmarks.run import REPO
+
+    recipe = (REPO / "Makefile").read_text().split("\npaper: install\n", 1)[1].splitlines()
+    assert recipe[0].strip() == "$(PY) -m benchmarks.run " + " ".join(ONE_GPU) + " $(ARGS)"
+
+
+def test_the_estimate_command_prints_and_writes_the_breakdown(tmp_path, capsys):
+    assert main([*ONE_GPU, "--estimate", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "synthesize-ufc" in out and "sharing gain 1:" in out and "target 540 s: reached from a sharing gain of" in out
+    written = json.loads((tmp_path / "cifar10-paper-estimate.json").read_text())
+    assert written["command"] == "python -m benchmarks.run " + " ".join([*ONE_GPU, "--results", str(tmp_path)])
+    assert written["variants"] == ["ipc10-one-gpu"] and written["source"]["commit"]
+    assert main([*ONE_GPU, "--estimate", "--results", str(tmp_path), "--set", "teachers.batch_size=256"]) == 2
+    assert "teachers.batch_size=256" in capsys.readouterr().err
+
+    # BENCHMARKS.md: the pending GPU run, with its estimate
+    md = tmp_path / "B.md"
+    md.write_text(f"{report.BEGIN}\n{report.END}\n")
+    report.main(["--results", str(tmp_path), "--out", str(md)])
+    text = md.read_text()
+    assert "ipc10-one-gpu on one GPU, the run is pending" in text and "The target, 540 s, is met from a gain of" in text
+    assert "--jobs 8`" in text and str(tmp_path) not in text.split("Command:")[1].split("\n")[0]
+
+
+@pytest.mark.slow
+def test_the_one_gpu_command_at_toy_size_on_a_cpu_writes_every_field_of_its_results(tmp_path):
+    """The same command on a CPU with a few CIFAR-10 images and small networks: commit, machine, each stage's time and
+    (no GPU) null busy fraction, final and best top-1 over seeds of INFER, INFER+Dyn and both baselines beside the
+    paper's, and the estimate, refused for networks the GPU run never measured."""
+    from benchmarks.run import default_datasets
+
+    toy = ["--set", "dataset.train_per_class=12", "--set", "dataset.test_per_class=5",
+           "--set", "teachers.archs=[convnet_d2_w32,resnet_tiny]", "--set", "teachers.epochs=1", "--set", "synthesis.iterations=2",
+           "--set", "students.archs=[convnet_d2_w32]", "--set", "students.epochs=2", "--set", "students.epochs_dynamic=1",
+           "--set", "students.seeds=[0,1]"]
+    results = tmp_path / "results"
+    args = ["--profile", "cifar10-paper", "--variants", "ipc10-one-gpu", "--device", "cpu", "--jobs", "2",
+            "--datasets", default_datasets(), "--root", str(tmp_path / "runs"), "--results", str(results), *toy]
+    assert main(args) == 0
+    r = json.loads((results / "cifar10-paper.json").read_text())
+    assert r["source"]["commit"] and r["machine"]["torch"] and r["machine"]["device"] == "cpu"
+    assert (r["machine"]["gpu"], r["machine"]["driver"], r["machine"]["cuda"]) == (None, None, None)
+    assert r["gpu_utilisation_by_stage"] is None and r["unfinished"] == []
+    stages = r["stages"]
+    assert set(stages) == {"prepare-data", "train-teacher", "select-subsets", "synthesize-ufc", "soft-label",
+                           "evaluate-student", "evaluate-baseline", "report"}
+    for s in stages.values():
+        assert s["work_s"] >= 0 and 0 <= s["span_s"] <= r["wall_s"] and s["gpu_busy_percent"] is None
+    assert stages["evaluate-student"]["steps_run"] == 4 and stages["evaluate-baseline"]["steps_run"] == 4
+    acc = r["variants"]["ipc10-one-gpu"]["accuracy"]
+    assert {a["run"]: a["paper_best_percent"] for a in acc.values()} == {
+        "infer": 32.0, "infer_dynamic": 30.7, "random_soft": None, "random_soft_steps": None}
+    students = r["variants"]["ipc10-one-gpu"]["report"]["students"]
+    static = [s["final_acc"] for s in students if s["label_mode"] == "static"]
+    assert acc["infer convnet_d2_w32"]["final_mean"] == pytest.approx(sum(static) / 2)
+    for a in acc.values():
+        assert a["seeds"] == [0, 1] and 0 <= a["final_mean"] <= a["best_mean"] <= 1 and a["final_std"] >= 0
+    assert r["estimate"]["command"] == r["command"] and "teacher convnet_d2_w32" in r["estimate"]["error"]
+
+    md = tmp_path / "B.md"
+    md.write_text(f"{report.BEGIN}\n{report.END}\n")
+    report.main(["--results", str(results), "--out", str(md)])
+    text = md.read_text()
+    assert "### ipc10-one-gpu against the paper" in text and "| INFER+Dyn (dynamic labels) | convnet_d2_w32 | 2 |" in text
+    assert "| 30.7 |" in text and "under 90 %: convnet_d2_w32, resnet_tiny" in text
+    assert "wall span (s)" in text and "No GPU-time estimate: teacher convnet_d2_w32" in text

@@ -44,3 +44,13 @@ def test_stored_bytes_by_hand():
     digits = load_config(None)
     assert digits.infer_stored_bytes(10, 64) == 7 * 10 * 64 + 21 * (64 + 8) + 7 * 4 * 10 * 10 * 2 == 11_592
     assert digits.baseline_per_class(10, 64) == 14                  # ceil(11,592 / (10 * (64 + 20)))
+
+
+def test_the_baselines_schedule_by_hand():
+    """INFER's static steps and the baselines' epochs: the same epochs (random_soft), or INFER's steps (random_soft_steps)."""
+    cfg = load_config("configs/cifar10-ipc10.yaml")  # M = 4, K = 7: 350 instances, batch 64, 400 epochs
+    assert cfg.infer_static_steps(10) == 400 * 6 == 2400
+    assert cfg.baseline_epochs("random_soft", 100, 10) == 400
+    assert cfg.baseline_epochs("random_soft_steps", 100, 10) == 2400 // 2 == 1200   # 100 images: 2 batches an epoch
+    assert cfg.baseline_epochs("random_soft_steps", 150, 10) == round(2400 / 3) == 800
+    assert cfg.baseline_epochs("random_soft_steps", 1_000_000, 10) == 1              # 15,625 batches: never under one epoch

@@ -311,6 +311,18 @@ class Config(_Strict):
         per_instance = image_numel + num_classes * DTYPE_BYTES[self.labels.dtype]
         return max(self.budget.ipc, math.ceil(self.infer_stored_bytes(num_classes, image_numel) / (num_classes * per_instance)))
 
+    def infer_static_steps(self, num_classes: int) -> int:
+        """Optimiser steps of INFER's static student: its epochs over K*(M+1)*C instances in batches."""
+        instances = self.num_subsets(num_classes) * (len(self.teachers.archs) + 1) * num_classes
+        return self.students.epochs * math.ceil(instances / self.students.batch_size)
+
+    def baseline_epochs(self, baseline: str, num_examples: int, num_classes: int) -> int:
+        """Epochs a baseline trains over its `num_examples` real images: INFER's (random_soft), or as many as give
+        INFER's static student's optimiser steps (random_soft_steps: INFER has more instances)."""
+        if baseline == "random_soft":
+            return self.students.epochs
+        return max(1, round(self.infer_static_steps(num_classes) / math.ceil(num_examples / self.students.batch_size)))
+
     def student_runs(self) -> list[dict]:
         """The INFER students to train: one per label mode x architecture x seed (a DAG fan-out)."""
         return [{"arch": a, "seed": s, "label_mode": m} for m in self.labels.modes for a in self.students.archs for s in self.students.seeds]

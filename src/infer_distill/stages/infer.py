@@ -276,11 +276,9 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     labels = ensemble_logits(ensemble, images, device).to(getattr(torch, cfg.labels.dtype))
 
-    C, batch = d.num_classes, cfg.students.batch_size
-    infer_instances = cfg.num_subsets(C) * (len(cfg.teachers.archs) + 1) * C
-    infer_steps = cfg.students.epochs * math.ceil(infer_instances / batch)
-    steps_per_epoch = math.ceil(len(images) / batch)
-    epochs = cfg.students.epochs if baseline == "random_soft" else max(1, round(infer_steps / steps_per_epoch))
+    infer_steps = cfg.infer_static_steps(d.num_classes)
+    steps_per_epoch = math.ceil(len(images) / cfg.students.batch_size)
+    epochs = cfg.baseline_epochs(baseline, len(images), d.num_classes)
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
     with CompileTime(fast.compile) as compile_time:
