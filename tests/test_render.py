@@ -4,6 +4,7 @@ shards at run time, as the Argo template does."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,38 @@ def test_argo_without_hera_names_the_extra(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "needs the 'argo' extra" in err and "pip install 'infer-distill[argo]'" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.processes  # pip and the installed package
+@pytest.mark.slow
+def test_an_installed_wheel_renders_a_users_config_and_ships_the_example(tmp_path):
+    """From a wheel installed outside the checkout, run from elsewhere: `render compose` for an imagefolder config,
+    the shipped configs, and the example the README and every DATASHEET point to."""
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # the build writes build/ and *.egg-info beside the sources: a copy of them
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".git", "runs", "build", "dist", "*.egg-info", "__pycache__",
+                                                                 ".venv", ".pytest_cache", ".ruff_cache"))
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("infer_distill-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = _imagefolder_config(elsewhere)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+
+    where = run("-c", "import infer_distill; print(infer_distill.__file__)")
+    assert Path(where.stdout.strip()).is_relative_to(site), where  # the wheel's package, not the checkout's
+    done = run("-m", "infer_distill", "render", "compose", "--config", config.name, "--out", "out")
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load((elsewhere / "out" / "compose.yaml").read_text())["services"]
+    assert "synthesize-ufc" in services and services["prepare-data"]["command"][:2] == ["stage", "prepare-data"]
+    assert (elsewhere / "out" / "config" / "mine.yaml").is_file()
+    assert "quickstart" in run("-m", "infer_distill", "configs").stdout
+    example = run("-m", "infer_distill.examples.train_your_own", "--help")
+    assert example.returncode == 0 and "a timm architecture" in example.stdout, example.stderr
