@@ -7,7 +7,7 @@
 
 Every engine reads it (infer_distill.engines): the walks in this process or in N workers
 (`infer-distill run`), the `stage` command that Argo and compose pods call, and the Kubeflow
-pipeline; pipelines/render.py renders it for Argo and docker compose.
+pipeline; engines.argo and engines.compose render it for Argo and docker compose (`infer-distill render`).
 
 A step is one stage function (`Step.module`, named after the step); the CLI runs it as
 `infer-distill stage <name>`. Its inputs name the outputs of earlier steps (the stage function's

@@ -37,7 +37,6 @@ MOTO_IMAGE = "infer-distill-moto:5.2.5"  # docker/build.sh moto
 INFER_IMAGE = "infer-distill:cpu"        # docker/build.sh
 CUDA_IMAGE = "infer-distill:cuda"        # docker/build.sh cuda
 GPU_RESERVATION = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
-ROOT = "s3://${INFER_BUCKET:-infer}/${INFER_RUN:-quickstart}"
 S3_PORT = "${S3_PORT:-9000}"
 
 
@@ -55,6 +54,11 @@ class Rendering:
     cuda: bool = False         # the CUDA image, a GPU reserved for (and required by) every GPU step
     shown_as: str = ""         # how the refusal names the file (default: its name)
     env_hint: str = "see docker/.env.example"  # where a person finds the settings the file needs
+    run: str = "quickstart"    # the run root's default name: s3://$INFER_BUCKET/$INFER_RUN
+
+    @property
+    def root(self) -> str:
+        return f"s3://${{INFER_BUCKET:-infer}}/${{INFER_RUN:-{self.run}}}"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -126,7 +130,7 @@ def compose(cfg: Config, r: Rendering) -> dict:
     env_hint = r.env_hint
     mounts = data_mounts(cfg)
     run_time = [f for f in dag.FANOUTS.values() if f.source != "config" and num_classes is None]
-    layout = Layout(ROOT)
+    layout = Layout(r.root)
     host_network = s3 == "moto"
     network = {"network_mode": "host"} if host_network else {}
     endpoint = f"http://127.0.0.1:{S3_PORT}" if host_network else "http://s3:9000"
@@ -205,7 +209,7 @@ def compose(cfg: Config, r: Rendering) -> dict:
                     **({REQUIRE_CUDA: "1"} if gpu else {})},
                 **({"deploy": GPU_RESERVATION} if gpu else {}),
                 "entrypoint": config_check(r, each_item(step.over)) if planned_later else config_check(r),
-                "command": ["stage", step.name, *dag.cli_args(item), "--config", f"/config/{r.config_name}", "--root", ROOT, *set_args],
+                "command": ["stage", step.name, *dag.cli_args(item), "--config", f"/config/{r.config_name}", "--root", r.root, *set_args],
             }
     out = {"name": "infer-distill", "services": services}
     if s3 == "minio":
@@ -227,7 +231,8 @@ HEADER = """\
 # item, each `infer-distill stage ...` in the {image} image{gpu}.
 # Settings (in the environment or a .env file beside this one): MINIO_ROOT_USER, MINIO_ROOT_PASSWORD
 # (the local S3 server's admin account), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (what the stages
-# use; the admin account works), INFER_BUCKET and INFER_RUN (the run root: s3://$INFER_BUCKET/$INFER_RUN).
+# use; the admin account works), INFER_BUCKET and INFER_RUN (the run root: s3://$INFER_BUCKET/$INFER_RUN,
+# by default s3://infer/{run}).
 #   docker compose -f {file} up -d && docker compose -f {file} wait report
 #   docker compose -f {file} down -v
 """
@@ -247,8 +252,8 @@ def write(cfg: Config, config: str | None, sets: list[str], out: Path) -> list[P
     for file, (s3, cuda) in FILES.items():
         r = Rendering(name=file, config=files[out / "config" / name].encode(), config_name=name, mount="./config",
                       rerender=rerender, s3=s3, sets=list(sets), cuda=cuda, shown_as=str(out / file),
-                      env_hint="in the environment or a .env file beside this one")
-        header = HEADER.format(config=source or "the default config", file=out / file,
+                      env_hint="in the environment or a .env file beside this one", run=Path(name).stem)
+        header = HEADER.format(config=source or "the default config", file=out / file, run=r.run,
                                image=f"${{INFER_IMAGE:-{CUDA_IMAGE if cuda else INFER_IMAGE}}}",
                                gpu=", a GPU reserved for each GPU step" if cuda else "")
         files[out / file] = render(cfg, r, header, f"{MARK[2:]} compose; do not edit ({rerender}).")
