@@ -244,7 +244,7 @@ def write(cfg: Config, config: str | None, sets: list[str], out: Path) -> list[P
     with the config the services mount (config/<name>). Overwrites only files this command wrote."""
     source = find_config(config) if config else None
     name = source.name if source else "config.yaml"
-    text = source.read_text() if source else dump_config(load_config(None))
+    text = source.read_text(encoding="utf-8") if source else dump_config(load_config(None))
     rerender = shlex.join(["infer-distill", "render", "compose", *(["--config", config] if config else []),
                            *(part for s in sets for part in ("--set", s)), "--out", str(out)])
     files = {out / "config" / name: f"{MARK} compose from {source or 'the default config'}: the services refuse any "
@@ -263,10 +263,10 @@ def write(cfg: Config, config: str | None, sets: list[str], out: Path) -> list[P
 def write_generated(files: dict[Path, str]) -> list[Path]:
     """Write `files`, refusing (before writing any) to overwrite one this command did not write."""
     for path in files:
-        if path.exists() and not (path.is_file() and MARK in path.read_text(errors="replace")):
+        if path.exists() and not (path.is_file() and MARK in path.read_text(encoding="utf-8", errors="replace")):
             raise ConfigError(f"{path} exists and was not written by infer-distill render: move it away, or give "
                               "another --out")
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
     return list(files)
