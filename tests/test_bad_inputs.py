@@ -246,7 +246,7 @@ ROWS = [
     config("dataset.train_split leaves the root", ["dataset.train_split=../x"], "dataset.train_split: '../x' is not a folder name"),
     config("dataset.test_split a parent", ["dataset.test_split=.."], "dataset.test_split: '..' is not a folder name"),
     config("dataset.train_per_class 0", ["dataset.train_per_class=0"], "dataset.train_per_class: Input should be greater"),
-    config("unknown key", ["synthesis.iteratons=5"], "synthesis.iteratons: unknown key (check the spelling"),
+    config("unknown key", ["synthesis.iteratons=5"], "synthesis.iteratons: unknown key (check the spelling; `infer-distill config` prints every key with its default)"),
     config("unknown section", ["optimiser.lr=1"], "optimiser: unknown key"),
     config("section given a value", ["teachers=5"], "teachers: Input should be a valid dictionary"),
     # ---- --set syntax and config files --------------------------------------------------------

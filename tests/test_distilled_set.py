@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import TINY
 from PIL import Image
 
 from infer_distill import DistilledSet, stages
@@ -469,7 +469,7 @@ def test_the_example_trains_a_timm_model_outside_the_registry_with_the_runs_reci
 
     cfg, layout = run
     assert "resnet10t" not in MODEL_REGISTRY
-    example = [sys.executable, str(REPO / "examples" / "train_your_own.py"), layout.distilled, "--device", "cpu"]
+    example = [sys.executable, "-m", "infer_distill.examples.train_your_own", layout.distilled, "--device", "cpu"]
     done = subprocess.run(example, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "no report of the run beside" in done.stderr and "give the run's config" in done.stderr
     config = tmp_path / "run.yaml"

@@ -601,6 +601,14 @@ def test_notes_say_how_to_test_submit_and_follow_a_run(case):
         assert needle in case.notes, needle
 
 
+def test_notes_show_the_config_the_values_set(case):
+    config = case.config
+    summary = (f"dataset {config['dataset']['name']}" + (f" at {config['dataset']['root']}" if config["dataset"].get("root") else "")
+               + f", budget.ipc {config['budget']['ipc']},\nteachers {', '.join(config['teachers']['archs'])}, "
+               f"students {', '.join(config['students']['archs'])};")
+    assert summary in case.notes
+
+
 # ----------------------------------------------------------------------------------------
 # Values: schema, defaults, bad values
 # ----------------------------------------------------------------------------------------

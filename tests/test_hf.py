@@ -117,3 +117,27 @@ def test_without_the_extra_the_error_names_it(tmp_path, monkeypatch, capsys):
     code = main(["stage", "prepare-data", "--root", str(tmp_path / "run"), "--set", "dataset.name=hf",
                  "--set", f"dataset.root={tmp_path}", "--set", "device=cpu"])
     assert code == 2 and "dataset.name=hf needs the 'hf' extra" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_card_of_a_set_made_from_a_hub_style_source_is_titled_by_that_source(tmp_path):
+    """dataset.name=hf says how the data was read, not which data it is: the card names the source by its root."""
+    from conftest import TINY
+
+    from infer_distill.config.loading import load_config
+    from infer_distill.dag.layout import Layout
+    from infer_distill.engines.walk import run_in_process
+
+    for split, n in (("train", 6), ("test", 2)):
+        for c, name in enumerate(["cat", "dog"]):
+            for i in range(n):
+                _png(tmp_path / "pets" / split / name / f"{i}.png", 40 * c + 5 * i)
+    cfg = load_config(None, TINY + ["dataset.name=hf", f"dataset.root={tmp_path / 'pets'}", "students.baselines=[]"])
+    root = str(tmp_path / "run")
+    run_in_process(cfg, root, progress=False)
+    out = tmp_path / "export"
+    assert main(["export", Layout(root).distilled, "--format", "hf", "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    header, _, body = card.removeprefix("---\n").partition("---\n")
+    assert 'pretty_name: "Distilled set: pets (hf)"' in header.splitlines()
+    assert body.lstrip().startswith("# Distilled set: pets (hf), ")

@@ -250,8 +250,11 @@ def test_kfp_local_run_equals_the_in_process_run(tmp_path):
     overrides = TINY + ["synthesis.subsets_per_shard=5", "students.baselines=[random_soft]", *METHODS]
     cfg = load_config(None, overrides)
     report_uri = infer_dag.run_local(cfg, str(tmp_path / "kfp"))
+    assert report_uri == Layout(str(tmp_path / "kfp")).report  # where `infer-distill run --out` puts it
     report = open_artifact(report_uri).read_manifest()
-    run_root = Path(report_uri).parents[1]
+    (kfp_report,) = (tmp_path / "kfp").glob("*/report/report")  # KFP's own: the task's output
+    assert open_artifact(kfp_report).read_manifest()["files"] == report["files"]
+    run_root = kfp_report.parents[1]
 
     reference = str(tmp_path / "inproc")
     run_in_process(cfg, reference, progress=False)

@@ -21,7 +21,7 @@ NOT_FROM_THE_DAG = ("infer_distill.stages", "infer_distill.engines", "infer_dist
 # The layers, bottom first: a package imports only packages of lower layers (any module may read the
 # version, `from infer_distill import __version__`; the package root gives `DistilledSet` from outputs).
 LAYERS = (("errors",), ("runtime", "models", "storage"), ("config",), ("dag", "data"), ("method",), ("outputs",),
-          ("stages",), ("engines",), ("cli",), ("__main__",))
+          ("stages",), ("engines",), ("cli", "examples"), ("__main__",))
 
 
 def module_name(path: Path) -> str:

@@ -15,9 +15,9 @@ from infer_distill import dag
 from infer_distill.cli import commands
 from infer_distill.config.loading import load_config
 from infer_distill.dag import artifact_settings, metrics
+from infer_distill.engines import argo, compose
 from infer_distill.engines.executor import Walk, run_walks
 from infer_distill.stages import artifacts
-from pipelines import render
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,10 +78,10 @@ def test_the_renderings_pick_up_a_new_step(toy_plan):
     exec(compile(source, "steps.py", "exec"), namespace)  # a module KFP can take its components from
     assert [f.__name__ for f in namespace["STEP_FUNCTIONS"]][:2] == ["prepare_data", "count_images"]
 
-    argo = render.workflow_template()
-    text = json.dumps(argo, default=str)
+    text = json.dumps(argo.workflow_template(), default=str)
     assert '"count-images"' in text
-    services = render.compose("quickstart.yaml", "moto", [])["services"]
+    rendering = compose.Rendering("compose.yaml", b"{}", "config.yaml", "config", "infer-distill render compose")
+    services = compose.compose(load_config(None), rendering)["services"]
     service = next(s for name, s in services.items() if name.startswith("count-images"))
     assert service["command"][:2] == ["stage", "count-images"]
     assert any(d.startswith("prepare-data") for d in service["depends_on"])

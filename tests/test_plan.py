@@ -10,7 +10,7 @@ from infer_distill import dag
 from infer_distill.cli.commands import build_parser
 from infer_distill.config.loading import load_config
 from infer_distill.dag.layout import Layout
-from infer_distill.engines import walk
+from infer_distill.engines import argo, walk
 from infer_distill.engines.kfp import dag as infer_dag
 from infer_distill.engines.kfp import generate
 from infer_distill.errors import ConfigError
@@ -165,7 +165,7 @@ def test_every_rendering_is_the_plan(tmp_path):
     wt = yaml.safe_load((REPO / "helm" / "infer-distill" / "files" / "workflow-template.yaml").read_text())
     templates = {t["name"]: t for t in wt["spec"]["templates"]}
     main = {t["name"]: t for t in templates["infer"]["dag"]["tasks"]}
-    task_of = {s.name: render.fanout_template(s) if s.over else s.name for s in dag.PLAN}
+    task_of = {s.name: argo.fanout_template(s) if s.over else s.name for s in dag.PLAN}
     assert list(main) == ["resolve-config", *task_of.values()]
     for step in dag.PLAN:
         task = main[task_of[step.name]]

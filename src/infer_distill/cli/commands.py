@@ -7,6 +7,7 @@
     infer-distill plan --config cifar10-ipc10
     infer-distill check-store s3://bucket/runs
     infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
+    infer-distill render compose --config my-config.yaml --out my-compose   # or argo (the argo extra)
 
 Exit codes: 0 done, 2 input refused (never worth retrying), 75 object store unavailable (retry later).
 """
@@ -88,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--include-test", action="store_true",
                    help="also write the real test split the set was made for (from the run's data artifact)")
 
+    rd = sub.add_parser("render", help="write a config's cluster files: compose (docker compose services and the config "
+                                       "they mount) or argo (the Argo WorkflowTemplate and the Helm chart's values; the argo extra)")
+    rd.add_argument("kind", choices=["compose", "argo"])
+    add_config(rd)
+    rd.add_argument("--out", required=True, help="the folder to write them to (re-rendering overwrites only files render wrote)")
+
     c = sub.add_parser("config", help="print the resolved config")
     add_config(c)
 
@@ -116,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         if args.command == "config":
             print(dump_config(cfg), end="")
+        elif args.command == "render":
+            from pathlib import Path
+
+            from infer_distill.engines import argo, compose
+
+            for path in (argo if args.kind == "argo" else compose).write(cfg, args.config, args.set, Path(args.out)):
+                print(f"wrote {path}")
         elif args.command == "plan":
             print_plan(cfg, args.items_dir)
         elif args.command == "run":

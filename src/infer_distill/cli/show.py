@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from infer_distill import dag
@@ -16,12 +15,13 @@ from infer_distill.config.loading import config_description, packaged_configs
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import read as read_metrics
 from infer_distill.errors import ArtifactError
+from infer_distill.runtime.progress import console as progress_console
 from infer_distill.storage import open_artifact
 
 if TYPE_CHECKING:
     from infer_distill.engines.runner import StepResult
 
-console = Console(stderr=True)
+console = progress_console(stderr=True)
 
 
 def print_step(step: StepResult) -> None:
@@ -53,12 +53,12 @@ def show(uri: str, as_json: bool = False) -> None:
         for child, m in found:
             accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(_accuracies(child.uri, m).items()))
             table.add_row(child.uri.removeprefix(art.uri + "/"), m.get("stage", "?"), accs, m.get("created_at", "?"))
-        Console().print(table)
+        progress_console().print(table)
         first = next((child for child, m in found if m.get("stage") == "report"), found[0][0])
         print(f"show one of them: infer-distill show {first.uri}")
         return
     if as_json:
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps(manifest, indent=2, ensure_ascii=False))
     elif manifest.get("stage") == "report":
         print(art.read_text("report.md"))
     else:
@@ -66,15 +66,10 @@ def show(uri: str, as_json: bool = False) -> None:
 
 
 def _run_artifacts(root: str) -> list[tuple]:
-    """(artifact, manifest) of everything `run --out root` lays out under `root`: single steps at its top,
-    each fan-out's items in the folder of its step (found from the plan's locations of an example config)."""
-    from infer_distill.dag.layout import Layout
-
-    layout, example = Layout(root), Config()
-    folders = [root] + [dag.location(layout, step, items[0]).rpartition("/")[0]
-                        for step in dag.PLAN if step.over for items in [step.over.items(example, 10)] if items]
+    """(artifact, manifest) of everything `run --out root` lays out under `root`: single steps at its top, each
+    fan-out's items in the folder of its step (the plan's locations, `dag.artifact_folders`)."""
     found = []
-    for folder in dict.fromkeys(folders):
+    for folder in dag.artifact_folders(dag.Layout(root)):
         for child in open_artifact(folder).children():
             try:
                 found.append((child, child.read_manifest()))
@@ -100,7 +95,10 @@ def _metric(key: str, value) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
-    text = json.dumps(value)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):  # names (classes, teachers) as text
+        shown = [v for i, v in enumerate(value) if len(", ".join(value[:i + 1])) <= 200] or value[:1]
+        return ", ".join(shown) + (f", ... ({len(value)} in all)" if len(shown) < len(value) else "")
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 100 else f"{len(value)} {'values' if isinstance(value, list) else 'entries'}"
 
 
@@ -143,7 +141,7 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
             table.add_row(step.name, after, str(len(items)), pod, "; ".join(step.over.label(i) for i in items))
         else:
             table.add_row(step.name, after, "?", pod, f"decided by {step.over.source} (number of classes)")
-    Console().print(table)
+    progress_console().print(table)
     if items_dir:
         Path(items_dir).mkdir(parents=True, exist_ok=True)
         for name, items in dag.fanout_items(cfg).items():

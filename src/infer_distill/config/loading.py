@@ -99,7 +99,7 @@ def validate_config(raw: dict, source: str = "config") -> Config:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see configs/quickstart.yaml for every key)"
+                msg = "unknown key (check the spelling; `infer-distill config` prints every key with its default)"
             elif err["type"] != "value_error" and not isinstance(err.get("input"), dict):  # a section's own errors are listed by key
                 msg += f" (given: {err['input']!r})"
             lines.append(f"  {loc}: {msg}")

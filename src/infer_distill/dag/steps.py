@@ -7,7 +7,7 @@
 
 Every engine reads it (infer_distill.engines): the walks in this process or in N workers
 (`infer-distill run`), the `stage` command that Argo and compose pods call, and the Kubeflow
-pipeline; pipelines/render.py renders it for Argo and docker compose.
+pipeline; engines.argo and engines.compose render it for Argo and docker compose (`infer-distill render`).
 
 A step is one stage function (`Step.module`, named after the step); the CLI runs it as
 `infer-distill stage <name>`. Its inputs name the outputs of earlier steps (the stage function's
@@ -18,6 +18,7 @@ its name elsewhere.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,6 +276,20 @@ def location(layout: Layout, step: Step, item: dict[str, Any]) -> str:
         return layout.folder(step.location)
     where = getattr(layout, step.location)
     return where(**item) if step.over else where
+
+
+def artifact_folders(layout: Layout) -> list[str]:
+    """The folders of a run root that hold its artifacts: the root (each single step's artifact) and the folder of each
+    fan-out step's items, whatever items a config gives it (found from the step's `Layout` location, called with an
+    item of placeholder values of the types it declares)."""
+    placeholder = {"int": 0, "str": "item", "list[int]": [0]}
+    folders = [layout.root]
+    for step in PLAN:
+        if step.over:
+            parameters = inspect.signature(getattr(layout, step.location)).parameters
+            item = {k: placeholder[str(parameters[k].annotation)] for k in step.over.keys}
+            folders.append(location(layout, step, item).rpartition("/")[0])
+    return list(dict.fromkeys(folders))
 
 
 def fed_fanouts(step: Step) -> list[FanOut]:

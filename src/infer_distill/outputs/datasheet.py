@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import torch
 
@@ -16,6 +17,20 @@ from infer_distill.outputs.distilled import DistilledSet, _find_artifact, run_re
 # ----------------------------------------------------------------------------------------
 # The datasheet
 # ----------------------------------------------------------------------------------------
+
+# dataset.name values that say how the data is read, not which data it is: the source is named by its root.
+READERS = ("imagefolder", "hf")
+
+
+def source_title(dataset: dict) -> str:
+    """The source dataset as the datasheet's title (and a Hugging Face card's) names it: a built-in dataset by its
+    name; one read from a folder, an archive or the Hub by its root (a folder's or archive's name, or the Hub id),
+    with the reader in brackets."""
+    root = (dataset.get("root") or "").rstrip("/")
+    if dataset["name"] not in READERS or not root:
+        return dataset["name"]
+    local = root.startswith(("/", ".", "~")) or "\\" in root or root.endswith(".zip")  # a Hub id is owner/name
+    return f"{PurePath(root).name.removesuffix('.zip') if local else root} ({dataset['name']})"
 
 
 def content_sha256(ds: DistilledSet) -> dict[str, str]:
@@ -138,7 +153,7 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
     loader = _LOADER[fmt].format(n=n, ch=ch, h=h, w=w)
     settings_code = ", ".join(f"{k}={v!r}" for k, v in recipe.model_dump(include=set(_RECIPE_KEYS)).items())
     lines = [
-        f"# Distilled set: {dataset['name']}, {n // c} training instances per class (budget: {b['ipc']} images per class)",
+        f"# Distilled set: {source_title(dataset)}, {n // c} training instances per class (budget: {b['ipc']} images per class)",
         "",
         f"{n:,} training instances of {c} classes, {ch}x{h}x{w} pixels, {made.by} "
         f"by infer-distill {m.get('infer_distill_version', '?')}; exported by infer-distill {__version__}.",
@@ -191,7 +206,7 @@ def datasheet(ds: DistilledSet, fmt: str, with_test: bool) -> str:
         f"softmax(z_student / T)) at T = {ds.temperature:g}, averaged over the batch, with no T^2 factor.",
         "",
         "With infer-distill installed, that is `train_student_model` with these settings "
-        "(`examples/train_your_own.py` trains any timm model this way):",
+        "(`python -m infer_distill.examples.train_your_own` trains any timm model this way):",
         "",
         "```python",
         _LIBRARY.format(uri=ds.uri, settings=settings_code),

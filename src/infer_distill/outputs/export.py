@@ -19,7 +19,7 @@ from PIL import Image
 
 from infer_distill.data.tensors import require_datasets
 from infer_distill.errors import ArtifactError
-from infer_distill.outputs.datasheet import datasheet
+from infer_distill.outputs.datasheet import datasheet, source_title
 from infer_distill.outputs.distilled import FORMATS, DistilledSet, soft_labels_f32
 
 # ----------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def _write_imagefolder(ds: DistilledSet, root: Path, test: tuple[torch.Tensor, t
         ("instances.csv", rows.getvalue().encode()),
         ("soft_labels.npy", buf.getvalue()),
         ("train/metadata.jsonl", "".join(metadata).encode()),
-        ("classes.json", (json.dumps(ds.classes, indent=1) + "\n").encode()),
+        ("classes.json", (json.dumps(ds.classes, indent=1, ensure_ascii=False) + "\n").encode()),
         ("DATASHEET.md", datasheet(ds, "imagefolder", test is not None).encode()),
     ])
 
@@ -218,6 +218,7 @@ def _card_header(ds: DistilledSet) -> str:
     n = len(ds)
     size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
     return ("---\n"
+            f"pretty_name: {json.dumps('Distilled set: ' + source_title(ds.manifest['settings']['dataset']), ensure_ascii=False)}\n"
             "task_categories:\n- image-classification\n"
             "tags:\n- dataset-distillation\n- soft-labels\n- infer-distill\n"
             f"size_categories:\n- {size}\n"

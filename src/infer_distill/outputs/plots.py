@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from infer_distill.method.synthesis import class_batch_index, compose  # noqa: E402
 from infer_distill.outputs.report import METHOD_ORDER
@@ -46,18 +47,32 @@ def ufc_examples_png(natural: torch.Tensor, ufc: torch.Tensor, classes: list[str
     return figure_png(fig)
 
 
-def student_curves_png(students: list[dict], baselines: list[dict] | None = None) -> bytes:
-    """Test accuracy over epochs: INFER students solid, baselines dashed."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def student_curves(students: list[dict], baselines: list[dict] = (), methods: list[dict] = (), full_data: list[dict] = ()):
+    """Test accuracy over the epochs of every student a report has (each row's "curve": [epoch, accuracy] pairs):
+    INFER's solid, the baselines dashed, the peer methods' dash-dotted, the full-data references dotted."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+
+    def draw(run: dict, style: str, label: str) -> None:
+        epochs, accs = zip(*run["curve"])
+        ax.plot(epochs, [100 * a for a in accs], style, label=label, lw=1)
+
     for s in students:
-        epochs, accs = zip(*s["curve"])
-        ax.plot(epochs, [100 * a for a in accs], label=f"{s['arch']} INFER {s['label_mode']} seed {s['seed']}", lw=1)
-    for b in baselines or []:
-        epochs, accs = zip(*b["curve"])
-        ax.plot(epochs, [100 * a for a in accs], "--", label=f"{b['arch']} {b['baseline']} seed {b['seed']}", lw=1)
+        draw(s, "-", f"{s['arch']} INFER {s['label_mode']} seed {s['seed']}")
+    for b in baselines:
+        draw(b, "--", f"{b['arch']} {b['baseline']} seed {b['seed']}")
+    for m in methods:
+        draw(m, "-.", f"{m['arch']} {m['method']} {m['score']} labels, equal {m['protocol']}, seed {m['seed']}")
+    for f in full_data:
+        draw(f, ":", f"{f['arch']} full data")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.set_xlabel("epoch"), ax.set_ylabel("test top-1 (%)"), ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    return figure_png(fig)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: many students hide no curve
+    return fig
+
+
+def student_curves_png(students: list[dict], baselines: list[dict] = (), methods: list[dict] = (),
+                       full_data: list[dict] = ()) -> bytes:
+    return figure_png(student_curves(students, baselines, methods, full_data))
 
 
 def similarity_png(similarities: dict[str, dict]) -> bytes:

@@ -12,11 +12,11 @@ import json
 import statistics
 from collections import defaultdict
 
-from rich.console import Console
 from rich.table import Table
 
 from infer_distill.dag.metrics import ReportMetrics
 from infer_distill.dag.steps import STAGES
+from infer_distill.runtime.progress import console
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -164,7 +164,8 @@ def _peers_headline(report: dict) -> str:
 
 # Captions of the report's figures, by file name.
 CAPTIONS = {
-    "student_curves.png": "Test accuracy over the epochs of every student: INFER's solid, the baselines' dashed.",
+    "student_curves.png": "Test accuracy over the epochs of every student: INFER's solid, the baselines' dashed, the peer "
+                          "methods' dash-dotted, the full-data references dotted.",
     "feature_similarity.png": "Cosine similarity of the first teacher's penultimate features between pairs of instances "
                               "of each method's set: of the same class (left) and of different classes (right).",
     "ufc_examples.png": "Subset 0 of the distilled set: each column a class, the natural image on top and below it the "
@@ -243,7 +244,7 @@ def markdown(report: dict) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
     if report["budget"] is not None:
         lines += ["## Distilled set", ""] + [f"- {line}" for line in distilled_set_lines(report)]
-    figures = [*(["student_curves.png"] if report.get("students") or report.get("baselines") else []),
+    figures = [*(["student_curves.png"] if report.get("students") or report.get("baselines") or report.get("methods") else []),
                *(["ufc_examples.png"] if report["budget"] is not None else []),
                *(["feature_similarity.png"] if report.get("feature_similarity") else [])]
     for name in figures:
@@ -287,12 +288,13 @@ def html(report: dict, pngs: dict[str, bytes]) -> str:
 
 def print_summary(report: dict) -> None:
     r = ReportMetrics.from_manifest(report).report
+    out = console()
     for title, _note, header, rows in result_tables(r):
         table = Table(title=title)
         for col in header:
             table.add_column(col)
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
+        out.print(table)
     for line in distilled_set_lines(r):
-        Console().print(line)
+        out.print(line)

@@ -1,4 +1,4 @@
-"""Progress of long loops: a tqdm bar in a terminal, plain lines in a log.
+"""Progress of long loops: a tqdm bar in a terminal, plain lines in a log; the console the CLI prints with.
 
 A redirected tqdm bar is a stream of carriage-return frames, unreadable in `kubectl logs`, the
 Kubeflow and Argo UIs or a redirected `make run`. When stderr is not a terminal, the loop prints
@@ -14,9 +14,18 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from rich.console import Console
 from tqdm import tqdm
 
 DEFAULT_INTERVAL_S = 30.0
+LOG_WIDTH = 10_000  # a redirected console's width: no table cell or line is cut or folded
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console for what the CLI prints: in a terminal, as wide as the terminal; written to a file or a pipe
+    (a log, `> out.txt`), as wide as its lines, so tables keep full names, and without colour codes."""
+    shown = Console(stderr=stderr)
+    return shown if shown.is_terminal else Console(stderr=stderr, width=LOG_WIDTH, no_color=True, color_system=None)
 
 
 def progress_bar(iterable: Iterable, desc: str, disable: bool = False) -> Iterable:

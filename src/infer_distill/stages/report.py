@@ -87,7 +87,11 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
             _method_rows(cfg, infer_set, student_runs, [MethodScoreMetrics.from_manifest(m) for m in score_manifests]),
             [{"arch": f.arch, "final_acc": f.final_acc} for f in map(FullDataMetrics.from_manifest, full_manifests)])
         summary["feature_similarity"] = _similarities(cfg, teachers, dm, dist_art, methods or [])
-    pngs = {"student_curves.png": plots.student_curves_png(rows, baseline_rows)} if rows or baseline_rows else {}
+    method_curves = [{"method": m.method, "score": m.score, "protocol": m.protocol, "arch": m.arch, "seed": m.seed, "curve": m.curve}
+                     for m in map(MethodScoreMetrics.from_manifest, score_manifests)]
+    full_curves = [{"arch": f.arch, "curve": f.curve} for f in map(FullDataMetrics.from_manifest, full_manifests)]
+    pngs = ({"student_curves.png": plots.student_curves_png(rows, baseline_rows, method_curves, full_curves)}
+            if rows or baseline_rows or method_curves or full_curves else {})
     if dist_art is not None:
         t = read_distilled(dist_art)
         pngs["ufc_examples.png"] = plots.ufc_examples_png(t["natural"], t["ufc"], data_metrics.classes, cfg.teachers.archs,

@@ -44,6 +44,7 @@ from infer_distill.config.schema import Config
 from infer_distill.errors import ConfigError, MissingExtra
 from infer_distill.models import architectures
 from infer_distill.runtime.accelerator import REQUIRE_CUDA
+from infer_distill.storage import open_artifact
 
 try:
     from kfp import compiler, dsl, kubernetes
@@ -322,12 +323,14 @@ def submit(cfg: Config, opts: ClusterOptions, client, pipeline_root: str, experi
 
 
 def run_local(cfg: Config, out: str, image: str | None = None) -> str:
-    """Run the DAG with KFP's local runner; returns the report's URI.
+    """Run the DAG with KFP's local runner; returns the report's URI: `out`/report, where `infer-distill run --out`
+    puts it (KFP's own copy stays among the tasks' outputs under `out`).
 
     Without `image`: SubprocessRunner (every task in this Python). With `image`: DockerRunner, every
     task in a container of that image from the local Docker daemon, on the host's network.
     """
     from kfp import local
+    from kfp.local import logging_utils
 
     if "://" in out:
         raise DagError(f"--out {out}: kfp.local writes only to a local pipeline root; use a directory here, "
@@ -347,11 +350,28 @@ def run_local(cfg: Config, out: str, image: str | None = None) -> str:
     # kfp.local indents its tasks' output by swapping builtins.print, and its nested swaps can end
     # out of order, leaving every later print of this process indented: put the real one back.
     real_print = builtins.print
+    # kfp.local colours task names and statuses with escape codes whatever its output is: plain text in a log.
+    colours = {name: value for name, value in vars(logging_utils.Color).items() if not name.startswith("_")}
+    if not sys.stdout.isatty():
+        for name in colours:
+            setattr(logging_utils.Color, name, "")
     try:
         result = build_pipeline(cfg, ClusterOptions(image=image or "infer-distill:local", gpus=0, retries=0), check=False)()
     finally:
         builtins.print = real_print
-    return result.output.path
+        for name, value in colours.items():
+            setattr(logging_utils.Color, name, value)
+    return publish_report(result.output.path, dag.location(dag.Layout(out), dag.final_step(), {}))
+
+
+def publish_report(uri: str, to: str) -> str:
+    """Copy the report artifact at `uri` (a task's output, deep in KFP's folders) to `to`, as a run root holds it;
+    `to` may hold only an earlier report (`Artifact.write`). Returns `to`."""
+    report = open_artifact(uri)
+    manifest = report.read_manifest()
+    files = {name: report.read_bytes(name) for name in manifest["files"]}
+    open_artifact(to).write(files, {k: v for k, v in manifest.items() if k not in ("files", "schema_version")})
+    return to
 
 
 # ----------------------------------------------------------------------------------------

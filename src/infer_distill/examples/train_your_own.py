@@ -1,9 +1,9 @@
 """Train a model of your own on a distilled set, with the run's own student recipe (MixUp + KL at temperature T).
 
-    make run                                                         # writes runs/quickstart
-    .venv/bin/python examples/train_your_own.py runs/quickstart/distilled
-    .venv/bin/python examples/train_your_own.py s3://bucket/run1/distilled --model resnet10t --epochs 30
-    .venv/bin/python examples/train_your_own.py runs/quickstart/distilled --labels hard   # cross-entropy on the classes
+    infer-distill run --config quickstart --out runs/quickstart       # a run, and its distilled set
+    python -m infer_distill.examples.train_your_own runs/quickstart/distilled
+    python -m infer_distill.examples.train_your_own s3://bucket/run1/distilled --model resnet10t --epochs 30
+    python -m infer_distill.examples.train_your_own runs/quickstart/distilled --labels hard   # cross-entropy on the classes
 
 The recipe is `infer_distill.method.training.train_student_model` with the run's `students` settings
 (epochs, batch size, learning rate, weight decay, MixUp), read from the report of the run beside
@@ -39,8 +39,8 @@ def student_recipe(ds: DistilledSet, config: str | None) -> tuple[StudentConfig,
     return ds.student_recipe(), ds.neighbour("report")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infer_distill.examples.train_your_own", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("distilled", help="the soft-label artifact of a run (local path or s3://bucket/prefix)")
     p.add_argument("--model", default="resnet10t", help="a timm architecture (default: resnet10t)")
     p.add_argument("--config", help="the run's config, for a set whose run report is not beside it")
@@ -50,7 +50,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--test-data", help="prepare-data artifact to test on (default: the one the set was made from)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     started = time.perf_counter()
     try:
