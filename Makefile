@@ -7,12 +7,14 @@ PY     := $(VENV)/bin/python
 OUT    ?= runs/quickstart
 CONFIG ?= configs/quickstart.yaml
 ARGS   ?=
+# A PyTorch wheel index for the install, e.g. https://download.pytorch.org/whl/cpu: CPU-only torch, no CUDA packages.
+TORCH_INDEX ?=
 
 .PHONY: run test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	touch $@
 
 install: $(VENV)/.installed

@@ -54,12 +54,12 @@ def show(uri: str, as_json: bool = False) -> None:
             accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(_accuracies(child.uri, m).items()))
             table.add_row(child.uri.removeprefix(art.uri + "/"), m.get("stage", "?"), accs, m.get("created_at", "?"))
         progress_console().print(table)
-        first = next((child for child, m in found if m.get("stage") == "report"), found[0][0])
+        first = next((child for child, m in found if m.get("stage") == dag.final_step().name), found[0][0])
         print(f"show one of them: infer-distill show {first.uri}")
         return
     if as_json:
         print(json.dumps(manifest, indent=2, ensure_ascii=False))
-    elif manifest.get("stage") == "report":
+    elif manifest.get("stage") == dag.final_step().name:  # the run's result: its page
         print(art.read_text("report.md"))
     else:
         print(_summary(art.uri, manifest))
