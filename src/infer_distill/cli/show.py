@@ -52,7 +52,7 @@ def show(uri: str, as_json: bool = False) -> None:
             table.add_column(col)
         for child, m in found:
             accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(_accuracies(child.uri, m).items()))
-            table.add_row(child.uri.removeprefix(art.uri + "/"), m.get("stage", "?"), accs, m.get("created_at", "?"))
+            table.add_row(child.uri.removeprefix(art.uri + "/"), str(m.get("stage", "?")), accs, str(m.get("created_at", "?")))
         Console().print(table)
         first = next((child for child, m in found if m.get("stage") == "report"), found[0][0])
         print(f"show one of them: infer-distill show {first.uri}")
@@ -106,17 +106,23 @@ def _metric(key: str, value) -> str:
 
 def _summary(uri: str, manifest: dict) -> str:
     """An artifact's identity, then its metrics (single values first), files and inputs, one per line."""
+    # anything but the files table may be altered by hand: shown as it is, never trusted to have its type
     metrics = manifest.get("metrics", {})
+    metrics = metrics if isinstance(metrics, dict) else {"metrics": metrics}
     single = sorted(k for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    elapsed = manifest.get("elapsed_s", 0)
+    elapsed = f"{elapsed:.1f}" if type(elapsed) in (int, float) else _metric("elapsed_s", elapsed)
     lines = [f"{manifest.get('stage', '?')} artifact {uri}",
              f"  {'fingerprint':<16} {manifest.get('fingerprint')} (seed {manifest.get('seed')})",
              f"  {'made':<16} {manifest.get('created_at', '?')} by infer-distill {manifest.get('infer_distill_version', '?')}, "
-             f"in {manifest.get('elapsed_s', 0):.1f} s"]
+             f"in {elapsed} s"]
     lines += [f"  {k:<16} {_metric(k, metrics[k])}" for k in single + sorted(set(metrics) - set(single))]
     lines += [f"  {'file':<16} {name} ({entry.get('bytes', 0):,} bytes)" for name, entry in sorted(manifest.get("files", {}).items())]
-    for name, value in manifest.get("inputs", {}).items():
+    inputs = manifest.get("inputs", {})
+    for name, value in (inputs if isinstance(inputs, dict) else {"": inputs}).items():
         values = value if isinstance(value, list) else [value]
-        lines.append(f"  {'input ' + name:<16} {values[0]}" + (f" and {len(values) - 1} more" if len(values) > 1 else ""))
+        lines.append(f"  {'input ' + str(name):<16} {values[0] if values else '(none)'}"
+                     + (f" and {len(values) - 1} more" if len(values) > 1 else ""))
     lines.append(f"The whole manifest (settings, checksums, every value): infer-distill show {uri} --json")
     return "\n".join(lines)
 

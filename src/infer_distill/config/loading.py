@@ -148,15 +148,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 _SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 8, 8, 80, 80
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 80, 80
+_MAX_ERRORS = 20  # lines of a refusal; a value repeated by YAML aliases could give thousands
 
 
 def validate_config(raw: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
+        lines, errors = [], e.errors()
+        for err in errors[:_MAX_ERRORS]:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
@@ -164,6 +165,8 @@ def validate_config(raw: dict, source: str = "config") -> Config:
             elif err["type"] != "value_error" and not isinstance(err.get("input"), dict):  # a section's own errors are listed by key
                 msg += f" (given: {_SHORT.repr(err['input'])})"  # short: a YAML alias can make a huge value
             lines.append(f"  {loc}: {msg}")
+        if len(errors) > _MAX_ERRORS:
+            lines.append(f"  ... and {len(errors) - _MAX_ERRORS} more")
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 
 

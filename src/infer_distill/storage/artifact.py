@@ -250,7 +250,11 @@ class Artifact(ABC):
         return tensors
 
     def read_text(self, name: str) -> str:
-        return self.read_bytes(name).decode("utf-8")
+        try:
+            return self.read_bytes(name).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} is not UTF-8 text (offset {e.start}): re-run the stage "
+                                "that produces it") from None
 
     def _encode(self, name: str, value: FileValue) -> tuple[bytes, dict[str, Any]]:
         if isinstance(value, (bytes, bytearray, memoryview)):

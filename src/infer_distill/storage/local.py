@@ -134,7 +134,10 @@ class LocalArtifact(Artifact):
             return None
         except OSError as e:
             raise ArtifactError(f"artifact {self.uri}: cannot read {name!r}: {e.strerror}") from e
-        return st.st_size if stat.S_ISREG(st.st_mode) else None
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"artifact {self.uri}: {name!r} is {file_kind(st.st_mode)}, not a file: move it away and "
+                                "re-run the stage that produces it")
+        return st.st_size
 
     def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
         parent, tag = self.path.parent, uuid.uuid4().hex
