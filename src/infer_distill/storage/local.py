@@ -133,7 +133,8 @@ class LocalArtifact(Artifact):
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r}: {e.strerror}") from e
+            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} ({e.strerror}): move it away and re-run the "
+                                "stage that produces it") from e
         if not stat.S_ISREG(st.st_mode):
             raise ArtifactError(f"artifact {self.uri}: {name!r} is {file_kind(st.st_mode)}, not a file: move it away and "
                                 "re-run the stage that produces it")

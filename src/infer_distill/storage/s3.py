@@ -84,21 +84,23 @@ def _endpoint_url(raw: str | None) -> str | None:
         return None
     from urllib.parse import urlsplit
 
-    shown = _masked(raw)
     try:
         parts = urlsplit(raw)
-        port = parts.port  # a port that is not a number in 0-65535 raises ValueError
-    except ValueError:
-        parts, port = None, None
-    problem = ("is not a URL: give http://host:port or https://host" if parts is None or parts.scheme not in ("http", "https")
+    except ValueError:  # an unbalanced [ of an IPv6 address
+        parts = None
+    try:
+        port = parts.port if parts else None
+    except ValueError:  # not a number from 0 to 65535
+        port = -1
+    problem = ("is not a URL: give http://host:port or https://host"
+               if parts is None or parts.scheme not in ("http", "https") or any(c.isspace() for c in raw)
                else "has no host: give http://host:port or https://host" if not parts.hostname
                else "holds credentials: remove them from the URL and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                if parts.username is not None or parts.password is not None
+               else "has no valid port: give a port from 1 to 65535 (http://host:9000), or none" if port in (-1, 0)
                else None)
-    if problem is None and port == 0:
-        problem = "has port 0: give the port the S3 service listens on"
     if problem:
-        raise ArtifactError(f"AWS_ENDPOINT_URL={shown!r} {problem} (or unset it for AWS itself)")
+        raise ArtifactError(f"AWS_ENDPOINT_URL={_masked(raw)!r} {problem} (or unset it for AWS itself)")
     return raw
 
 
