@@ -517,3 +517,46 @@ def test_bad_input_exits_2_naming_it_and_leaves_nothing(build: Build, fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
     assert "Traceback" not in err
     assert_nothing_left(tmp_path, before)
+
+
+# ----------------------------------------------------------------------------------------
+# Links in image folders: followed, never walked round
+# ----------------------------------------------------------------------------------------
+
+
+def _load(root: Path):
+    from infer_distill.config.schema import DatasetConfig
+    from infer_distill.data.sources import load_dataset, source_digest
+
+    cfg = DatasetConfig(name="imagefolder", root=str(root))
+    return load_dataset(cfg), source_digest(cfg)
+
+
+def test_a_class_folder_that_is_a_symlink_is_read_through_it(tmp_path):
+    root = images(tmp_path)
+    os.rename(root / "train" / "sky", tmp_path / "sky-elsewhere")
+    os.symlink(tmp_path / "sky-elsewhere", root / "train" / "sky")
+    data, digest = _load(root)
+    assert data.classes == ["apple", "leaf", "sky"] and data.train_y.bincount().tolist() == [4, 4, 4]
+    assert digest["files"] == 4 * 3 + 2 * 3
+
+
+def test_a_symlink_loop_in_an_image_folder_is_walked_once(tmp_path):
+    root = images(tmp_path)
+    os.symlink(".", root / "train" / "sky" / "again")      # sky/again/again/... is sky itself
+    os.symlink("..", root / "train" / "sky" / "up")        # sky/up is train/, which holds sky again
+    data, digest = _load(root)
+    assert data.train_y.bincount().tolist() == [4, 4, 4]   # each image once: no folder entered twice
+    assert digest == _load(root)[1]
+
+
+def test_show_prints_a_manifest_with_values_of_any_type(tmp_path, capsys):
+    """`show` prints what an altered manifest holds (its checks are the readers'), with no traceback."""
+    from infer_distill.storage import open_artifact
+
+    open_artifact(tmp_path / "art").write({"x.bin": b"x"}, {"stage": ["not", "a", "stage"], "metrics": [1, 2],
+                                                             "elapsed_s": "long", "inputs": "data", "seed": {"a": 1}})
+    assert main(["show", str(tmp_path / "art")]) == 0
+    out = capsys.readouterr().out
+    assert "['not', 'a', 'stage'] artifact" in out and "in long s" in out and "input " in out and "data" in out
+    assert main(["show", str(tmp_path)]) == 0  # the folder above: a run root listing it

@@ -28,11 +28,16 @@ What holds:
   named in the error.
 
 S3 settings, from the environment (checked by `check_writable`, the preflight of every run):
-    AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, credentials    as for any boto3 client
-    AWS_MAX_ATTEMPTS               attempts per request, the first included (default 6)
-    INFER_S3_CONNECT_TIMEOUT       seconds to wait for a connection (default 10)
-    INFER_S3_READ_TIMEOUT          seconds to wait for a byte of an answer (default 60)
-    INFER_S3_MULTIPART_THRESHOLD   bytes from which a file is uploaded in parts (default 64 MiB)
+    AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, credentials    as for any boto3 client (the endpoint
+                                   http(s)://host[:port], without credentials in it)
+    AWS_MAX_ATTEMPTS               attempts per request, the first included (default 6, at most 100)
+    INFER_S3_CONNECT_TIMEOUT       seconds to wait for a connection (default 10, at most 3600)
+    INFER_S3_READ_TIMEOUT          seconds to wait for a byte of an answer (default 60, at most 3600)
+    INFER_S3_MULTIPART_THRESHOLD   bytes from which a file is uploaded in parts (default 64 MiB, at most 5 GiB)
+
+A manifest is read only up to MANIFEST_MAX_BYTES and MANIFEST_MAX_DEPTH levels of nesting, and a
+local file only when it is a regular file (or a link to one): a FIFO or device in an artifact's
+place is refused by name, never read or waited on.
 
     open_artifact("runs/r1/teacher").write({"model.safetensors": state_dict}, {"stage": "train-teacher", ...})
     open_artifact("s3://bucket/runs/r1/teacher").read_tensors("model.safetensors")
