@@ -475,6 +475,12 @@ ROWS = [
     stage("stage unknown", ["distil"], "invalid choice: 'distil'", "prepare-data"),
     stage("train-teacher, pretrained file missing", ["train-teacher", "--arch", "resnet_tiny"],
           "teachers.pretrained.resnet_tiny: /no/such.safetensors is not a file", sets=("teachers.pretrained={resnet_tiny: /no/such.safetensors}",)),
+    pytest.param(lambda given, out: ["plan", "--items-dir", "/dev/null"], ("--items-dir /dev/null: cannot make that folder "
+                 "(a character device): give a folder path",), id="plan --items-dir /dev/null"),
+    pytest.param(lambda given, out: ["plan", "--items-dir", str(raw_file("plain", b"x")(given) / "items")],
+                 ("plain/items: cannot make that folder (Not a directory)",), id="plan --items-dir below a file"),
+    pytest.param(lambda given, out: ["plan", "--items-dir", str(fifo("items")(given))],
+                 ("cannot make that folder (a FIFO (named pipe))",), id="plan --items-dir a FIFO"),
     pytest.param(lambda given, out: ["stage", "select-subsets", "--out", str(out), *_sets(TINY)],
                  ("stage select-subsets needs --data (or --root to derive every location)",), id="input location missing"),
 ]

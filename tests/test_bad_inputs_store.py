@@ -326,3 +326,19 @@ def test_a_manifest_entry_without_bytes_is_remade_by_a_rerun(tmp_path: Path) -> 
     path.write_text(json.dumps(manifest))
     assert main(args) == 0  # not current: remade, not a KeyError on every rerun
     assert all("bytes" in e for e in open_artifact(out / "subsets").read_manifest()["files"].values())
+
+
+@pytest.mark.parametrize("text, fragment", [
+    pytest.param(nested(200_000), "manifest.json nests deeper than 64 levels", id="nested-200000-deep"),
+    pytest.param('{"pad": "' + "x" * (16 * 1024 * 1024) + '"}', "over the limit of 16,777,216 bytes", id="over-16MiB"),
+])
+def test_an_s3_manifest_too_deep_or_too_large_is_refused(s3_bucket: str, text: str, fragment: str) -> None:
+    """On S3 as on disk: no more than the limit is read, and nothing deeper than the limit is parsed."""
+    import boto3
+
+    art = open_artifact(f"s3://{s3_bucket}/art")
+    art.write({"x.bin": b"x"}, {"stage": "prepare-data"})
+    client = boto3.session.Session().client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    client.put_object(Bucket=s3_bucket, Key="art/manifest.json", Body=text.encode())
+    with pytest.raises(ArtifactError, match=fragment):
+        art.read_manifest()

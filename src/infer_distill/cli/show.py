@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +17,9 @@ from infer_distill.config.budget import KNOWN_NUM_CLASSES, check_budget
 from infer_distill.config.loading import config_description, packaged_configs
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import read as read_metrics
-from infer_distill.errors import ArtifactError
+from infer_distill.errors import ArtifactError, ConfigError
 from infer_distill.storage import open_artifact
+from infer_distill.storage.local import file_kind
 
 if TYPE_CHECKING:
     from infer_distill.engines.runner import StepResult
@@ -132,6 +135,14 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
     num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if num_classes is not None:
         check_budget(cfg, num_classes)
+    if items_dir:
+        try:
+            Path(items_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file (or device) of that name, or a folder that cannot be made
+            what = e.strerror
+            with contextlib.suppress(OSError):  # what is there already, if anything can be said of it
+                what = file_kind(os.stat(items_dir).st_mode) if isinstance(e, FileExistsError) else what
+            raise ConfigError(f"--items-dir {items_dir}: cannot make that folder ({what}): give a folder path") from None
     here = {"cpu": "on the CPU", "cuda": "on the GPU", "auto": "on a GPU when one is visible, else on the CPU"}[cfg.device]
     table = Table(title="INFER plan", caption=f"infer-distill run computes every step in one process, {here} "
                                               f"(device: {cfg.device}). Pod on a cluster: what the Kubeflow and Argo "
@@ -151,7 +162,6 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
             table.add_row(step.name, after, "?", pod, f"decided by {step.over.source} (number of classes)")
     Console().print(table)
     if items_dir:
-        Path(items_dir).mkdir(parents=True, exist_ok=True)
         for name, items in dag.fanout_items(cfg).items():
             (Path(items_dir) / f"{name}.json").write_text(json.dumps(items))
         for step in dag.PLAN:  # whether each conditional step runs, for engines that skip one at run time (Argo's when)
