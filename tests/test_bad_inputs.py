@@ -356,6 +356,9 @@ ROWS = [
                 "give a YAML file of at most 1,048,576 bytes"),
     config_file("--config a python object tag", "seed: !!python/object/apply:os.system [echo hi]\n", "config.yaml is not valid YAML",
                 "could not determine a constructor"),
+    config_file("--config a list as a key", "? [1, 2]\n: 3\n", "config.yaml is not valid YAML", "found unhashable key"),
+    config_file("--config a key twice beside a merge", "base: &b {epochs: 1}\nstudents: {<<: *b, epochs: 2, epochs: 3}\n",
+                "the key 'epochs' is given twice"),
     config_file("--config tab-indented", "students:\n\tepochs: 2\n", "config.yaml is not valid YAML"),
     config_file("--config a scalar", "5\n", "must hold a mapping of sections"),
     config_file("--config an alias bomb", "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -566,3 +569,13 @@ def test_show_prints_a_manifest_with_values_of_any_type(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "['not', 'a', 'stage'] artifact" in out and "in long s" in out and "input " in out and "data" in out
     assert main(["show", str(tmp_path)]) == 0  # the folder above: a run root listing it
+
+
+def test_a_yaml_merge_key_is_no_key_given_twice(tmp_path):
+    """`<<: *base` then a key of the base: an override YAML allows, not a key written twice."""
+    from infer_distill.config.loading import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("teachers:\n  <<: {epochs: 3, lr: 0.1}\n  epochs: 4\n")
+    cfg = load_config(path)
+    assert (cfg.teachers.epochs, cfg.teachers.lr) == (4, 0.1)

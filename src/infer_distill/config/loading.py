@@ -29,6 +29,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys given beside it override the base's
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 first = seen.setdefault(key, key_node.start_mark)
