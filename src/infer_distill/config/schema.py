@@ -175,6 +175,9 @@ class LabelConfig(_Strict):
                     "crop/flip/MixUp (as in the paper); dynamic: the teachers label every augmented, mixed batch",
     )
     temperature: float = Field(30.0, gt=0, le=1e4)
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)"
+    )
 
     @field_validator("modes")
     @classmethod
@@ -182,9 +185,6 @@ class LabelConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"label modes must be distinct, got {v}")
         return v
-    dtype: Literal["float16", "float32"] = Field(
-        "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)"
-    )
 
 
 class StudentConfig(_Strict):
@@ -221,8 +221,8 @@ class StudentConfig(_Strict):
         False, description="train each student architecture once with hard labels on the whole real training set "
                            "(the reference of the hard-label recovery, HLR; expensive: full_data_epochs over all the data)")
     full_data_epochs: int | None = Field(
-        None, ge=1, le=10_000, description="epochs of the full-data reference; None: students.epochs (a full training set needs far "
-                                "fewer epochs than a distilled one to converge)")
+        None, ge=1, le=10_000, description="epochs of the full-data reference; None: students.epochs (a full training set "
+                                           "needs far fewer epochs than a distilled one to converge)")
 
     @field_validator("scores", "protocols", "archs", "seeds")
     @classmethod
