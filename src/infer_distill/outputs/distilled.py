@@ -233,19 +233,27 @@ def _short(value: Any) -> str:
 
 
 def _recipe_problems(manifest: dict[str, Any]) -> list[str]:
-    """What is wrong with the settings the set is read by: its teachers (by arch) and its labels' temperature."""
-    settings = manifest.get("settings")
-    teachers = settings.get("teachers") if isinstance(settings, dict) else None
-    labels = settings.get("labels") if isinstance(settings, dict) else None
+    """What is wrong with the settings and inputs the set and its datasheet are read by (the fingerprint only says
+    that the settings are the ones recorded with it, not what they are)."""
+    settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
+    teachers, labels, dataset = settings.get("teachers"), settings.get("labels"), settings.get("dataset")
+    synthesis = settings.get("synthesis", {})
     problems = []
     if not (isinstance(teachers, list) and all(isinstance(t, dict) and isinstance(t.get("arch"), str) for t in teachers)):
         problems.append("settings.teachers that is not a list of teachers, each with its arch")
     if not (isinstance(labels, dict) and type(labels.get("temperature")) in (int, float)):
         problems.append("settings.labels without a temperature")
+    if not (isinstance(dataset, dict) and isinstance(dataset.get("name"), str)):
+        problems.append("settings.dataset without a name")
+    per_ufc = synthesis.get("classes_per_ufc") if isinstance(synthesis, dict) else "?"
+    if not (per_ufc is None or type(per_ufc) is int and per_ufc >= 1):
+        problems.append("settings.synthesis without a valid classes_per_ufc")
+    if manifest.get("stage") == "distill-method" and not (isinstance(settings.get("method"), str) and type(settings.get("seed")) is int):
+        problems.append("settings without the method and seed")
     inputs = manifest.get("inputs")
-    if not (isinstance(inputs, dict) and all(isinstance(v, str) or (isinstance(v, list) and all(isinstance(u, str) for u in v))
-                                             for v in inputs.values())):
-        problems.append("inputs that are not the locations it was made from")
+    if not (isinstance(inputs, dict) and isinstance(inputs.get("data"), str) and all(
+            isinstance(v, str) or (isinstance(v, list) and all(isinstance(u, str) for u in v)) for v in inputs.values())):
+        problems.append("inputs that are not the locations it was made from (data first)")
     return problems
 
 
