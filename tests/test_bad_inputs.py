@@ -122,6 +122,20 @@ def zipped(members: dict[str, bytes]) -> Callable[[Path], Path]:
     return make
 
 
+def zipped_large(name: str, size: int) -> Callable[[Path], Path]:
+    """A valid zipped dataset plus the member `name` of `size` zero bytes (stored deflated: a few hundred kB)."""
+    def make(given: Path) -> Path:
+        with zipfile.ZipFile(given / "data.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            for member in ("train/a/0.png", "test/a/0.png"):
+                z.writestr(member, solid())
+            with z.open(name, "w", force_zip64=True) as f:
+                chunk = bytes(1024 * 1024)
+                for _ in range(size // len(chunk)):
+                    f.write(chunk)
+        return given / "data.zip"
+    return make
+
+
 def folder(layout: dict[str, bytes | None]) -> Callable[[Path], Path]:
     """A dataset root holding `layout`: path -> file bytes, or None for a folder."""
     def make(given: Path) -> Path:
@@ -419,6 +433,10 @@ ROWS = [
             "Too many levels of symbolic links"),
     dataset("image a dangling link", with_entry("999-gone.png", lambda p: os.symlink("/no/such/image.png", p)), "999-gone.png",
             "No such file or directory"),
+    dataset("image over 256 MiB", with_entry("999-huge.png", lambda p: (p.touch(), os.truncate(p, 300 * 1024 * 1024))),
+            "999-huge.png", "314,572,800 bytes, over the limit of 268,435,456"),
+    dataset("zip member over 256 MiB", zipped_large("train/a/1.png", 257 * 1024 * 1024), "train/a/1.png",
+            "269,484,032 bytes, over the limit of 268,435,456"),
     dataset("dataset.root a FIFO", fifo("data"), "dataset.root", "data is a FIFO (named pipe): point it at the data directory or .zip"),
     dataset("dataset.root a FIFO named .zip", fifo("data.zip"), "data.zip is a FIFO (named pipe)"),
     dataset("dataset.root /dev/null", lambda given: "/dev/null", "dataset.root /dev/null is a character device"),

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -101,10 +102,14 @@ class _Tree:
         )
 
     def read(self, file: _File) -> bytes:
-        if file.archive is None:
-            return read_regular(file.name)  # a FIFO or device named like an image: refused, never read
+        if file.archive is None:  # a FIFO or device named like an image: refused, never read
+            return read_regular(file.name, IMAGE_MAX_BYTES)
         with self._lock:
-            return self._zip(file.archive).read(file.name)
+            zf = self._zip(file.archive)
+            size = zf.getinfo(file.name).file_size  # as the zip's index says: checked before a byte is inflated
+            if size > IMAGE_MAX_BYTES:
+                raise OSError(errno.EFBIG, f"{size:,} bytes, over the limit of {IMAGE_MAX_BYTES:,}", str(file))
+            return zf.read(file.name)
 
     def _list(self, archive: Path) -> list[str]:
         return self._zip(archive).namelist()
@@ -132,6 +137,11 @@ class _Tree:
             found.append(f"{archive.name}: [{', '.join(sorted({n.split('/', 1)[0] for n in self._list(archive)}))}]")
         shown = ", ".join(found[:20]) + (f", ... ({len(found)} in all)" if len(found) > 20 else "")
         return shown or "(none: it is empty)"
+
+
+# One image file is read whole before PIL's pixel limit applies: ImageNet's largest JPEGs are a few MB, so a file far
+# larger is no image (or a zip bomb's member), and is refused before it is read
+IMAGE_MAX_BYTES = 256 * 1024 * 1024
 
 
 def walk(folder: Path):
