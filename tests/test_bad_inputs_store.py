@@ -273,6 +273,12 @@ CASES = [
                  id="user-folder-at-subsets"),
     pytest.param(run("{tmp}/out"), {}, user_file("out/teachers/resnet_tiny"), "out/teachers/resnet_tiny: that location holds a file",
                  id="user-file-at-teacher"),
+    pytest.param(run("{tmp}/out"), {}, lambda tmp: (tmp / "out" / "subsets").mkdir(parents=True) or
+                 os.mkfifo(tmp / "out" / "subsets" / "manifest.json"), "cannot read 'manifest.json' (a FIFO (named pipe)",
+                 id="fifo-manifest-at-subsets"),
+    pytest.param(run("{tmp}/out"), {}, lambda tmp: (tmp / "out" / "subsets").mkdir(parents=True) or
+                 (tmp / "out" / "subsets" / "manifest.json").write_text("[" * 200_000), "that location holds a manifest.json "
+                 "that is not an infer-distill manifest", id="deep-manifest-at-subsets"),
     pytest.param(run("{tmp}/out"), {}, user_file("out/students/convnet_d3_w32-static-seed0/manifest.json"),
                  "not an infer-distill manifest", id="foreign-manifest-at-student"),
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infer_distill.errors import ArtifactError
-from infer_distill.storage.artifact import MANIFEST, Artifact, _parsed
+from infer_distill.storage.artifact import MANIFEST, MANIFEST_MAX_BYTES, Artifact, _parsed
 
 if TYPE_CHECKING:  # torch is imported by the code that reads or writes tensors: the CLI's plan and config stay free of it
     pass
@@ -110,7 +110,7 @@ class LocalArtifact(Artifact):
             return None
         if MANIFEST not in entries:
             return f"a folder without a manifest.json ({len(entries)} entries, e.g. {sorted(entries)[0]!r})"
-        found = _parsed(self._get(MANIFEST) or b"", "manifest.json")
+        found = _parsed(self._get(MANIFEST, MANIFEST_MAX_BYTES) or b"", "manifest.json")
         if isinstance(found, dict):
             listed = found.get("files") if isinstance(found.get("files"), dict) else {}
             unlisted = sorted(entries - {MANIFEST} - set(listed))

@@ -22,6 +22,7 @@ from infer_distill.storage.artifact import (
     _DEFAULT_MULTIPART_THRESHOLD,
     _MIN_PART_SIZE,
     MANIFEST,
+    MANIFEST_MAX_BYTES,
     PENDING,
     Artifact,
     _parsed,
@@ -294,7 +295,7 @@ class S3Artifact(Artifact):
 
     def _resident(self) -> dict[str, Any] | str | None:
         for name in (MANIFEST, PENDING):
-            raw = self._get(name)
+            raw = self._get(name, MANIFEST_MAX_BYTES)
             if raw is not None:
                 return _parsed(raw, name)
         with self._errors("list") as client:
