@@ -8,6 +8,7 @@ cases (S3 URIs, manifests) have their table beside the store's tests.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import zipfile
@@ -44,14 +45,20 @@ def config(id: str, sets: list[str], *fragments: str):
     return pytest.param(lambda given, out: _run(out, sets), fragments, id=id)
 
 
-def config_file(id: str, text: str | None, *fragments: str):
+def config_file(id: str, text: str | bytes | None, *fragments: str):
     """`run --config FILE` with FILE holding `text` (None: no file there)."""
     def build(given: Path, out: Path) -> list[str]:
         path = given / "config.yaml"
         if text is not None:
-            path.write_text(text)
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return ["run", "--config", str(path), "--out", str(out), "--no-progress"]
     return pytest.param(build, fragments, id=id)
+
+
+def config_path(id: str, make: Callable[[Path], Path | str], *fragments: str):
+    """`run --config PATH` with PATH what `make` gives (a folder, a device, a FIFO, a link)."""
+    return pytest.param(lambda given, out: ["run", "--config", str(make(given)), "--out", str(out), "--no-progress"],
+                        fragments, id=id)
 
 
 def dataset(id: str, make: Callable[[Path], Path | str], *fragments: str, sets: tuple[str, ...] = (), name="imagefolder"):
@@ -115,6 +122,20 @@ def zipped(members: dict[str, bytes]) -> Callable[[Path], Path]:
     return make
 
 
+def zipped_large(name: str, size: int) -> Callable[[Path], Path]:
+    """A valid zipped dataset plus the member `name` of `size` zero bytes (stored deflated: a few hundred kB)."""
+    def make(given: Path) -> Path:
+        with zipfile.ZipFile(given / "data.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            for member in ("train/a/0.png", "test/a/0.png"):
+                z.writestr(member, solid())
+            with z.open(name, "w", force_zip64=True) as f:
+                chunk = bytes(1024 * 1024)
+                for _ in range(size // len(chunk)):
+                    f.write(chunk)
+        return given / "data.zip"
+    return make
+
+
 def folder(layout: dict[str, bytes | None]) -> Callable[[Path], Path]:
     """A dataset root holding `layout`: path -> file bytes, or None for a folder."""
     def make(given: Path) -> Path:
@@ -161,6 +182,40 @@ def torch_saved(name: str, obj: Callable[[], object]) -> Callable[[Path], Path]:
     def make(given: Path) -> Path:
         torch.save(obj(), given / name)
         return given / name
+    return make
+
+
+def fifo(name: str) -> Callable[[Path], Path]:
+    """A FIFO (named pipe) at given/<name>: opening it to read blocks until someone writes, forever in a test."""
+    def make(given: Path) -> Path:
+        os.mkfifo(given / name)
+        return given / name
+    return make
+
+
+def link(name: str, target: str) -> Callable[[Path], Path]:
+    """A symlink at given/<name> to `target` (its own name: a loop)."""
+    def make(given: Path) -> Path:
+        os.symlink(target, given / name)
+        return given / name
+    return make
+
+
+def with_entry(name: str, make_entry: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """The valid image folder plus train/sky/<name> made by `make_entry(path)` (a FIFO, a link)."""
+    def make(given: Path) -> Path:
+        root = images(given)
+        make_entry(root / "train" / "sky" / name)
+        return root
+    return make
+
+
+def tiny_imagenet(annotations: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """A tiny-imagenet root whose val/val_annotations.txt `annotations(path)` makes."""
+    def make(given: Path) -> Path:
+        root = folder({"train/n1/images/0.JPEG": solid(), "val/images/0.JPEG": solid()})(given)
+        annotations(root / "val" / "val_annotations.txt")
+        return root
     return make
 
 
@@ -249,6 +304,85 @@ ROWS = [
     config("unknown key", ["synthesis.iteratons=5"], "synthesis.iteratons: unknown key (check the spelling; `infer-distill config` prints every key with its default)"),
     config("unknown section", ["optimiser.lr=1"], "optimiser: unknown key"),
     config("section given a value", ["teachers=5"], "teachers: Input should be a valid dictionary"),
+    # ---- config: bounds where a larger value is an absurd allocation or run ----------------------
+    config("budget.ipc 2^63", ["budget.ipc=9223372036854775808"], "budget.ipc: Input should be less than or equal to 1000"),
+    config("budget.ipc 1e9 as a number", ["budget.ipc=1.0e+9"], "budget.ipc: Input should be less than or equal to 1000"),
+    config("budget.ipc 1e9 as YAML text", ["budget.ipc=1e9"], "budget.ipc: Input should be a valid integer", "'1e9'"),
+    config("budget.ipc 1001", ["budget.ipc=1001"], "budget.ipc: Input should be less than or equal to 1000"),
+    config("dataset.crop_padding 100000", ["dataset.crop_padding=100000"], "dataset.crop_padding: Input should be less than or equal to 128"),
+    config("dataset.crop_padding negative", ["dataset.crop_padding=-1"], "dataset.crop_padding: Input should be greater than or equal to 0"),
+    config("dataset.image_size 100000", ["dataset.image_size=100000"], "dataset.image_size: Input should be less than or equal to 1024"),
+    config("teachers.epochs a million", ["teachers.epochs=1000000"], "teachers.epochs: Input should be less than or equal to 10000"),
+    config("teachers.batch_size a million", ["teachers.batch_size=1000000"], "teachers.batch_size: Input should be less than or equal to 65536"),
+    config("students.epochs a million", ["students.epochs=1000000"], "students.epochs: Input should be less than or equal to 10000"),
+    config("students.epochs_dynamic a million", ["students.epochs_dynamic=1000000"], "students.epochs_dynamic: Input should be less than or equal to 10000"),
+    config("students.full_data_epochs a million", ["students.full_data_epochs=1000000"], "students.full_data_epochs: Input should be less than or equal"),
+    config("students.eval_every a million", ["students.eval_every=1000000"], "students.eval_every: Input should be less than or equal to 10000"),
+    config("students.batch_size a million", ["students.batch_size=1000000"], "students.batch_size: Input should be less than or equal to 65536"),
+    config("students.seeds 101 of them", [f"students.seeds=[{', '.join(map(str, range(101)))}]"], "students.seeds: List should have at most 100 items"),
+    config("synthesis.iterations a billion", ["synthesis.iterations=1000000000"], "synthesis.iterations: Input should be less than or equal to 100000"),
+    config("synthesis.jitter a million", ["synthesis.jitter=1000000"], "synthesis.jitter: Input should be less than or equal to 1024"),
+    config("sre2l.iterations a billion", ["methods=[infer, sre2l]", "sre2l.iterations=1000000000"], "sre2l.iterations: Input should be less than or equal to 100000"),
+    config("sre2l.jitter a million", ["sre2l.jitter=1000000"], "sre2l.jitter: Input should be less than or equal to 1024"),
+    config("rded.factor 100", ["rded.factor=100"], "rded.factor: Input should be less than or equal to 16"),
+    config("rded.crops a million", ["rded.crops=1000000"], "rded.crops: Input should be less than or equal to 1000"),
+    config("rded.candidates a billion", ["rded.candidates=1000000000"], "rded.candidates: Input should be less than or equal to 100000"),
+    # ---- config: true/false is not a number ---------------------------------------------------------
+    config("teachers.epochs true", ["teachers.epochs=true"], "teachers.epochs: Input should be a number, not a boolean"),
+    config("students.epochs false", ["students.epochs=false"], "students.epochs: Input should be a number, not a boolean"),
+    config("budget.ipc true", ["budget.ipc=true"], "budget.ipc: Input should be a number, not a boolean"),
+    config("seed true", ["seed=true"], "seed: Input should be a number, not a boolean"),
+    config("students.seeds [true]", ["students.seeds=[true]"], "students.seeds: Input should be a number, not a boolean"),
+    config("teachers.lr true", ["teachers.lr=true"], "teachers.lr: Input should be a number, not a boolean"),
+    config("synthesis.iterations true", ["synthesis.iterations=true"], "synthesis.iterations: Input should be a number, not a boolean"),
+    config("dataset.image_size true", ["dataset.image_size=true"], "dataset.image_size: Input should be a number, not a boolean"),
+    config("dataset.crop_padding true", ["dataset.crop_padding=true"], "dataset.crop_padding: Input should be a number, not a boolean"),
+    config("synthesis.betas [true, 0.5]", ["synthesis.betas=[true, 0.5]"], "synthesis.betas: Input should be a number, not a boolean"),
+    config("labels.temperature true", ["labels.temperature=true"], "labels.temperature: Input should be a number, not a boolean"),
+    config("rded.factor true", ["rded.factor=true"], "rded.factor: Input should be a number, not a boolean"),
+    config("students.mixup_alpha false", ["students.mixup_alpha=false"], "students.mixup_alpha: Input should be a number, not a boolean"),
+    config("dataset.train_per_class true", ["dataset.train_per_class=true"], "dataset.train_per_class: Input should be a number, not a boolean"),
+    # ---- config: the same thing twice -----------------------------------------------------------------
+    config("students.seeds twice the same", ["students.seeds=[0, 0]"], "students.seeds: entries must be distinct, got [0, 0]"),
+    config("students.archs twice", ["students.archs=[convnet_d3_w32, convnet_d3_w32]"], "students.archs: entries must be distinct"),
+    config("labels.modes twice", ["labels.modes=[static, static]"], "labels.modes: label modes must be distinct"),
+    config("methods twice", ["methods=[infer, infer]"], "methods: methods must be distinct"),
+    config("students.scores twice", ["students.scores=[soft, soft]"], "students.scores: entries must be distinct"),
+    config("students.protocols twice", ["students.protocols=[epochs, epochs]"], "students.protocols: entries must be distinct"),
+    config("dataset.train_split equal to test_split", ["dataset.train_split=test"], "train_split and test_split both read the folder 'test'",
+           "give the test images' own folder"),
+    config("dataset.test_split equal to train_split", ["dataset.test_split=train"], "both read the folder 'train'"),
+    config("imagenet train_split val", ["dataset.name=imagenet", "dataset.root=x", "dataset.train_split=val"], "both read the folder 'val'"),
+    config("tiny-imagenet train_split val", ["dataset.name=tiny-imagenet", "dataset.root=x", "dataset.train_split=val"], "both read the folder 'val'"),
+    config("--set a mapping with a key twice", ["teachers.pretrained={resnet_tiny: a.pth, resnet_tiny: b.pth}"],
+           "--set value", "the key 'resnet_tiny' is given twice"),
+    # ---- config files: encodings, keys twice, what is not a file ---------------------------------------
+    config_file("--config not UTF-8", b"teachers:\n  archs: [r\xe9seau]\n", "config.yaml is not UTF-8 text (byte 0xe9 at offset 21)", "save it as UTF-8"),
+    config_file("--config UTF-16", "students:\n  epochs: 2\n".encode("utf-16"), "config.yaml is not UTF-8 text"),
+    config_file("--config a PNG", solid(), "config.yaml is not UTF-8 text"),
+    config_file("--config a section twice", "teachers:\n  epochs: 1\nstudents:\n  epochs: 2\nteachers:\n  lr: 0.1\n",
+                "config.yaml is not valid YAML", "the key 'teachers' is given twice (first on line 1): keep one"),
+    config_file("--config a key twice", "students:\n  epochs: 2\n  epochs: 3\n", "the key 'epochs' is given twice (first on line 2)"),
+    config_file("--config a nested key twice", "teachers:\n  pretrained:\n    resnet_tiny: a.pth\n    resnet_tiny: b.pth\n",
+                "the key 'resnet_tiny' is given twice"),
+    config_file("--config nested 200000 deep", "[" * 200_000 + "]" * 200_000, "nests too deeply to be a config"),
+    config_file("--config over 1 MiB", "# " + "x" * (1024 * 1024) + "\n", "cannot be read", "over the limit of 1,048,576",
+                "give a YAML file of at most 1,048,576 bytes"),
+    config_file("--config a python object tag", "seed: !!python/object/apply:os.system [echo hi]\n", "config.yaml is not valid YAML",
+                "could not determine a constructor"),
+    config_file("--config a list as a key", "? [1, 2]\n: 3\n", "config.yaml is not valid YAML", "found unhashable key"),
+    config_file("--config a key twice beside a merge", "base: &b {epochs: 1}\nstudents: {<<: *b, epochs: 2, epochs: 3}\n",
+                "the key 'epochs' is given twice"),
+    config_file("--config tab-indented", "students:\n\tepochs: 2\n", "config.yaml is not valid YAML"),
+    config_file("--config a scalar", "5\n", "must hold a mapping of sections"),
+    config_file("--config an alias bomb", "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")) + "students:\n  seeds: *i\n",
+        "students.seeds.0: Input should be a valid integer (given: [[[", "i: unknown key"),
+    config_path("--config a directory", lambda given: given, "is a directory, not a file: give a path to a YAML file"),
+    config_path("--config /dev/null", lambda given: "/dev/null", "config file /dev/null is a character device, not a file"),
+    config_path("--config a FIFO", fifo("config.yaml"), "config.yaml is a FIFO (named pipe), not a file"),
+    config_path("--config a symlink loop", link("config.yaml", "config.yaml"), "config.yaml cannot be read (Too many levels of symbolic links)"),
+    config_path("--config below a file", lambda given: raw_file("plain", b"x")(given) / "config.yaml", "plain/config.yaml cannot be read (Not a directory)"),
     # ---- --set syntax and config files --------------------------------------------------------
     config("--set without =", ["synthesis.iterations"], "--set 'synthesis.iterations': expected key.path=value"),
     config("--set empty key", ["=5"], "--set '=5': the key '' has an empty part"),
@@ -290,6 +424,28 @@ ROWS = [
     dataset("cifar10 files missing", lambda given: given, "cannot read CIFAR-10", "set dataset.download=true", name="cifar10"),
     dataset("tiny-imagenet without annotations", folder({"train/n1/images/0.JPEG": solid(), "val/images/0.JPEG": solid()}),
             "val/val_annotations.txt is missing", name="tiny-imagenet"),
+    # ---- datasets: what is not an image file (never read: a FIFO or device would block or never end) ---
+    dataset("image a FIFO", with_entry("999-pipe.png", os.mkfifo), "cannot read image", "999-pipe.png",
+            "a FIFO (named pipe), not a regular file", "replace it with an image file"),
+    dataset("image a link to /dev/zero", with_entry("999-zero.png", lambda p: os.symlink("/dev/zero", p)), "999-zero.png",
+            "a character device, not a regular file"),
+    dataset("image a symlink loop", with_entry("999-loop.png", lambda p: os.symlink(p.name, p)), "999-loop.png",
+            "Too many levels of symbolic links"),
+    dataset("image a dangling link", with_entry("999-gone.png", lambda p: os.symlink("/no/such/image.png", p)), "999-gone.png",
+            "No such file or directory"),
+    dataset("image over 256 MiB", with_entry("999-huge.png", lambda p: (p.touch(), os.truncate(p, 300 * 1024 * 1024))),
+            "999-huge.png", "314,572,800 bytes, over the limit of 268,435,456"),
+    dataset("zip member over 256 MiB", zipped_large("train/a/1.png", 257 * 1024 * 1024), "train/a/1.png",
+            "269,484,032 bytes, over the limit of 268,435,456"),
+    dataset("dataset.root a FIFO", fifo("data"), "dataset.root", "data is a FIFO (named pipe): point it at the data directory or .zip"),
+    dataset("dataset.root a FIFO named .zip", fifo("data.zip"), "data.zip is a FIFO (named pipe)"),
+    dataset("dataset.root /dev/null", lambda given: "/dev/null", "dataset.root /dev/null is a character device"),
+    dataset("dataset.root a symlink loop", link("data", "data"), "dataset.root", "cannot be read (Too many levels of symbolic links)"),
+    dataset("a FIFO named .zip in the root", lambda given: (os.mkfifo(given / "x.zip"), given)[1], "has no 'train' split", "x.zip"),
+    dataset("tiny-imagenet annotations not UTF-8", tiny_imagenet(lambda p: p.write_bytes(b"0.JPEG\tn\xe91\n")),
+            "val/val_annotations.txt is not UTF-8 text", name="tiny-imagenet"),
+    dataset("tiny-imagenet annotations a FIFO", tiny_imagenet(os.mkfifo), "cannot read val/val_annotations.txt",
+            "a FIFO (named pipe)", name="tiny-imagenet"),
     # ---- teacher weight files ------------------------------------------------------------------
     weights("pretrained file missing", lambda given: given / "none.safetensors", "teachers.pretrained.convnet_d2_w32",
             "none.safetensors is not a file; give a .safetensors or .pth/.pt state dict"),
@@ -315,6 +471,9 @@ ROWS = [
             "do not fit convnet_d2_w32 for this dataset", "'classifier.weight' has shape [100, 128], [10, 128] needed"),
     weights("pretrained for other channels", state_file("rgb.safetensors", net_state("convnet_d2_w32", in_chans=3)),
             "tensor 'features.0.weight' has shape [32, 3, 3, 3], [32, 1, 3, 3] needed"),
+    weights("pretrained a FIFO", fifo("teacher.safetensors"), "teacher.safetensors is not a file"),
+    weights("pretrained /dev/urandom", lambda given: Path("/dev/urandom"), "/dev/urandom is not a file"),
+    weights("pretrained a symlink loop", link("loop.pth", "loop.pth"), "loop.pth is not a file"),
     # ---- stage flags ---------------------------------------------------------------------------
     stage("--subset-ids not numbers", ["synthesize-ufc", "--subset-ids", "0,x"], "--subset-ids '0,x': expected comma-separated subset numbers"),
     stage("--subset-ids twice the same", ["synthesize-ufc", "--subset-ids", "1,1"], "subset ids [1, 1] must be distinct numbers from 0"),
@@ -337,6 +496,12 @@ ROWS = [
     stage("stage unknown", ["distil"], "invalid choice: 'distil'", "prepare-data"),
     stage("train-teacher, pretrained file missing", ["train-teacher", "--arch", "resnet_tiny"],
           "teachers.pretrained.resnet_tiny: /no/such.safetensors is not a file", sets=("teachers.pretrained={resnet_tiny: /no/such.safetensors}",)),
+    pytest.param(lambda given, out: ["plan", "--items-dir", "/dev/null"], ("--items-dir /dev/null: cannot make that folder "
+                 "(a character device): give a folder path",), id="plan --items-dir /dev/null"),
+    pytest.param(lambda given, out: ["plan", "--items-dir", str(raw_file("plain", b"x")(given) / "items")],
+                 ("plain/items: cannot make that folder (Not a directory)",), id="plan --items-dir below a file"),
+    pytest.param(lambda given, out: ["plan", "--items-dir", str(fifo("items")(given))],
+                 ("cannot make that folder (a FIFO (named pipe))",), id="plan --items-dir a FIFO"),
     pytest.param(lambda given, out: ["stage", "select-subsets", "--out", str(out), *_sets(TINY)],
                  ("stage select-subsets needs --data (or --root to derive every location)",), id="input location missing"),
 ]
@@ -358,7 +523,7 @@ def assert_nothing_left(root: Path, before: set[Path]) -> None:
 
 
 def test_the_table_is_large_and_its_ids_distinct():
-    assert len(ROWS) >= 60 and len({row.id for row in ROWS}) == len(ROWS)
+    assert len(ROWS) >= 190 and len({row.id for row in ROWS}) == len(ROWS)
 
 
 @pytest.mark.parametrize("build, fragments", ROWS)
@@ -379,3 +544,56 @@ def test_bad_input_exits_2_naming_it_and_leaves_nothing(build: Build, fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
     assert "Traceback" not in err
     assert_nothing_left(tmp_path, before)
+
+
+# ----------------------------------------------------------------------------------------
+# Links in image folders: followed, never walked round
+# ----------------------------------------------------------------------------------------
+
+
+def _load(root: Path):
+    from infer_distill.config.schema import DatasetConfig
+    from infer_distill.data.sources import load_dataset, source_digest
+
+    cfg = DatasetConfig(name="imagefolder", root=str(root))
+    return load_dataset(cfg), source_digest(cfg)
+
+
+def test_a_class_folder_that_is_a_symlink_is_read_through_it(tmp_path):
+    root = images(tmp_path)
+    os.rename(root / "train" / "sky", tmp_path / "sky-elsewhere")
+    os.symlink(tmp_path / "sky-elsewhere", root / "train" / "sky")
+    data, digest = _load(root)
+    assert data.classes == ["apple", "leaf", "sky"] and data.train_y.bincount().tolist() == [4, 4, 4]
+    assert digest["files"] == 4 * 3 + 2 * 3
+
+
+def test_a_symlink_loop_in_an_image_folder_is_walked_once(tmp_path):
+    root = images(tmp_path)
+    os.symlink(".", root / "train" / "sky" / "again")      # sky/again/again/... is sky itself
+    os.symlink("..", root / "train" / "sky" / "up")        # sky/up is train/, which holds sky again
+    data, digest = _load(root)
+    assert data.train_y.bincount().tolist() == [4, 4, 4]   # each image once: no folder entered twice
+    assert digest == _load(root)[1]
+
+
+def test_show_prints_a_manifest_with_values_of_any_type(tmp_path, capsys):
+    """`show` prints what an altered manifest holds (its checks are the readers'), with no traceback."""
+    from infer_distill.storage import open_artifact
+
+    open_artifact(tmp_path / "art").write({"x.bin": b"x"}, {"stage": ["not", "a", "stage"], "metrics": [1, 2],
+                                                             "elapsed_s": "long", "inputs": "data", "seed": {"a": 1}})
+    assert main(["show", str(tmp_path / "art")]) == 0
+    out = capsys.readouterr().out
+    assert "['not', 'a', 'stage'] artifact" in out and "in long s" in out and "input " in out and "data" in out
+    assert main(["show", str(tmp_path)]) == 0  # the folder above: a run root listing it
+
+
+def test_a_yaml_merge_key_is_no_key_given_twice(tmp_path):
+    """`<<: *base` then a key of the base: an override YAML allows, not a key written twice."""
+    from infer_distill.config.loading import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("teachers:\n  <<: {epochs: 3, lr: 0.1}\n  epochs: 4\n")
+    cfg = load_config(path)
+    assert (cfg.teachers.epochs, cfg.teachers.lr) == (4, 0.1)

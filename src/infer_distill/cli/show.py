@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +16,10 @@ from infer_distill.config.budget import KNOWN_NUM_CLASSES, check_budget
 from infer_distill.config.loading import config_description, packaged_configs
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import read as read_metrics
-from infer_distill.errors import ArtifactError
+from infer_distill.errors import ArtifactError, ConfigError
 from infer_distill.runtime.progress import console as progress_console
 from infer_distill.storage import open_artifact
+from infer_distill.storage.local import file_kind
 
 if TYPE_CHECKING:
     from infer_distill.engines.runner import StepResult
@@ -52,7 +55,7 @@ def show(uri: str, as_json: bool = False) -> None:
             table.add_column(col)
         for child, m in found:
             accs = ", ".join(f"{k} {_metric(k, v)}" for k, v in sorted(_accuracies(child.uri, m).items()))
-            table.add_row(child.uri.removeprefix(art.uri + "/"), m.get("stage", "?"), accs, m.get("created_at", "?"))
+            table.add_row(child.uri.removeprefix(art.uri + "/"), str(m.get("stage", "?")), accs, str(m.get("created_at", "?")))
         progress_console().print(table)
         first = next((child for child, m in found if m.get("stage") == dag.final_step().name), found[0][0])
         print(f"show one of them: infer-distill show {first.uri}")
@@ -104,17 +107,23 @@ def _metric(key: str, value) -> str:
 
 def _summary(uri: str, manifest: dict) -> str:
     """An artifact's identity, then its metrics (single values first), files and inputs, one per line."""
+    # anything but the files table may be altered by hand: shown as it is, never trusted to have its type
     metrics = manifest.get("metrics", {})
+    metrics = metrics if isinstance(metrics, dict) else {"metrics": metrics}
     single = sorted(k for k, v in metrics.items() if not isinstance(v, (list, dict)))
+    elapsed = manifest.get("elapsed_s", 0)
+    elapsed = f"{elapsed:.1f}" if type(elapsed) in (int, float) else _metric("elapsed_s", elapsed)
     lines = [f"{manifest.get('stage', '?')} artifact {uri}",
              f"  {'fingerprint':<16} {manifest.get('fingerprint')} (seed {manifest.get('seed')})",
              f"  {'made':<16} {manifest.get('created_at', '?')} by infer-distill {manifest.get('infer_distill_version', '?')}, "
-             f"in {manifest.get('elapsed_s', 0):.1f} s"]
+             f"in {elapsed} s"]
     lines += [f"  {k:<16} {_metric(k, metrics[k])}" for k in single + sorted(set(metrics) - set(single))]
     lines += [f"  {'file':<16} {name} ({entry.get('bytes', 0):,} bytes)" for name, entry in sorted(manifest.get("files", {}).items())]
-    for name, value in manifest.get("inputs", {}).items():
+    inputs = manifest.get("inputs", {})
+    for name, value in (inputs if isinstance(inputs, dict) else {"": inputs}).items():
         values = value if isinstance(value, list) else [value]
-        lines.append(f"  {'input ' + name:<16} {values[0]}" + (f" and {len(values) - 1} more" if len(values) > 1 else ""))
+        lines.append(f"  {'input ' + str(name):<16} {values[0] if values else '(none)'}"
+                     + (f" and {len(values) - 1} more" if len(values) > 1 else ""))
     lines.append(f"The whole manifest (settings, checksums, every value): infer-distill show {uri} --json")
     return "\n".join(lines)
 
@@ -124,6 +133,14 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
     num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if num_classes is not None:
         check_budget(cfg, num_classes)
+    if items_dir:
+        try:
+            Path(items_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file (or device) of that name, or a folder that cannot be made
+            what = e.strerror
+            with contextlib.suppress(OSError):  # what is there already, if anything can be said of it
+                what = file_kind(os.stat(items_dir).st_mode) if isinstance(e, FileExistsError) else what
+            raise ConfigError(f"--items-dir {items_dir}: cannot make that folder ({what}): give a folder path") from None
     here = {"cpu": "on the CPU", "cuda": "on the GPU", "auto": "on a GPU when one is visible, else on the CPU"}[cfg.device]
     table = Table(title="INFER plan", caption=f"infer-distill run computes every step in one process, {here} "
                                               f"(device: {cfg.device}). Pod on a cluster: what the Kubeflow and Argo "
@@ -143,7 +160,6 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
             table.add_row(step.name, after, "?", pod, f"decided by {step.over.source} (number of classes)")
     progress_console().print(table)
     if items_dir:
-        Path(items_dir).mkdir(parents=True, exist_ok=True)
         for name, items in dag.fanout_items(cfg).items():
             (Path(items_dir) / f"{name}.json").write_text(json.dumps(items))
         for step in dag.PLAN:  # whether each conditional step runs, for engines that skip one at run time (Argo's when)

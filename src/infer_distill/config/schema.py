@@ -12,9 +12,19 @@ valid one and say which setting differs.
 from __future__ import annotations
 
 import math
+import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from infer_distill.config.budget import DTYPE_BYTES, num_subsets
 from infer_distill.models import architectures
@@ -23,6 +33,20 @@ from infer_distill.models import architectures
 class _Strict(BaseModel):
     # allow_inf_nan=False: an infinite or NaN number (`teachers.lr=.inf`) is refused, never trained with
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 in a number field: `epochs: true` would train one epoch without a word
+        given = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in given) and bool not in _types(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"Input should be a number, not a boolean (given: {value!r})")
+        return value
+
+
+def _types(annotation: Any) -> set[Any]:
+    """Every type an annotation names, through unions, containers and Annotated."""
+    return {annotation}.union(*(_types(arg) for arg in typing.get_args(annotation)))
 
 
 # Seeds feed torch.manual_seed and numpy, which take at most 64 bits; the JSON of every manifest keeps them exact below 2^63.
@@ -52,11 +76,11 @@ class DatasetConfig(_Strict):
     download: bool = Field(False, description="cifar10/cifar100: let torchvision download")
     train_split: SplitName = "train"
     test_split: SplitName = "test"
-    image_size: int | None = Field(None, ge=8, description="resize to this square size; None keeps the source size")
+    image_size: int | None = Field(None, ge=8, le=1024, description="resize to this square size; None keeps the source size")
     train_per_class: int | None = Field(None, ge=1, description="keep only the first N training images per class")
     test_per_class: int | None = Field(None, ge=1, description="keep only the first N test images per class")
     hflip: bool | None = Field(None, description="horizontal flips in augmentation; None: the dataset's default")
-    crop_padding: int | None = Field(None, ge=0, description="random-crop padding; None: the dataset's default")
+    crop_padding: int | None = Field(None, ge=0, le=128, description="random-crop padding; None: the dataset's default")
     image_column: str = Field("image", min_length=1, description="dataset.name=hf: the column of images")
     label_column: str = Field("label", min_length=1, description="dataset.name=hf: the column of class labels")
 
@@ -69,9 +93,24 @@ class DatasetConfig(_Strict):
             data = {k: v for k, v in data.items() if k not in ("image_column", "label_column")}
         return data
 
+    @model_validator(mode="after")
+    def _two_splits(self) -> "DatasetConfig":
+        train, test = self.split_folders()
+        if train == test:
+            raise ValueError(f"train_split and test_split both read the folder {train!r}: students would be tested on "
+                             "their training images; give the test images' own folder")
+        return self
+
+    def split_folders(self) -> tuple[str, str]:
+        """(train, test) folders under dataset.root as the loaders read them: ImageNet-style datasets call their test
+        split "val" (a test_split changed from the default wins)."""
+        val = self.name in ("imagenet", "tiny-imagenet") and self.test_split == "test"
+        return self.train_split, "val" if val else self.test_split
+
 
 class BudgetConfig(_Strict):
-    ipc: int = Field(10, ge=1, description="stored images per class (natural images plus a share of the UFCs)")
+    # at most 1000: ImageNet-1k at ipc 50 is the largest published budget; 1e9 would run until killed
+    ipc: int = Field(10, ge=1, le=1000, description="stored images per class (natural images plus a share of the UFCs)")
 
 
 class Normalization(_Strict):
@@ -87,8 +126,8 @@ class Normalization(_Strict):
 
 class TeacherConfig(_Strict):
     archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32", "convnet_d2_w64", "resnet_tiny"], min_length=1)
-    epochs: int = Field(15, ge=0)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(15, ge=0, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
     lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum, constant through training")
     weight_decay: float = Field(5e-4, ge=0, le=1)
@@ -114,12 +153,12 @@ class TeacherConfig(_Strict):
 
 
 class SynthesisConfig(_Strict):
-    iterations: int = Field(1000, ge=1, description="official: 1000 (CIFAR), 2000 (ImageNet)")
+    iterations: int = Field(1000, ge=1, le=100_000, description="official: 1000 (CIFAR), 2000 (ImageNet)")
     lr: float = Field(0.25, gt=0, le=100)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
     r_bn: float = Field(1.0, ge=0, le=1e6)
     first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
-    jitter: int = Field(1, ge=0, description="random roll of up to this many pixels (official CIFAR: 4)")
+    jitter: int = Field(1, ge=0, le=1024, description="random roll of up to this many pixels (official CIFAR: 4)")
     random_resized_crop: bool = Field(False, description="ImageNet-style RandomResizedCrop + flip during synthesis")
     classes_per_ufc: int | None = Field(None, ge=1, description="classes one UFC covers; None: all classes")
     subsets_per_shard: int = Field(0, ge=0, description="subsets synthesised together (one pod in the DAG); 0: all")
@@ -140,17 +179,24 @@ class LabelConfig(_Strict):
         "float16", description="how static soft labels are stored (the random-real baselines' labels are rounded the same way)"
     )
 
+    @field_validator("modes")
+    @classmethod
+    def _distinct_modes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"label modes must be distinct, got {v}")
+        return v
+
 
 class StudentConfig(_Strict):
     archs: list[str] = Field(default_factory=lambda: ["convnet_d3_w32"], min_length=1)
-    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
-    epochs: int = Field(100, ge=1, description="epochs with static labels")
-    epochs_dynamic: int | None = Field(None, ge=1, description="epochs with dynamic labels; None: same as epochs")
-    batch_size: int = Field(64, ge=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
+    epochs: int = Field(100, ge=1, le=10_000, description="epochs with static labels")
+    epochs_dynamic: int | None = Field(None, ge=1, le=10_000, description="epochs with dynamic labels; None: same as epochs")
+    batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.01, ge=0, le=1)
     mixup_alpha: float = Field(0.8, ge=0, le=100)
-    eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and always after the last)")
+    eval_every: int = Field(1, ge=1, le=10_000, description="evaluate on the test set every N epochs (and always after the last)")
     baselines: list[Literal["random_soft", "random_soft_steps"]] = Field(
         default_factory=lambda: ["random_soft"],
         description="students trained beside INFER's on ipc random real images per class with the same ensemble labels and "
@@ -175,12 +221,12 @@ class StudentConfig(_Strict):
         False, description="train each student architecture once with hard labels on the whole real training set "
                            "(the reference of the hard-label recovery, HLR; expensive: full_data_epochs over all the data)")
     full_data_epochs: int | None = Field(
-        None, ge=1, description="epochs of the full-data reference; None: students.epochs (a full training set needs far "
-                                "fewer epochs than a distilled one to converge)")
+        None, ge=1, le=10_000, description="epochs of the full-data reference; None: students.epochs (a full training set "
+                                           "needs far fewer epochs than a distilled one to converge)")
 
-    @field_validator("scores", "protocols")
+    @field_validator("scores", "protocols", "archs", "seeds")
     @classmethod
-    def _no_repeats(cls, v: list[str]) -> list[str]:
+    def _no_repeats(cls, v: list) -> list:
         if len(set(v)) != len(v):
             raise ValueError(f"entries must be distinct, got {v}")
         return v
@@ -201,20 +247,20 @@ MethodName = Literal["infer", "random", "herding", "rded", "sre2l"]
 class RdedConfig(_Strict):
     """RDED's selection; defaults from its CIFAR-10 scripts (LINs-lab/RDED): whole crops, no stitching."""
 
-    factor: int = Field(1, ge=1, description="crops stitched per side of one image (RDED: 1 on CIFAR-10, 2 on ImageNet)")
-    crops: int = Field(5, ge=1, description="random resized crops scored per candidate image (RDED's num_crop)")
-    candidates: int = Field(300, ge=1, description="candidate real images drawn per class (RDED's mipc)")
+    factor: int = Field(1, ge=1, le=16, description="crops stitched per side of one image (RDED: 1 on CIFAR-10, 2 on ImageNet)")
+    crops: int = Field(5, ge=1, le=1000, description="random resized crops scored per candidate image (RDED's num_crop)")
+    candidates: int = Field(300, ge=1, le=100_000, description="candidate real images drawn per class (RDED's mipc)")
 
 
 class Sre2lConfig(_Strict):
     """SRe2L's recover; defaults from its CIFAR code (VILA-Lab/SRe2L, small_dataset/recover_cifar.sh and .py)."""
 
-    iterations: int = Field(1000, ge=1)
+    iterations: int = Field(1000, ge=1, le=100_000)
     lr: float = Field(0.25, gt=0, le=100)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.9)
     r_bn: float = Field(0.01, ge=0, le=1e6)
     first_bn_multiplier: float = Field(10.0, ge=0, le=1e6)
-    jitter: int = Field(4, ge=0, description="random roll of up to this many pixels")
+    jitter: int = Field(4, ge=0, le=1024, description="random roll of up to this many pixels")
     flip: bool = Field(False, description="random horizontal flip each step (SRe2L's ImageNet recover; its CIFAR one has none)")
 
 

@@ -285,7 +285,7 @@ def is_distilled_set(stage: Any) -> bool:
 def read(manifest: dict[str, Any], uri: str = "") -> StageMetrics:
     """The metrics of any artifact, as the class of its manifest's stage."""
     stage = manifest.get("stage")
-    if stage not in METRICS:
+    if not isinstance(stage, str) or stage not in METRICS:  # a manifest altered by hand may hold anything there
         raise ArtifactError(f"{uri or 'the artifact'} is a {stage!r} artifact, which no step of the plan makes: "
                             f"give an artifact of one of {', '.join(METRICS)}")
     return METRICS[stage].from_manifest(manifest, uri)

@@ -3,8 +3,10 @@
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,6 +23,7 @@ from infer_distill.config.schema import DatasetConfig
 from infer_distill.data.augment import _NATIVE_SIZE
 from infer_distill.data.tensors import IMAGE_EXTENSIONS, IMAGENET_STATS, ImageData, Stats, _channel_stats
 from infer_distill.errors import DataError
+from infer_distill.storage.local import file_kind, read_regular
 
 # ----------------------------------------------------------------------------------------
 # Image files: one view over directories, zips and directories of zips
@@ -46,12 +49,18 @@ class _Tree:
         if root is None:
             raise DataError("dataset.root must be set: a directory or .zip holding <split>/<class>/<file>")
         self.root = Path(root).expanduser()
-        if not self.root.exists():
-            raise DataError(f"dataset.root {self.root} does not exist; point it at the data directory or .zip")
-        if self.root.is_dir():
-            self._archives = sorted(self.root.glob("*.zip"))
-        elif zipfile.is_zipfile(self.root):
+        try:
+            mode = os.stat(self.root).st_mode
+        except FileNotFoundError:
+            raise DataError(f"dataset.root {self.root} does not exist; point it at the data directory or .zip") from None
+        except OSError as e:  # a symlink loop, a path through a file
+            raise DataError(f"dataset.root {self.root} cannot be read ({e.strerror}); point it at the data directory or .zip") from None
+        if stat.S_ISDIR(mode):
+            self._archives = sorted(p for p in self.root.glob("*.zip") if p.is_file())  # never a FIFO named x.zip
+        elif stat.S_ISREG(mode) and zipfile.is_zipfile(self.root):  # is_zipfile opens it: a FIFO would block
             self._archives = [self.root]
+        elif not stat.S_ISREG(mode):
+            raise DataError(f"dataset.root {self.root} is {file_kind(mode)}: point it at the data directory or .zip")
         else:
             raise DataError(f"dataset.root {self.root} is neither a directory nor a zip archive")
         # Each zip is opened once, on first use (reading the index of 50,000 members takes a while).
@@ -72,7 +81,7 @@ class _Tree:
         folder = self.root / name
         if folder.is_dir():
             entries: dict[str, _File] = {}
-            for dirpath, dirnames, filenames in os.walk(folder):
+            for dirpath, dirnames, filenames in walk(folder):
                 rel = Path(dirpath).relative_to(folder).as_posix()
                 prefix = "" if rel == "." else rel + "/"
                 entries.update({prefix + d + "/": _File(None, os.path.join(dirpath, d)) for d in dirnames})
@@ -93,10 +102,14 @@ class _Tree:
         )
 
     def read(self, file: _File) -> bytes:
-        if file.archive is None:
-            return Path(file.name).read_bytes()
+        if file.archive is None:  # a FIFO or device named like an image: refused, never read
+            return read_regular(file.name, IMAGE_MAX_BYTES)
         with self._lock:
-            return self._zip(file.archive).read(file.name)
+            zf = self._zip(file.archive)
+            size = zf.getinfo(file.name).file_size  # as the zip's index says: checked before a byte is inflated
+            if size > IMAGE_MAX_BYTES:
+                raise OSError(errno.EFBIG, f"{size:,} bytes, over the limit of {IMAGE_MAX_BYTES:,}", str(file))
+            return zf.read(file.name)
 
     def _list(self, archive: Path) -> list[str]:
         return self._zip(archive).namelist()
@@ -126,6 +139,25 @@ class _Tree:
         return shown or "(none: it is empty)"
 
 
+# One image file is read whole before PIL's pixel limit applies: ImageNet's largest JPEGs are a few MB, so a file far
+# larger is no image (or a zip bomb's member), and is refused before it is read
+IMAGE_MAX_BYTES = 256 * 1024 * 1024
+
+
+def walk(folder: Path):
+    """os.walk of `folder` that follows symlinked folders (a class folder may link to the images elsewhere) but
+    enters each real folder once, so a symlink loop ends instead of going round; a link that cannot be followed
+    (a loop, a dangling link) is listed as a file, which reading then refuses by name."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []  # a folder entered before: a loop (or two links to one folder), not new images
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield dirpath, dirnames, filenames
+
+
 def _is_image(path: str) -> bool:
     base = path.rsplit("/", 1)[-1]
     # Names starting with "." are hidden files or macOS "._x.jpg" metadata, not images.
@@ -144,7 +176,7 @@ def _load_imagefolder(cfg: DatasetConfig) -> ImageData:
 
 
 def _load_imagenet(cfg: DatasetConfig) -> ImageData:
-    return _folder_dataset(cfg, _val_split(cfg), cfg.image_size or _NATIVE_SIZE["imagenet"], IMAGENET_STATS)
+    return _folder_dataset(cfg, cfg.split_folders()[1], cfg.image_size or _NATIVE_SIZE["imagenet"], IMAGENET_STATS)
 
 
 def _folder_dataset(cfg: DatasetConfig, test_split: str, image_size: int | None, stats: Stats | None) -> ImageData:
@@ -162,7 +194,7 @@ def _folder_dataset(cfg: DatasetConfig, test_split: str, image_size: int | None,
 
 
 def _load_tiny_imagenet(cfg: DatasetConfig) -> ImageData:
-    val = _val_split(cfg)
+    val = cfg.split_folders()[1]
     with _Tree(cfg.root) as tree:
         train = _class_folders(tree, cfg.train_split, cfg.train_per_class)  # <wnid>/images/*.JPEG
         classes = sorted(train)
@@ -171,7 +203,15 @@ def _load_tiny_imagenet(cfg: DatasetConfig) -> ImageData:
             raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is missing; tiny-imagenet expects "
                             f"{val}/images/<file> labelled by {val}/val_annotations.txt (file<TAB>wnid<TAB>...)")
         test: dict[str, list[_File]] = {c: [] for c in classes}
-        for line_no, line in enumerate(tree.read(entries["val_annotations.txt"]).decode().splitlines(), 1):
+        try:
+            annotations = tree.read(entries["val_annotations.txt"]).decode("utf-8")
+        except OSError as e:
+            raise DataError(f"dataset.root {tree.root}: cannot read {val}/val_annotations.txt ({e.strerror}); "
+                            "replace it with the text file of the official layout") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is not UTF-8 text (offset {e.start}); "
+                            "replace it with the text file of the official layout") from None
+        for line_no, line in enumerate(annotations.splitlines(), 1):
             if not line.strip():
                 continue
             where = f"{val}/val_annotations.txt line {line_no}"
@@ -190,16 +230,6 @@ def _load_tiny_imagenet(cfg: DatasetConfig) -> ImageData:
         test = {c: sorted(files, key=lambda f: f.name)[: cfg.test_per_class] for c, files in test.items()}
         return _decoded_dataset(tree, classes, _items(train, classes), _items(test, classes), cfg.image_size,
                                 IMAGENET_STATS)
-
-
-def _splits(cfg: DatasetConfig) -> tuple[str, str]:
-    """(train split, test split) as the loader of `cfg.name` reads them."""
-    return cfg.train_split, cfg.test_split if cfg.name == "imagefolder" else _val_split(cfg)
-
-
-def _val_split(cfg: DatasetConfig) -> str:
-    """ImageNet-style datasets call their test split "val"; a test_split changed from the default wins."""
-    return "val" if cfg.test_split == "test" else cfg.test_split
 
 
 def _class_folders(tree: _Tree, split: str, limit: int | None) -> dict[str, list[_File]]:
@@ -297,5 +327,9 @@ def _decode(tree: _Tree, file: _File, image_size: int | None) -> np.ndarray:
     except Image.DecompressionBombError as e:  # raised when the header is read, before any pixel is decoded
         raise DataError(f"image {file} is refused as a possible decompression bomb ({e}); remove the file, or store it "
                         f"at fewer than {Image.MAX_IMAGE_PIXELS} pixels") from None
-    except (OSError, SyntaxError, zipfile.BadZipFile) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    except OSError as e:  # reading it: a FIFO, a device, a symlink loop, unreadable
+        if e.errno is None:  # PIL's UnidentifiedImageError and truncated files are OSErrors without an errno
+            raise DataError(f"cannot decode image {file}: {e}; remove or replace the file") from None
+        raise DataError(f"cannot read image {file} ({e.strerror}); remove or replace it with an image file") from None
+    except (SyntaxError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot decode image {file}: {e}; remove or replace the file") from None

@@ -28,13 +28,12 @@ it, so a resumed run remakes the data artifact when its source changed.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torchvision
 
 from infer_distill.config.schema import DatasetConfig
-from infer_distill.data.folders import _load_imagefolder, _load_imagenet, _load_tiny_imagenet, _splits
+from infer_distill.data.folders import _load_imagefolder, _load_imagenet, _load_tiny_imagenet, walk
 from infer_distill.data.tensors import _CIFAR, ImageData, _load_cifar, _load_digits, _load_hf
 from infer_distill.errors import DataError
 
@@ -78,8 +77,8 @@ def source_digest(cfg: DatasetConfig) -> dict | None:
     if not root.is_dir():
         return _digest([(root.name, root)])
     files = [(p.name, p) for p in sorted(root.glob("*.zip"))]
-    for split in dict.fromkeys(_splits(cfg)):
-        for dirpath, _dirnames, filenames in os.walk(root / split):
+    for split in dict.fromkeys(cfg.split_folders()):
+        for dirpath, _dirnames, filenames in walk(root / split):
             rel = Path(dirpath).relative_to(root).as_posix()
             files += [(f"{rel}/{f}", Path(dirpath, f)) for f in filenames]
     return _digest(files)
@@ -94,6 +93,8 @@ def _digest(files) -> dict:
             lines.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n")
         except FileNotFoundError:
             lines.append(f"{name}\tmissing\n")
+        except OSError as e:  # a symlink loop: loading refuses it by name; here it is what it is
+            lines.append(f"{name}\t{e.strerror}\n")
     digest = hashlib.sha256()
     for line in sorted(lines):
         digest.update(line.encode("utf-8", "surrogateescape"))

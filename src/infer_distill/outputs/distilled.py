@@ -17,12 +17,14 @@ describes the set to someone who receives only the files.
 from __future__ import annotations
 
 import os
+import reprlib
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError, create_model
 from torch.utils.data import Dataset
 
 from infer_distill.config.schema import StudentConfig
@@ -92,6 +94,7 @@ class DistilledSet(Dataset):
                 raise ArtifactError(f"{art.uri} is a run root, not a distilled set: give its soft-label artifact, {distilled}") from None
             raise
         _check_manifest(art.uri, manifest)
+        art.check_files(manifest)
         t = read_distilled(art)
         natural, ufc, soft_labels = t["natural"], t["ufc"], t["soft_labels"]
         _check_shapes(art.uri, manifest, natural, ufc, soft_labels)
@@ -186,10 +189,72 @@ def _check_manifest(uri: str, manifest: dict[str, Any]) -> None:
     if fingerprint(manifest.get("settings", {})) != manifest.get("fingerprint"):
         raise ArtifactError(f"{uri}: the settings in manifest.json do not match its fingerprint (the manifest was altered): "
                             "re-run the soft-label stage")
-    missing = [k for k in ("budget", *DISTILLED_DESCRIPTION) if k not in manifest.get("metrics", {})]
+    metrics = manifest.get("metrics")
+    missing = [k for k in ("budget", *DISTILLED_DESCRIPTION) if k not in (metrics if isinstance(metrics, dict) else {})]
     if missing:
         raise ArtifactError(f"{uri} records no {', '.join(missing)} (made before soft-label recorded them): "
                             "delete it and re-run the soft-label stage (`infer-distill run` rebuilds only what is missing)")
+    problems = _description_problems(metrics, stage) + _recipe_problems(manifest)
+    if problems:
+        raise ArtifactError(f"{uri}: manifest.json records {'; '.join(problems[:3])} (altered, or not made by infer-distill): "
+                            "re-run the soft-label stage")
+
+
+# ImageDescription's fields, typed strictly: a string is no list of numbers, an object no class name
+_DESCRIPTION = create_model("ImageDescription", __config__=ConfigDict(strict=True),
+                            **{k: (t, ...) for k, t in typing.get_type_hints(ImageDescription).items()})
+
+
+def _description_problems(metrics: dict[str, Any], stage: str) -> list[str]:
+    """What is wrong with the types of the set's description and budget (its fingerprint covers its settings only)."""
+    problems = []
+    try:
+        _DESCRIPTION.model_validate({k: metrics[k] for k in DISTILLED_DESCRIPTION})
+    except ValidationError as e:
+        problems += [f"metrics.{'.'.join(map(str, err['loc']))}={_short(err['input'])}, where {err['msg'].lower()}"
+                     for err in e.errors()[:3]]
+    budget = metrics["budget"] if isinstance(metrics["budget"], dict) else {}
+    wanted = {**_BUDGET, **_BUDGET_OF[stage]}
+    wrong = [k for k, kind in wanted.items() if not (type(budget.get(k)) is kind or kind is float and type(budget.get(k)) is int)
+             or kind is int and budget[k] < 0]
+    if wrong:
+        problems.append(f"a metrics.budget without {', '.join(f'{k} ({wanted[k].__name__})' for k in wrong[:4])}")
+    return problems
+
+
+# What the readers of a set (its shapes, the datasheet) take from its metrics.budget, by type
+_BUDGET = {"ipc": int, "num_subsets": int, "num_teachers": int, "num_classes": int, "class_batches": int, "num_ufcs": int,
+           "num_instances": int, "stored_bytes": int, "train_bytes": int, "compression_ratio": float, "label_dtype": str}
+_BUDGET_OF = {"soft-label": {"ufc_dtype": str}, "distill-method": {"budget_bytes": int, "method": str}}
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)
+
+
+def _recipe_problems(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with the settings and inputs the set and its datasheet are read by (the fingerprint only says
+    that the settings are the ones recorded with it, not what they are)."""
+    settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
+    teachers, labels, dataset = settings.get("teachers"), settings.get("labels"), settings.get("dataset")
+    synthesis = settings.get("synthesis", {})
+    problems = []
+    if not (isinstance(teachers, list) and all(isinstance(t, dict) and isinstance(t.get("arch"), str) for t in teachers)):
+        problems.append("settings.teachers that is not a list of teachers, each with its arch")
+    if not (isinstance(labels, dict) and type(labels.get("temperature")) in (int, float)):
+        problems.append("settings.labels without a temperature")
+    if not (isinstance(dataset, dict) and isinstance(dataset.get("name"), str)):
+        problems.append("settings.dataset without a name")
+    per_ufc = synthesis.get("classes_per_ufc") if isinstance(synthesis, dict) else "?"
+    if not (per_ufc is None or type(per_ufc) is int and per_ufc >= 1):
+        problems.append("settings.synthesis without a valid classes_per_ufc")
+    if manifest.get("stage") == "distill-method" and not (isinstance(settings.get("method"), str) and type(settings.get("seed")) is int):
+        problems.append("settings without the method and seed")
+    inputs = manifest.get("inputs")
+    if not (isinstance(inputs, dict) and isinstance(inputs.get("data"), str) and all(
+            isinstance(v, str) or (isinstance(v, list) and all(isinstance(u, str) for u in v)) for v in inputs.values())):
+        problems.append("inputs that are not the locations it was made from (data first)")
+    return problems
 
 
 def _check_shapes(uri: str, manifest: dict[str, Any], natural: torch.Tensor, ufc: torch.Tensor, soft_labels: torch.Tensor) -> None:

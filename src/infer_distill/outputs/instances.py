@@ -8,6 +8,7 @@ from dataclasses import fields
 import torch
 
 from infer_distill.dag.metrics import ImageDescription
+from infer_distill.errors import ArtifactError
 from infer_distill.method.synthesis import class_batch_index, compose, decode_ufc
 from infer_distill.storage.artifact import Artifact
 
@@ -15,6 +16,10 @@ from infer_distill.storage.artifact import Artifact
 def read_distilled(art: Artifact) -> dict[str, torch.Tensor]:
     """The distilled set as float tensors: natural uint8 [K, C, ...], ufc float32 [K, M, B, ...], soft_labels float32 [N, C]."""
     t = art.read_tensors("distilled.safetensors")
+    needed = {"natural", "ufc", "soft_labels"} | ({"ufc_scale", "ufc_offset"} if "ufc" in t and t["ufc"].dtype == torch.uint8 else set())
+    if needed - set(t):
+        raise ArtifactError(f"artifact {art.uri}: distilled.safetensors has no tensor {', '.join(sorted(needed - set(t)))} "
+                            f"(it has {', '.join(sorted(t)) or 'none'}): re-run the soft-label stage")
     return {"natural": t["natural"], "ufc": decode_ufc(t), "soft_labels": t["soft_labels"].float()}
 
 

@@ -3,6 +3,7 @@ architectures and pretrained files.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         check_budget(cfg, KNOWN_NUM_CLASSES[cfg.dataset.name])
     elif cfg.dataset.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
-    elif not Path(cfg.dataset.root).exists() and cfg.dataset.name != "hf":  # hf: a root that is no path is a Hub id
+    # lexists: a symlink loop or a FIFO at the root is there, and the loader says what it is
+    elif not os.path.lexists(Path(cfg.dataset.root).expanduser()) and cfg.dataset.name != "hf":  # hf: a root that is no path is a Hub id
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
     if "rded" in cfg.methods and cfg.dataset.name in KNOWN_IMAGES:
         side = cfg.dataset.image_size or KNOWN_IMAGES[cfg.dataset.name][2]

@@ -28,11 +28,16 @@ What holds:
   named in the error.
 
 S3 settings, from the environment (checked by `check_writable`, the preflight of every run):
-    AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, credentials    as for any boto3 client
-    AWS_MAX_ATTEMPTS               attempts per request, the first included (default 6)
-    INFER_S3_CONNECT_TIMEOUT       seconds to wait for a connection (default 10)
-    INFER_S3_READ_TIMEOUT          seconds to wait for a byte of an answer (default 60)
-    INFER_S3_MULTIPART_THRESHOLD   bytes from which a file is uploaded in parts (default 64 MiB)
+    AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, credentials    as for any boto3 client (the endpoint
+                                   http(s)://host[:port], without credentials in it)
+    AWS_MAX_ATTEMPTS               attempts per request, the first included (default 6, at most 100)
+    INFER_S3_CONNECT_TIMEOUT       seconds to wait for a connection (default 10, at most 3600)
+    INFER_S3_READ_TIMEOUT          seconds to wait for a byte of an answer (default 60, at most 3600)
+    INFER_S3_MULTIPART_THRESHOLD   bytes from which a file is uploaded in parts (default 64 MiB, at most 5 GiB)
+
+A manifest is read only up to MANIFEST_MAX_BYTES and MANIFEST_MAX_DEPTH levels of nesting, and a
+local file only when it is a regular file (or a link to one): a FIFO or device in an artifact's
+place is refused by name, never read or waited on.
 
     open_artifact("runs/r1/teacher").write({"model.safetensors": state_dict}, {"stage": "train-teacher", ...})
     open_artifact("s3://bucket/runs/r1/teacher").read_tensors("model.safetensors")
@@ -57,6 +62,11 @@ MANIFEST = "manifest.json"
 # S3: written before a rewrite starts and removed after its manifest, so an interrupted write of
 # the pipeline's own artifact (keys, no manifest) is told apart from keys someone else put there.
 PENDING = ".write-in-progress.json"
+# A manifest is read whole and parsed before anything is checked: these bound what a manifest altered by hand (or
+# not written here) can cost. The pipeline's own are a few kB and nest about 6 levels deep.
+MANIFEST_MAX_BYTES = 16 * 1024 * 1024
+MANIFEST_MAX_DEPTH = 64
+_TOO_DEEP = object()
 _DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 _MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum size of a (non-final) multipart part
 _CREDENTIALS_HINT = (
@@ -77,8 +87,12 @@ class Artifact(ABC):
 
     # --- backend -------------------------------------------------------------------------
     @abstractmethod
-    def _get(self, name: str) -> bytes | None:
-        """The file's content, or None if it does not exist."""
+    def _get(self, name: str, limit: int | None = None) -> bytes | None:
+        """The file's content, or None if it does not exist; ArtifactError if it is longer than `limit` bytes."""
+
+    @abstractmethod
+    def _size(self, name: str) -> int | None:
+        """The file's size in bytes, or None if there is no file of that name."""
 
     @abstractmethod
     def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
@@ -147,7 +161,7 @@ class Artifact(ABC):
         return out
 
     def read_manifest(self) -> dict[str, Any]:
-        raw = self._get(MANIFEST)
+        raw = self._get(MANIFEST, MANIFEST_MAX_BYTES)
         if raw is None:
             raise ArtifactError(
                 f"no artifact at {self.uri} (manifest.json missing): run the stage that produces it first"
@@ -158,6 +172,13 @@ class Artifact(ABC):
             raise ArtifactError(
                 f"artifact {self.uri}: manifest.json is not valid JSON ({e}): re-run the stage that produces it"
             ) from e
+        except RecursionError:  # nested beyond what the parser recurses into: far beyond the depth refused below
+            manifest = _TOO_DEEP
+        if manifest is _TOO_DEEP or _depth(manifest) > MANIFEST_MAX_DEPTH:
+            raise ArtifactError(
+                f"artifact {self.uri}: manifest.json nests deeper than {MANIFEST_MAX_DEPTH} levels (not one this pipeline "
+                "wrote): re-run the stage that produces it"
+            )
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         if version != SCHEMA_VERSION:
             raise ArtifactError(
@@ -172,9 +193,22 @@ class Artifact(ABC):
             if not _valid_entry(entry):
                 raise ArtifactError(
                     f"artifact {self.uri}: manifest.json's entry for {name!r} has no valid 'bytes' and 'sha256' "
-                    "(altered by hand or by another tool): re-run the stage that produces it"
+                    "(or no valid 'tensors': name -> dtype and shape; altered by hand or by another tool): re-run the "
+                    "stage that produces it"
                 )
         return manifest
+
+    def check_files(self, manifest: Mapping[str, Any]) -> None:
+        """Every file `manifest` lists is there with its recorded size (one stat or HEAD each, nothing read):
+        a reader that uses some of the files still refuses an artifact that lost others."""
+        for name, entry in manifest["files"].items():
+            size = self._size(name)
+            if size is None:
+                raise ArtifactError(f"artifact {self.uri}: file {name!r} listed in manifest.json is missing: "
+                                    "re-run the stage that produces it")
+            if size != entry["bytes"]:
+                raise ArtifactError(f"artifact {self.uri}: file {name!r} has {size} bytes, manifest.json says "
+                                    f"{entry['bytes']} (truncated or altered): re-run the stage that produces it")
 
     def read_bytes(self, name: str) -> bytes:
         listed = self.read_manifest()["files"]
@@ -204,12 +238,28 @@ class Artifact(ABC):
 
         data = self.read_bytes(name)
         try:
-            return load(data)
+            tensors = load(data)
         except Exception as e:  # safetensors raises its own SafetensorError type
             raise ArtifactError(f"artifact {self.uri}: file {name!r} is not a safetensors file: {e}") from e
+        recorded = self.read_manifest()["files"][name].get("tensors")
+        if recorded is not None:  # what the manifest says is stored must be what is: a reader trusts either
+            stored = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for k, t in tensors.items()}
+            if stored != recorded:
+                diff = sorted(k for k in set(stored) | set(recorded) if stored.get(k) != recorded.get(k))
+                k = diff[0]
+                raise ArtifactError(
+                    f"artifact {self.uri}: file {name!r} does not hold the tensors manifest.json lists: tensor {k!r} is "
+                    f"{stored.get(k, 'absent')} in the file, {recorded.get(k, 'absent')} in the manifest "
+                    f"({len(diff)} such tensors): re-run the stage that produces it"
+                )
+        return tensors
 
     def read_text(self, name: str) -> str:
-        return self.read_bytes(name).decode("utf-8")
+        try:
+            return self.read_bytes(name).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} is not UTF-8 text (offset {e.start}): re-run the stage "
+                                "that produces it") from None
 
     def _encode(self, name: str, value: FileValue) -> tuple[bytes, dict[str, Any]]:
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -252,13 +302,34 @@ def _check_name(uri: str, name: str) -> None:
 
 def _valid_entry(entry: Any) -> bool:
     return (isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0
-            and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None)
+            and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
+            and _valid_tensors(entry.get("tensors", {})))
+
+
+def _valid_tensors(tensors: Any) -> bool:
+    """A manifest entry's `tensors`: name -> {"dtype": str, "shape": [non-negative ints]}."""
+    return isinstance(tensors, dict) and all(
+        isinstance(meta, dict) and set(meta) == {"dtype", "shape"} and isinstance(meta["dtype"], str)
+        and isinstance(meta["shape"], list) and all(type(n) is int and n >= 0 for n in meta["shape"])
+        for meta in tensors.values())
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _parsed(raw: bytes, where: str) -> dict[str, Any] | str:
     """A manifest (or S3 write record) as a dict, or a description of what else it is."""
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     return value if isinstance(value, dict) else f"a {where} that is not an infer-distill manifest"

@@ -6,16 +6,56 @@ import errno
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infer_distill.errors import ArtifactError
-from infer_distill.storage.artifact import MANIFEST, Artifact, _parsed
+from infer_distill.storage.artifact import MANIFEST, MANIFEST_MAX_BYTES, Artifact, _parsed
 
 if TYPE_CHECKING:  # torch is imported by the code that reads or writes tensors: the CLI's plan and config stay free of it
     pass
+
+
+# ----------------------------------------------------------------------------------------
+# Reading a file that may not be one: FIFOs, devices, symlink loops
+# ----------------------------------------------------------------------------------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, in words: "a regular file", "a FIFO (named pipe)", ..."""
+    return next((kind for test, kind in _KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode) else "not a file")
+
+
+class NotRegularFile(OSError):
+    """A path that is not a regular file (a FIFO, a device, a directory), or one larger than the reader accepts."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path`, a symlink to one followed.
+
+    Reading never blocks on what is not a file: the path is opened without blocking and checked
+    with fstat before a byte is read, so a FIFO, a device (/dev/urandom, /dev/zero never end) or a
+    directory raises NotRegularFile naming what it is, and so does a file over `limit` bytes; a
+    symlink loop raises the OSError ELOOP of the open.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, f"{file_kind(st.st_mode)}, not a regular file", os.fspath(path))
+        if limit is not None and st.st_size > limit:
+            raise NotRegularFile(errno.EFBIG, f"{st.st_size:,} bytes, over the limit of {limit:,}", os.fspath(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------
@@ -70,7 +110,7 @@ class LocalArtifact(Artifact):
             return None
         if MANIFEST not in entries:
             return f"a folder without a manifest.json ({len(entries)} entries, e.g. {sorted(entries)[0]!r})"
-        found = _parsed(self._get(MANIFEST) or b"", "manifest.json")
+        found = _parsed(self._get(MANIFEST, MANIFEST_MAX_BYTES) or b"", "manifest.json")
         if isinstance(found, dict):
             listed = found.get("files") if isinstance(found.get("files"), dict) else {}
             unlisted = sorted(entries - {MANIFEST} - set(listed))
@@ -78,13 +118,27 @@ class LocalArtifact(Artifact):
                 return f"files its manifest.json does not list ({', '.join(map(repr, unlisted[:5]))})"
         return found
 
-    def _get(self, name: str) -> bytes | None:
+    def _get(self, name: str, limit: int | None = None) -> bytes | None:
         try:
-            return (self.path / name).read_bytes()
+            return read_regular(self.path / name, limit)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:  # a FIFO or device in its place, a symlink loop, too large: never read, never blocked on
+            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} ({e.strerror}): move it away and re-run the "
+                                "stage that produces it") from e
+
+    def _size(self, name: str) -> int | None:
+        try:
+            st = os.stat(self.path / name)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r}: {e}") from e
+            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} ({e.strerror}): move it away and re-run the "
+                                "stage that produces it") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"artifact {self.uri}: {name!r} is {file_kind(st.st_mode)}, not a file: move it away and "
+                                "re-run the stage that produces it")
+        return st.st_size
 
     def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
         parent, tag = self.path.parent, uuid.uuid4().hex

@@ -47,7 +47,8 @@ def _now() -> str:
 
 
 def expiry_s() -> float:
-    return _env_number("INFER_LOCK_EXPIRY_S", 600.0, float, "number of seconds")
+    # at most a week: beyond, a typo (1e300) overflows the heartbeat's wait and the run would go on unguarded
+    return _env_number("INFER_LOCK_EXPIRY_S", 600.0, float, "number of seconds", 7 * 24 * 3600)
 
 
 def _owner() -> str:

@@ -22,6 +22,7 @@ from infer_distill.storage.artifact import (
     _DEFAULT_MULTIPART_THRESHOLD,
     _MIN_PART_SIZE,
     MANIFEST,
+    MANIFEST_MAX_BYTES,
     PENDING,
     Artifact,
     _parsed,
@@ -40,7 +41,9 @@ _CLIENT_ENV = (
 )
 
 
-def _env_number(name: str, default: float, kind: Callable[[str], float], what: str) -> Any:
+def _env_number(name: str, default: float, kind: Callable[[str], float], what: str, most: float) -> Any:
+    """The number environment variable `name` holds (`default` when unset): above 0 and at most `most`, since a
+    larger one is a typo that would stall or break a run (a timeout of 1e308 s overflows the socket's)."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -48,17 +51,58 @@ def _env_number(name: str, default: float, kind: Callable[[str], float], what: s
         value = kind(raw)
     except ValueError:
         value = 0
-    if not value > 0 or value == float("inf"):
-        raise ArtifactError(f"{name}={raw!r} is not a positive {what}: fix or unset it")
+    if not value > 0 or not value <= most:  # NaN and infinity fail one or the other
+        raise ArtifactError(f"{name}={raw!r} is not a positive {what} of at most {most:g}: fix or unset it "
+                            f"(default {default:g})")
     return value
 
 
 def _max_attempts() -> int:
-    return _env_number("AWS_MAX_ATTEMPTS", 6, int, "whole number of attempts")
+    return _env_number("AWS_MAX_ATTEMPTS", 6, int, "whole number of attempts", 100)
 
 
 def _multipart_threshold() -> int:
-    return _env_number("INFER_S3_MULTIPART_THRESHOLD", _DEFAULT_MULTIPART_THRESHOLD, int, "number of bytes")
+    # S3 takes parts of at most 5 GiB, and the threshold is the part size
+    return _env_number("INFER_S3_MULTIPART_THRESHOLD", _DEFAULT_MULTIPART_THRESHOLD, int, "number of bytes", 5 * 1024**3)
+
+
+def _timeout(name: str, default: float) -> float:
+    return _env_number(name, default, float, "number of seconds", 3600)
+
+
+def _masked(url: str) -> str:
+    """`url` with any user name and password in it replaced by ***, so a message never prints a credential."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}" if sep else ("***" if "@" in url else url)
+
+
+def _endpoint_url(raw: str | None) -> str | None:
+    """AWS_ENDPOINT_URL checked as boto3 would need it, before a client is built: http(s)://host[:port][/path]."""
+    if not raw:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # an unbalanced [ of an IPv6 address
+        parts = None
+    try:
+        port = parts.port if parts else None
+    except ValueError:  # not a number from 0 to 65535
+        port = -1
+    problem = ("is not a URL: give http://host:port or https://host"
+               if parts is None or parts.scheme not in ("http", "https") or any(c.isspace() for c in raw)
+               else "has no host: give http://host:port or https://host" if not parts.hostname
+               else "holds credentials: remove them from the URL and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+               if parts.username is not None or parts.password is not None
+               else "has no valid port: give a port from 1 to 65535 (http://host:9000), or none" if port in (-1, 0)
+               else None)
+    if problem:
+        raise ArtifactError(f"AWS_ENDPOINT_URL={_masked(raw)!r} {problem} (or unset it for AWS itself)")
+    return raw
 
 
 def _s3_client() -> Any:
@@ -73,13 +117,13 @@ def _cached_client(env: tuple[str | None, ...]) -> Any:
     settings = dict(zip(_CLIENT_ENV, env))
     config = Config(
         retries={"total_max_attempts": _max_attempts(), "mode": "standard"},
-        connect_timeout=_env_number("INFER_S3_CONNECT_TIMEOUT", 10, float, "number of seconds"),
-        read_timeout=_env_number("INFER_S3_READ_TIMEOUT", 60, float, "number of seconds"),
+        connect_timeout=_timeout("INFER_S3_CONNECT_TIMEOUT", 10),
+        read_timeout=_timeout("INFER_S3_READ_TIMEOUT", 60),
     )
     # A session per client: boto3's default session is not thread-safe and would cache credentials.
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=settings["AWS_ENDPOINT_URL"] or None,
+        endpoint_url=_endpoint_url(settings["AWS_ENDPOINT_URL"]),
         region_name=settings["AWS_DEFAULT_REGION"] or "us-east-1",
         config=config,
     )
@@ -214,7 +258,16 @@ class S3Artifact(Artifact):
         with self._errors("list") as client:
             return [S3Artifact(f"{self.uri}/{n}", self.bucket, prefix + n) for n in sorted(_retrying(names))]
 
-    def _get(self, name: str) -> bytes | None:
+    def _size(self, name: str) -> int | None:
+        with self._errors("read") as client:
+            try:
+                return _retrying(lambda: client.head_object(Bucket=self.bucket, Key=self._key(name)))["ContentLength"]
+            except Exception as e:
+                if _error_code(e) in ("404", "NoSuchKey"):
+                    return None
+                raise
+
+    def _get(self, name: str, limit: int | None = None) -> bytes | None:
         with self._errors("read") as client:
             attempt = 1
             while True:
@@ -227,16 +280,22 @@ class S3Artifact(Artifact):
                 # The body streams after boto3 has returned: a cut, stalled or truncated one is
                 # retried here, the whole GET again.
                 try:
-                    return body.read()
+                    data = body.read() if limit is None else body.read(limit + 1)
                 except Exception as e:
                     if attempt >= _max_attempts() or not _transient(e):
                         raise
+                else:
+                    if limit is not None and len(data) > limit:
+                        body.close()
+                        raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} (over the limit of {limit:,} "
+                                            "bytes): move it away and re-run the stage that produces it")
+                    return data
                 _backoff(attempt)
                 attempt += 1
 
     def _resident(self) -> dict[str, Any] | str | None:
         for name in (MANIFEST, PENDING):
-            raw = self._get(name)
+            raw = self._get(name, MANIFEST_MAX_BYTES)
             if raw is not None:
                 return _parsed(raw, name)
         with self._errors("list") as client:
