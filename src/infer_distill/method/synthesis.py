@@ -9,12 +9,13 @@ where mu_l, var_l are the batch statistics of the input of BatchNorm layer l, w_
 first_bn_multiplier and w_l = 1 otherwise.
 
 Speed: instead of one UFC at a time, a shard of S subsets goes through each teacher as one
-batch of S * C images (or a few chunks of it, below). BatchNorm in eval mode treats samples independently, so the logits are
-those of separate forward passes; the BatchNorm statistics are taken *per group* (one group =
-the images one UFC is added to), so every group's loss is exactly its one-at-a-time loss. The
-UFCs are disjoint parameters, so the gradient of the summed loss w.r.t. U_{k,m} is the gradient
-of its own loss, and Adam is element-wise: the grouped optimisation is the one-at-a-time
-optimisation, run in parallel (tests/test_synthesis.py checks values and gradients).
+batch of S * C images (or a few chunks of it, below). BatchNorm in eval mode treats samples
+independently, so the logits are those of separate forward passes; the BatchNorm statistics are
+taken *per group* (one group = the images one UFC is added to), so every group's loss is
+exactly its one-at-a-time loss. The UFCs are disjoint parameters, so the gradient of the summed
+loss w.r.t. U_{k,m} is the gradient of its own loss, and Adam is element-wise: the grouped
+optimisation is the one-at-a-time optimisation, run in parallel (tests/test_synthesis.py checks
+values and gradients).
 
 Memory: the activations a backward pass keeps grow with the images of the pass (at 224 px about
 59 MB per image for ResNet-18, 154 MB for EfficientNet-B0), so a shard's groups go through each
