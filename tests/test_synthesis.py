@@ -5,9 +5,9 @@ from conftest import OddBatchNorms
 from torch import nn
 
 from infer_distill.config.schema import SynthesisConfig
+from infer_distill.errors import ConfigError
 from infer_distill.method.synthesis import (
     BatchNormUseError,
-    ForwardBudgetError,
     check_forward_budget,
     class_batch_index,
     compose,
@@ -186,9 +186,9 @@ def test_chunks_hold_whole_groups_in_order_and_a_group_larger_than_the_budget_is
     assert forward_chunks([4, 4, 2], 10) == [range(0, 3)]
     assert forward_chunks([4, 4, 2], 4) == [range(0, 1), range(1, 2), range(2, 3)]
     check_forward_budget(10, SynthesisConfig(classes_per_ufc=4, max_images_per_forward=4))
-    with pytest.raises(ForwardBudgetError, match="max_images_per_forward=4 is smaller than one UFC's group of 10 images"):
+    with pytest.raises(ConfigError, match="max_images_per_forward=4 is smaller than one UFC's group of 10 images"):
         check_forward_budget(10, SynthesisConfig(max_images_per_forward=4))
-    with pytest.raises(ForwardBudgetError, match="lower synthesis.classes_per_ufc"):
+    with pytest.raises(ConfigError, match="lower synthesis.classes_per_ufc"):
         synthesize_ufcs([_teacher()], (torch.rand(1, 5, 3, 16, 16) * 255).to(torch.uint8), [0],
                         SynthesisConfig(iterations=1, classes_per_ufc=3, max_images_per_forward=2), seed=0, progress=False)
 
@@ -200,7 +200,6 @@ def test_synthesize_ufc_refuses_a_budget_below_one_group_before_any_synthesis(tm
     from infer_distill import stages
     from infer_distill.config.loading import load_config
     from infer_distill.dag.layout import Layout
-    from infer_distill.errors import ConfigError
 
     cfg = load_config(None, TINY + ["teachers.archs=[resnet_tiny]", "synthesis.max_images_per_forward=9"])  # digits: 10 classes a UFC
     layout = Layout(str(tmp_path / "run"))

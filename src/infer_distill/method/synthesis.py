@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer_distill.config.schema import SynthesisConfig
+from infer_distill.errors import ConfigError
 from infer_distill.models.networks import batchnorm_layers
 from infer_distill.runtime.progress import progress_bar
 
@@ -211,10 +212,6 @@ def _jitter(x: torch.Tensor, cfg: SynthesisConfig, gen: torch.Generator) -> torc
 # ----------------------------------------------------------------------------------------
 
 
-class ForwardBudgetError(ValueError):
-    """One UFC's group of images is larger than `synthesis.max_images_per_forward`."""
-
-
 def forward_chunks(group_sizes: Sequence[int], max_images: int) -> list[range]:
     """Consecutive groups packed into chunks of at most `max_images` images, in order; a group is never split.
 
@@ -222,7 +219,7 @@ def forward_chunks(group_sizes: Sequence[int], max_images: int) -> list[range]:
     """
     largest = max(group_sizes)
     if largest > max_images:
-        raise ForwardBudgetError(
+        raise ConfigError(
             f"synthesis.max_images_per_forward={max_images} is smaller than one UFC's group of {largest} images (one "
             "image per class it covers): the BatchNorm statistics of a UFC are over all its images, so they go through a "
             f"teacher together; raise synthesis.max_images_per_forward to at least {largest} or lower synthesis.classes_per_ufc")
@@ -237,7 +234,7 @@ def forward_chunks(group_sizes: Sequence[int], max_images: int) -> list[range]:
 
 
 def check_forward_budget(num_classes: int, cfg: SynthesisConfig) -> None:
-    """Refuse (ForwardBudgetError) a `max_images_per_forward` below one group of `num_classes` classes, before any work."""
+    """Refuse (ConfigError) a `max_images_per_forward` below one group of `num_classes` classes, before any work."""
     batch_of_class = class_batch_index(num_classes, cfg.classes_per_ufc)
     forward_chunks(torch.bincount(batch_of_class).tolist(), cfg.max_images_per_forward)
 

@@ -19,8 +19,8 @@ from infer_distill.dag.metrics import (
 )
 from infer_distill.data.augment import augmentation
 from infer_distill.data.sources import load_dataset
-from infer_distill.errors import ConfigError, DataError, StageError
-from infer_distill.method.synthesis import ForwardBudgetError, check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
+from infer_distill.errors import DataError, StageError
+from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
 from infer_distill.method.training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
 from infer_distill.models.networks import MODEL_REGISTRY, check_architecture, describe_architecture
 from infer_distill.outputs.instances import DistilledInstances, read_distilled
@@ -136,10 +136,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     K = len(indices)
     if subset_ids[-1] >= K:
         raise StageError(f"subset ids {subset_ids} must be within 0..{K - 1} (K={K})")
-    try:
-        check_forward_budget(indices.shape[1], cfg.synthesis)
-    except ForwardBudgetError as e:
-        raise ConfigError(str(e)) from None
+    check_forward_budget(indices.shape[1], cfg.synthesis)  # before the teachers load
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
