@@ -11,8 +11,12 @@ C = 100 and C = 1,000 classes, each way in a fresh process:
 
 Each process reads its peak resident memory (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) after
 building the teacher and the images and again after the synthesis; the difference is what the
-synthesis added at its peak (the activations one backward keeps, mostly). Results:
-benchmarks/results/synthesis-memory.json.
+synthesis added at its peak (the activations one backward keeps, mostly).
+
+Beside them, what one image costs the ImageNet configs' teachers (random-weight torchvision
+ResNet-18, MobileNetV2, EfficientNet-B0) at 224 px: the bytes of the tensors one forward pass
+of the UFC loss saves for its backward (`torch.autograd.graph.saved_tensors_hooks`, each storage
+counted once), per image of a batch of 2. Results: benchmarks/results/synthesis-memory.json.
 """
 from __future__ import annotations
 
@@ -57,6 +61,30 @@ def measure(num_classes: int, max_images: int, image_size: int, iterations: int,
             "torch_threads": torch.get_num_threads()}
 
 
+IMAGENET_TEACHERS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
+
+
+def saved_mb_per_image(arch: str, image_size: int = 224, batch: int = 2) -> float:
+    """MB of the tensors one forward of the UFC loss saves for the backward, per image."""
+    import torch
+    import torchvision
+
+    from infer_distill.method.synthesis import group_losses
+
+    torch.manual_seed(0)
+    teacher = getattr(torchvision.models, arch)(weights=None).eval().requires_grad_(False)
+    x = torch.rand(batch, 3, image_size, image_size, requires_grad=True)
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        group_losses(teacher, x, torch.arange(batch), torch.zeros(batch, dtype=torch.long), 1, 0.01, 10.0)
+    return round(sum(storages.values()) / batch / 1e6, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image-size", type=int, default=32)
@@ -77,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             case = {"way": way, **json.loads(out.stdout.strip().splitlines()[-1])}
             log(f"  synthesis peak {case['synthesis_peak_mb']} MB (process peak {case['peak_rss_mb']} MB), {case['seconds']} s")
             cases.append(case)
+    saved = {arch: saved_mb_per_image(arch) for arch in IMAGENET_TEACHERS}
+    log(f"saved for the backward per 224 px image: {saved} MB")
     by = {(c["way"], c["num_classes"]): c["synthesis_peak_mb"] for c in cases}
     results = {
         "benchmark": "synthesis-memory", "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -88,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                   "measure": "ru_maxrss after the synthesis minus ru_maxrss before it, in a fresh process per case"},
         "cases": cases,
         "growth_c1000_over_c100": {way: round(by[(way, 1000)] / by[(way, 100)], 2) for way in ("one pass", "chunks")},
+        "saved_for_backward_mb_per_224px_image": saved,
         "machine": machine_info("cpu"), "source": source_info(),
     }
     path = RESULTS / "synthesis-memory.json"
