@@ -127,7 +127,7 @@ class SynthesisConfig(_Strict):
         1024, ge=1,
         description="most composed images one forward pass of a teacher takes during synthesis: a shard's UFC groups go "
                     "through each teacher in chunks of whole groups up to this many images (activation memory grows with "
-                    "it: about 59 MB per image for ResNet-18 at 224 px); the same UFCs up to floating point for any value "
+                    "it: about 56 MB per image for ResNet-18 at 224 px); the same UFCs up to floating point for any value "
                     "of at least one group (classes_per_ufc images)")
     clip_during_optimisation: bool = Field(
         True, description="teachers see clip(P + U) while the UFC is optimised (false: the unclipped sum, as the official code)")

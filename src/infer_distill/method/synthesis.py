@@ -18,7 +18,7 @@ optimisation is the one-at-a-time optimisation, run in parallel (tests/test_synt
 values and gradients).
 
 Memory: the activations a backward pass keeps grow with the images of the pass (at 224 px about
-59 MB per image for ResNet-18, 154 MB for EfficientNet-B0), so a shard's groups go through each
+56 MB per image for ResNet-18, 126 MB for EfficientNet-B0), so a shard's groups go through each
 teacher in chunks of at most `synthesis.max_images_per_forward` images, each chunk's loss
 backpropagated before the next runs. A chunk holds whole groups, so every group's BatchNorm
 statistics are still over exactly its own images, and the UFC gradients summed over the chunks
