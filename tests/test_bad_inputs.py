@@ -274,6 +274,10 @@ ROWS = [
     config("synthesis.jitter negative", ["synthesis.jitter=-1"], "synthesis.jitter: Input should be greater than or equal to 0"),
     config("synthesis.classes_per_ufc 0", ["synthesis.classes_per_ufc=0"], "synthesis.classes_per_ufc: Input should be greater"),
     config("synthesis.ufc_dtype unknown", ["synthesis.ufc_dtype=int8"], "synthesis.ufc_dtype: Input should be 'uint8', 'float16' or 'float32'"),
+    config("synthesis.max_images_per_forward 0", ["synthesis.max_images_per_forward=0"],
+           "synthesis.max_images_per_forward: Input should be greater than or equal to 1"),
+    config("synthesis.max_images_per_forward below one UFC", ["synthesis.max_images_per_forward=9"],  # digits: 10 classes a UFC
+           "synthesis.max_images_per_forward=9 is smaller than one UFC's group of 10 images", "lower synthesis.classes_per_ufc"),
     config("labels.temperature 0", ["labels.temperature=0"], "labels.temperature: Input should be greater than 0"),
     config("labels.temperature infinite", ["labels.temperature=.inf"], "labels.temperature: Input should be a finite number"),
     config("labels.modes unknown", ["labels.modes=[soft]"], "labels.modes.0: Input should be 'static' or 'dynamic'"),

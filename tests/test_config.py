@@ -96,7 +96,7 @@ def test_placement_is_in_no_artifacts_settings():
             "distill-method": {"method": "rded"}, "evaluate-full-data": {"arch": "convnet_d3_w32"},
             "evaluate-method": {"method": "sre2l", "score": "hard", "protocol": "steps", "arch": "convnet_d3_w32", "seed": 0}}
     base = load_config(None, ["device=auto"])
-    placed = load_config(None, ["synthesis.subsets_per_shard=2", "device=cpu"])
+    placed = load_config(None, ["synthesis.subsets_per_shard=2", "synthesis.max_images_per_forward=8", "device=cpu"])
     computed = load_config(None, ["synthesis.iterations=7"])
     for stage in STAGES:
         assert dag.settings(base, stage, **keys.get(stage, {})) == dag.settings(placed, stage, **keys.get(stage, {})), stage

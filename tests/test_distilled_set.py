@@ -36,6 +36,45 @@ def test_to_uint8_rounds_to_the_nearest_step_and_clips():
     assert ((to_uint8(grid).float() / 255 - grid).abs() <= 0.5 / 255 + 1e-7).all()
 
 
+@pytest.mark.parametrize("M, classes_per_ufc", [(2, None), (3, 4), (0, None)])
+def test_instances_composed_per_batch_are_the_whole_sets_and_give_the_same_labels_and_student(M, classes_per_ufc):
+    """soft-label and evaluate-student compose each batch from uint8 images and UFCs: bit for bit the whole float set."""
+    from sklearn.datasets import load_digits
+
+    from infer_distill.config.schema import StudentConfig
+    from infer_distill.method.training import Ensemble, train_student_model
+    from infer_distill.models.networks import create_model
+    from infer_distill.outputs.instances import DistilledInstances, distilled_instances
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    y = torch.from_numpy(digits.target)
+    K, C = 3, 10
+    natural = torch.stack([torch.stack([x[(y == c).nonzero()[k, 0]] for c in range(C)]) for k in range(K)])
+    B = class_batch_index(C, classes_per_ufc).max().item() + 1
+    ufc = 0.2 * torch.randn(K, M, B, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = distilled_instances(natural, ufc, classes_per_ufc)
+    composed = DistilledInstances(natural, ufc, classes_per_ufc)
+    assert whole.shape == (K * (M + 1) * C, 1, 8, 8) and len(composed) == len(whole)
+    index = torch.randperm(len(whole), generator=torch.Generator().manual_seed(1))[:13]
+    assert torch.equal(composed[index], whole[index]) and torch.equal(composed[5:17], whole[5:17])
+
+    torch.manual_seed(0)
+    ensemble = Ensemble([create_model("convnet_d2_w32", num_classes=C, in_chans=1, image_size=8).eval()])
+    labels = infer.ensemble_logits(ensemble, whole, "cpu", batch_size=7)
+    assert torch.equal(infer.ensemble_logits(ensemble, composed, "cpu", batch_size=7), labels)
+
+    cfg = StudentConfig(epochs=1, batch_size=16)
+    students = []
+    for images in (whole, composed):
+        torch.manual_seed(0)
+        student = create_model("convnet_d2_w32", num_classes=C, in_chans=1, image_size=8)
+        train_student_model(student, images, labels, None, x[:20], y[:20], cfg, cfg.epochs, 30.0, (1, True), "cpu", seed=0,
+                            progress=False)
+        students.append(student.state_dict())
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
+
+
 # ---- a tiny real run: digits, two teachers, three synthesis iterations --------------------
 
 SETTINGS = TINY + ["students.epochs=1"]
@@ -64,7 +103,7 @@ def _student_inputs(cfg, layout, distilled, out, monkeypatch):
     real = infer.train_student_model
 
     def spy(model, images, soft_logits, *args, **kwargs):
-        seen.update(images=images.clone(), soft_labels=soft_logits.clone())
+        seen.update(images=images[torch.arange(len(images))], soft_labels=soft_logits.clone())  # composed: the whole set
         return real(model, images, soft_logits, *args, **kwargs)
 
     monkeypatch.setattr(infer, "train_student_model", spy)

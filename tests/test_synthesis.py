@@ -5,10 +5,13 @@ from conftest import OddBatchNorms
 from torch import nn
 
 from infer_distill.config.schema import SynthesisConfig
+from infer_distill.errors import ConfigError
 from infer_distill.method.synthesis import (
     BatchNormUseError,
+    check_forward_budget,
     class_batch_index,
     compose,
+    forward_chunks,
     group_losses,
     recorded_bn_inputs,
     synthesize_ufcs,
@@ -140,3 +143,69 @@ def test_synthesis_refuses_a_teacher_whose_batchnorm_does_not_run_exactly_once(r
     with pytest.raises(BatchNormUseError, match=needle):
         synthesize_ufcs([teacher], natural, [0], SynthesisConfig(iterations=2), seed=0, progress=False)
     assert all(not m._forward_hooks for m in teacher.modules())  # hooks gone after the error too
+
+
+# ---- chunks: a shard's groups through a teacher in several forward passes --------------------
+
+
+def _digits_shard(S: int) -> torch.Tensor:
+    """S natural subsets of real digits (one image of every class each): uint8 [S, 10, 1, 8, 8]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8)
+    y = torch.from_numpy(digits.target)
+    return torch.stack([torch.stack([x[(y == c).nonzero()[s, 0]] for c in range(10)]) for s in range(S)]).unsqueeze(2)
+
+
+@pytest.mark.parametrize("kw", [dict(classes_per_ufc=4, jitter=2), dict(classes_per_ufc=4, jitter=0),
+                                dict(classes_per_ufc=3, jitter=1, random_resized_crop=True), dict(jitter=2)])
+def test_chunked_synthesis_equals_one_pass_synthesis_on_a_toy_shard(kw):
+    """Whole UFC groups per chunk: every group's loss, BatchNorm statistics included, is over its own images."""
+    teachers = [_teacher(chans=1, size=8, classes=10), _teacher("resnet_tiny", seed=1, chans=1, size=8, classes=10)]
+    natural = _digits_shard(3)
+    cfg = SynthesisConfig(iterations=3, **kw)
+    group = kw.get("classes_per_ufc") or 10
+    batches = []
+    hooks = [t.register_forward_pre_hook(lambda _m, args: batches.append(len(args[0]))) for t in teachers]
+    one_pass = synthesize_ufcs(teachers, natural, [0, 1, 2], cfg, seed=4, progress=False, pixel_std=[0.3])
+    assert set(batches) == {30}                      # the default: the whole shard in one pass
+    batches.clear()
+    chunked = synthesize_ufcs(teachers, natural, [0, 1, 2], cfg.model_copy(update={"max_images_per_forward": group + 1}),
+                              seed=4, progress=False, pixel_std=[0.3])
+    for h in hooks:
+        h.remove()
+    assert max(batches) <= group + 1 and len(batches) > 2 * cfg.iterations  # several chunks per teacher and step
+    torch.testing.assert_close(chunked.ufc, one_pass.ufc, rtol=0, atol=1e-5)
+    for name in ("initial_loss", "final_loss", "final_ce", "final_bn"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(one_pass, name), rtol=1e-5, atol=1e-5)
+
+
+def test_chunks_hold_whole_groups_in_order_and_a_group_larger_than_the_budget_is_refused():
+    assert forward_chunks([4, 4, 2], 6) == [range(0, 1), range(1, 3)]
+    assert forward_chunks([4, 4, 2], 10) == [range(0, 3)]
+    assert forward_chunks([4, 4, 2], 4) == [range(0, 1), range(1, 2), range(2, 3)]
+    check_forward_budget(10, SynthesisConfig(classes_per_ufc=4, max_images_per_forward=4))
+    with pytest.raises(ConfigError, match="max_images_per_forward=4 is smaller than one UFC's group of 10 images"):
+        check_forward_budget(10, SynthesisConfig(max_images_per_forward=4))
+    with pytest.raises(ConfigError, match="lower synthesis.classes_per_ufc"):
+        synthesize_ufcs([_teacher()], (torch.rand(1, 5, 3, 16, 16) * 255).to(torch.uint8), [0],
+                        SynthesisConfig(iterations=1, classes_per_ufc=3, max_images_per_forward=2), seed=0, progress=False)
+
+
+@pytest.mark.slow
+def test_synthesize_ufc_refuses_a_budget_below_one_group_before_any_synthesis(tmp_path):
+    from conftest import TINY
+
+    from infer_distill import stages
+    from infer_distill.config.loading import load_config
+    from infer_distill.dag.layout import Layout
+
+    cfg = load_config(None, TINY + ["teachers.archs=[resnet_tiny]", "synthesis.max_images_per_forward=9"])  # digits: 10 classes a UFC
+    layout = Layout(str(tmp_path / "run"))
+    stages.prepare_data(cfg, layout.data)
+    stages.train_teacher(cfg, "resnet_tiny", layout.data, layout.teacher("resnet_tiny"), progress=False)
+    stages.select_subsets(cfg, layout.data, layout.subsets)
+    with pytest.raises(ConfigError, match="raise synthesis.max_images_per_forward to at least 10"):
+        stages.synthesize_ufc(cfg, [0], layout.data, layout.subsets, layout.teachers(cfg), layout.ufc([0]), progress=False)
+    assert not (tmp_path / "run" / "ufc").exists()

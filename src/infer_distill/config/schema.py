@@ -162,6 +162,12 @@ class SynthesisConfig(_Strict):
     random_resized_crop: bool = Field(False, description="ImageNet-style RandomResizedCrop + flip during synthesis")
     classes_per_ufc: int | None = Field(None, ge=1, description="classes one UFC covers; None: all classes")
     subsets_per_shard: int = Field(0, ge=0, description="subsets synthesised together (one pod in the DAG); 0: all")
+    max_images_per_forward: int = Field(
+        1024, ge=1,
+        description="most composed images one forward pass of a teacher takes during synthesis: a shard's UFC groups go "
+                    "through each teacher in chunks of whole groups up to this many images (activation memory grows with "
+                    "it: about 56 MB per image for ResNet-18 at 224 px); the same UFCs up to floating point for any value "
+                    "of at least one group (classes_per_ufc images)")
     clip_during_optimisation: bool = Field(
         True, description="teachers see clip(P + U) while the UFC is optimised (false: the unclipped sum, as the official code)")
     ufc_dtype: Literal["uint8", "float16", "float32"] = Field(

@@ -15,9 +15,10 @@ from infer_distill.config.schema import Config
 # Placement: where and how the work is spread, never what it computes. None of these is part of
 # any artifact's settings, so changing one reuses finished work (`device` and the fast-path keys
 # `precision`, `channels_last`, `cudnn_benchmark`, `compile` and `tracking`, which only reports
-# what was computed, are not either: no settings function reads them; a subset's UFCs do not depend on which subsets share its shard, docs/method.md
-# section 4).
-PLACEMENT = {"synthesis": {"subsets_per_shard"}}
+# what was computed, are not either: no settings function reads them; a subset's UFCs do not depend on which subsets share its shard,
+# nor on how a shard's UFC groups are chunked through a teacher, each chunk holding whole groups: the same UFCs up to
+# floating-point rounding, docs/method.md section 4).
+PLACEMENT = {"synthesis": {"subsets_per_shard", "max_images_per_forward"}}
 # How the methods are scored: which runs exist, not how any one of them trains
 METHOD_SCORING = {"scores", "protocols", "full_data_reference", "full_data_epochs"}
 

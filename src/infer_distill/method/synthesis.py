@@ -9,12 +9,20 @@ where mu_l, var_l are the batch statistics of the input of BatchNorm layer l, w_
 first_bn_multiplier and w_l = 1 otherwise.
 
 Speed: instead of one UFC at a time, a shard of S subsets goes through each teacher as one
-batch of S * C images. BatchNorm in eval mode treats samples independently, so the logits are
-those of separate forward passes; the BatchNorm statistics are taken *per group* (one group =
-the images one UFC is added to), so every group's loss is exactly its one-at-a-time loss. The
-UFCs are disjoint parameters, so the gradient of the summed loss w.r.t. U_{k,m} is the gradient
-of its own loss, and Adam is element-wise: the grouped optimisation is the one-at-a-time
-optimisation, run in parallel (tests/test_synthesis.py checks values and gradients).
+batch of S * C images (or a few chunks of it, below). BatchNorm in eval mode treats samples
+independently, so the logits are those of separate forward passes; the BatchNorm statistics are
+taken *per group* (one group = the images one UFC is added to), so every group's loss is
+exactly its one-at-a-time loss. The UFCs are disjoint parameters, so the gradient of the summed
+loss w.r.t. U_{k,m} is the gradient of its own loss, and Adam is element-wise: the grouped
+optimisation is the one-at-a-time optimisation, run in parallel (tests/test_synthesis.py checks
+values and gradients).
+
+Memory: the activations a backward pass keeps grow with the images of the pass (at 224 px about
+56 MB per image for ResNet-18, 126 MB for EfficientNet-B0), so a shard's groups go through each
+teacher in chunks of at most `synthesis.max_images_per_forward` images, each chunk's loss
+backpropagated before the next runs. A chunk holds whole groups, so every group's BatchNorm
+statistics are still over exactly its own images, and the UFC gradients summed over the chunks
+are those of one pass: chunking changes where the work runs, not what it computes.
 
 Randomness (jitter) is drawn from a generator per subset, so a subset's UFCs do not depend on
 which other subsets share its shard.
@@ -32,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer_distill.config.schema import SynthesisConfig
+from infer_distill.errors import ConfigError
 from infer_distill.models.networks import batchnorm_layers
 from infer_distill.runtime.progress import progress_bar
 
@@ -203,6 +212,33 @@ def _jitter(x: torch.Tensor, cfg: SynthesisConfig, gen: torch.Generator) -> torc
 # ----------------------------------------------------------------------------------------
 
 
+def forward_chunks(group_sizes: Sequence[int], max_images: int) -> list[range]:
+    """Consecutive groups packed into chunks of at most `max_images` images, in order; a group is never split.
+
+    A group's BatchNorm statistics are over all of its images, so they must share one forward pass.
+    """
+    largest = max(group_sizes)
+    if largest > max_images:
+        raise ConfigError(
+            f"synthesis.max_images_per_forward={max_images} is smaller than one UFC's group of {largest} images (one "
+            "image per class it covers): the BatchNorm statistics of a UFC are over all its images, so they go through a "
+            f"teacher together; raise synthesis.max_images_per_forward to at least {largest} or lower synthesis.classes_per_ufc")
+    chunks, start, images = [], 0, 0
+    for g, n in enumerate(group_sizes):
+        if images + n > max_images:
+            chunks.append(range(start, g))
+            start, images = g, 0
+        images += n
+    chunks.append(range(start, len(group_sizes)))
+    return chunks
+
+
+def check_forward_budget(num_classes: int, cfg: SynthesisConfig) -> None:
+    """Refuse (ConfigError) a `max_images_per_forward` below one group of `num_classes` classes, before any work."""
+    batch_of_class = class_batch_index(num_classes, cfg.classes_per_ufc)
+    forward_chunks(torch.bincount(batch_of_class).tolist(), cfg.max_images_per_forward)
+
+
 @dataclass
 class SynthesisResult:
     ufc: torch.Tensor            # float32 [S, M, B, ch, H, W], CPU
@@ -237,18 +273,32 @@ def synthesize_ufcs(
     device = torch.device(device)
 
     natural_f = natural.to(device, torch.float32) / 255.0
-    labels = torch.arange(C, device=device).repeat(S)
     # the classes each UFC of a (subset, teacher) pair is added to, as device indices (a boolean mask would make a GPU wait)
     classes_of_batch = [torch.nonzero(batch_of_class == b).flatten().to(device) for b in range(B)]
-    # group of image (s, c) = s * B + batch_of_class[c]: one group per UFC of one teacher
-    group_ids = (torch.arange(S).unsqueeze(1) * B + batch_of_class.unsqueeze(0)).flatten().to(device)
+    batch_of_class = batch_of_class.to(device)
+    # group g = s * B + b: the images of subset s that UFC b is added to, one group per UFC of one teacher
+    groups = [(s, b) for s in range(S) for b in range(B)]
+    chunks = forward_chunks([len(classes_of_batch[b]) for _, b in groups], cfg.max_images_per_forward)
+    # per chunk, fixed over the iterations: the labels of its images and each image's group within the chunk
+    chunk_labels = [torch.cat([classes_of_batch[groups[g][1]] for g in chunk]) for chunk in chunks]
+    chunk_group_ids = [
+        torch.arange(len(chunk), device=device).repeat_interleave(
+            torch.tensor([len(classes_of_batch[groups[g][1]]) for g in chunk], device=device))
+        for chunk in chunks
+    ]
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in subset_ids]
+    jitters = bool(cfg.jitter or cfg.random_resized_crop)
 
     for t in teachers:
         t.eval().requires_grad_(False)
     std = torch.tensor(pixel_std or [1.0] * natural.shape[2], device=device).view(-1, 1, 1)
     normalised = torch.zeros(S, M, B, *natural.shape[2:], device=device, requires_grad=True)
     opt = torch.optim.Adam([normalised], lr=cfg.lr, betas=cfg.betas)
+
+    def composed_group(ufc: torch.Tensor, s: int, b: int) -> torch.Tensor:
+        classes = classes_of_batch[b]
+        x = compose(natural_f[s, classes], ufc[s], batch_of_class[classes], cfg.clip_during_optimisation)
+        return _jitter(x, cfg, gens[s]) if jitters else x
 
     initial = last = None
     start = time.perf_counter()
@@ -259,14 +309,16 @@ def synthesize_ufcs(
         opt.zero_grad(set_to_none=True)
         step_losses = []
         for m, teacher in enumerate(teachers):
-            composed = compose(natural_f, normalised[:, m] * std, batch_of_class, cfg.clip_during_optimisation)  # [S, C, ch, H, W]
-            jittered = torch.stack([
-                torch.cat([_jitter(composed[s, classes], cfg, gens[s]) for classes in classes_of_batch])
-                for s in range(S)
-            ]) if (cfg.jitter or cfg.random_resized_crop) else composed
-            total, ce, bn = group_losses(teacher, jittered.flatten(0, 1), labels, group_ids, S * B, cfg.r_bn, cfg.first_bn_multiplier)
-            total.sum().backward()   # per teacher, so only one teacher's activations are alive at a time
-            step_losses.append((total.detach().view(S, B), ce.detach().view(S, B), bn.detach().view(S, B)))
+            losses = []
+            # Chunks in group order, so each subset's generator draws its groups' jitter in the same order for
+            # any chunking; each chunk's backward frees its activations before the next forward.
+            for chunk, labels, group_ids in zip(chunks, chunk_labels, chunk_group_ids):
+                ufc = normalised[:, m] * std    # per chunk: a backward frees the graph it ran through
+                images = torch.cat([composed_group(ufc, *groups[g]) for g in chunk])
+                total, ce, bn = group_losses(teacher, images, labels, group_ids, len(chunk), cfg.r_bn, cfg.first_bn_multiplier)
+                total.sum().backward()  # gradients of disjoint UFCs: the sum over chunks is one pass's gradient
+                losses.append((total.detach(), ce.detach(), bn.detach()))
+            step_losses.append([torch.cat([chunk_losses[i] for chunk_losses in losses]).view(S, B) for i in range(3)])
         opt.step()
         last = [torch.stack([sl[i] for sl in step_losses], 1) for i in range(3)]  # [S, M, B], kept on the device
         if it == 0:

@@ -269,6 +269,9 @@ def train_student_model(
 ) -> StudentResult:
     """Train on float images [N, ch, H, W] in [0,1] with MixUp + KL(T) (`student_step`).
 
+    `images` is a tensor, or anything read like one: `len`, `.to(device)` and a batch by an int64
+    index tensor (evaluate-student's `outputs.instances.DistilledInstances`, which composes each batch).
+
     Static labels: `soft_logits` [N, C], mixed with the images. Dynamic labels: `ensemble(x)`
     gives the teachers' averaged logits of every augmented, mixed batch (place its teachers
     with the same `fast_path`).

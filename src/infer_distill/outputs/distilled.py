@@ -80,8 +80,8 @@ class DistilledSet(Dataset):
 
         The store checks every file against its size and sha256; here the manifest must be a
         soft-label one, unaltered (its settings match its fingerprint), and the tensors must have
-        the shapes it records. The whole set is composed in memory, as evaluate-student does:
-        N x ch x H x W x 4 bytes as float32, a quarter of that with dtype=torch.uint8.
+        the shapes it records. The whole set is composed in memory (the values evaluate-student composes batch by
+        batch): N x ch x H x W x 4 bytes as float32, a quarter of that with dtype=torch.uint8.
         """
         if dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"dtype {dtype}: use torch.float32 (images in [0, 1]) or torch.uint8 (8-bit pixels)")

@@ -20,10 +20,10 @@ from infer_distill.dag.metrics import (
 from infer_distill.data.augment import augmentation
 from infer_distill.data.sources import load_dataset
 from infer_distill.errors import DataError, StageError
-from infer_distill.method.synthesis import decode_ufc, encode_ufc, synthesize_ufcs
+from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
 from infer_distill.method.training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
 from infer_distill.models.networks import MODEL_REGISTRY, check_architecture, describe_architecture
-from infer_distill.outputs.instances import distilled_instances, read_distilled
+from infer_distill.outputs.instances import DistilledInstances, read_distilled
 from infer_distill.runtime.fast_path import CompileTime
 from infer_distill.stages.artifacts import _begin, _data, _write, load_input, sources, tensor_bytes
 from infer_distill.stages.inputs import _import_weights, build_model, compute_setup, cpu_weights, load_teachers
@@ -136,6 +136,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     K = len(indices)
     if subset_ids[-1] >= K:
         raise StageError(f"subset ids {subset_ids} must be within 0..{K - 1} (K={K})")
+    check_forward_budget(indices.shape[1], cfg.synthesis)  # before the teachers load
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
@@ -155,7 +156,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
 
 
 @torch.no_grad()
-def ensemble_logits(ensemble: Ensemble, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
+def ensemble_logits(ensemble: Ensemble, images: torch.Tensor | DistilledInstances, device: str, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
@@ -185,7 +186,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     natural = train_x[indices]                                               # [K, C, ch, H, W]
     device, fast = compute_setup(cfg, trains=False)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
-    instances = distilled_instances(natural, decode_ufc(stored_ufc), cfg.synthesis.classes_per_ufc)
+    instances = DistilledInstances(natural, decode_ufc(stored_ufc), cfg.synthesis.classes_per_ufc)  # composed per batch
     labels = ensemble_logits(ensemble, instances, device).to(getattr(torch, cfg.labels.dtype))
 
     M, B = stored_ufc["ufc"].shape[1], stored_ufc["ufc"].shape[2]
@@ -218,7 +219,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     d = DataMetrics.from_manifest(dm)
     art, _ = load_input(distilled, cfg, "soft-label")
     t = read_distilled(art)
-    images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
+    images = DistilledInstances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)  # each batch composed when drawn
     device, fast = compute_setup(cfg, trains=True)
     # dynamic labels: the teachers label every batch inside the training step, so they run as the student does
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device, fast)) if label_mode == "dynamic" else None

@@ -14,7 +14,7 @@ from infer_distill.config.budget import KNOWN_IMAGES, KNOWN_NUM_CLASSES, check_b
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import DataMetrics
 from infer_distill.errors import ConfigError, DataError
-from infer_distill.method.synthesis import BatchNormUseError, recorded_bn_inputs
+from infer_distill.method.synthesis import BatchNormUseError, check_forward_budget, recorded_bn_inputs
 from infer_distill.models import architectures
 from infer_distill.models.networks import (
     Normalize,
@@ -50,6 +50,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
         open_artifact(uri).check_writable()
     if cfg.dataset.name in KNOWN_NUM_CLASSES:
         check_budget(cfg, KNOWN_NUM_CLASSES[cfg.dataset.name])
+        check_forward_budget(KNOWN_NUM_CLASSES[cfg.dataset.name], cfg.synthesis)
     elif cfg.dataset.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
     # lexists: a symlink loop or a FIFO at the root is there, and the loader says what it is
