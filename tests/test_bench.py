@@ -273,6 +273,7 @@ def test_make_paper_runs_the_one_gpu_command():
     assert recipe[0].strip() == "$(PY) -m benchmarks.run " + " ".join(ONE_GPU) + " $(ARGS)"
 
 
+@pytest.mark.processes  # it asks git for the commit
 def test_the_estimate_command_prints_and_writes_the_breakdown(tmp_path, capsys):
     assert main([*ONE_GPU, "--estimate", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
