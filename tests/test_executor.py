@@ -14,7 +14,7 @@ from infer_distill.engines.executor import Walk, parse_devices, run_walks
 from infer_distill.errors import ConfigError, StageError
 from infer_distill.stages import artifacts
 
-TINY = ["teachers.archs=[convnet_d2_w32,resnet_tiny]", "teachers.epochs=1", "synthesis.iterations=2",
+TINY = ["teachers.archs=[convnet_d2_w32,resnet_tiny]", "teachers.epochs=2", "synthesis.iterations=2",
         "students.epochs=1", "students.seeds=[0,1]", "synthesis.subsets_per_shard=3"]
 
 
@@ -97,7 +97,7 @@ def test_walks_that_share_an_artifact_location_run_it_once(tmp_path) -> None:
     ran = [(stage, label) for _, stage, label in results]
     assert ran.count(("prepare-data", "")) == 2 and ran.count(("train-teacher", "convnet_d2_w32")) == 2  # both walks are told
     assert len(list((tmp_path / "pool" / "teachers").iterdir())) == 2
-    bad = load_config(None, [*TINY, "teachers.epochs=2"])
+    bad = load_config(None, [*TINY, "teachers.epochs=3"])
     with pytest.raises(ConfigError, match="different settings"):
         run_walks([Walk("a", a, pool, steps=("prepare-data", "train-teacher")), Walk("c", bad, pool, steps=("prepare-data", "train-teacher"))],
                   jobs=1, progress=False)

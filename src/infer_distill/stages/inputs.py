@@ -19,10 +19,11 @@ from infer_distill.stages.artifacts import load_input
 from infer_distill.stages.preflight import _check_fits, _is_pickle, _network, _read_pth
 
 
-def build_model(arch: str, data_manifest: dict) -> nn.Module:
-    """A fresh `arch` sized and normalised for the data artifact's images."""
+def build_model(arch: str, data_manifest: dict, small_stem: bool = True) -> nn.Module:
+    """A fresh `arch` sized and normalised for the data artifact's images (`small_stem`: see `create_model`)."""
     m = DataMetrics.from_manifest(data_manifest)
-    return create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size, mean=m.mean, std=m.std)
+    return create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size, mean=m.mean, std=m.std,
+                        small_stem=small_stem)
 
 
 def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str, fast_path: FastPath = PLAIN
@@ -33,7 +34,7 @@ def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str
     models = []
     for arch, uri in zip(cfg.teachers.archs, uris):
         art, _ = load_input(uri, cfg, "train-teacher", arch=arch)
-        model = build_model(arch, data_manifest)
+        model = build_model(arch, data_manifest, cfg.teachers.small_image_stem(arch))
         model.load_state_dict(art.read_tensors("weights.safetensors"))
         models.append(fast_path.place(model, device).eval().requires_grad_(False))
     return models

@@ -83,14 +83,32 @@ def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) 
         return
     if data_manifest is not None:
         m = DataMetrics.from_manifest(data_manifest)
-        model, shapes = create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size), True
+        size, shapes = (m.num_classes, m.in_chans, m.image_size), True
     elif cfg.dataset.name in KNOWN_IMAGES:
         classes, chans, side = KNOWN_IMAGES[cfg.dataset.name]
-        model, shapes = create_model(arch, num_classes=classes, in_chans=chans, image_size=cfg.dataset.image_size or side), True
+        size, shapes = (classes, chans, cfg.dataset.image_size or side), True
     else:
-        model, shapes = create_model(arch, num_classes=2, in_chans=3, image_size=32), False
-    expected = {k: list(v.shape) for k, v in _network(model).state_dict().items()}
-    _check_fits(arch, source, expected, _file_shapes(arch, source), shapes)
+        size, shapes = (2, 3, 32), False
+
+    def expected(small_stem: bool) -> dict[str, list[int]]:
+        model = create_model(arch, num_classes=size[0], in_chans=size[1], image_size=size[2], small_stem=small_stem)
+        return {k: list(v.shape) for k, v in _network(model).state_dict().items()}
+
+    small_stem, found = cfg.teachers.small_image_stem(arch), _file_shapes(arch, source)
+    try:
+        _check_fits(arch, source, expected(small_stem), found, shapes)
+    except ConfigError:
+        if not architectures.has_small_stem(arch) or expected(not small_stem) != found:
+            raise
+        want, have = ("small_image", "stock") if not small_stem else ("stock", "small_image")
+        raise ConfigError(f"teachers.pretrained_stem.{arch}: the weights in {source} fit {arch} with the {want} stem, not "
+                          f"the {have} one it is set to; set teachers.pretrained_stem.{arch}={want} if they were trained "
+                          f"that way ({STEMS}), or give weights of the {have} network") from None
+
+
+# What each value of teachers.pretrained_stem builds, as the refusals name them
+STEMS = ("stock: the library's own network; small_image: the stride-1 stem without max-pool that teachers trained "
+         "here get at 64 px and below")
 
 
 def _file_shapes(arch: str, source: str) -> dict[str, list[int]]:
