@@ -96,8 +96,8 @@ class TeacherConfig(_Strict):
     pretrained: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
         description="arch -> weights to import instead of training: 'torchvision' or 'torchvision:<Weights member>' "
-                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a local .safetensors, .pth "
-                    "or .pt state dict",
+                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a .safetensors, .pth "
+                    "or .pt state dict: a local path or s3://bucket/key (read with the environment's S3 credentials)",
     )
     normalization: dict[str, Normalization] = Field(
         default_factory=dict,

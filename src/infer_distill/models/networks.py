@@ -20,7 +20,7 @@ import functools
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import BinaryIO, Literal, TypeVar
 
 import timm
 import torch
@@ -494,8 +494,8 @@ def download_library_weights(weights: LibraryWeights) -> tuple[dict[str, torch.T
 _WRAPPERS = ("state_dict", "model", "net")
 
 
-def read_pth(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The state dict in a torch.save file, read with weights_only=True: tensors and plain containers only, so a
+def read_pth(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.Tensor]:
+    """The state dict in a torch.save file (a path, or the file's bytes as a binary stream), read with weights_only=True: tensors and plain containers only, so a
     pickled object of any other kind is refused, never constructed. Unwraps `state_dict`/`model`/`net` keys and
     the `module.` prefix of DataParallel. Raises ValueError saying what the file holds instead."""
     try:

@@ -3,6 +3,7 @@ architectures and pretrained files.
 """
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from infer_distill.models.networks import (
     require_batchnorm,
 )
 from infer_distill.runtime.fast_path import resolve_fast_path
-from infer_distill.storage import open_artifact
+from infer_distill.storage import open_artifact, read_file
 
 # ----------------------------------------------------------------------------------------
 # Checks that run before any expensive work
@@ -112,42 +113,39 @@ STEMS = ("stock: the library's own network; small_image: the stride-1 stem witho
 
 
 def _file_shapes(arch: str, source: str) -> dict[str, list[int]]:
-    """{tensor name: shape} of a weights file: a safetensors header, or a torch.save state dict; refuses anything else."""
-    field, path = f"teachers.pretrained.{arch}", Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors or .pth/.pt state dict, 'torchvision' or 'timm'")
-    if _is_pickle(path):
-        return {k: list(v.shape) for k, v in _read_pth(arch, source).items()}
-    return _safetensors_shapes(arch, source)
+    """{tensor name: shape} of a weights file; refuses anything but a state dict."""
+    return {k: list(v.shape) for k, v in read_weights(arch, source)[0].items()}
 
 
-def _read_pth(arch: str, source: str) -> dict[str, torch.Tensor]:
+def read_weights(arch: str, source: str) -> tuple[dict[str, torch.Tensor], bytes]:
+    """The state dict in `teachers.pretrained.<arch>`'s file, a local path or `s3://bucket/key` (read with the
+    environment's credentials), and the file's bytes: a safetensors file, or a torch.save file read with
+    weights_only=True, which never constructs other objects, wherever the file comes from."""
+    field = f"teachers.pretrained.{arch}"
+    data = read_file(source)
+    if data is None:
+        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors or .pth/.pt state dict (a path or "
+                          "s3://bucket/key), 'torchvision' or 'timm'")
+    if _is_pickle(data):
+        try:
+            return read_pth(io.BytesIO(data)), data
+        except ValueError as e:
+            raise ConfigError(f"{field}: {source} {e}") from None
+    from safetensors.torch import load
+
     try:
-        return read_pth(Path(source).expanduser())
-    except ValueError as e:
-        raise ConfigError(f"teachers.pretrained.{arch}: {source} {e}") from None
-
-
-def _safetensors_shapes(arch: str, source: str) -> dict[str, list[int]]:
-    """{tensor name: shape} from a weights file's safetensors header, naming the file where it is none."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(Path(source).expanduser()), framework="pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError; OSError when unreadable
-        raise ConfigError(f"teachers.pretrained.{arch}: {source} is neither a safetensors nor a torch.save file ({e}); give a "
+        return load(data), data
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise ConfigError(f"{field}: {source} is neither a safetensors nor a torch.save file ({e}); give a "
                           "state dict saved with safetensors.torch.save_file or torch.save") from None
 
 
-def _is_pickle(path: Path) -> bool:
+def _is_pickle(data: bytes) -> bool:
     """torch.save's zip (it holds a data.pkl) or a bare pickle (protocol 2 and later start with 0x80 and the protocol)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
             return any(n.endswith("data.pkl") for n in z.namelist())
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5
 
 
 def _check_fits(arch: str, source: str, expected: dict[str, list[int]], found: dict[str, list[int]], shapes: bool) -> None:
