@@ -14,7 +14,7 @@ TINY_PROFILE = {
     "config": {
         "dataset": {"name": "digits"},
         "budget": {"ipc": 3},
-        "teachers": {"archs": ["convnet_d2_w32", "resnet_tiny"], "epochs": 1},
+        "teachers": {"archs": ["convnet_d2_w32", "resnet_tiny"], "epochs": 2},  # one leaves resnet_tiny at chance
         "synthesis": {"iterations": 2},
         "students": {"archs": ["convnet_d2_w32"], "seeds": [0, 1], "epochs": 2, "eval_every": 1,
                      "baselines": ["random_soft", "random_soft_steps"]},

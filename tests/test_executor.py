@@ -119,7 +119,7 @@ def test_walks_that_share_an_artifact_location_run_it_once(tmp_path) -> None:
     ran = [(stage, label) for _, stage, label in results]
     assert ran.count(("prepare-data", "")) == 2 and ran.count(("train-teacher", "convnet_d2_w32")) == 2  # both walks are told
     assert len(list((tmp_path / "pool" / "teachers").iterdir())) == 2
-    bad = load_config(None, [*PARALLEL, "teachers.epochs=2"])
+    bad = load_config(None, [*PARALLEL, "teachers.epochs=3"])
     with pytest.raises(ConfigError, match="different settings"):
         run_walks([Walk("a", a, pool, steps=("prepare-data", "train-teacher")), Walk("c", bad, pool, steps=("prepare-data", "train-teacher"))],
                   jobs=1, progress=False)

@@ -405,3 +405,12 @@ def test_the_step_components_are_generated_from_the_plan():
     from infer_distill.engines.kfp.steps import STEP_FUNCTIONS
 
     assert [f.__name__.replace("_", "-") for f in STEP_FUNCTIONS] == [s.name for s in dag.PLAN]
+
+
+def test_pretrained_files_on_s3_reach_the_pods_and_local_ones_are_refused_at_compile_time():
+    opts = infer_dag.ClusterOptions(image="registry.example.com/infer-distill:1")
+    on_s3 = load_config(None, TINY + ["teachers.pretrained={resnet_tiny: 's3://weights/resnet_tiny.pth'}"])
+    infer_dag.check_expressible(on_s3, opts)
+    local = load_config(None, TINY + ["teachers.pretrained={resnet_tiny: /data/resnet_tiny.pth}"])
+    with pytest.raises(infer_dag.DagError, match="a local weight file cannot reach pipeline pods; put it on S3"):
+        infer_dag.check_expressible(local, opts)

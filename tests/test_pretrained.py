@@ -18,10 +18,13 @@ from infer_distill.dag.layout import Layout
 from infer_distill.errors import ConfigError, StageError
 from infer_distill.models.networks import Normalize, create_model, read_pth
 from infer_distill.stages import preflight
+from infer_distill.stages.artifacts import is_current
 from infer_distill.stages.inputs import _import_weights, build_model
 from infer_distill.storage import open_artifact
 
 ARCH = "convnet_d2_w32"
+# The source networks here are untrained (what is checked is that their weights arrive): they score about chance
+UNTRAINED = "teachers.min_accuracy_over_chance=null"
 
 
 def _source_net() -> nn.Module:
@@ -57,7 +60,7 @@ def data(tmp_path_factory):
 def test_a_weight_file_imports_and_gives_the_logits_of_the_model_it_was_saved_from(data, tmp_path, how):
     net = _source_net()
     path = _write(tmp_path / ("w.safetensors" if how == "safetensors" else "w.pth"), net.state_dict(), how)
-    cfg = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: {path}}}"])
+    cfg = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: {path}}}", UNTRAINED])
     out = str(tmp_path / "teacher")
     stages.train_teacher(cfg, ARCH, data, out, progress=False)
     art = open_artifact(out)
@@ -109,7 +112,7 @@ def test_teachers_normalization_is_what_the_imported_teacher_applies(data, tmp_p
     path = _write(tmp_path / "w.pth", _source_net().state_dict(), "plain")
     norm = "{mean: [0.25], std: [0.5]}"
     cfg = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: {path}}}",
-                                    f"teachers.normalization={{{ARCH}: {norm}}}"])
+                                    f"teachers.normalization={{{ARCH}: {norm}}}", UNTRAINED])
     out = str(tmp_path / "teacher")
     stages.train_teacher(cfg, ARCH, data, out, progress=False)
     weights = open_artifact(out).read_tensors("weights.safetensors")
@@ -186,7 +189,53 @@ def test_a_run_imports_a_pth_teacher(tmp_path):
     """The whole pipeline with one teacher from a .pth file (module.-prefixed, as DataParallel saves it)."""
     path = _write(tmp_path / "teacher.pth", _source_net().state_dict(), "module.")
     out = tmp_path / "run"
-    sets = TINY + ["students.epochs=1", "students.baselines=[]", f"teachers.pretrained={{{ARCH}: {path}}}"]
+    sets = TINY + ["students.epochs=1", "students.baselines=[]", f"teachers.pretrained={{{ARCH}: {path}}}", UNTRAINED]
     assert main(["run", "--out", str(out), "--no-progress", *sum((["--set", s] for s in sets), [])]) == 0
     metrics = open_artifact(Layout(str(out)).teacher(ARCH)).read_manifest()["metrics"]
     assert metrics["imported_from"] == str(path) and metrics["train_losses"] == []
+
+
+# ---- weights on S3 ---------------------------------------------------------------------------------
+
+
+def _upload(bucket: str, key: str, path: Path) -> str:
+    import boto3
+
+    boto3.session.Session().client("s3", region_name="us-east-1").put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    return f"s3://{bucket}/{key}"
+
+
+@pytest.mark.parametrize("how", ["plain", "safetensors"])
+def test_weights_on_s3_import_with_their_sha256(data, tmp_path, s3_bucket, how):
+    net = _source_net()
+    path = _write(tmp_path / ("w.safetensors" if how == "safetensors" else "w.pth"), net.state_dict(), how)
+    uri = _upload(s3_bucket, f"teachers/{path.name}", path)
+    cfg = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: '{uri}'}}", UNTRAINED])
+    out = str(tmp_path / "teacher")
+    stages.train_teacher(cfg, ARCH, data, out, progress=False)
+    manifest = open_artifact(out).read_manifest()
+    assert manifest["sources"] == {"pretrained_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert manifest["metrics"]["imported_from"] == uri
+    assert is_current(out, cfg, "train-teacher", {"data": data}, arch=ARCH)
+    teacher = build_model(ARCH, open_artifact(data).read_manifest())
+    teacher.load_state_dict(open_artifact(out).read_tensors("weights.safetensors"))
+    assert torch.equal(teacher[1].classifier.weight, net.classifier.weight)
+    # another object at the same key: the teacher is no longer current, so a resumed run imports it again
+    state = net.state_dict()
+    state["classifier.bias"] = state["classifier.bias"] + 1
+    _upload(s3_bucket, f"teachers/{path.name}", _write(tmp_path / f"changed-{path.name}", state, how))
+    assert not is_current(out, cfg, "train-teacher", {"data": data}, arch=ARCH)
+
+
+def test_a_pickled_object_on_s3_is_refused_without_being_unpickled(tmp_path, s3_bucket):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "teacher.pth"
+    torch.save({"state_dict": _source_net().state_dict(), "hook": _Planted(marker)}, path)
+    uri = _upload(s3_bucket, "teacher.pth", path)
+    cfg = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: '{uri}'}}"])
+    with pytest.raises(ConfigError, match=f"teachers.pretrained.{ARCH}: {uri} cannot be read with torch.load"):
+        preflight.check_pretrained(cfg, ARCH)
+    assert not marker.exists()
+    missing = load_config(None, TINY + [f"teachers.archs=[{ARCH}]", f"teachers.pretrained={{{ARCH}: 's3://{s3_bucket}/none.pth'}}"])
+    with pytest.raises(ConfigError, match=f"s3://{s3_bucket}/none.pth is not a file"):
+        preflight.check_pretrained(missing, ARCH)

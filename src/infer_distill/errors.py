@@ -6,6 +6,8 @@ error class is defined here, and the modules that raise them import them from he
 """
 from __future__ import annotations
 
+import signal
+
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the field and how to fix it."""
@@ -37,6 +39,24 @@ class MissingExtra(ImportError):
     def __init__(self, feature: str, extra: str, cause: ImportError):
         super().__init__(f"{feature} needs the {extra!r} extra, which is not installed ({cause}): "
                          f"pip install 'infer-distill[{extra}]'")
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT stopped the work (`runtime.signals`): exit 128 + the signal's number, as a shell reports a
+    process that signal ended. A BaseException, like KeyboardInterrupt, so that no `except Exception` of a stage
+    takes it for a failure of its own and carries on."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)  # the args a worker process pickles it back to the parent with
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 # Refused input: exit 2, never worth retrying. StoreUnavailable is not among them (exit 75: retry later).

@@ -9,11 +9,13 @@
     infer-distill export runs/quickstart/distilled --format imagefolder --out runs/exported
     infer-distill render compose --config my-config.yaml --out my-compose   # or argo (the argo extra)
 
-Exit codes: 0 done, 2 input refused (never worth retrying), 75 object store unavailable (retry later).
+Exit codes: 0 done, 2 input refused (never worth retrying), 75 object store unavailable (retry later),
+130 / 143 stopped by SIGINT / SIGTERM (finished artifacts kept; the same command resumes).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 
@@ -22,8 +24,9 @@ from infer_distill.cli.show import console, export_set, print_configs, print_pla
 from infer_distill.config.loading import dump_config, load_config
 from infer_distill.engines.stage_command import ITEM_FLAGS, item_from_flags, output_flag, run_stage
 from infer_distill.engines.tracking import tracked
-from infer_distill.errors import USER_ERRORS, StoreUnavailable
+from infer_distill.errors import USER_ERRORS, Interrupted, StoreUnavailable
 from infer_distill.outputs.report import print_summary
+from infer_distill.runtime.signals import interruptible
 from infer_distill.storage import open_artifact
 
 # Modules that import torch (the stages, the runner, the executor, the distilled set, the report's plots) are
@@ -104,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 2 (dag.EXIT_REFUSED) input refused; 75 (dag.EXIT_TRANSIENT) the
-    object store is unavailable; anything else (a traceback) is a crash."""
+    object store is unavailable; 128 + the signal for a `run` or `stage` stopped by SIGTERM or SIGINT
+    (runtime.signals); anything else (a traceback) is a crash."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "show":
@@ -146,13 +150,21 @@ def main(argv: list[str] | None = None) -> int:
 
                 report_uri = dag.location(dag.Layout(args.out), dag.final_step(), {})
                 devices = tuple(parse_devices(args.devices))
+                finished: list[str] = []
+                stopped = "no artifact had been finished; the step running was abandoned and wrote nothing"
                 with tracked(cfg, args.out, args.out) as tracker:
                     def on_step(step) -> None:
+                        nonlocal stopped
                         print_step(step)
+                        finished.append(step.uri)
+                        stopped = (f"{len(finished)} artifacts are finished under {args.out} and kept (the last: {step.uri}); "
+                                   "the step running was abandoned and wrote nothing")
                         if tracker is not None:
                             tracker.step(step.stage, step.uri, step.manifest)
-                    print_summary(run_in_process(cfg, args.out, progress=not args.no_progress, on_step=on_step,
-                                                 jobs=args.jobs, devices=devices, force_unlock=args.force_unlock))
+                    with interruptible():
+                        report = run_in_process(cfg, args.out, progress=not args.no_progress, on_step=on_step,
+                                                jobs=args.jobs, devices=devices, force_unlock=args.force_unlock)
+                    print_summary(report)
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:
             print_threads()
@@ -160,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             step = dag.STEPS[args.name]
             where = args.root or (args.out or "").rstrip("/").rpartition("/")[0] or "."
             label = step.over.label(item_from_flags(args, cfg, step)) if step.over else ""
-            with tracked(cfg, where, f"{step.name} {label}".strip()) as tracker:
+            stopped = f"stage {step.name} {label}".strip() + " was abandoned and wrote nothing; finished artifacts are kept"
+            with tracked(cfg, where, f"{step.name} {label}".strip()) as tracker, interruptible():
                 result = run_stage(args, cfg, tracker)
             print_step(result)
         return 0
@@ -170,3 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as e:
         print(f"error (transient, worth retrying): {e}", file=sys.stderr)
         return dag.EXIT_TRANSIENT
+    except Interrupted as e:
+        again = shlex.join(["infer-distill", *(sys.argv[1:] if argv is None else argv)])
+        print(f"stopped by {e.name}: {stopped}; resume with the same command (finished steps are skipped): {again}",
+              file=sys.stderr)
+        return e.exit_code

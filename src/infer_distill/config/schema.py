@@ -135,13 +135,24 @@ class TeacherConfig(_Strict):
     pretrained: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
         description="arch -> weights to import instead of training: 'torchvision' or 'torchvision:<Weights member>' "
-                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a local .safetensors, .pth "
-                    "or .pt state dict",
+                    "(torchvision's published weights), 'timm' or 'timm:<pretrained tag>', or a .safetensors, .pth "
+                    "or .pt state dict: a local path or s3://bucket/key (read with the environment's S3 credentials)",
     )
     normalization: dict[str, Normalization] = Field(
         default_factory=dict,
         description="arch -> {mean, std} an imported teacher's weights expect; default: the published weights' own, "
                     "and the dataset's for a local file",
+    )
+    pretrained_stem: dict[str, Literal["stock", "small_image"]] = Field(
+        default_factory=dict,
+        description="arch -> the network imported weights load into at 64 px and below: 'stock' (the default: the "
+                    "library's own network, as a user trains it) or 'small_image' (the stride-1 stem without max-pool "
+                    "that teachers trained here get); other sizes, and networks without a stem adaptation, build alike",
+    )
+    min_accuracy_over_chance: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        0.05,
+        description="a teacher scoring below chance (1 / classes) plus this on the test images fails its step; "
+                    "null: accept any teacher. A check of the result: in no artifact's settings",
     )
 
     @field_validator("archs")
@@ -150,6 +161,19 @@ class TeacherConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"teacher architectures must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _stem_of_imported_weights(self) -> "TeacherConfig":
+        for arch in self.pretrained_stem:
+            if arch not in self.pretrained:
+                raise ValueError(f"pretrained_stem names {arch!r}, which imports no weights (pretrained): a teacher "
+                                 "trained here always gets the small-image stem")
+        return self
+
+    def small_image_stem(self, arch: str) -> bool:
+        """Whether teacher `arch` is built with the small-image stem (at 64 px and below): a teacher trained here is,
+        imported weights only where pretrained_stem says small_image."""
+        return arch not in self.pretrained or self.pretrained_stem.get(arch) == "small_image"
 
 
 class SynthesisConfig(_Strict):

@@ -7,6 +7,7 @@ import hashlib
 import json
 
 from infer_distill.config.schema import Config
+from infer_distill.models import architectures
 
 # ----------------------------------------------------------------------------------------
 # Which settings each stage depends on (cumulative over its inputs)
@@ -33,8 +34,14 @@ def data_settings(cfg: Config) -> dict:
 
 def _teacher(cfg: Config, arch: str) -> dict:
     norm = cfg.teachers.normalization.get(arch)
-    return {"arch": arch, **cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained", "normalization"}),
-            "pretrained": cfg.teachers.pretrained.get(arch), **({"normalization": norm.model_dump(mode="json")} if norm else {})}
+    # The stem imported weights load into is a different network; a teacher trained here has one stem only, and
+    # min_accuracy_over_chance checks the result without changing it.
+    stem = "small_image" if cfg.teachers.small_image_stem(arch) else "stock"
+    imported_stem = arch in cfg.teachers.pretrained and architectures.has_small_stem(arch)
+    return {"arch": arch, **cfg.teachers.model_dump(mode="json", exclude={"archs", "pretrained", "normalization",
+                                                                          "pretrained_stem", "min_accuracy_over_chance"}),
+            "pretrained": cfg.teachers.pretrained.get(arch), **({"normalization": norm.model_dump(mode="json")} if norm else {}),
+            **({"stem": stem} if imported_stem else {})}
 
 
 def teacher_settings(cfg: Config, arch: str) -> dict:

@@ -9,6 +9,10 @@ fan-out (teachers, UFC shards, students, baselines) with the others. Each item i
 `engines.runner.run_item`, the rule every engine follows: skipped when its artifact is current, else run.
 So a killed walk resumes where it stopped, with any number of jobs.
 
+Signals: SIGTERM or SIGINT abandons the items running, in this process and in the workers
+(`runtime.signals`), and raises `errors.Interrupted` once the workers have stopped; finished
+artifacts stay, so the walk resumes where it stopped.
+
 Failures: after a failed item nothing more starts, so nothing reads its output; items already
 running finish and keep their artifacts, so no finished work is lost; then the first error is
 raised (exit 2 or 75 as from the serial walk). With one job, steps run one at a time in the
@@ -38,7 +42,8 @@ from infer_distill.dag.layout import Layout
 from infer_distill.dag.metrics import ReportMetrics
 from infer_distill.dag.steps import Step, location
 from infer_distill.engines.runner import StepResult, num_classes_of, run_item, step_items
-from infer_distill.errors import ConfigError
+from infer_distill.errors import ConfigError, Interrupted
+from infer_distill.runtime.signals import stop_workers, worker_item, worker_signals
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Walk:
 
 
 def _worker_init(slots: Any, threads: int) -> None:
+    worker_signals()
     device = slots.get()
     if device.startswith("cuda:"):  # before CUDA is initialised in this process: "cuda" is now that GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
@@ -85,6 +91,11 @@ def _worker_init(slots: Any, threads: int) -> None:
 
 def _run(cfg: Config, step_name: str, item: dict, inputs: dict, uri: str, progress: bool) -> StepResult:
     return run_item(cfg, dag.STEPS[step_name], item, inputs, uri, progress)
+
+
+def _run_in_worker(*args: Any) -> StepResult:
+    with worker_item():  # the parent's SIGTERM abandons this item (runtime.signals)
+        return _run(*args)
 
 
 class _InProcess:
@@ -185,7 +196,8 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
                 raise ConfigError(f"two runs write {uri} with different settings: give them separate roots")
             future = running.get(uri)
             if future is None:
-                future = running[uri] = pool.submit(_run, walk.cfg, step.name, item, inputs, uri, progress and jobs == 1)
+                future = running[uri] = pool.submit(_run if jobs == 1 else _run_in_worker, walk.cfg, step.name, item, inputs,
+                                                    uri, progress and jobs == 1)
             waiting.setdefault(future, []).append((walk, step))
 
     def finish(future: cf.Future) -> None:
@@ -238,6 +250,10 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
                 done, _ = cf.wait(list(waiting), return_when=cf.FIRST_COMPLETED)
             for future in [f for f in waiting if f in done]:  # in submission order: a serial walk reports in plan order
                 finish(future)
+    except Interrupted:
+        if jobs > 1:  # their items are abandoned too; the shutdown below waits for them to unwind
+            stop_workers()
+        raise
     finally:
         pool.shutdown(cancel_futures=True)
     if errors:

@@ -56,6 +56,12 @@ def info(name: str) -> Arch:
     return INFO.get(name, Arch())
 
 
+def has_small_stem(name: str) -> bool:
+    """Whether images of at most 64 px change `name`'s network (its stem): every timm and torchvision model, and the
+    registered ones whose INFO says so."""
+    return split_library(name) is not None or bool(info(name).small_stem)
+
+
 def is_library_source(source: str) -> bool:
     """`teachers.pretrained` naming published weights (`torchvision[:<member>]`, `timm[:<tag>]`), not a local file."""
     return source.partition(":")[0] in LIBRARIES

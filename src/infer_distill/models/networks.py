@@ -11,7 +11,8 @@ CIFAR versions used in the dataset-distillation literature do.
 
 Besides the registered names, `timm:<name>` and `torchvision:<name>` build any timm or torchvision
 classification model, for the dataset's classes and channels; at 64 px and below their stem loses
-its downsampling the same way for both libraries (`adapt_small_stem`).
+its downsampling the same way for both libraries (`adapt_small_stem`), unless built with
+`small_stem=False` (imported weights trained in the library's own network, `teachers.pretrained_stem`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import functools
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import BinaryIO, Literal, TypeVar
 
 import timm
 import torch
@@ -87,18 +88,23 @@ def create_model(
     image_size: int = 32,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    small_stem: bool = True,
     **kwargs: object,
 ) -> nn.Module:
     """Build a registered architecture, or `timm:<name>` / `torchvision:<name>`; with mean/std, wrap it as
-    Sequential(Normalize, net)."""
+    Sequential(Normalize, net). `small_stem=False`: the library's own stem at any image size (imported weights
+    trained in the stock network load into the same network)."""
     if architectures.split_library(name) is None and name not in MODEL_REGISTRY:
         raise ValueError(f"unknown architecture '{name}'; known: {', '.join(sorted(MODEL_REGISTRY))}")
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")
     if architectures.split_library(name) is None:
-        net = MODEL_REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+        # A registered network with a small-image stem sizes nothing else by the image (its global pooling does not
+        # care), so built as for a large image it is the library's own network
+        size = image_size if small_stem or not architectures.info(name).small_stem else max(image_size, SMALL_IMAGE_MAX + 1)
+        net = MODEL_REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=size, **kwargs)
     else:
-        net, _ = _library_model(name, num_classes, in_chans, image_size, **kwargs)
+        net, _ = _library_model(name, num_classes, in_chans, image_size, small_stem, **kwargs)
     if mean is None or std is None:
         return net
     if len(mean) != in_chans or len(std) != in_chans:
@@ -139,10 +145,11 @@ def check_architecture(name: str) -> None:
                           f"(the names are those of {listing})")
 
 
-def describe_architecture(name: str, num_classes: int, in_chans: int, image_size: int) -> dict[str, str]:
+def describe_architecture(name: str, num_classes: int, in_chans: int, image_size: int, small_stem: bool = True
+                          ) -> dict[str, str]:
     """What a manifest records of the network `create_model` builds: its name and what the small-image stem
-    adaptation changed in it ("" where nothing did)."""
-    if image_size > SMALL_IMAGE_MAX:
+    adaptation changed in it ("" where nothing did: above SMALL_IMAGE_MAX px, or built with `small_stem=False`)."""
+    if image_size > SMALL_IMAGE_MAX or not small_stem:
         stem = ""
     elif architectures.split_library(name) is None:
         stem = architectures.info(name).small_stem
@@ -152,8 +159,9 @@ def describe_architecture(name: str, num_classes: int, in_chans: int, image_size
     return {"name": name, "stem": stem}
 
 
-def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs: object) -> tuple[nn.Module, str]:
-    """The network, and what `adapt_small_stem` changed in it ("" above SMALL_IMAGE_MAX px)."""
+def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, small_stem: bool = True, **kwargs: object
+                   ) -> tuple[nn.Module, str]:
+    """The network, and what `adapt_small_stem` changed in it ("" above SMALL_IMAGE_MAX px or without `small_stem`)."""
     check_architecture(name)
     library, model = architectures.split_library(name)  # type: ignore[misc]
     if library == "timm":
@@ -161,7 +169,7 @@ def _library_model(name: str, num_classes: int, in_chans: int, image_size: int, 
     else:
         net = torchvision.models.get_model(model, weights=None, num_classes=num_classes, **kwargs)
         _set_in_chans(net, in_chans)
-    return net, adapt_small_stem(net) if image_size <= SMALL_IMAGE_MAX else ""
+    return net, adapt_small_stem(net) if small_stem and image_size <= SMALL_IMAGE_MAX else ""
 
 
 def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -486,8 +494,8 @@ def download_library_weights(weights: LibraryWeights) -> tuple[dict[str, torch.T
 _WRAPPERS = ("state_dict", "model", "net")
 
 
-def read_pth(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The state dict in a torch.save file, read with weights_only=True: tensors and plain containers only, so a
+def read_pth(path: str | os.PathLike[str] | BinaryIO) -> dict[str, torch.Tensor]:
+    """The state dict in a torch.save file (a path, or the file's bytes as a binary stream), read with weights_only=True: tensors and plain containers only, so a
     pickled object of any other kind is refused, never constructed. Unwraps `state_dict`/`model`/`net` keys and
     the `module.` prefix of DataParallel. Raises ValueError saying what the file holds instead."""
     try:

@@ -23,7 +23,7 @@ from infer_distill.dag.metrics import read as read_metrics
 from infer_distill.data.sources import source_digest
 from infer_distill.errors import ArtifactError
 from infer_distill.models import architectures
-from infer_distill.storage import open_artifact
+from infer_distill.storage import open_artifact, read_file
 from infer_distill.storage.artifact import Artifact
 
 # ----------------------------------------------------------------------------------------
@@ -141,6 +141,9 @@ def sources(cfg: Config, stage: str, **keys) -> dict:
         return {"dataset": digest} if digest else {}
     if stage == "train-teacher":
         source = cfg.teachers.pretrained.get(keys["arch"])
+        if source and source.startswith("s3://"):
+            data = read_file(source)  # the whole object: S3 gives no sha256 of an object it did not store with one
+            return {"pretrained_sha256": None if data is None else hashlib.sha256(data).hexdigest()}
         if source and not architectures.is_library_source(source):
             return {"pretrained_sha256": file_sha256(source)}
     return {}

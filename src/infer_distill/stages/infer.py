@@ -22,12 +22,13 @@ from infer_distill.data.sources import load_dataset
 from infer_distill.errors import DataError, StageError
 from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
 from infer_distill.method.training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
-from infer_distill.models.networks import MODEL_REGISTRY, check_architecture, describe_architecture
+from infer_distill.models.architectures import has_small_stem
+from infer_distill.models.networks import MODEL_REGISTRY, SMALL_IMAGE_MAX, check_architecture, describe_architecture
 from infer_distill.outputs.instances import DistilledInstances, read_distilled
 from infer_distill.runtime.fast_path import CompileTime
 from infer_distill.stages.artifacts import _begin, _data, _write, load_input, sources, tensor_bytes
 from infer_distill.stages.inputs import _import_weights, build_model, compute_setup, cpu_weights, load_teachers
-from infer_distill.stages.preflight import _require_teacher, check_pretrained
+from infer_distill.stages.preflight import STEMS, _require_teacher, check_pretrained
 from infer_distill.storage import open_artifact
 
 # ----------------------------------------------------------------------------------------
@@ -68,7 +69,8 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     train_x, train_y, dm = _data(cfg, data, "train")
     test_x, test_y, _ = _data(cfg, data, "test")
     torch.manual_seed(cfg.seed)
-    model = build_model(arch, dm)
+    small_stem = cfg.teachers.small_image_stem(arch)
+    model = build_model(arch, dm, small_stem)
     d = DataMetrics.from_manifest(dm)
     _require_teacher(model, arch, d.in_chans, d.image_size)
     source = cfg.teachers.pretrained.get(arch)
@@ -86,11 +88,33 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
             trained = {"training": fast.training_precision}
     fast.place(model, device)
     acc = evaluate(model, test_x, test_y, device)
+    _check_teacher_accuracy(cfg, arch, acc, d)
     metrics = TeacherMetrics(arch=arch, test_acc=acc, train_losses=losses, imported_from=source,
-                             architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size),
+                             architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size, small_stem),
                              num_params=sum(p.numel() for p in model.parameters()),
                              compute=fast.describe(device, compile_time.seconds, **trained, evaluation="fp32"))
     return _write(output, cfg, {"weights.safetensors": cpu_weights(model)}, metrics, read, arch=arch)
+
+
+def _check_teacher_accuracy(cfg: Config, arch: str, acc: float, d: DataMetrics) -> None:
+    """Refuse a teacher that scores about chance: its BatchNorm statistics and soft labels would carry nothing of the
+    data (weights loaded into a network other than the one they were trained in score so, without any error)."""
+    margin, chance = cfg.teachers.min_accuracy_over_chance, 1 / d.num_classes
+    if margin is None or acc >= chance + margin:
+        return
+    source = cfg.teachers.pretrained.get(arch)
+    if source is None:
+        why = "train it longer (teachers.epochs) or with another lr"
+    else:
+        why = f"the weights in {source} do not work in the network built for them"
+        if has_small_stem(arch) and d.image_size <= SMALL_IMAGE_MAX:
+            other = "stock" if cfg.teachers.small_image_stem(arch) else "small_image"
+            why += (f": if they were trained in the {other} network, set teachers.pretrained_stem.{arch}={other} ({STEMS}); "
+                    "else check teachers.normalization")
+        else:
+            why += "; check that they were trained on this dataset, and teachers.normalization"
+    raise StageError(f"teacher {arch}: test accuracy {acc:.1%} is less than {margin:.1%} above chance ({chance:.1%} for "
+                     f"{d.num_classes} classes): {why}; teachers.min_accuracy_over_chance=null accepts it")
 
 
 def draw_per_class(train_y: torch.Tensor, per_class: int, seed: int, class_names: list[str]) -> torch.Tensor:

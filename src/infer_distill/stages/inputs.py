@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,13 +15,14 @@ from infer_distill.errors import ConfigError, StageError
 from infer_distill.models.networks import Normalize, create_model, download_library_weights, library_weights
 from infer_distill.runtime.fast_path import PLAIN, FastPath, resolve_fast_path
 from infer_distill.stages.artifacts import load_input
-from infer_distill.stages.preflight import _check_fits, _is_pickle, _network, _read_pth
+from infer_distill.stages.preflight import _check_fits, _network, read_weights
 
 
-def build_model(arch: str, data_manifest: dict) -> nn.Module:
-    """A fresh `arch` sized and normalised for the data artifact's images."""
+def build_model(arch: str, data_manifest: dict, small_stem: bool = True) -> nn.Module:
+    """A fresh `arch` sized and normalised for the data artifact's images (`small_stem`: see `create_model`)."""
     m = DataMetrics.from_manifest(data_manifest)
-    return create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size, mean=m.mean, std=m.std)
+    return create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size, mean=m.mean, std=m.std,
+                        small_stem=small_stem)
 
 
 def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str, fast_path: FastPath = PLAIN
@@ -33,7 +33,7 @@ def load_teachers(cfg: Config, uris: list[str], data_manifest: dict, device: str
     models = []
     for arch, uri in zip(cfg.teachers.archs, uris):
         art, _ = load_input(uri, cfg, "train-teacher", arch=arch)
-        model = build_model(arch, data_manifest)
+        model = build_model(arch, data_manifest, cfg.teachers.small_image_stem(arch))
         model.load_state_dict(art.read_tensors("weights.safetensors"))
         models.append(fast_path.place(model, device).eval().requires_grad_(False))
     return models
@@ -71,14 +71,8 @@ def _import_weights(model: nn.Module, arch: str, source: str, normalization: Map
             raise StageError(f"teachers.pretrained.{arch}={source}: could not get {weights[0]}'s published weights ({e}); "
                              "download them where there is internet and give the file's path instead") from None
     else:
-        raw = Path(source).expanduser().read_bytes()  # check_pretrained has read it
+        state, raw = read_weights(arch, source)
         read = {"pretrained_sha256": hashlib.sha256(raw).hexdigest()}
-        if _is_pickle(Path(source).expanduser()):
-            state = _read_pth(arch, source)
-        else:
-            from safetensors.torch import load
-
-            state = load(raw)
     _check_fits(arch, source, {k: list(v.shape) for k, v in net.state_dict().items()},
                 {k: list(v.shape) for k, v in state.items()}, shapes=True)
     net.load_state_dict(state)

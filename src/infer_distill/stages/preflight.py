@@ -3,6 +3,7 @@ architectures and pretrained files.
 """
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from infer_distill.models.networks import (
     require_batchnorm,
 )
 from infer_distill.runtime.fast_path import resolve_fast_path
-from infer_distill.storage import open_artifact
+from infer_distill.storage import open_artifact, read_file
 
 # ----------------------------------------------------------------------------------------
 # Checks that run before any expensive work
@@ -86,53 +87,68 @@ def check_pretrained(cfg: Config, arch: str, data_manifest: dict | None = None) 
         return
     if data_manifest is not None:
         m = DataMetrics.from_manifest(data_manifest)
-        model, shapes = create_model(arch, num_classes=m.num_classes, in_chans=m.in_chans, image_size=m.image_size), True
+        size, shapes = (m.num_classes, m.in_chans, m.image_size), True
     elif cfg.dataset.name in KNOWN_IMAGES:
         classes, chans, side = KNOWN_IMAGES[cfg.dataset.name]
-        model, shapes = create_model(arch, num_classes=classes, in_chans=chans, image_size=cfg.dataset.image_size or side), True
+        size, shapes = (classes, chans, cfg.dataset.image_size or side), True
     else:
-        model, shapes = create_model(arch, num_classes=2, in_chans=3, image_size=32), False
-    expected = {k: list(v.shape) for k, v in _network(model).state_dict().items()}
-    _check_fits(arch, source, expected, _file_shapes(arch, source), shapes)
+        size, shapes = (2, 3, 32), False
+
+    def expected(small_stem: bool) -> dict[str, list[int]]:
+        model = create_model(arch, num_classes=size[0], in_chans=size[1], image_size=size[2], small_stem=small_stem)
+        return {k: list(v.shape) for k, v in _network(model).state_dict().items()}
+
+    small_stem, found = cfg.teachers.small_image_stem(arch), _file_shapes(arch, source)
+    try:
+        _check_fits(arch, source, expected(small_stem), found, shapes)
+    except ConfigError:
+        if not architectures.has_small_stem(arch) or expected(not small_stem) != found:
+            raise
+        want, have = ("small_image", "stock") if not small_stem else ("stock", "small_image")
+        raise ConfigError(f"teachers.pretrained_stem.{arch}: the weights in {source} fit {arch} with the {want} stem, not "
+                          f"the {have} one it is set to; set teachers.pretrained_stem.{arch}={want} if they were trained "
+                          f"that way ({STEMS}), or give weights of the {have} network") from None
+
+
+# What each value of teachers.pretrained_stem builds, as the refusals name them
+STEMS = ("stock: the library's own network; small_image: the stride-1 stem without max-pool that teachers trained "
+         "here get at 64 px and below")
 
 
 def _file_shapes(arch: str, source: str) -> dict[str, list[int]]:
-    """{tensor name: shape} of a weights file: a safetensors header, or a torch.save state dict; refuses anything else."""
-    field, path = f"teachers.pretrained.{arch}", Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors or .pth/.pt state dict, 'torchvision' or 'timm'")
-    if _is_pickle(path):
-        return {k: list(v.shape) for k, v in _read_pth(arch, source).items()}
-    return _safetensors_shapes(arch, source)
+    """{tensor name: shape} of a weights file; refuses anything but a state dict."""
+    return {k: list(v.shape) for k, v in read_weights(arch, source)[0].items()}
 
 
-def _read_pth(arch: str, source: str) -> dict[str, torch.Tensor]:
+def read_weights(arch: str, source: str) -> tuple[dict[str, torch.Tensor], bytes]:
+    """The state dict in `teachers.pretrained.<arch>`'s file, a local path or `s3://bucket/key` (read with the
+    environment's credentials), and the file's bytes: a safetensors file, or a torch.save file read with
+    weights_only=True, which never constructs other objects, wherever the file comes from."""
+    field = f"teachers.pretrained.{arch}"
+    data = read_file(source)
+    if data is None:
+        raise ConfigError(f"{field}: {source} is not a file; give a .safetensors or .pth/.pt state dict (a path or "
+                          "s3://bucket/key), 'torchvision' or 'timm'")
+    if _is_pickle(data):
+        try:
+            return read_pth(io.BytesIO(data)), data
+        except ValueError as e:
+            raise ConfigError(f"{field}: {source} {e}") from None
+    from safetensors.torch import load
+
     try:
-        return read_pth(Path(source).expanduser())
-    except ValueError as e:
-        raise ConfigError(f"teachers.pretrained.{arch}: {source} {e}") from None
-
-
-def _safetensors_shapes(arch: str, source: str) -> dict[str, list[int]]:
-    """{tensor name: shape} from a weights file's safetensors header, naming the file where it is none."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(Path(source).expanduser()), framework="pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError; OSError when unreadable
-        raise ConfigError(f"teachers.pretrained.{arch}: {source} is neither a safetensors nor a torch.save file ({e}); give a "
+        return load(data), data
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise ConfigError(f"{field}: {source} is neither a safetensors nor a torch.save file ({e}); give a "
                           "state dict saved with safetensors.torch.save_file or torch.save") from None
 
 
-def _is_pickle(path: Path) -> bool:
+def _is_pickle(data: bytes) -> bool:
     """torch.save's zip (it holds a data.pkl) or a bare pickle (protocol 2 and later start with 0x80 and the protocol)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
             return any(n.endswith("data.pkl") for n in z.namelist())
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5
 
 
 def _check_fits(arch: str, source: str, expected: dict[str, list[int]], found: dict[str, list[int]], shapes: bool) -> None:

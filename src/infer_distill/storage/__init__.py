@@ -28,6 +28,20 @@ def open_artifact(uri: str | os.PathLike[str]) -> Artifact:
     return LocalArtifact(text, Path(path))
 
 
+def read_file(uri: str) -> bytes | None:
+    """The bytes of one file outside any artifact (a pretrained teacher's weights): a local path or `s3://bucket/key`,
+    read with the store's retries and errors, credentials from the environment; None where there is no such file."""
+    if uri.startswith("s3://"):
+        folder, _, name = uri.rstrip("/").rpartition("/")
+        if folder in ("s3:", "s3:/"):
+            raise ArtifactError(f"{uri!r} names a bucket, not a file: give s3://bucket/key")
+        return _s3_artifact(folder)._get(name)
+    try:
+        return Path(uri.removeprefix("file://")).expanduser().read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
 # S3's rules for bucket names (general purpose buckets); MinIO and other compatible stores share them.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")

@@ -104,9 +104,11 @@ def check_expressible(cfg: Config, opts: ClusterOptions) -> None:
     """Reject, at compile time, what pods could not run as configured."""
     check_image(opts.image)
     for arch, source in cfg.teachers.pretrained.items():
-        if not architectures.is_library_source(source):  # published weights each pod downloads
+        # published weights each pod downloads, or a file on S3 it reads with the run's credentials
+        if not architectures.is_library_source(source) and not source.startswith("s3://"):
             raise DagError(f"teachers.pretrained.{arch}={source!r}: a local weight file cannot reach pipeline pods; "
-                           "use 'torchvision' or 'timm' weights, train the teacher in the pipeline, or bake the file into the image")
+                           "put it on S3 (s3://bucket/key), use 'torchvision' or 'timm' weights, train the teacher in the "
+                           "pipeline, or bake the file into the image")
     if cfg.device == "cuda" and opts.gpus == 0:
         raise DagError("device='cuda' but the DAG is compiled with --gpus 0: pods would have no GPU; use device=auto or --gpus 1")
     if opts.parallelism < 0:
