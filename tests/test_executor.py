@@ -26,8 +26,13 @@ def test_devices_parse_and_bad_ones_are_refused() -> None:
     assert parse_devices("") == []
     with pytest.raises(ConfigError, match="--devices: 'gpu0'"):
         parse_devices("gpu0")
+    with pytest.raises(ConfigError, match="--devices: 'cuda:99999999999999999999'"):
+        parse_devices("cuda:0,cuda:99999999999999999999")
+    assert parse_devices("0,0") == ["cuda:0", "cuda:0"]  # two workers sharing one GPU
     with pytest.raises(ConfigError, match="--jobs 0"):
         run_walks([], jobs=0)
+    with pytest.raises(ConfigError, match="--jobs 100000: use 1 to 1024"):
+        run_walks([], jobs=100000)
 
 
 def test_each_worker_gets_a_device_in_turn(monkeypatch) -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from conftest import REPO, TINY
 
 from infer_distill.cli import main
+from infer_distill.errors import ArtifactError
 from infer_distill.storage.lock import LOCK, LockHeld, run_lock
 
 SETS = sum((["--set", s] for s in TINY), [])
@@ -172,3 +174,23 @@ def test_a_killed_runs_lock_is_taken_over(root: str, capsys) -> None:
     assert main(["run", "--out", root, "--no-progress", *SETS]) == 0  # its process is gone: the lock is stale
     assert "took over the stale lock" in capsys.readouterr().err
     assert _read_lock(root) is None
+
+
+def test_a_fifo_where_the_lock_should_be_is_refused_not_blocked_on(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    os.mkfifo(root / LOCK)
+    outcome: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            with run_lock(str(root)):
+                pass
+        except BaseException as e:  # noqa: BLE001 - what the lock raised, for the assertion below
+            outcome.append(e)
+
+    worker = threading.Thread(target=take, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "reading the lock blocked on a FIFO"
+    assert isinstance(outcome[0], ArtifactError) and "is a FIFO (named pipe), not a regular file: remove it" in str(outcome[0])

@@ -122,6 +122,10 @@ class _InProcess:
         self.queue.clear()
 
 
+MAX_JOBS = 1024          # worker processes of one executor
+MAX_DEVICE_INDEX = 1023  # a CUDA device index beyond any machine's
+
+
 def parse_devices(text: str | None) -> list[str]:
     """`--devices cuda:0,cuda:1` (or `0,1`) as ["cuda:0", "cuda:1"]."""
     devices = []
@@ -130,7 +134,7 @@ def parse_devices(text: str | None) -> list[str]:
         if not part:
             continue
         index = part.removeprefix("cuda:")
-        if not index.isdigit():
+        if not index.isdigit() or int(index) > MAX_DEVICE_INDEX:
             raise ConfigError(f"--devices: {part!r} is not a CUDA device; use e.g. --devices cuda:0,cuda:1")
         devices.append(f"cuda:{int(index)}")
     return devices
@@ -161,8 +165,8 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
     is written (walk.report holds its metrics). At `deadline` (time.time()) no item starts any more;
     those running finish.
     """
-    if jobs < 1:
-        raise ConfigError(f"--jobs {jobs}: use 1 or more worker processes")
+    if not 1 <= jobs <= MAX_JOBS:
+        raise ConfigError(f"--jobs {jobs}: use 1 to {MAX_JOBS} worker processes (each loads torch and a copy of its inputs)")
     if jobs == 1:
         pool: Any = _InProcess()
         if devices:

@@ -3,13 +3,14 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
 
 from infer_distill.errors import ArtifactError
 from infer_distill.storage.artifact import Artifact
-from infer_distill.storage.local import LocalArtifact
+from infer_distill.storage.local import LocalArtifact, NotRegularFile, read_regular
 from infer_distill.storage.s3 import S3Artifact
 
 
@@ -36,10 +37,14 @@ def read_file(uri: str) -> bytes | None:
         if folder in ("s3:", "s3:/"):
             raise ArtifactError(f"{uri!r} names a bucket, not a file: give s3://bucket/key")
         return _s3_artifact(folder)._get(name)
-    try:
-        return Path(uri.removeprefix("file://")).expanduser().read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    try:  # never blocks on a FIFO or a device: what is not a regular file is no file
+        return read_regular(Path(uri.removeprefix("file://")).expanduser())
+    except (FileNotFoundError, NotADirectoryError, NotRegularFile):
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink loop
+            return None
+        raise ArtifactError(f"cannot read {uri}: {e}") from e
 
 
 # S3's rules for bucket names (general purpose buckets); MinIO and other compatible stores share them.

@@ -32,7 +32,7 @@ from typing import Any
 
 from infer_distill.errors import ArtifactError, StoreUnavailable
 from infer_distill.storage import open_artifact
-from infer_distill.storage.local import LocalArtifact
+from infer_distill.storage.local import LocalArtifact, NotRegularFile, read_regular
 from infer_distill.storage.s3 import S3Artifact, _env_number, _error_code, _retrying
 
 LOCK = ".infer-distill.lock"
@@ -87,9 +87,11 @@ class _LocalLease:
 
     def read(self) -> tuple[bytes, Any] | None:
         try:
-            data = self.path.read_bytes()
+            data = read_regular(self.path)
         except FileNotFoundError:
             return None
+        except NotRegularFile as e:  # never blocks on a FIFO where the lock should be
+            raise ArtifactError(f"the lock {self.where} is {e.strerror}: remove it; no run of infer-distill made it") from None
         return data, data
 
     def replace(self, body: bytes, version: Any) -> bool:
