@@ -303,7 +303,8 @@ def test_the_one_gpu_command_at_toy_size_on_a_cpu_writes_every_field_of_its_resu
     toy = ["--set", "dataset.train_per_class=12", "--set", "dataset.test_per_class=5",
            "--set", "teachers.archs=[convnet_d2_w32,resnet_tiny]", "--set", "teachers.epochs=1", "--set", "synthesis.iterations=2",
            "--set", "students.archs=[convnet_d2_w32]", "--set", "students.epochs=2", "--set", "students.epochs_dynamic=1",
-           "--set", "students.seeds=[0,1]"]
+           "--set", "students.seeds=[0,1]",
+           "--set", "teachers.min_accuracy_over_chance=null"]  # 12 images per class: teachers near chance, on purpose
     results = tmp_path / "results"
     args = ["--profile", "cifar10-paper", "--variants", "ipc10-one-gpu", "--device", "cpu", "--jobs", "2",
             "--datasets", default_datasets(), "--root", str(tmp_path / "runs"), "--results", str(results), *toy]

@@ -29,6 +29,7 @@ volume) is fixed at compile time by the options below.
 import argparse
 import builtins
 import json
+import logging
 import os
 import re
 import sys
@@ -349,9 +350,12 @@ def run_local(cfg: Config, out: str, image: str | None = None) -> str:
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(Path(out).resolve()), raise_on_error=True)
-    # kfp.local indents its tasks' output by swapping builtins.print, and its nested swaps can end
-    # out of order, leaving every later print of this process indented: put the real one back.
+    # kfp.local indents its tasks' output by swapping builtins.print, and swaps the root logger's handlers for
+    # one on the sys.stdout of the moment; its nested swaps can end out of order, leaving every later print
+    # indented and a handler on a stream that may be closed by then: put the real ones back.
     real_print = builtins.print
+    root_logger = logging.getLogger()
+    root_handlers, root_level = root_logger.handlers[:], root_logger.level
     # kfp.local colours task names and statuses with escape codes whatever its output is: plain text in a log.
     colours = {name: value for name, value in vars(logging_utils.Color).items() if not name.startswith("_")}
     if not sys.stdout.isatty():
@@ -361,6 +365,8 @@ def run_local(cfg: Config, out: str, image: str | None = None) -> str:
         result = build_pipeline(cfg, ClusterOptions(image=image or "infer-distill:local", gpus=0, retries=0), check=False)()
     finally:
         builtins.print = real_print
+        root_logger.handlers[:] = root_handlers
+        root_logger.setLevel(root_level)
         for name, value in colours.items():
             setattr(logging_utils.Color, name, value)
     return publish_report(result.output.path, dag.location(dag.Layout(out), dag.final_step(), {}))
