@@ -110,7 +110,7 @@ scheduling, environment, volumes, security. Called with (dict "root" $ "template
 {{- $_ := set $c "imagePullPolicy" $.Values.image.pullPolicy }}
 {{- $env := include "infer-distill.env" $ | fromYamlArray }}
 {{- if gt $gpu 0 }}
-{{- /* A pod holding a GPU refuses to fall back to its CPU when CUDA is unusable (infer_distill.accelerator). */}}
+{{- /* A pod holding a GPU refuses to fall back to its CPU when CUDA is unusable (infer_distill.runtime.accelerator). */}}
 {{- $env = append $env (dict "name" "INFER_REQUIRE_CUDA" "value" "1") }}
 {{- end }}
 {{- $_ := set $c "env" $env }}
