@@ -32,32 +32,23 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _type_checking_only(node: ast.AST, parents: dict) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
-
-
 def imports(name: str) -> set[str]:
-    """The modules `name` imports when it runs, at load or inside a function (not under `if TYPE_CHECKING`)."""
+    """The modules `name` imports: at load, inside a function, or for type checkers (`if TYPE_CHECKING`: a module
+    that needs another's names for its annotations depends on it as much). `from pkg import x` imports `pkg`
+    (running its __init__) and, where x is a module, `pkg.x`."""
     path = MODULES[name]
     tree = ast.parse(path.read_text())
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):
-        if _type_checking_only(node, parents):
-            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
-            for alias in node.names:  # `from pkg import submodule` imports the submodule
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES}
     return found
 
 
@@ -97,10 +88,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_scan_sees_every_kind_of_import() -> None:
-    """The scanner itself: at load, inside a function, relative, `from package import module`; not TYPE_CHECKING."""
+    """The scanner itself: at load, inside a function, `import a.b as c`, `from package import module` (the package
+and the module), and under TYPE_CHECKING."""
     assert "infer_distill.engines.runner" in imports("infer_distill.engines.stage_command")  # inside run_stage
-    assert "infer_distill.dag.artifact_settings" in imports("infer_distill.dag.steps")        # from dag import module
-    assert "infer_distill.engines.tracking" not in internal_graph()["infer_distill.engines.stage_command"]  # TYPE_CHECKING
+    assert "infer_distill.dag.artifact_settings" in imports("infer_distill.dag.steps")        # import a.b as c
+    assert {"infer_distill", "infer_distill.dag"} <= imports("infer_distill.engines.kfp.run")  # from infer_distill import dag
+    assert "infer_distill.engines.tracking" in internal_graph()["infer_distill.engines.stage_command"]  # TYPE_CHECKING
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

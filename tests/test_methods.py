@@ -315,16 +315,15 @@ def test_the_methods_steps_through_the_cli_with_a_run_root(tmp_path):
 
 
 def test_infer_is_refused_at_ipc_1_with_its_smallest_feasible_ipc_and_the_way_to_run_the_peers():
-    from infer_distill.config.budget import check_budget, smallest_feasible_ipc
     from infer_distill.errors import ConfigError
 
     cfg = load_config(None, TINY + ["budget.ipc=1", "methods=[infer, random]"])
     with pytest.raises(ConfigError, match=r"K = floor.* = 0 .*at least 2.*leave infer out of methods"):
-        check_budget(cfg, 10)
-    assert smallest_feasible_ipc(cfg, 10) == 2 and smallest_feasible_ipc(cfg, 100) == 2
+        cfg.check_budget(10)
+    assert cfg.smallest_feasible_ipc(10) == 2 and cfg.smallest_feasible_ipc(100) == 2
     assert load_config(None, TINY + ["budget.ipc=2", "teachers.archs=[convnet_d2_w32]"]).num_subsets(10) == 1
     peers = load_config(None, TINY + ["budget.ipc=1", "methods=[random, herding]", "students.baselines=[]"])
-    assert check_budget(peers, 10) == 0
+    assert peers.check_budget(10) == 0
 
 
 @pytest.mark.parametrize("override, field", [("students.baselines=[random_soft]", "students.baselines"),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from infer_distill import dag
-from infer_distill.config.budget import KNOWN_NUM_CLASSES, check_budget
+from infer_distill.config.budget import KNOWN_NUM_CLASSES
 from infer_distill.config.loading import config_description, packaged_configs
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import read as read_metrics
@@ -132,7 +132,7 @@ def print_plan(cfg: Config, items_dir: str | None) -> None:
     """The steps this config runs, with every fan-out item; --items-dir also writes the items as JSON."""
     num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if num_classes is not None:
-        check_budget(cfg, num_classes)
+        cfg.check_budget(num_classes)
     if items_dir:
         try:
             Path(items_dir).mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,6 @@ data is loaded.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from infer_distill.errors import ConfigError
-
-if TYPE_CHECKING:
-    from infer_distill.config.schema import Config
-
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "float32": 4}
 
 
@@ -26,27 +19,6 @@ def num_subsets(ipc: int, num_teachers: int, num_classes: int, class_batches: in
 # (classes, channels, native side) of the datasets whose images are known before they are loaded
 KNOWN_IMAGES = {"digits": (10, 1, 8), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
 KNOWN_NUM_CLASSES = {name: classes for name, (classes, _, _) in KNOWN_IMAGES.items()}
-
-
-def smallest_feasible_ipc(cfg: Config, num_classes: int) -> int:
-    """The smallest budget.ipc at which INFER has a subset (K >= 1) with these teachers and classes."""
-    return -(-(num_classes + len(cfg.teachers.archs) * cfg.class_batches(num_classes)) // num_classes)
-
-
-def check_budget(cfg: Config, num_classes: int) -> int:
-    """K, INFER's number of subsets; refused when it is 0 (a config without infer needs none: 0)."""
-    if not cfg.runs_infer():
-        return 0
-    k = cfg.num_subsets(num_classes)
-    if k < 1:
-        m = len(cfg.teachers.archs)
-        raise ConfigError(
-            f"budget.ipc={cfg.budget.ipc} is too small for INFER with {m} teachers and {num_classes} classes: "
-            f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least "
-            f"{smallest_feasible_ipc(cfg, num_classes)}, use fewer teachers, or leave infer out of methods to distil the "
-            "others alone at this budget."
-        )
-    return k
 
 
 # students.baselines: what each baseline trains on (its manifest's description)

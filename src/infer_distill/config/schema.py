@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from infer_distill.config.budget import DTYPE_BYTES, num_subsets
+from infer_distill.errors import ConfigError
 from infer_distill.models import architectures
 
 
@@ -368,6 +369,25 @@ class Config(_Strict):
 
     def num_subsets(self, num_classes: int) -> int:
         return num_subsets(self.budget.ipc, len(self.teachers.archs), num_classes, self.class_batches(num_classes))
+
+    def smallest_feasible_ipc(self, num_classes: int) -> int:
+        """The smallest budget.ipc at which INFER has a subset (K >= 1) with these teachers and classes."""
+        return -(-(num_classes + len(self.teachers.archs) * self.class_batches(num_classes)) // num_classes)
+
+    def check_budget(self, num_classes: int) -> int:
+        """K, INFER's number of subsets; refused when it is 0 (a config without infer needs none: 0)."""
+        if not self.runs_infer():
+            return 0
+        k = self.num_subsets(num_classes)
+        if k < 1:
+            m = len(self.teachers.archs)
+            raise ConfigError(
+                f"budget.ipc={self.budget.ipc} is too small for INFER with {m} teachers and {num_classes} classes: "
+                f"K = floor(ipc / (1 + M*B/C)) = 0 natural subsets. Raise budget.ipc to at least "
+                f"{self.smallest_feasible_ipc(num_classes)}, use fewer teachers, or leave infer out of methods to distil "
+                "the others alone at this budget."
+            )
+        return k
 
     def shard_plan(self, num_classes: int) -> list[list[int]]:
         """Subset ids grouped into synthesis shards (one DAG pod each); same plan for every engine."""

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import infer_distill.dag.artifact_settings as artifact_settings  # (not `from infer_distill.dag import`: the package imports this module)
 from infer_distill.config.schema import Config
-from infer_distill.dag import artifact_settings
 from infer_distill.dag.layout import Layout
 from infer_distill.errors import ConfigError
 

@@ -29,15 +29,21 @@ import importlib.util
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from infer_distill.errors import ConfigError
 
-if TYPE_CHECKING:
-    from infer_distill.config.schema import Config
+
+class FastPathKeys(Protocol):
+    """The config's top-level fast-path keys (infer_distill.config.schema.Config has them): what this layer reads."""
+
+    precision: str              # auto, fp32 or bf16
+    channels_last: str | bool   # auto, true or false
+    cudnn_benchmark: bool
+    compile: bool
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class FastPath:
 PLAIN = FastPath()
 
 
-def resolve_fast_path(cfg: Config, device: str) -> FastPath:
+def resolve_fast_path(cfg: FastPathKeys, device: str) -> FastPath:
     """The fast path `cfg` asks for on `device` ('cpu' or 'cuda'); bad combinations are errors naming the key.
 
     precision auto: bf16 autocast for training on a CUDA device with native bf16, fp32 otherwise;

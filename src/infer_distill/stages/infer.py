@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from infer_distill.config.budget import BASELINES, check_budget
+from infer_distill.config.budget import BASELINES
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import (
     BaselineMetrics,
@@ -43,7 +43,7 @@ def prepare_data(cfg: Config, out: str) -> dict:
     data = load_dataset(cfg.dataset)
     if cfg.dataset.download:
         read = sources(cfg, "prepare-data")  # the files the download has just fetched
-    k = check_budget(cfg, data.num_classes)
+    k = cfg.check_budget(data.num_classes)
     counts = torch.bincount(data.train_y, minlength=data.num_classes)
     if int(counts.min()) < k:  # select-subsets would fail only after the teachers trained
         c = int(counts.argmin())
@@ -140,7 +140,7 @@ def select_subsets(cfg: Config, data: str, out: str) -> dict:
     _, train_y, dm = _data(cfg, data, "train")
     d = DataMetrics.from_manifest(dm)
     C = d.num_classes
-    K = check_budget(cfg, C)
+    K = cfg.check_budget(C)
     indices = draw_per_class(train_y, K, cfg.seed, d.classes)
     metrics = SubsetsMetrics(num_subsets=K, num_classes=C, num_teachers=len(cfg.teachers.archs),
                              class_batches=cfg.class_batches(C), shards=cfg.shard_plan(C))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infer_distill.config.budget import KNOWN_IMAGES, KNOWN_NUM_CLASSES, check_budget
+from infer_distill.config.budget import KNOWN_IMAGES, KNOWN_NUM_CLASSES
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import DataMetrics
 from infer_distill.errors import ConfigError, DataError
@@ -50,7 +50,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
     for uri in out_uris:
         open_artifact(uri).check_writable()
     if cfg.dataset.name in KNOWN_NUM_CLASSES:
-        check_budget(cfg, KNOWN_NUM_CLASSES[cfg.dataset.name])
+        cfg.check_budget(KNOWN_NUM_CLASSES[cfg.dataset.name])
         check_forward_budget(KNOWN_NUM_CLASSES[cfg.dataset.name], cfg.synthesis)
     elif cfg.dataset.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 from infer_distill import dag
-from infer_distill.config.budget import smallest_feasible_ipc
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import (
     BaselineMetrics,
@@ -81,7 +80,7 @@ def report(cfg: Config, data: str, teachers: list[str], ufc: list[str], distille
     if not cfg.runs_infer():
         C = data_metrics.num_classes
         summary["infer_not_run"] = {"methods": cfg.methods, "ipc": cfg.budget.ipc, "num_subsets": cfg.num_subsets(C),
-                                    "smallest_feasible_ipc": smallest_feasible_ipc(cfg, C)}
+                                    "smallest_feasible_ipc": cfg.smallest_feasible_ipc(C)}
     if score_manifests or full_manifests:
         summary["methods"] = report_files.method_summary(
             _method_rows(cfg, infer_set, student_runs, [MethodScoreMetrics.from_manifest(m) for m in score_manifests]),
