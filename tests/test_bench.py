@@ -1,5 +1,6 @@
 """The benchmark client (benchmarks/run.py, benchmarks/report.py) on tiny profiles: pools, workers, resume, rendering."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,6 +49,13 @@ def test_every_profile_is_valid_and_infer_never_stores_more_than_its_baselines(n
         image_bytes = 3 * 32 * 32
         baseline_images = cfg.baseline_per_class(10, image_bytes) * 10
         assert cfg.infer_stored_bytes(10, image_bytes) <= baseline_images * image_bytes + baseline_images * 10 * 2, variant.name
+
+
+def _rendered(results: Path, md: Path, before: str) -> str:
+    """BENCHMARKS.md as benchmarks/report.py rewrites `md` (holding `before`) from the results in `results`."""
+    md.write_text(before)
+    report.main(["--results", str(results), "--out", str(md)])
+    return md.read_text()
 
 
 def test_a_bad_profile_is_refused_before_anything_runs(tmp_path, capsys):
@@ -110,10 +118,7 @@ def test_variants_share_a_pool_run_in_workers_resume_and_render(tmp_path):
     assert [s for s in stopped["steps"] if s["variant"] == "m2"] == [s for s in again["steps"] if s["variant"] == "m2"]
 
     # BENCHMARKS.md's region and the figure, from the results
-    md = tmp_path / "B.md"
-    md.write_text(f"# Benchmarks\n\nprose stays\n\n{report.BEGIN}\nold\n{report.END}\ntail stays\n")
-    report.main(["--results", str(results), "--out", str(md)])
-    text = md.read_text()
+    text = _rendered(results, tmp_path / "B.md", f"# Benchmarks\n\nprose stays\n\n{report.BEGIN}\nold\n{report.END}\ntail stays\n")
     assert "prose stays" in text and "tail stays" in text and "old" not in text.split(report.BEGIN)[1]
     assert (results / "tiny.png").read_bytes().startswith(b"\x89PNG")
     table = [line for line in text.splitlines() if line.startswith("| m")]
@@ -198,10 +203,7 @@ def test_the_methods_profile_renders_the_method_table_with_infers_feasibility_an
     assert borrowed["hlr_from"] == "ipc2" and borrowed["hlr"]["mean"] == pytest.approx(full - borrowed["hard"]["mean"])
     assert rows[("ipc2", "herding")]["hlr_from"] == ""
 
-    md = tmp_path / "B.md"
-    md.write_text(f"# Benchmarks\n\n{report.BEGIN}\n{report.END}\n")
-    report.main(["--results", str(results), "--out", str(md)])
-    text = md.read_text()
+    text = _rendered(results, tmp_path / "B.md", f"# Benchmarks\n\n{report.BEGIN}\n{report.END}\n")
     assert "Methods at equal bytes" in text and "ipc1: INFER is not run (K = 0 at ipc 1); its smallest feasible ipc here is 2" in text
     assert "(reference of ipc2)" in text and "same class / different classes" in text
     assert (results / "methods-similarity.png").read_bytes().startswith(b"\x89PNG")
@@ -285,10 +287,7 @@ def test_the_estimate_command_prints_and_writes_the_breakdown(tmp_path, capsys):
     assert "teachers.batch_size=256" in capsys.readouterr().err
 
     # BENCHMARKS.md: the pending GPU run, with its estimate
-    md = tmp_path / "B.md"
-    md.write_text(f"{report.BEGIN}\n{report.END}\n")
-    report.main(["--results", str(tmp_path), "--out", str(md)])
-    text = md.read_text()
+    text = _rendered(tmp_path, tmp_path / "B.md", f"{report.BEGIN}\n{report.END}\n")
     assert "ipc10-one-gpu on one GPU, the run is pending" in text and "The target, 540 s, is met from a gain of" in text
     assert "--jobs 8`" in text and str(tmp_path) not in text.split("Command:")[1].split("\n")[0]
 
@@ -329,10 +328,7 @@ def test_the_one_gpu_command_at_toy_size_on_a_cpu_writes_every_field_of_its_resu
         assert a["seeds"] == [0, 1] and 0 <= a["final_mean"] <= a["best_mean"] <= 1 and a["final_std"] >= 0
     assert r["estimate"]["command"] == r["command"] and "teacher convnet_d2_w32" in r["estimate"]["error"]
 
-    md = tmp_path / "B.md"
-    md.write_text(f"{report.BEGIN}\n{report.END}\n")
-    report.main(["--results", str(results), "--out", str(md)])
-    text = md.read_text()
+    text = _rendered(results, tmp_path / "B.md", f"{report.BEGIN}\n{report.END}\n")
     assert "### ipc10-one-gpu against the paper" in text and "| INFER+Dyn (dynamic labels) | convnet_d2_w32 | 2 |" in text
     assert "| 30.7 |" in text and "under 90 %: convnet_d2_w32, resnet_tiny" in text
     assert "wall span (s)" in text and "No GPU-time estimate: teacher convnet_d2_w32" in text
