@@ -405,6 +405,8 @@ def test_the_step_components_are_generated_from_the_plan():
     from infer_distill.engines.kfp.steps import STEP_FUNCTIONS
 
     assert [f.__name__.replace("_", "-") for f in STEP_FUNCTIONS] == [s.name for s in dag.PLAN]
+    # a fan-out's outputs that a later fan-out reads are gathered, and exactly those name their gathered artifact
+    assert [s.output for s in dag.PLAN if s.gathered_as] == generate.gathered_outputs() == ["teachers", "methods"]
 
 
 def test_pretrained_files_on_s3_reach_the_pods_and_local_ones_are_refused_at_compile_time():
