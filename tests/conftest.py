@@ -29,6 +29,10 @@ from torch import nn
 
 NOT_FAST = ("slow", "s3", "datasets", "processes", "containers")
 
+# `infer-distill run` chooses its workers from the machine's load (`--jobs auto`); the tests' runs take one job,
+# so what they compute never depends on what else the machine is doing. Tests of the choice set it themselves.
+os.environ["INFER_JOBS"] = "1"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--fast", action="store_true",

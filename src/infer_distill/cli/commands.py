@@ -15,12 +15,13 @@ Exit codes: 0 done, 2 input refused (never worth retrying), 75 object store unav
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 
 from infer_distill import dag
-from infer_distill.cli.show import console, export_set, print_configs, print_plan, print_step, print_threads, show
+from infer_distill.cli.show import console, export_set, print_configs, print_plan, print_step, print_threads, print_workers, show
 from infer_distill.config.loading import dump_config, load_config
 from infer_distill.engines.stage_command import ITEM_FLAGS, item_from_flags, output_flag, run_stage
 from infer_distill.engines.tracking import tracked
@@ -31,6 +32,17 @@ from infer_distill.storage import open_artifact
 
 # Modules that import torch (the stages, the runner, the executor, the distilled set, the report's plots) are
 # imported by the commands that need them: --help, config, configs and plan start in a fraction of a second.
+
+
+def jobs_arg(text: str) -> int | str:
+    """`--jobs`: a number of worker processes, or auto."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of worker processes nor auto "
+                                         "(check --jobs and $INFER_JOBS)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(r)
     r.add_argument("--out", default="runs/default", help="local directory or s3://bucket/prefix")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--jobs", type=int, default=1,
-                   help="worker processes: independent steps (teachers, shards, students, baselines) run side by side")
+    r.add_argument("--jobs", type=jobs_arg, default=os.environ.get("INFER_JOBS") or "auto",
+                   help="worker processes: independent steps (teachers, shards, students, baselines) run side by side; "
+                        "auto (default, or $INFER_JOBS): chosen from the usable cores, their load and the plan's width")
     r.add_argument("--devices", default="", metavar="cuda:0,cuda:1",
                    help="GPUs to spread the workers over, one each in turn (default: every worker uses the default device)")
     r.add_argument("--engine", choices=["local", "kfp-local"], default="local",
@@ -138,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(cfg, args.items_dir)
         elif args.command == "run":
             started = time.perf_counter()
-            print_threads()
             if args.engine == "kfp-local":
+                print_threads()
                 from infer_distill.engines.kfp.dag import run_local
 
                 report_uri = run_local(cfg, args.out)
@@ -150,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 report_uri = dag.location(dag.Layout(args.out), dag.final_step(), {})
                 devices = tuple(parse_devices(args.devices))
+                workers = print_workers(cfg, args.out, args.jobs, devices)
                 finished: list[str] = []
                 stopped = "no artifact had been finished; the step running was abandoned and wrote nothing"
                 with tracked(cfg, args.out, args.out) as tracker:
@@ -163,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                             tracker.step(step.stage, step.uri, step.manifest)
                     with interruptible():
                         report = run_in_process(cfg, args.out, progress=not args.no_progress, on_step=on_step,
-                                                jobs=args.jobs, devices=devices, force_unlock=args.force_unlock)
+                                                jobs=workers.jobs, threads=workers.threads, devices=devices,
+                                                force_unlock=args.force_unlock)
                     print_summary(report)
             console.print(f"Done in {time.perf_counter() - started:.1f}s. Report: {report_uri}/report.md")
         else:

@@ -23,6 +23,7 @@ from infer_distill.storage.local import file_kind
 
 if TYPE_CHECKING:
     from infer_distill.engines.runner import StepResult
+    from infer_distill.runtime.threads import Workers
 
 console = progress_console(stderr=True)
 
@@ -172,6 +173,40 @@ def print_threads() -> None:
 
     threads, why = configure_cpu_threads()
     console.print(f"CPU threads: {threads} ({why}); artifacts are byte-identical across runs at the same count")
+
+
+def print_workers(cfg: Config, root: str, jobs: int | str, devices: tuple[str, ...]) -> Workers:
+    """Decide (with --jobs auto) and print how `run` spreads the plan over processes and torch threads.
+
+    With a number of jobs given, each worker gets an equal share of the usable cores (or OMP_NUM_THREADS); with
+    auto, `runtime.threads.choose_workers` decides from the cores, their load and the plan's width."""
+    from infer_distill.engines.runner import num_classes_of
+    from infer_distill.runtime.threads import Workers, busy_fraction, choose_workers, usable_cpus
+
+    cores = usable_cpus()
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    omp_threads = int(omp) if omp.strip().isdigit() and int(omp) > 0 else None
+    if jobs == "auto":
+        num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
+        if num_classes is None:
+            try:
+                num_classes = num_classes_of(dag.Layout(root).data)
+            except ArtifactError:
+                num_classes = None  # no data artifact yet: the shards count as one item
+        gpus = len(devices) or (1 if cfg.resolve_device() == "cuda" else 0)
+        workers = choose_workers(cores, dag.parallel_width(cfg, num_classes), None if gpus or omp_threads else busy_fraction(),
+                                 gpus, omp_threads)
+    else:
+        workers = Workers(int(jobs), omp_threads or max(1, cores // max(1, int(jobs))), "as --jobs asks")
+    if workers.jobs == 1 and omp_threads is None:
+        import torch
+
+        torch.set_num_threads(workers.threads)
+    plural = "es" if workers.jobs > 1 else ""
+    console.print(f"Workers: {workers.jobs} process{plural} x {workers.threads} CPU thread{'s' if workers.threads > 1 else ''} "
+                  f"({workers.why}); choose with --jobs N and OMP_NUM_THREADS. Artifacts are byte-identical across runs "
+                  "at the same thread count")
+    return workers
 
 
 def print_configs() -> None:

@@ -37,6 +37,7 @@ from infer_distill.dag.steps import (
            location,
            omitted,
            optional_input,
+           parallel_width,
            remove_step,
            runs_file,
            settings,
@@ -47,4 +48,4 @@ from infer_distill.dag.steps import (
 __all__ = ["BASELINES", "EXIT_REFUSED", "EXIT_TRANSIENT", "FANOUTS", "FULL_DATA", "METHOD_RUNS", "METHOD_SETS", "PLAN",
            "PRODUCER", "RETRY", "SHARDS", "STAGES", "STEPS", "STUDENTS", "TEACHERS", "FanOut", "Layout", "RetryPolicy",
            "Step", "absent", "add_step", "artifact_folders", "check_omitted", "cli_args", "cli_value", "depends", "fanout_items", "fed_fanouts",
-           "final_step", "location", "omitted", "optional_input", "remove_step", "runs_file", "settings", "step_inputs", "upstream"]
+           "final_step", "location", "omitted", "optional_input", "parallel_width", "remove_step", "runs_file", "settings", "step_inputs", "upstream"]

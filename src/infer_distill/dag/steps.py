@@ -308,3 +308,21 @@ def fanout_items(cfg: Config, num_classes: int | None = None) -> dict[str, list[
     the config decides, and with the number of classes also those select-subsets decides."""
     return {f.name: [{k: cli_value(v) if isinstance(v, list) else v for k, v in item.items()} for item in f.items(cfg, num_classes)]
             for f in FANOUTS.values() if f.source == "config" or num_classes is not None}
+
+
+def parallel_width(cfg: Config, num_classes: int | None = None) -> int:
+    """The most items of the plan that can run at once: steps grouped by how many steps lie before them on the
+    longest chain, and the widest group's items counted. A fan-out whose items depend on the number of classes
+    (the UFC shards) counts as one item while that number is unknown. What `infer-distill run` sizes its workers by.
+    """
+    depth: dict[str, int] = {}
+    items: dict[int, int] = {}
+    for step in PLAN:  # in the plan's order: every producer before its consumers
+        if not step.runs(cfg):
+            continue
+        depth[step.name] = 1 + max((depth.get(PRODUCER[i].name, 0) for i in step.inputs), default=0)
+        count = 1
+        if step.over is not None and (step.over.source == "config" or num_classes is not None):
+            count = len(step.over.items(cfg, num_classes))
+        items[depth[step.name]] = items.get(depth[step.name], 0) + count
+    return max(items.values(), default=1)

@@ -21,7 +21,7 @@ plan's order, in this process (with progress bars): the serial walk of `engines.
 Devices: with `devices` (e.g. cuda:0,cuda:1) each worker process is given one of them in turn
 (as CUDA_VISIBLE_DEVICES, so "cuda" in the stages means that GPU); more jobs than devices share
 the GPUs (small student runs leave one GPU mostly idle). On the CPU each worker gets an equal
-share of the usable cores as torch threads.
+share of the usable cores as torch threads, or the count `infer-distill run` chose (runtime.threads.choose_workers).
 
 Several walks (the benchmark's variants) can share one executor: an artifact location that two
 walks both write is run once, and both wait for it.
@@ -158,12 +158,13 @@ def worker_threads(jobs: int) -> int:
 
 def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (), progress: bool = True,
               on_step: Callable[[Walk, StepResult], None] | None = None,
-              on_report: Callable[[Walk], None] | None = None, deadline: float | None = None) -> list[str]:
+              on_report: Callable[[Walk], None] | None = None, deadline: float | None = None,
+              threads: int | None = None) -> list[str]:
     """Run every walk's steps in `jobs` processes; returns the names of the walks that did not finish.
 
     `on_step(walk, result)` after every item, run or skipped; `on_report(walk)` once a walk's report
     is written (walk.report holds its metrics). At `deadline` (time.time()) no item starts any more;
-    those running finish.
+    those running finish. `threads`: torch threads per worker process (default: an equal share of the usable cores).
     """
     if not 1 <= jobs <= MAX_JOBS:
         raise ConfigError(f"--jobs {jobs}: use 1 to {MAX_JOBS} worker processes (each loads torch and a copy of its inputs)")
@@ -177,7 +178,7 @@ def run_walks(walks: Sequence[Walk], jobs: int = 1, devices: Sequence[str] = (),
         for device in device_slots(jobs, devices):
             slots.put(device)
         pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                      initargs=(slots, worker_threads(jobs)))
+                                      initargs=(slots, threads or worker_threads(jobs)))
     running: dict[str, cf.Future] = {}                       # artifact URI -> its item's future
     waiting: dict[cf.Future, list[tuple[Walk, Step]]] = {}   # who waits for each future
     writers: dict[str, dict] = {}                            # artifact URI -> the settings it is written with

@@ -18,7 +18,7 @@ from infer_distill.storage.lock import run_lock
 
 def run_in_process(cfg: Config, root: str, progress: bool = True,
                    on_step: Callable[[StepResult], None] | None = None, jobs: int = 1,
-                   devices: tuple[str, ...] = (), force_unlock: bool = False) -> dict:
+                   threads: int | None = None, devices: tuple[str, ...] = (), force_unlock: bool = False) -> dict:
     """Run (or resume) every step of PLAN under `root`; returns the report's manifest.
 
     A step whose artifact is current (`stages.artifacts.is_current`: same settings) is skipped, so a killed
@@ -32,7 +32,7 @@ def run_in_process(cfg: Config, root: str, progress: bool = True,
     layout = Layout(root)
     with run_lock(root, force_unlock):
         _check_replaceable(cfg, layout)
-        run_walks([Walk("run", cfg, root)], jobs, devices, progress,
+        run_walks([Walk("run", cfg, root)], jobs, devices, progress, threads=threads,
                   on_step=(lambda _walk, result: on_step(result)) if on_step else None)
         return open_artifact(location(layout, final_step(), {})).read_manifest()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -82,3 +83,79 @@ def configure_cpu_threads() -> tuple[int, str]:
     threads = usable_cpus()
     torch.set_num_threads(threads)
     return threads, "the cores this process may use (CPU quota and affinity)"
+
+
+# ----------------------------------------------------------------------------------------
+# Workers and threads of `infer-distill run`
+# ----------------------------------------------------------------------------------------
+#
+# How a walk of the plan is best spread over the cores depends on what else runs there. On an idle machine,
+# one worker whose torch threads span the cores finishes the quickstart first (fewer processes to start, and
+# the steps that run alone use every core). When other processes keep the cores busy, the kernel shares each
+# core between them and our threads: every parallel torch operation then waits at its end for whichever of its
+# threads was paused, and a walk with two threads per worker ran 3.4 times slower than two single-threaded
+# workers on the same loaded 2-core machine (README, "Threads and workers"). So: idle cores, threads; busy
+# cores, single-threaded workers, as many as the plan has items to run side by side.
+
+LOADED = 0.2  # busy fraction of our cores, from other processes, above which each worker gets one thread
+
+
+def busy_fraction(interval: float = 0.25, cpus: set[int] | None = None, stat: Path = Path("/proc/stat")) -> float | None:
+    """The fraction of `cpus` (default: this process's affinity) that other processes kept busy over `interval`
+    seconds, from the kernel's per-CPU times (this process sleeps meanwhile); None where they cannot be read."""
+    import time
+
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+    def sample() -> dict[int, tuple[int, int]] | None:
+        try:
+            lines = stat.read_text().splitlines()
+        except OSError:
+            return None
+        times = {}
+        for line in lines:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
+                ticks = [int(v) for v in values[:8]]
+                idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+                times[int(name[3:])] = (sum(ticks), idle)
+        return times or None
+
+    before = sample()
+    if before is None:
+        return None
+    time.sleep(interval)
+    after = sample() or {}
+    total = sum(after[c][0] - before[c][0] for c in before if c in after)
+    idle = sum(after[c][1] - before[c][1] for c in before if c in after)
+    return None if total <= 0 else min(1.0, max(0.0, (total - idle) / total))
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How `infer-distill run` spreads the plan: `jobs` processes of `threads` torch threads each."""
+
+    jobs: int
+    threads: int
+    why: str
+
+
+def choose_workers(cores: int, width: int, busy: float | None, gpus: int = 0, omp_threads: int | None = None) -> Workers:
+    """Workers and threads for `cores` usable cores, a plan that runs up to `width` items at once, the fraction
+    of the cores other processes keep `busy` (None: unknown, taken as idle), `gpus` devices to spread over, and
+    the thread count OMP_NUM_THREADS fixes (if set)."""
+    width = max(1, width)
+    load = f"{busy:.0%} busy with other processes" if busy is not None else "their load unknown"
+    if gpus:
+        jobs = max(1, min(width, gpus))
+        return Workers(jobs, max(1, cores // jobs), f"one worker per GPU ({gpus}), the {cores} usable cores shared among them")
+    if omp_threads:
+        jobs = max(1, min(width, cores // omp_threads))
+        return Workers(jobs, omp_threads, f"OMP_NUM_THREADS={omp_threads} threads each, on {cores} usable cores")
+    if busy is not None and busy > LOADED:
+        jobs = max(1, min(width, cores))
+        return Workers(jobs, 1, f"{cores} usable cores, {load}: single-threaded workers do not wait on paused threads; "
+                                f"the plan runs up to {width} items at once")
+    jobs = max(1, min(width, cores // 2))
+    return Workers(jobs, max(1, cores // jobs), f"{cores} usable cores, {load}; the plan runs up to {width} items at once")
