@@ -126,3 +126,29 @@ def test_a_jobs_2_run_stops_its_workers(tmp_path, sig, capsys):
     out = capsys.readouterr().err
     assert "prepare-data: up to date, skipped" in out and f"train-teacher {ARCHS[0]}: " in out
     assert not (root / LOCK).exists()
+
+
+def test_a_kfp_local_run_stops_its_task_processes(tmp_path):
+    """KFP's local runner waits for each task's process and goes on starting the tasks it queued: the signal is
+    passed on to every process below the run, each task abandons its item, and the run ends 143."""
+    from infer_distill.runtime.signals import descendants
+
+    root = tmp_path / "run"
+    proc = _start("run", "--engine", "kfp-local", "--out", str(root), *_sets(LONG))
+
+    def tasks() -> list[int]:
+        return [p for p in descendants(proc.pid) if b"executor_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    deadline = time.monotonic() + 300
+    while not ([p for p in root.rglob("manifest.json") if p.parent.name == "data"] and tasks()):  # teachers training
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "train-teacher never started"
+        time.sleep(0.5)
+    time.sleep(8)   # past the task's imports, into training
+    running = tasks()
+    code, err = _stop(proc, signal.SIGTERM)
+    assert code == 143, err
+    line = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM: the task running was stopped")]
+    assert len(line) == 1 and "start again with the same command" in line[0], err
+    assert [pid for pid in running if _alive(pid)] == []
+    assert not [p for p in root.rglob("manifest.json") if "teacher" in str(p)]   # no teacher artifact was written

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     object store is unavailable; 128 + the signal for a `run` or `stage` stopped by SIGTERM or SIGINT
     (runtime.signals); anything else (a traceback) is a crash."""
     args = build_parser().parse_args(argv)
+    resume = "resume with the same command (finished steps are skipped)"
     try:
         if args.command == "show":
             show(args.uri, args.json)
@@ -155,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 print_threads()
                 from infer_distill.engines.kfp.dag import run_local
 
-                report_uri = run_local(cfg, args.out)
+                stopped = "the task running was stopped and wrote nothing; the finished tasks' outputs are kept"
+                resume = "start again with the same command (KFP's local runner runs every task again)"
+                with interruptible(forward=True):  # the tasks are child processes KFP waits for: they stop too
+                    report_uri = run_local(cfg, args.out)
                 print_summary(open_artifact(report_uri).read_manifest())
             else:
                 from infer_distill.engines.executor import parse_devices
@@ -200,6 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         return dag.EXIT_TRANSIENT
     except Interrupted as e:
         again = shlex.join(["infer-distill", *(sys.argv[1:] if argv is None else argv)])
-        print(f"stopped by {e.name}: {stopped}; resume with the same command (finished steps are skipped): {again}",
+        print(f"stopped by {e.name}: {stopped}; {resume}: {again}",
               file=sys.stderr)
         return e.exit_code

@@ -15,6 +15,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -30,10 +32,38 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _interrupt_with_children(signum: int, frame: FrameType | None) -> None:
+    def stop_descendants() -> None:
+        # Until this process ends: a task runner's threads may still start the tasks they had queued
+        while True:
+            for pid in descendants():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            time.sleep(0.2)
+
+    threading.Thread(target=stop_descendants, name="stop-descendants", daemon=True).start()
+    _interrupt(signum, frame)
+
+
+def descendants(pid: int | str = "self") -> list[int]:
+    """The processes below `pid`, children before their own (Linux: /proc/<pid>/task/*/children); [] where they
+    cannot be listed. All of them: a KFP task is a shell that starts the Python that runs the stage."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    return [p for child in found for p in (child, *descendants(child))]
+
+
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Within the block (in the main thread), SIGTERM and SIGINT raise Interrupted; the handlers before it come back after."""
-    previous = {s: signal.signal(s, _interrupt) for s in SIGNALS}
+def interruptible(forward: bool = False) -> Iterator[None]:
+    """Within the block (in the main thread), SIGTERM and SIGINT raise Interrupted; the handlers before it come back after.
+
+    `forward`: first pass the signal on to the processes below this one as SIGTERM. For KFP's local runner,
+    which waits for each task's process until it ends and whose threads go on starting the tasks they had
+    queued: each task abandons its item as a stage does, until this process ends."""
+    previous = {s: signal.signal(s, _interrupt_with_children if forward else _interrupt) for s in SIGNALS}
     try:
         yield
     finally:

@@ -3,6 +3,7 @@ Kubeflow UI (`run_step`), and every fan-in of a fan-out's artifacts into one (`g
 from __future__ import annotations
 
 import shutil
+import sys
 from typing import Any
 
 from infer_distill import dag
@@ -10,7 +11,8 @@ from infer_distill.config.loading import load_config
 from infer_distill.dag.layout import Layout
 from infer_distill.dag.metrics import METRICS
 from infer_distill.engines.runner import run_item
-from infer_distill.errors import ArtifactError
+from infer_distill.errors import ArtifactError, Interrupted
+from infer_distill.runtime.signals import interruptible
 from infer_distill.storage import open_artifact
 
 
@@ -25,7 +27,12 @@ def run_step(name: str, config: str, item: dict, inputs: dict, gathered: dict, o
     for input_name, root in gathered.items():  # None: an optional fan-out the DAG was compiled without
         producer = dag.PRODUCER[input_name]
         inputs[input_name] = [] if root is None else [dag.location(Layout(root), producer, i) for i in producer.over.items(cfg, None)]
-    manifest = run_item(cfg, step, item, inputs, out, progress=False).manifest
+    try:
+        with interruptible():  # a pod's SIGTERM (eviction, deadline) abandons the item as `infer-distill stage` does
+            manifest = run_item(cfg, step, item, inputs, out, progress=False).manifest
+    except Interrupted as e:
+        print(f"stopped by {e.name}: {name} was abandoned and wrote nothing; finished artifacts are kept", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     found = METRICS[name].from_manifest(manifest, out)
     label = "_".join(str(v) for v in item.values())
     for key, value in found.accuracies().items():  # a fan-out's by its location and item: teacher_resnet18_test_acc
