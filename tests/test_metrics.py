@@ -4,6 +4,7 @@ refused, naming the artifact kind and the key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,16 @@ def test_tracking_logs_every_trained_model_of_every_step(every_manifest):
             assert curve == [tuple(point) for point in m["metrics"]["curve"]]
     keys = [(key, step) for _, m in manifests for key, _, step in read(m).scalars(m["settings"])]
     assert len(keys) == len(set(keys))
+
+
+@pytest.mark.slow
+def test_metrics_of_the_wrong_type_are_refused_naming_the_key(every_manifest):
+    """Every kind: a field holding a value of another type (a manifest altered by hand) is an ArtifactError naming
+    it, not a traceback where a stage first uses it."""
+    _, _, manifests = every_manifest
+    for uri, manifest in {m["stage"]: (u, m) for u, m in manifests}.values():
+        key, value = next((k, v) for k, v in manifest["metrics"].items() if not isinstance(v, (str, bool)))
+        bad = "not this" if isinstance(value, dict) else {"not": "this"}
+        wrong = {**manifest, "metrics": {**manifest["metrics"], key: bad}}
+        with pytest.raises(ArtifactError, match=rf"metrics\.{key}={re.escape(repr(bad))}: .*rerun stage {manifest['stage']}"):
+            read(wrong, uri)

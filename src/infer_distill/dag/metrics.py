@@ -9,10 +9,25 @@ without importing torch.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from pydantic import TypeAdapter, ValidationError
+
 from infer_distill.errors import ArtifactError
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    """Checks a manifest's metrics against the field types of `cls` (ints taken where floats are declared)."""
+    return TypeAdapter(cls)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 # Every plan step's metrics class, by step name: each class enters itself (tests/test_metrics.py checks it covers dag.PLAN).
 METRICS: dict[str, type[StageMetrics]] = {}
@@ -55,7 +70,14 @@ class StageMetrics:
             problems = ([f"lack {', '.join(missing)}"] if missing else []) + ([f"have unknown {', '.join(unknown)}"] if unknown else [])
             raise ArtifactError(f"{where}: its metrics {' and '.join(problems)} (made by another version of infer-distill?): "
                                 f"rerun stage {cls.kind} to remake it")
-        return cls(**metrics)
+        try:
+            return _adapter(cls).validate_python(metrics)
+        except ValidationError as e:
+            problem = e.errors()[0]
+            key = ".".join(map(str, problem["loc"]))
+            raise ArtifactError(f"{where}: metrics.{key}={_short(problem.get('input'))}: {problem['msg'].lower()} "
+                                f"(altered by hand, or made by another version of infer-distill?): rerun stage {cls.kind} "
+                                "to remake it") from None
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], uri: str = "") -> StageMetrics:
