@@ -280,13 +280,13 @@ class SplitWriter:
     def _check(self, i: int, x: Any, y: Any) -> None:
         where = f"the {self.split} split, batch {i}"
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
-            what = f"{x.dtype} {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            what = _described(x)
             raise DataError(f"{where}: images are {what}, not uint8 [n, C, H, W]: fix the data source")
         if self.shape is not None and len(x) and tuple(x.shape[1:]) != self.shape:
             raise DataError(f"{where}: images of shape {list(x.shape[1:])}, the batches before were {list(self.shape)}: "
                             "every image of a split must have one size (set dataset.image_size)")
         if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (len(x),):
-            what = f"{y.dtype} {list(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            what = _described(y)
             raise DataError(f"{where}: labels are {what}, not int64 [{len(x)}] (one per image): fix the data source")
         if len(y) and (int(y.min()) < 0 or (self.num_classes is not None and int(y.max()) >= self.num_classes)):
             bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
@@ -302,3 +302,8 @@ class SplitWriter:
             self.class_counts = counts
         else:
             self.class_counts += counts
+
+
+def _described(t: Any) -> str:
+    """A batch's tensor as a message names it: "int32 [10]"."""
+    return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
