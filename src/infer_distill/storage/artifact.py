@@ -27,7 +27,9 @@ What holds:
   once, in order (its size and sha256 computed as they pass), or from a callable called when its
   turn comes (after the files before it were stored), and `finish` completes the manifest after
   the last file (a stage that learns its metrics from the rows it wrote). Memory is bounded by a
-  chunk locally and by a multipart part on S3, never by the file. An exception the producer of a
+  chunk locally and on S3 by the part being filled and the one being sent (a chunk larger than a
+  part is cut into parts), never by the file; a file smaller than the multipart threshold is
+  one PUT. An exception the producer of a
   file raises comes out of `write` as it was raised, and the write stores nothing;
 - every store failure classified: refused input (bad URI, bad settings, missing bucket,
   credentials) is an ArtifactError (exit 2); a store that does not answer, cuts a connection,

@@ -352,7 +352,8 @@ class S3Artifact(Artifact):
             if len(parts) >= _MAX_PARTS:
                 raise ArtifactError(f"cannot write s3://{self.bucket}/{key}: over {_MAX_PARTS:,} parts "
                                     f"(INFER_S3_MULTIPART_THRESHOLD={threshold}): raise INFER_S3_MULTIPART_THRESHOLD")
-            body, number = bytes(buffer[:size]), len(parts) + 1
+            with memoryview(buffer) as whole:  # one copy of the part: its body
+                body, number = bytes(whole[:size]), len(parts) + 1
             answer = _retrying(lambda: client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                           PartNumber=number, Body=body))
             parts.append({"ETag": answer["ETag"], "PartNumber": number})
@@ -360,11 +361,16 @@ class S3Artifact(Artifact):
 
         try:
             for chunk in chunks:
-                buffer += chunk
-                if upload_id is None and len(buffer) >= threshold:
-                    upload_id = _retrying(lambda: client.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
-                while upload_id is not None and len(buffer) >= _part_size(threshold, len(parts)):
-                    send(_part_size(threshold, len(parts)))
+                view = memoryview(chunk)
+                while view:  # a chunk larger than a part is taken a part at a time: the buffer never exceeds one
+                    size = _part_size(threshold, len(parts))
+                    take = size - len(buffer)  # > 0: a full buffer is sent (size >= threshold) before this
+                    buffer += view[:take]
+                    view = view[take:]
+                    if upload_id is None and len(buffer) >= threshold:
+                        upload_id = _retrying(lambda: client.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+                    if upload_id is not None and len(buffer) >= size:
+                        send(size)
             if upload_id is None:
                 body = bytes(buffer)
                 _retrying(lambda: client.put_object(Bucket=self.bucket, Key=key, Body=body))
