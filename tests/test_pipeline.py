@@ -307,7 +307,8 @@ def test_baselines_share_the_draw_the_labels_and_the_budget_and_show_in_the_repo
     layout = Layout(out)
     run_in_process(cfg, out, progress=False)
     data = open_artifact(layout.data)
-    train = {"y": open_split(data, "train").labels}
+    split = open_split(data, "train")
+    train = {"x": split.read_all(), "y": split.labels}
     classes = data.read_manifest()["metrics"]["classes"]
     subsets = open_artifact(layout.subsets).read_tensors("subsets.safetensors")["indices"]        # [K, C]
     per_class = cfg.baseline_per_class(10, 64)
