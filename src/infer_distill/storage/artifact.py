@@ -29,8 +29,8 @@ What holds:
   the last file (a stage that learns its metrics from the rows it wrote). Memory is bounded by a
   chunk locally and on S3 by the part being filled and the one being sent (a chunk larger than a
   part is cut into parts), never by the file; a file smaller than the multipart threshold is
-  one PUT. An exception the producer of a
-  file raises comes out of `write` as it was raised, and the write stores nothing;
+  one PUT. An exception the producer of a file raises comes out of `write` as it was raised,
+  and the write stores nothing;
 - every store failure classified: refused input (bad URI, bad settings, missing bucket,
   credentials) is an ArtifactError (exit 2); a store that does not answer, cuts a connection,
   times out, truncates a body, throttles or fails (HTTP 5xx) is retried -- the body of a read,
