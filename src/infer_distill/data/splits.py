@@ -101,17 +101,17 @@ class Split:
             raise IndexError(f"row {bad} of the {self.name} split of {self.art.uri}, which has {self._rows} rows")
         if self._file_bytes <= WHOLE_FILE_BYTES:
             return self._all()[index]
-        out = torch.empty((len(index), *self._shape), dtype=torch.uint8)
-        order = torch.argsort(index, stable=True)
-        ordered = index[order].numpy()
+        out = np.empty((len(index), *self._shape), dtype=np.uint8)  # numpy: a copy per read, no torch op per read
+        order = np.argsort(index.numpy(), kind="stable")
+        ordered = index.numpy()[order]
         for first, end in self._reads(np.unique(ordered // self.block_rows)):
             begin_row, end_row = first * self.block_rows, min(end * self.block_rows, self._rows)
             data = self.art.read_range(self.images, begin_row * self._row_bytes, (end_row - begin_row) * self._row_bytes)
             self._check(first, end, data)
             a, b = np.searchsorted(ordered, [begin_row, end_row])
             block = np.frombuffer(data, dtype=np.uint8).reshape(-1, *self._shape)
-            out[order[a:b]] = torch.from_numpy(block[ordered[a:b] - begin_row])  # fancy indexing copies: writable
-        return out
+            out[order[a:b]] = block[ordered[a:b] - begin_row]
+        return torch.from_numpy(out)
 
     def read_all(self) -> torch.Tensor:
         """Every image, uint8 [N, C, H, W]."""
