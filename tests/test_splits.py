@@ -88,6 +88,8 @@ def test_round_trip_on_disk(tmp_path, digits, monkeypatch, batch, by_blocks):
     assert torch.equal(split.read(ROWS), x[ROWS])
     assert torch.equal(split.read(torch.tensor([], dtype=torch.int64)), x[:0])
     assert torch.equal(split.read_all(), x)
+    split.read_all()[:] = 0  # the caller's copy
+    assert torch.equal(split.read(ROWS), x[ROWS]) and torch.equal(split.read_all(), x)
     got = list(split.batches(400))
     assert [len(b) for b, _ in got] == [400, 400, 400, 400, 197]
     assert torch.equal(torch.cat([b for b, _ in got]), x) and torch.equal(torch.cat([c for _, c in got]), y)

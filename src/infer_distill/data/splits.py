@@ -115,7 +115,8 @@ class Split:
 
     def read_all(self) -> torch.Tensor:
         """Every image, uint8 [N, C, H, W]."""
-        return self._all() if self._file_bytes <= WHOLE_FILE_BYTES else self.read(torch.arange(self._rows))
+        # a copy of the kept file: a caller that changes it in place never changes what later reads return
+        return self._all().clone() if self._file_bytes <= WHOLE_FILE_BYTES else self.read(torch.arange(self._rows))
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images uint8, labels int64) of consecutive rows, in order, at most `batch_size` each."""
@@ -126,14 +127,11 @@ class Split:
             yield self.read(rows), self.labels[rows]
 
     def _all(self) -> torch.Tensor:
-        """The images file read whole, checked against its manifest sha256 (a small one, kept)."""
-        if self._whole is not None:
-            return self._whole
-        data = self.art.read_bytes(self.images)
-        whole = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).reshape(self._rows, *self._shape)
-        if self._file_bytes <= WHOLE_FILE_BYTES:
-            self._whole = whole
-        return whole
+        """The (small) images file read whole once, checked against its manifest sha256, and kept."""
+        if self._whole is None:
+            data = self.art.read_bytes(self.images)
+            self._whole = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).reshape(self._rows, *self._shape)
+        return self._whole
 
     def _reads(self, blocks: np.ndarray) -> Iterator[tuple[int, int]]:
         """The ranged reads [first, end) of blocks covering `blocks` (sorted, distinct): runs of adjacent blocks,
