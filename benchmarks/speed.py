@@ -31,6 +31,7 @@ from benchmarks.run import RESULTS, RUNS, atomic_write, default_datasets, load_p
 from infer_distill.config.schema import Config
 from infer_distill.dag.layout import Layout
 from infer_distill.dag.metrics import DataMetrics
+from infer_distill.data.splits import open_split
 from infer_distill.errors import ConfigError
 from infer_distill.method.synthesis import synthesize_ufcs
 from infer_distill.stages.artifacts import is_current, load_input
@@ -63,9 +64,9 @@ def measure_speed(cfg: Config, root: str, iterations: int, sample: int) -> dict:
                           "(python -m benchmarks.run --profile PROFILE --variants VARIANT)")
     device, _ = compute_setup(cfg, trains=False)
     art, dm = load_input(layout.data, cfg, "prepare-data")
-    train_x = art.read_tensors("train.safetensors")["x"]
     sub_art, _ = load_input(layout.subsets, cfg, "select-subsets")
-    natural = train_x[sub_art.read_tensors("subsets.safetensors")["indices"]]   # [K, C, ch, H, W] uint8
+    indices, train = sub_art.read_tensors("subsets.safetensors")["indices"], open_split(art, "train")
+    natural = train.read(indices.reshape(-1)).reshape(*indices.shape, *train.shape)   # [K, C, ch, H, W] uint8
     teachers = load_teachers(cfg, layout.teachers(cfg), dm, device)
     K, M, archs, std = natural.shape[0], len(teachers), list(cfg.teachers.archs), DataMetrics.from_manifest(dm).std
 

@@ -20,6 +20,7 @@ from infer_distill.config.loading import dump_config, load_config
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.dag.layout import Layout
 from infer_distill.data.sources import load_dataset
+from infer_distill.data.splits import open_split
 from infer_distill.errors import ArtifactError
 from infer_distill.method.synthesis import class_batch_index, decode_ufc, encode_ufc
 from infer_distill.outputs import export
@@ -149,7 +150,8 @@ def test_origins_labels_and_description_agree_with_the_inputs(run):
     cfg, layout = run
     ds = DistilledSet.open(layout.distilled)
     data = open_artifact(layout.data)
-    train = data.read_tensors("train.safetensors")
+    split = open_split(data, "train")
+    train = {"x": split.read_all(), "y": split.labels}
     indices = open_artifact(layout.subsets).read_tensors("subsets.safetensors")["indices"]          # [K, C]
     (shard,) = [open_artifact(layout.ufc(ids)).read_tensors("ufc.safetensors")["ufc"] for ids in cfg.shard_plan(10)]
     ufc = decode_ufc(encode_ufc(shard, "uint8"))                                                     # as soft-label stores them
@@ -173,7 +175,7 @@ def test_origins_labels_and_description_agree_with_the_inputs(run):
     x, z, y = next(iter(loader))
     assert torch.equal(x, 1 - ds.images[:100]) and torch.equal(z, ds.soft_labels[:100]) and torch.equal(y, ds.labels[:100])
     test_x, test_y = ds.read_test_split()
-    assert torch.equal(test_x, data.read_tensors("test.safetensors")["x"]) and len(test_y) == len(test_x)
+    assert torch.equal(test_x, open_split(data, "test").read_all()) and len(test_y) == len(test_x)
 
 
 @pytest.mark.slow
@@ -399,8 +401,8 @@ def test_a_moved_run_still_describes_the_set_and_its_report_adds_the_student_acc
     teacher_acc = open_artifact(copy.teacher("convnet_d2_w32")).read_manifest()["metrics"]["test_acc"]
     assert f"convnet_d2_w32 ({100 * teacher_acc:.2f} % test accuracy)" in sheet
     arrays = np.load(tmp_path / "npz" / "distilled.npz", allow_pickle=False)
-    test = open_artifact(copy.data).read_tensors("test.safetensors")
-    assert np.array_equal(arrays["test_images"], test["x"].numpy()) and np.array_equal(arrays["test_labels"], test["y"].numpy())
+    test = open_split(open_artifact(copy.data), "test")
+    assert np.array_equal(arrays["test_images"], test.read_all().numpy()) and np.array_equal(arrays["test_labels"], test.labels.numpy())
 
     shutil.rmtree(copy.data)
     with pytest.raises(ArtifactError, match="no prepare-data artifact with the dataset settings .*manifest.json missing"):

@@ -56,12 +56,12 @@ def test_missing_s3_credentials(s3_bucket, monkeypatch, capsys, tmp_path):
 def test_truncated_and_altered_artifacts_are_refused(tmp_path, capsys):
     root = tmp_path / "r"
     assert main(["stage", "prepare-data", "--root", str(root), *_sets([])]) == 0
-    data_file = root / "data" / "train.safetensors"
+    data_file = root / "data" / "train.labels.safetensors"  # what select-subsets reads
     original = data_file.read_bytes()
 
     data_file.write_bytes(original[:-10])
     assert main(["stage", "select-subsets", "--root", str(root), *_sets([])]) == 2
-    assert "train.safetensors" in capsys.readouterr().err
+    assert "train.labels.safetensors" in capsys.readouterr().err
 
     altered = bytearray(original)
     altered[-1] ^= 0xFF

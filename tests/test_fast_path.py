@@ -17,6 +17,7 @@ from infer_distill.dag.layout import Layout
 from infer_distill.dag.steps import STAGES
 from infer_distill.data.augment import augmentation, random_crop_flip
 from infer_distill.data.sources import load_dataset
+from infer_distill.data.splits import open_split
 from infer_distill.engines.runner import plan_ufc_shards
 from infer_distill.engines.walk import run_in_process
 from infer_distill.errors import ConfigError
@@ -458,8 +459,8 @@ def test_a_run_on_the_cpu_fast_path_records_what_each_stage_computed_in(tmp_path
     dm = open_artifact(layout.data).read_manifest()
     model = BF16_CL.place(build_model("convnet_d3_w32", dm), "cpu")
     model.load_state_dict(open_artifact(student).read_tensors("weights.safetensors"))
-    test = open_artifact(layout.data).read_tensors("test.safetensors")
-    assert evaluate(model, test["x"], test["y"], "cpu") == open_artifact(student).read_manifest()["metrics"]["final_acc"]
+    test = open_split(open_artifact(layout.data), "test")
+    assert evaluate(model, test.read_all(), test.labels, "cpu") == open_artifact(student).read_manifest()["metrics"]["final_acc"]
 
 
 @pytest.mark.slow

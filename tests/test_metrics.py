@@ -98,7 +98,8 @@ def test_a_peers_own_numbers_are_stored_only_when_it_records_them():
 def test_the_distilled_sets_description_is_the_data_artifacts():
     assert instances.DISTILLED_DESCRIPTION == ("classes", "mean", "std", "crop_padding", "hflip")
     data = DataMetrics(classes=["a"], mean=[0.5], std=[0.2], crop_padding=1, hflip=True, num_classes=1, in_chans=1,
-                       image_size=8, num_train=4, num_test=2, min_train_per_class=4)
+                       image_size=8, num_train=4, num_test=2, min_train_per_class=4,
+                       splits={"train": {"rows": 4, "shape": [1, 8, 8], "dtype": "uint8", "block_rows": 1024}})
     assert data.description() == {k: data.to_dict()[k] for k in instances.DISTILLED_DESCRIPTION}
 
 

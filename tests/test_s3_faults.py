@@ -175,6 +175,18 @@ def test_a_read_survives_one_fault(s3_bucket: str, proxy: FaultProxy, monkeypatc
     assert proxy.connections >= 2
 
 
+@pytest.mark.parametrize("fault", [("reset_response", 1500), ("stall", 1500), ("status", 503)])
+def test_a_ranged_read_survives_one_fault(s3_bucket: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch,
+                                          fault) -> None:
+    payload = os.urandom(300_000)
+    art = open_artifact(f"s3://{s3_bucket}/a")
+    art.write({"big.bin": payload}, {"stage": "prepare-data"})
+    _through(monkeypatch, proxy.endpoint)
+    proxy.schedule = [fault]  # the ranged GET's body is cut, stalled or refused: the GET is sent again
+    assert open_artifact(art.uri).read_range("big.bin", 1000, 200_000) == payload[1000:201_000]
+    assert proxy.connections >= 2
+
+
 @pytest.mark.parametrize("fault", [("reset_request", 100_000), ("status", 503), ("reset_response", 10)])
 def test_a_write_survives_one_fault(s3_bucket: str, s3_env: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch,
                                     fault) -> None:
@@ -185,6 +197,20 @@ def test_a_write_survives_one_fault(s3_bucket: str, s3_env: str, proxy: FaultPro
     assert proxy.connections >= 2  # the fault was met, and retried
     _through(monkeypatch, s3_env)
     assert open_artifact(f"s3://{s3_bucket}/w").read_bytes("big.bin") == payload
+
+
+def test_a_streamed_multipart_write_survives_cut_parts(s3_bucket: str, s3_env: str, proxy: FaultProxy,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFER_S3_MULTIPART_THRESHOLD", str(5 * 1024 * 1024))
+    chunks = [os.urandom(1024 * 1024) for _ in range(7)]
+    _through(monkeypatch, proxy.endpoint)
+    # every other connection cuts a request once 100 kB of it passed: only the parts are that long, each retried
+    proxy.schedule = [("reset_request", 100_000), ("healthy", 0)] * 20
+    open_artifact(f"s3://{s3_bucket}/w").write({"big.bin": iter(chunks)}, {"stage": "prepare-data"})
+    _through(monkeypatch, s3_env)
+    assert open_artifact(f"s3://{s3_bucket}/w").read_bytes("big.bin") == b"".join(chunks)
+    client = boto3.session.Session().client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    assert client.head_object(Bucket=s3_bucket, Key="w/big.bin")["ETag"].strip('"').endswith("-2")
 
 
 @pytest.mark.parametrize("fault, cause", [

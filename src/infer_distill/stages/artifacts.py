@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +21,7 @@ from infer_distill.dag.artifact_settings import diff_settings, fingerprint
 from infer_distill.dag.metrics import StageMetrics
 from infer_distill.dag.metrics import read as read_metrics
 from infer_distill.data.sources import source_digest
+from infer_distill.data.splits import open_split
 from infer_distill.errors import ArtifactError
 from infer_distill.models import architectures
 from infer_distill.storage import open_artifact, read_file
@@ -63,10 +64,14 @@ def _begin(out: str, inputs: Inputs) -> _Output:
     return _Output(out, dict(inputs), input_digests(inputs), started)
 
 
-def _write(out: _Output, cfg: Config, files: dict, metrics: StageMetrics, read: dict | None = None, **keys) -> dict:
+def _write(out: _Output, cfg: Config, files: dict, metrics: StageMetrics | Callable[[], StageMetrics],
+           read: dict | None = None, *, stage: str | None = None, **keys) -> dict:
     """Write the artifact of the step `metrics` belong to; `read`: what the stage read from outside the pipeline,
-    as `sources` gives it."""
-    stage = metrics.kind
+    as `sources` gives it. `metrics` may be a callable giving them once the files are stored (a stage that counts
+    what it streamed): the step is then `stage`. `files`: as `Artifact.write` takes them."""
+    stage = metrics.kind if isinstance(metrics, StageMetrics) else stage
+    if stage is None:
+        raise TypeError("_write: metrics given later (a callable) need the stage they are of")
     settings = dag.settings(cfg, stage, **keys)
     manifest = {
         "stage": stage,
@@ -76,13 +81,25 @@ def _write(out: _Output, cfg: Config, files: dict, metrics: StageMetrics, read: 
         "seed": cfg.seed,
         "inputs": out.inputs,
         "input_digests": out.input_digests,
-        "metrics": metrics.to_dict(),
-        "elapsed_s": round(time.perf_counter() - out.started, 3),
-        # microseconds: a remade input gets a manifest (and digest) of its own even within one second
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "infer_distill_version": __version__,
+        **({"metrics": metrics.to_dict()} if isinstance(metrics, StageMetrics) else {}),
     }
-    return open_artifact(out.uri).write(files, manifest)
+
+    def finish() -> dict:
+        later = {}
+        if not isinstance(metrics, StageMetrics):
+            made = metrics()
+            if made.kind != stage:
+                raise TypeError(f"_write: {made.kind!r} metrics for a {stage!r} artifact")
+            later = {"metrics": made.to_dict()}
+        return {
+            **later,
+            "elapsed_s": round(time.perf_counter() - out.started, 3),
+            # microseconds: a remade input gets a manifest (and digest) of its own even within one second
+            "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "infer_distill_version": __version__,
+        }
+
+    return open_artifact(out.uri).write(files, manifest, finish)
 
 
 def load_input(uri: str, cfg: Config, stage: str, **keys) -> tuple[Artifact, dict]:
@@ -117,9 +134,10 @@ def is_current(uri: str, cfg: Config, stage: str, inputs: Inputs | None = None, 
         read_metrics(manifest, uri)  # its readers need its metrics whole: one another version wrote otherwise is remade
         if manifest.get("sources", {}) != sources(cfg, stage, **keys):
             return False
-        for name in manifest["files"]:
-            data = art.read_bytes(name)
-            if name.endswith(".safetensors") and not safetensors_header_ok(data):
+        for name, entry in manifest["files"].items():
+            if not name.endswith(".safetensors"):
+                art.verify(name, entry)  # in chunks: a split's images need not fit in memory
+            elif not safetensors_header_ok(art.read_bytes(name)):
                 return False
         recorded = manifest.get("input_digests")
         inputs = manifest.get("inputs", {}) if inputs is None else inputs
@@ -210,5 +228,5 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     art, manifest = load_input(uri, cfg, "prepare-data")
-    t = art.read_tensors(f"{split}.safetensors")
-    return t["x"], t["y"], manifest
+    rows = open_split(art, split)
+    return rows.read_all(), rows.labels, manifest

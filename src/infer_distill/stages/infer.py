@@ -19,6 +19,7 @@ from infer_distill.dag.metrics import (
 )
 from infer_distill.data.augment import augmentation
 from infer_distill.data.sources import load_dataset
+from infer_distill.data.splits import SplitWriter
 from infer_distill.errors import DataError, StageError
 from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
 from infer_distill.method.training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
@@ -37,7 +38,7 @@ from infer_distill.storage import open_artifact
 
 
 def prepare_data(cfg: Config, out: str) -> dict:
-    """Materialise the train/test split once, as uint8 tensors, so later stages never touch the source."""
+    """Materialise the train/test split once, as uint8 rows (data.splits), so later stages never touch the source."""
     output = _begin(out, {})
     read = sources(cfg, "prepare-data")  # before loading: a source changed while it is read is remade next time
     data = load_dataset(cfg.dataset)
@@ -50,13 +51,18 @@ def prepare_data(cfg: Config, out: str) -> dict:
         raise DataError(f"class {data.classes[c]!r} has {int(counts[c])} training images, but K={k} disjoint subsets need {k} "
                         "per class; lower budget.ipc or raise dataset.train_per_class")
     padding, hflip = augmentation(cfg.dataset, data.image_size)
-    metrics = DataMetrics(
-        num_classes=data.num_classes, classes=data.classes, in_chans=data.in_chans, image_size=data.image_size,
-        mean=list(data.mean), std=list(data.std), num_train=len(data.train_y), num_test=len(data.test_y),
-        min_train_per_class=int(counts.min()), crop_padding=padding, hflip=hflip,
-    )
-    files = {"train.safetensors": {"x": data.train_x, "y": data.train_y}, "test.safetensors": {"x": data.test_x, "y": data.test_y}}
-    return _write(output, cfg, files, metrics, read)
+    train = SplitWriter("train", [(data.train_x, data.train_y)], data.num_classes)
+    test = SplitWriter("test", [(data.test_x, data.test_y)], data.num_classes)
+
+    def metrics() -> DataMetrics:  # what the splits' writers counted as the rows streamed by
+        return DataMetrics(
+            num_classes=data.num_classes, classes=data.classes, in_chans=data.in_chans, image_size=data.image_size,
+            mean=list(data.mean), std=list(data.std), num_train=train.count, num_test=test.count,
+            min_train_per_class=int(train.class_counts.min()), crop_padding=padding, hflip=hflip,
+            splits={"train": train.description(), "test": test.description()},
+        )
+
+    return _write(output, cfg, {**train.files(), **test.files()}, metrics, read, stage=DataMetrics.kind)
 
 
 def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:

@@ -17,15 +17,26 @@ What holds:
   (ArtifactError), so a user's folder at an artifact's path survives a run;
 - self-describing: a reader learns what is there, and what made it, from the manifest alone;
   a manifest entry without a size or sha256 reads as no artifact, so a rerun remakes it;
-- safe: tensors are stored with safetensors and loaded without pickle, and every read is
-  checked against the recorded size and sha256, so truncation or corruption is an error,
-  not silently wrong numbers;
+- safe: tensors are stored with safetensors and loaded without pickle, and every read of a
+  whole file is checked against the recorded size and sha256, so truncation or corruption is
+  an error, not silently wrong numbers. A ranged read (`read_range`: some bytes of one file)
+  checks only that the bytes are there; its caller verifies them against digests of its own
+  that it read verified (data.splits keeps a sha256 per block of rows beside its images), and
+  `verify` checks a file of any size against the manifest without holding it in memory;
+- streamed: a file may be written from an iterable of byte chunks, produced lazily and consumed
+  once, in order (its size and sha256 computed as they pass), or from a callable called when its
+  turn comes (after the files before it were stored), and `finish` completes the manifest after
+  the last file (a stage that learns its metrics from the rows it wrote). Memory is bounded by a
+  chunk locally and on S3 by the part being filled and the one being sent (a chunk larger than a
+  part is cut into parts), never by the file; a file smaller than the multipart threshold is
+  one PUT. An exception the producer of a file raises comes out of `write` as it was raised,
+  and the write stores nothing;
 - every store failure classified: refused input (bad URI, bad settings, missing bucket,
   credentials) is an ArtifactError (exit 2); a store that does not answer, cuts a connection,
-  times out, truncates a body, throttles or fails (HTTP 5xx) is retried -- the body of a read
-  included -- and then a StoreUnavailable naming the URI and the cause (exit 75). A multipart
-  upload a failed write leaves behind is aborted (with retries); one that cannot be aborted is
-  named in the error.
+  times out, truncates a body, throttles or fails (HTTP 5xx) is retried -- the body of a read,
+  whole or ranged, included -- and then a StoreUnavailable naming the URI and the cause (exit 75).
+  A multipart upload a failed or interrupted write leaves behind is aborted (with retries); one
+  that cannot be aborted is named in the error.
 
 S3 settings, from the environment (checked by `check_writable`, the preflight of every run):
     AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, credentials    as for any boto3 client (the endpoint
@@ -33,7 +44,11 @@ S3 settings, from the environment (checked by `check_writable`, the preflight of
     AWS_MAX_ATTEMPTS               attempts per request, the first included (default 6, at most 100)
     INFER_S3_CONNECT_TIMEOUT       seconds to wait for a connection (default 10, at most 3600)
     INFER_S3_READ_TIMEOUT          seconds to wait for a byte of an answer (default 60, at most 3600)
-    INFER_S3_MULTIPART_THRESHOLD   bytes from which a file is uploaded in parts (default 64 MiB, at most 5 GiB)
+    INFER_S3_MULTIPART_THRESHOLD   bytes from which a file is uploaded in parts (default 64 MiB, at most 5 GiB);
+                                   a part holds as many, at least 5 MiB (S3's least part), and a
+                                   file of more than 1,000 parts takes parts of 2, 3, ... times
+                                   that past each 1,000th, so that S3's 10,000 parts hold 55,000
+                                   times it (3.4 TiB at the default)
 
 A manifest is read only up to MANIFEST_MAX_BYTES and MANIFEST_MAX_DEPTH levels of nesting, and a
 local file only when it is a regular file (or a link to one): a FIFO or device in an artifact's
@@ -41,6 +56,9 @@ place is refused by name, never read or waited on.
 
     open_artifact("runs/r1/teacher").write({"model.safetensors": state_dict}, {"stage": "train-teacher", ...})
     open_artifact("s3://bucket/runs/r1/teacher").read_tensors("model.safetensors")
+    art.write({"rows.bin": (chunk for chunk in produced()), "rows.digests": lambda: digests}, {"stage": ...},
+              finish=lambda: {"metrics": counted})
+    art.read_range("rows.bin", start, length)
 """
 from __future__ import annotations
 
@@ -48,7 +66,7 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from infer_distill.errors import ArtifactError
@@ -75,7 +93,11 @@ _CREDENTIALS_HINT = (
 )
 _MOVE_IT = "move it away (or delete it yourself if it is not needed), or choose another --out"
 
-FileValue = "bytes | Mapping[str, torch.Tensor]"
+# What `Artifact.write` stores as one file: its bytes, tensors (as safetensors), an iterable of byte chunks
+# (consumed once, in order), or a callable returning one of those, called when the file's turn comes.
+FileValue = "bytes | Mapping[str, torch.Tensor] | Iterable[bytes] | Callable[[], FileValue]"
+# The bytes `verify` reads at once
+_VERIFY_CHUNK = 8 * 1024 * 1024
 
 
 def sha256_bytes(b: bytes) -> str:
@@ -91,12 +113,19 @@ class Artifact(ABC):
         """The file's content, or None if it does not exist; ArtifactError if it is longer than `limit` bytes."""
 
     @abstractmethod
+    def _read_range(self, name: str, start: int, length: int) -> bytes | None:
+        """Bytes [start, start + length) of the file, fewer where it ends sooner; None if it does not exist."""
+
+    @abstractmethod
     def _size(self, name: str) -> int | None:
         """The file's size in bytes, or None if there is no file of that name."""
 
     @abstractmethod
-    def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
-        """Store the files in order (manifest.json is always the last item) of a `stage` artifact, atomically."""
+    def _put_all(self, items: Iterable[tuple[str, Iterable[memoryview]]], stage: Any) -> None:
+        """Store the files in order (manifest.json is always the last item) of a `stage` artifact, atomically.
+
+        Each file comes as its chunks of bytes, which must be consumed whole, in order, before the next
+        item is asked for: a file's manifest entry is complete only once its last chunk has passed."""
 
     @abstractmethod
     def _resident(self) -> dict[str, Any] | str | None:
@@ -132,7 +161,8 @@ class Artifact(ABC):
             f"pipeline did not write there (it replaces only its own {stage!r} artifact): {_MOVE_IT}"
         )
 
-    def write(self, files: Mapping[str, FileValue], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    def write(self, files: Mapping[str, FileValue], manifest: Mapping[str, Any],
+              finish: Callable[[], Mapping[str, Any]] | None = None) -> dict[str, Any]:
         """Write `files` and then `manifest`, with `files` (per-file entries) and `schema_version` set.
 
         Afterwards the artifact is exactly `files`: its manifest lists nothing else. Refused
@@ -140,6 +170,11 @@ class Artifact(ABC):
         `manifest["stage"]`. A local directory is replaced as a whole; on S3 the new files
         overwrite keys of the same name, and keys of an earlier write that are not in `files`
         stay in the bucket, unlisted, so no read ever returns them.
+
+        Files are stored in the order of `files`, one at a time (see `FileValue`): a callable is called
+        when its turn comes, so it may return what the files before it produced (a digest of their
+        rows). `finish()`, called after the last file, returns keys that complete the manifest (the
+        metrics of what streamed by); it may not set `stage`, `files` or `schema_version`.
         Returns the manifest as written.
         """
         for name in files:
@@ -149,16 +184,66 @@ class Artifact(ABC):
         out.update(files=entries, schema_version=SCHEMA_VERSION)
         self.check_replaceable(out.get("stage"))
 
-        def items() -> Iterator[tuple[str, bytes]]:
-            # Encoded one file at a time, so only one serialised file is in memory at once.
+        def items() -> Iterator[tuple[str, Iterable[memoryview]]]:
+            # One file at a time, so only one serialised file (or one chunk of a streamed one) is in memory at once.
             for name, value in files.items():
-                data, entry = self._encode(name, value)
-                entries[name] = entry
-                yield name, data
-            yield MANIFEST, self._dumps(out).encode()
+                chunks, tensors = self._chunks(name, value)
+                yield name, self._counted(name, chunks, tensors, entries)
+                if name not in entries:  # a backend that moved on before the last chunk: never a manifest of it
+                    raise ArtifactError(f"artifact {self.uri}: {name!r} was not stored whole")
+            if finish is not None:
+                extra = json.loads(self._dumps(dict(_produced(finish))))
+                taken = sorted(set(extra) & {"stage", "files", "schema_version"})
+                if taken:
+                    raise ArtifactError(f"artifact {self.uri}: finish() may not set {', '.join(taken)}")
+                out.update(extra)
+            yield MANIFEST, [memoryview(self._dumps(out).encode())]
 
-        self._put_all(items(), out.get("stage"))
+        try:
+            self._put_all(items(), out.get("stage"))
+        except _ProducerFailed as e:  # the producer's own exception, not a failure of the store
+            for note in getattr(e, "__notes__", ()):  # what the store could not undo (an upload left to abort)
+                e.original.add_note(note)
+            raise e.original from None
         return out
+
+    def _chunks(self, name: str, value: FileValue) -> tuple[Iterable[Any], dict[str, Any] | None]:
+        """What `value` stores, as chunks of bytes, and the tensors' description of a tensor file."""
+        if callable(value) and not isinstance(value, Mapping):
+            value = _produced(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return [value], None
+        if isinstance(value, Mapping):
+            data, tensors = self._serialised(name, value)
+            return [data], tensors
+        if isinstance(value, Iterable) and not isinstance(value, str):
+            return value, None
+        raise ArtifactError(
+            f"artifact {self.uri}: file {name!r} must be bytes, a dict of str -> torch.Tensor, an iterable of byte chunks "
+            f"or a callable returning one of those, got {type(value).__name__}"
+        )
+
+    def _counted(self, name: str, chunks: Iterable[Any], tensors: dict[str, Any] | None,
+                 entries: dict[str, Any]) -> Iterator[memoryview]:
+        """`chunks` as flat byte views, sized and hashed as they pass; the file's entry once the last has."""
+        digest, size = hashlib.sha256(), 0
+        source = _produced(lambda: iter(chunks))
+        while True:
+            try:
+                chunk = next(source)
+            except StopIteration:
+                break
+            except Exception as e:  # raised by the producer: it comes out of write() as it was
+                raise _ProducerFailed(e) from e
+            try:
+                view = memoryview(chunk).cast("B")
+            except TypeError:
+                raise ArtifactError(f"artifact {self.uri}: a chunk of {name!r} is {type(chunk).__name__}, not contiguous "
+                                    "bytes") from None
+            digest.update(view)
+            size += len(view)
+            yield view
+        entries[name] = {"sha256": digest.hexdigest(), "bytes": size, **({"tensors": tensors} if tensors is not None else {})}
 
     def read_manifest(self) -> dict[str, Any]:
         raw = self._get(MANIFEST, MANIFEST_MAX_BYTES)
@@ -209,6 +294,39 @@ class Artifact(ABC):
             if size != entry["bytes"]:
                 raise ArtifactError(f"artifact {self.uri}: file {name!r} has {size} bytes, manifest.json says "
                                     f"{entry['bytes']} (truncated or altered): re-run the stage that produces it")
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """Bytes [start, start + length) of the file `name`: one request (a ranged GET, a pread), the manifest not read.
+
+        The bytes are NOT verified here: the caller checks them against digests it read verified (or
+        calls `verify`). ArtifactError if the file is missing or ends before start + length.
+        """
+        if type(start) is not int or type(length) is not int or start < 0 or length < 0:
+            raise ValueError(f"read_range({name!r}, {start!r}, {length!r}): start and length must be ints >= 0")
+        data = self._read_range(name, start, length) if length else b"" if self._size(name) is not None else None
+        fix = "re-run the stage that produces it"
+        if data is None:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} is missing: {fix}")
+        if len(data) != length:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} ends before byte {start + length:,} (truncated or "
+                                f"altered): {fix}")
+        return data
+
+    def verify(self, name: str, entry: Mapping[str, Any]) -> None:
+        """Check the file `name` against its manifest `entry` (size, sha256), reading it in chunks: memory is
+        bounded by a chunk, not the file. ArtifactError naming the file if it differs."""
+        fix = "re-run the stage that produces it"
+        size = self._size(name)
+        if size is None:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} listed in manifest.json is missing: {fix}")
+        if size != entry["bytes"]:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} has {size} bytes, manifest.json says {entry['bytes']} "
+                                f"(truncated or altered): {fix}")
+        digest = hashlib.sha256()
+        for start in range(0, size, _VERIFY_CHUNK):
+            digest.update(self.read_range(name, start, min(_VERIFY_CHUNK, size - start)))
+        if digest.hexdigest() != entry["sha256"]:
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} does not match its sha256 in manifest.json (corrupted): {fix}")
 
     def read_bytes(self, name: str) -> bytes:
         listed = self.read_manifest()["files"]
@@ -261,26 +379,19 @@ class Artifact(ABC):
             raise ArtifactError(f"artifact {self.uri}: file {name!r} is not UTF-8 text (offset {e.start}): re-run the stage "
                                 "that produces it") from None
 
-    def _encode(self, name: str, value: FileValue) -> tuple[bytes, dict[str, Any]]:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
-            return data, {"sha256": sha256_bytes(data), "bytes": len(data)}
-        if isinstance(value, Mapping):
-            import torch  # (a mapping of tensors comes from code that has imported torch already)
-            from safetensors.torch import save
+    def _serialised(self, name: str, value: Mapping[Any, Any]) -> tuple[bytes, dict[str, Any]]:
+        """A mapping of tensors as a safetensors file, and the manifest's description of its tensors."""
+        import torch  # (a mapping of tensors comes from code that has imported torch already)
+        from safetensors.torch import save
 
-            if all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items()):
-                tensors = {k: t.detach().cpu().contiguous() for k, t in value.items()}
-                try:
-                    data = save(tensors)
-                except Exception as e:
-                    raise ArtifactError(f"artifact {self.uri}: cannot serialise tensors of {name!r}: {e}") from e
-                meta = {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for k, t in tensors.items()}
-                return data, {"sha256": sha256_bytes(data), "bytes": len(data), "tensors": meta}
-        raise ArtifactError(
-            f"artifact {self.uri}: file {name!r} must be bytes or a dict of str -> torch.Tensor, "
-            f"got {type(value).__name__}"
-        )
+        if not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items()):
+            raise ArtifactError(f"artifact {self.uri}: file {name!r} must map str -> torch.Tensor")
+        tensors = {k: t.detach().cpu().contiguous() for k, t in value.items()}
+        try:
+            data = save(tensors)
+        except Exception as e:
+            raise ArtifactError(f"artifact {self.uri}: cannot serialise tensors of {name!r}: {e}") from e
+        return data, {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for k, t in tensors.items()}
 
     def _dumps(self, manifest: dict[str, Any]) -> str:
         try:
@@ -290,6 +401,23 @@ class Artifact(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+
+class _ProducerFailed(Exception):
+    """An exception the producer of a file's bytes raised while the backend stored it: carried through the backend's
+    own handling of store failures (which aborts what it began), then raised by `write` as it was."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+def _produced(make: Callable[[], Any]) -> Any:
+    """make(), an exception it raises marked as the producer's."""
+    try:
+        return make()
+    except Exception as e:
+        raise _ProducerFailed(e) from e
 
 
 def _check_name(uri: str, name: str) -> None:

@@ -2,13 +2,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,27 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> byte
     directory raises NotRegularFile naming what it is, and so does a file over `limit` bytes; a
     symlink loop raises the OSError ELOOP of the open.
     """
+    with _regular(path, limit) as fd, os.fdopen(fd, "rb", closefd=False) as f:
+        return f.read()
+
+
+def read_regular_range(path: str | os.PathLike[str], start: int, length: int) -> bytes:
+    """Bytes [start, start + length) of the regular file at `path` (fewer where it ends sooner), as safely as
+    `read_regular` reads a whole one: positioned reads (pread) of an fstat-checked descriptor."""
+    parts, end = [], start + length
+    with _regular(path) as fd:
+        while start < end:
+            part = os.pread(fd, end - start, start)
+            if not part:
+                break
+            parts.append(part)
+            start += len(part)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def _regular(path: str | os.PathLike[str], limit: int | None = None) -> Iterator[int]:
+    """A blocking descriptor of the regular file at `path`, opened without blocking and checked before it is read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -52,8 +74,7 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = None) -> byte
         if limit is not None and st.st_size > limit:
             raise NotRegularFile(errno.EFBIG, f"{st.st_size:,} bytes, over the limit of {limit:,}", os.fspath(path))
         os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+        yield fd
     finally:
         os.close(fd)
 
@@ -127,6 +148,15 @@ class LocalArtifact(Artifact):
             raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} ({e.strerror}): move it away and re-run the "
                                 "stage that produces it") from e
 
+    def _read_range(self, name: str, start: int, length: int) -> bytes | None:
+        try:
+            return read_regular_range(self.path / name, start, length)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:  # a FIFO or device in its place, a symlink loop: never read, never blocked on
+            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} ({e.strerror}): move it away and re-run the "
+                                "stage that produces it") from e
+
     def _size(self, name: str) -> int | None:
         try:
             st = os.stat(self.path / name)
@@ -140,16 +170,17 @@ class LocalArtifact(Artifact):
                                 "re-run the stage that produces it")
         return st.st_size
 
-    def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
+    def _put_all(self, items: Iterable[tuple[str, Iterable[memoryview]]], stage: Any) -> None:
         parent, tag = self.path.parent, uuid.uuid4().hex
         tmp = parent / f".{self.path.name}.tmp-{tag}"
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self._remove_staging()
             tmp.mkdir()
-            for name, data in items:
+            for name, chunks in items:
                 with open(tmp / name, "wb") as f:
-                    f.write(data)
+                    for chunk in chunks:  # appended as they come: a streamed file is never whole in memory
+                        f.write(chunk)
                     f.flush()
                     os.fsync(f.fileno())
             _fsync_dir(tmp)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import os
 import random
@@ -64,6 +63,16 @@ def _max_attempts() -> int:
 def _multipart_threshold() -> int:
     # S3 takes parts of at most 5 GiB, and the threshold is the part size
     return _env_number("INFER_S3_MULTIPART_THRESHOLD", _DEFAULT_MULTIPART_THRESHOLD, int, "number of bytes", 5 * 1024**3)
+
+
+# S3's most parts of one upload
+_MAX_PARTS = 10_000
+
+
+def _part_size(threshold: int, sent: int) -> int:
+    """The size of the next part of an upload that has sent `sent` parts: the threshold (at least S3's least part),
+    times 2 past the 1,000th part, 3 past the 2,000th, ..., so that 10,000 parts hold 55,000 times it (at most 5 GiB)."""
+    return min(max(threshold, _MIN_PART_SIZE) * (1 + sent // 1000), 5 * 1024**3)
 
 
 def _timeout(name: str, default: float) -> float:
@@ -268,27 +277,45 @@ class S3Artifact(Artifact):
                 raise
 
     def _get(self, name: str, limit: int | None = None) -> bytes | None:
+        data = self._fetch(name, None, None if limit is None else limit + 1)
+        if data is not None and limit is not None and len(data) > limit:
+            raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} (over the limit of {limit:,} "
+                                "bytes): move it away and re-run the stage that produces it")
+        return data
+
+    def _read_range(self, name: str, start: int, length: int) -> bytes | None:
+        data = self._fetch(name, f"bytes={start}-{start + length - 1}", length + 1)
+        if data is not None and len(data) > length:  # a store that ignored the Range: never more than was asked
+            raise ArtifactError(f"artifact {self.uri}: reading bytes {start:,}-{start + length - 1:,} of {name!r}, S3 "
+                                "answered more than the range (Range requests unsupported?): use an S3 store that "
+                                "answers them")
+        return data
+
+    def _fetch(self, name: str, byte_range: str | None, most: int | None) -> bytes | None:
+        """One GET of the object (of `byte_range` of it, an HTTP Range): its first `most` bytes (all: None), None if
+        there is no such object, b"" where the range starts at or past its end."""
+        ranged = {} if byte_range is None else {"Range": byte_range}
         with self._errors("read") as client:
             attempt = 1
             while True:
                 try:
-                    body = _retrying(lambda: client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"])
+                    body = _retrying(lambda: client.get_object(Bucket=self.bucket, Key=self._key(name), **ranged)["Body"])
                 except Exception as e:
                     if _error_code(e) == "NoSuchKey":
                         return None
+                    if _error_code(e) == "InvalidRange":  # the range starts past the end: the reader says the file is short
+                        return b""
                     raise
                 # The body streams after boto3 has returned: a cut, stalled or truncated one is
                 # retried here, the whole GET again.
                 try:
-                    data = body.read() if limit is None else body.read(limit + 1)
+                    data = body.read() if most is None else body.read(most)
                 except Exception as e:
                     if attempt >= _max_attempts() or not _transient(e):
                         raise
                 else:
-                    if limit is not None and len(data) > limit:
+                    if most is not None and len(data) >= most:
                         body.close()
-                        raise ArtifactError(f"artifact {self.uri}: cannot read {name!r} (over the limit of {limit:,} "
-                                            "bytes): move it away and re-run the stage that produces it")
                     return data
                 _backoff(attempt)
                 attempt += 1
@@ -304,27 +331,60 @@ class S3Artifact(Artifact):
             return f"objects without a manifest.json (e.g. {listed['Contents'][0]['Key']!r})"
         return None
 
-    def _put_all(self, items: Iterable[tuple[str, bytes]], stage: Any) -> None:
-        from boto3.s3.transfer import TransferConfig
-
+    def _put_all(self, items: Iterable[tuple[str, Iterable[memoryview]]], stage: Any) -> None:
         threshold = _multipart_threshold()
-        transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, _MIN_PART_SIZE))
         pending = json.dumps({"stage": stage}).encode()
         with self._errors("write") as client:
             _retrying(lambda: client.put_object(Bucket=self.bucket, Key=self._key(PENDING), Body=pending))
             # No manifest while files change: a half-rewritten artifact must never read as valid.
             _retrying(lambda: client.delete_object(Bucket=self.bucket, Key=self._key(MANIFEST)))
-            for name, data in items:
-                key = self._key(name)
-                try:
-                    _retrying(lambda: client.upload_fileobj(io.BytesIO(data), self.bucket, key, Config=transfer))
-                except Exception as e:
-                    if len(data) >= threshold:
-                        self._abort_uploads(client, key, e)
-                    raise
+            for name, chunks in items:
+                self._upload(client, self._key(name), chunks, threshold)
             _retrying(lambda: client.delete_object(Bucket=self.bucket, Key=self._key(PENDING)))
 
-    def _abort_uploads(self, client: Any, key: str, failure: Exception) -> None:
+    def _upload(self, client: Any, key: str, chunks: Iterable[memoryview], threshold: int) -> None:
+        """Store `chunks` at `key` as they come: one PUT if they total less than `threshold` bytes, else a multipart
+        upload whose parts are sent as they fill, so memory holds a part, never the file. A failure or an interruption
+        (the producer's included) aborts the upload."""
+        buffer, parts, upload_id = bytearray(), [], None
+
+        def send(size: int) -> None:
+            if len(parts) >= _MAX_PARTS:
+                raise ArtifactError(f"cannot write s3://{self.bucket}/{key}: over {_MAX_PARTS:,} parts "
+                                    f"(INFER_S3_MULTIPART_THRESHOLD={threshold}): raise INFER_S3_MULTIPART_THRESHOLD")
+            with memoryview(buffer) as whole:  # one copy of the part: its body
+                body, number = bytes(whole[:size]), len(parts) + 1
+            answer = _retrying(lambda: client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                          PartNumber=number, Body=body))
+            parts.append({"ETag": answer["ETag"], "PartNumber": number})
+            del buffer[:size]
+
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:  # a chunk larger than a part is taken a part at a time: the buffer never exceeds one
+                    size = _part_size(threshold, len(parts))
+                    take = size - len(buffer)  # > 0: a full buffer is sent (size >= threshold) before this
+                    buffer += view[:take]
+                    view = view[take:]
+                    if upload_id is None and len(buffer) >= threshold:
+                        upload_id = _retrying(lambda: client.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+                    if upload_id is not None and len(buffer) >= size:
+                        send(size)
+            if upload_id is None:
+                body = bytes(buffer)
+                _retrying(lambda: client.put_object(Bucket=self.bucket, Key=key, Body=body))
+                return
+            if buffer or not parts:  # the last part may be smaller than S3's least
+                send(len(buffer))
+            _retrying(lambda: client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                               MultipartUpload={"Parts": parts}))
+        except BaseException as e:  # an interruption (SIGTERM) too: no upload is left to keep its parts stored
+            if upload_id is not None:
+                self._abort_uploads(client, key, e)
+            raise
+
+    def _abort_uploads(self, client: Any, key: str, failure: BaseException) -> None:
         """Abort the multipart uploads a failed upload of `key` left (boto3 tries its own abort once and
         ignores its failure): retried; one that cannot be aborted is named in the error."""
         left: list[str] = []
