@@ -28,12 +28,16 @@ it, so a resumed run remakes the data artifact when its source changed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import torchvision
 
 from infer_distill.config.schema import DatasetConfig
-from infer_distill.data.folders import _load_imagefolder, _load_imagenet, _load_tiny_imagenet, walk
+from infer_distill.data import webdataset
+from infer_distill.data.folders import _open_imagefolder, _open_imagenet, _open_tiny_imagenet, walk
+from infer_distill.data.stream import SPLITS, ChannelStats, Source
 from infer_distill.data.tensors import _CIFAR, ImageData, _load_cifar, _load_digits, _load_hf
 from infer_distill.errors import DataError
 
@@ -41,20 +45,48 @@ from infer_distill.errors import DataError
 # Public API
 # ----------------------------------------------------------------------------------------
 
-def load_dataset(cfg: DatasetConfig) -> ImageData:
-    """Load `cfg.name` as uint8 tensors (see the module docstring for the sources and layouts)."""
-    loaders = {
-        "digits": _load_digits,
-        "cifar10": _load_cifar,
-        "cifar100": _load_cifar,
-        "imagefolder": _load_imagefolder,
-        "hf": _load_hf,
-        "tiny-imagenet": _load_tiny_imagenet,
-        "imagenet": _load_imagenet,
-    }
-    if cfg.name not in loaders:
-        raise DataError(f"dataset.name: unknown dataset {cfg.name!r}; known: {', '.join(loaders)}")
-    return loaders[cfg.name](cfg)
+OPENERS: dict[str, Callable[[DatasetConfig], Source]] = {
+    "digits": _load_digits,
+    "cifar10": _load_cifar,
+    "cifar100": _load_cifar,
+    "imagefolder": _open_imagefolder,
+    "hf": _load_hf,
+    "tiny-imagenet": _open_tiny_imagenet,
+    "imagenet": _open_imagenet,
+    "webdataset": webdataset.open_webdataset,
+}
+
+# Images per batch when load_dataset gathers a whole split: large enough that the decoding threads stay busy
+LOAD_BATCH = 1024
+
+
+def open_source(cfg: DatasetConfig) -> Source:
+    """`cfg.name` opened for reading: listed (folders, shards) or loaded (tensor sources), nothing decoded yet.
+
+    Use it as a context manager (`with open_source(cfg) as source:`) so the archives it opened are closed."""
+    if cfg.name not in OPENERS:
+        raise DataError(f"dataset.name: unknown dataset {cfg.name!r}; known: {', '.join(OPENERS)}")
+    return OPENERS[cfg.name](cfg)
+
+
+def load_dataset(cfg: DatasetConfig, progress: bool = True) -> ImageData:
+    """Load `cfg.name` whole, as uint8 tensors: every batch of the source's splits, concatenated."""
+    with open_source(cfg) as source:
+        stats = ChannelStats()
+        parts = {}
+        for name in SPLITS:
+            split = source.split(name)
+            xs, ys = [], []
+            for x, y in split.batches(LOAD_BATCH, progress=progress):
+                if name == "train" and source.stats is None:
+                    stats.add(x)
+                xs.append(x)
+                ys.append(y)
+            if not xs:
+                raise DataError(f"dataset.root {cfg.root}: the {name} split has no images")
+            parts[name] = (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
+        mean, std = source.stats or stats.result()
+        return ImageData(*parts["train"], *parts["test"], source.classes, mean, std)
 
 
 def source_digest(cfg: DatasetConfig) -> dict | None:
@@ -67,6 +99,8 @@ def source_digest(cfg: DatasetConfig) -> dict | None:
     """
     if cfg.name == "digits" or cfg.root is None:
         return None  # digits: scikit-learn's data; no root: loading refuses the config
+    if cfg.name == "webdataset":  # the shards and classes.txt, local or on S3 (ETags there)
+        return _digest_lines(webdataset.listing_lines(cfg))
     root = Path(cfg.root).expanduser()
     if cfg.name == "hf":  # every file of a saved dataset or imagefolder-builder folder
         return _digest((p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()) if root.is_dir() else None
@@ -95,6 +129,11 @@ def _digest(files) -> dict:
             lines.append(f"{name}\tmissing\n")
         except OSError as e:  # a symlink loop: loading refuses it by name; here it is what it is
             lines.append(f"{name}\t{e.strerror}\n")
+    return _digest_lines(lines)
+
+
+def _digest_lines(lines: list[str]) -> dict:
+    """{"files": n, "sha256": digest of the sorted lines}, one line per file."""
     digest = hashlib.sha256()
     for line in sorted(lines):
         digest.update(line.encode("utf-8", "surrogateescape"))
