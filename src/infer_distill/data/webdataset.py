@@ -27,8 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data.folders import IMAGE_MAX_BYTES, Job, _decode, decoded_batches, first_size
 from infer_distill.data.stream import Batch, Source, SourceSplit
