@@ -394,7 +394,7 @@ def _shard_samples(location: _Folder | _Prefix, shard: str, num_classes: int) ->
     def sample() -> tuple[str, bytes, int]:
         if image is None or label is None:
             lacks = "an image (" + ", ".join(f".{e}" for e in sorted(_IMAGE_EXTS)) + ")" if image is None else "a .cls label"
-            raise DataError(f"shard {path}: sample {key!r} has no {lacks}; each sample needs both, as consecutive "
+            raise DataError(f"shard {path}: sample {key!r} lacks {lacks}; each sample needs both, as consecutive "
                             f"members <key>.<image extension> and <key>.cls: rebuild the shard")
         return f"{path}:{image[0]}", image[1], label
 
