@@ -1,10 +1,15 @@
-"""Datasets as uint8 tensors in memory, and the batched crop/flip augmentation every stage shares.
+"""Datasets in: every source as a stream of decoded batches, and as whole uint8 tensors.
 
-`load_dataset(cfg)` returns an `ImageData`: train and test images as uint8 [N, C, H, W], int64
-labels, class names and the per-channel normalisation. Sources, by `dataset.name`:
+`open_source(cfg)` opens `cfg.name` and decodes nothing: `source.classes`, `source.stats` (the published
+normalisation, or None), and `source.split("train" | "test")`, whose `batches(batch_size)` gives
+(uint8 [n, C, H, W], int64 [n]) in the split's fixed order, holding a few batches at a time;
+`count` and `class_counts` where the listing tells them. `load_dataset(cfg)` concatenates the
+batches into an `ImageData` (train and test images, labels, class names, per-channel normalisation,
+computed exactly with `ChannelStats` where none is published). Sources, by `dataset.name`:
 
 - digits: scikit-learn's 8x8 digits (offline, for tests and quick runs).
 - cifar10 / cifar100: torchvision's datasets under `dataset.root` (`dataset.download=true` fetches them).
+- hf: a Hugging Face dataset (save_to_disk folder, imagefolder-builder folder, or Hub id).
 - imagefolder: `<split>/<class>/<file>` under `dataset.root`, which is a directory, a zip (optionally
   with one top-level folder wrapping the splits), or a directory holding zips whose members start
   with `<split>/` (e.g. one zip per split, such as `cifar10-train-jpeg.zip` and `cifar10-test-png.zip`).
@@ -12,18 +17,21 @@ labels, class names and the per-channel normalisation. Sources, by `dataset.name
   `val/val_annotations.txt`); its val split is the test split.
 - imagenet: the prepared ImageFolder layout (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), resized to
   `dataset.image_size` (default 224).
+- webdataset: tar shards in a folder or under `s3://bucket/prefix` (`dataset.train_shards`,
+  `dataset.test_shards`: brace patterns), streamed shard by shard (see `data.webdataset`).
 
-Everything is materialised as uint8 in memory (50,000 CIFAR images are 150 MB; all of ImageNet at
-224 px would be about 190 GB), so for ImageNet set `dataset.train_per_class`: when the teachers are
-imported pretrained, only a few natural images per class are needed.
+The first three load into memory when opened and give slices; the folder sources list their files
+when opened and decode batch by batch on a thread pool of the cores this process may use; the
+WebDataset source reads its shards as streams. `dataset.train_per_class` keeps the first N images
+of each class (ImageNet with imported teachers needs only a few per class).
 
 Images are 8 bits per sample: a 16-bit image (PIL mode I;16, say a 16-bit grayscale PNG) is refused,
 naming the file, rather than clipped to 255 as PIL's conversion would do; convert the dataset to 8
 bits first. An image larger than PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS` x 2)
 is refused before it is decoded, and so is a zip member whose name leaves its folder (`..`).
 
-`source_digest(cfg)` digests what a load reads (names, sizes, modification times) without reading
-it, so a resumed run remakes the data artifact when its source changed.
+`source_digest(cfg)` digests what a load reads (names, sizes, modification times or S3 ETags)
+without reading it, so a resumed run remakes the data artifact when its source changed.
 """
 from __future__ import annotations
 
