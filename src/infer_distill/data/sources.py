@@ -85,14 +85,21 @@ def load_dataset(cfg: DatasetConfig, progress: bool = True) -> ImageData:
         for name in SPLITS:
             split = source.split(name)
             xs, ys = [], []
+            filled = 0
             for x, y in split.batches(LOAD_BATCH, progress=progress):
                 if name == "train" and source.stats is None:
                     stats.add(x)
-                xs.append(x)
+                if split.count is None:
+                    xs.append(x)
+                else:  # the size is known: each batch goes straight into the split's tensor, never a second copy
+                    if not xs:
+                        xs.append(torch.empty((split.count, *x.shape[1:]), dtype=x.dtype))
+                    xs[0][filled:filled + len(x)] = x
+                    filled += len(x)
                 ys.append(y)
             if not xs:
                 raise DataError(f"dataset.root {cfg.root}: the {name} split has no images")
-            parts[name] = (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
+            parts[name] = (xs[0] if len(xs) == 1 else torch.cat(xs)), torch.cat(ys)
         mean, std = source.stats or stats.result()
         return ImageData(*parts["train"], *parts["test"], source.classes, mean, std)
 
