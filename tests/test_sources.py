@@ -3,6 +3,7 @@ folder is decoded a few batches at a time, and the WebDataset source reads tar s
 S3) into the same images as the same files in an ImageFolder, refusing broken shards by shard and member."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -204,6 +205,38 @@ def test_webdataset_gives_the_images_of_the_same_imagefolder(tmp_path, digits):
         assert data.classes == same.classes and (data.mean, data.std) == (same.mean, same.std)
 
 
+def test_webdataset_reads_gzipped_shards_and_stops_once_every_class_is_full(tmp_path, digits):
+    files = write_shards(tmp_path, digits)
+    for name in ("train-0.tar", "train-1.tar", "train-2.tar", "test-0.tar"):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(files[name]))
+    plain = load_dataset(wds_config(tmp_path), progress=False)
+    zipped = load_dataset(DatasetConfig(name="webdataset", root=str(tmp_path), train_shards="train-{0..2}.tar.gz",
+                                        test_shards="test-0.tar.gz"), progress=False)
+    assert torch.equal(plain.train_x, zipped.train_x) and torch.equal(plain.test_y, zipped.test_y)
+    # a fourth shard after the three: read only while a class still lacks images
+    (tmp_path / "train-3.tar").write_bytes(b"never read" * 100)
+    limited = load_dataset(wds_config(tmp_path, shards=4, train_per_class=1), progress=False)
+    assert limited.train_y.tolist() == list(range(10))
+    with pytest.raises(DataError, match="train-3.tar is not a readable tar archive"):
+        load_dataset(wds_config(tmp_path, shards=4, train_per_class=9), progress=False)
+
+
+def test_a_webdataset_is_read_a_few_batches_ahead(tmp_path, digits, monkeypatch):
+    """Samples are read from the shards only as far as AHEAD + 1 batches beyond those handed over."""
+    from infer_distill.data import webdataset
+
+    write_shards(tmp_path, digits)
+    read = []
+    real = webdataset._shard_samples
+    monkeypatch.setattr(webdataset, "_shard_samples", lambda *a: (read.append(1) or s for s in real(*a)))
+    with open_source(wds_config(tmp_path, image_size=8)) as source:
+        handed = 0
+        for x, _ in source.split("train").batches(4, progress=False):
+            handed += len(x)
+            assert len(read) - handed <= (folders.AHEAD + 1) * 4
+        assert handed == 80 and len(read) == 80
+
+
 def test_webdataset_class_names_from_num_classes(tmp_path, digits):
     write_shards(tmp_path, digits)
     (tmp_path / "classes.txt").unlink()
@@ -281,9 +314,11 @@ def test_webdataset_refuses_unreadable_and_missing_shards(tmp_path, digits):
     cfg = _broken(tmp_path / "cut", digits, whole[: cut.offset_data + 10])
     with pytest.raises(DataError, match=f"train-1.tar is not a readable tar archive \\(after member '{cut.name}'"):
         load_dataset(cfg, progress=False)
-    cfg = _broken(tmp_path / "cut-header", digits, whole[: header.offset + 100])
-    with pytest.raises(DataError, match="train-1.tar: sample 'd.*' lacks a .cls label"):
-        load_dataset(cfg, progress=False)
+    for end in (header.offset + 100, header.offset):  # inside a header; at a member's end, without the end blocks
+        cfg = _broken(tmp_path / f"cut-{end}", digits, whole[:end])
+        with pytest.raises(DataError, match=f"train-1.tar is not a readable tar archive \\(after member '{cut.name}': "
+                                            "it ends without the end-of-archive block"):
+            load_dataset(cfg, progress=False)
     (tmp_path / "train-2.tar").unlink()
     with pytest.raises(DataError, match="train-2.tar does not exist \\(1 of the 3 shards dataset.train_shards="):
         open_source(wds_config(tmp_path)).split("train")

@@ -426,6 +426,10 @@ def _shard_samples(location: _Folder | _Prefix, shard: str, num_classes: int) ->
                                         f"{member.name!r}: keep one image per sample")
                     else:
                         image = (member.name, _member_bytes(tar, member, IMAGE_MAX_BYTES, path))
+                # tarfile ends a stream quietly where a header is cut or missing; an intact archive ends with a
+                # zero block, which tarfile has read when it stops there
+                if getattr(tar.fileobj, "pos", tar.offset + tarfile.BLOCKSIZE) < tar.offset + tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError("it ends without the end-of-archive block: the shard is cut short")
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise DataError(f"shard {path} is not a readable tar archive (after member {last!r}: {e}): replace it "
                             "with an intact shard") from None
