@@ -322,3 +322,36 @@ def test_webdataset_refuses_unreadable_and_missing_shards(tmp_path, digits):
     (tmp_path / "train-2.tar").unlink()
     with pytest.raises(DataError, match="train-2.tar does not exist \\(1 of the 3 shards dataset.train_shards="):
         open_source(wds_config(tmp_path)).split("train")
+
+
+def test_an_s3_shard_cut_off_mid_read_is_resumed_where_it_broke(tmp_path, digits, s3_bucket, s3_env, monkeypatch):
+    """Through a proxy resetting each connection after 100 kB of answers: the GET reading a shard's body breaks off,
+    and the rest is read from the byte reached (never the same bytes twice, never a restart of the shard)."""
+    import boto3
+    from test_s3_faults import FaultProxy
+
+    from infer_distill.storage import s3
+
+    files = write_shards(tmp_path, digits, shards=1)  # one train shard of 80 samples: over 100 kB
+    client = boto3.session.Session().client("s3")
+    for name, data in files.items():
+        client.put_object(Bucket=s3_bucket, Key=f"wds/{name}", Body=data)
+    cfg = wds_config(f"s3://{s3_bucket}/wds", shards=1, image_size=8)  # the size given: no GET for the first image
+    expected = load_dataset(cfg, progress=False)
+    proxy = FaultProxy(s3_env)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        ranges = []
+        through_proxy = s3._s3_client()
+        get_object = through_proxy.get_object
+        monkeypatch.setattr(through_proxy, "get_object", lambda **kw: ranges.append(kw.get("Range")) or get_object(**kw))
+        # every connection breaks after 100 kB of answers: the shard (over 200 kB) is read in pieces
+        proxy.schedule = [("reset_response", 100_000)] * 40
+        data = load_dataset(cfg, progress=False)
+    finally:
+        proxy.close()
+    assert torch.equal(data.train_x, expected.train_x) and torch.equal(data.train_y, expected.train_y)
+    # each GET from the start (None) is followed by the GETs resuming it, each from further on
+    runs = "|".join(r or "" for r in ranges).split("||")
+    resumed = [[int(r.removeprefix("bytes=").rstrip("-")) for r in run.split("|") if r] for run in runs]
+    assert sum(map(len, resumed)) >= 3 and all(run == sorted(set(run)) and 0 not in run for run in resumed), ranges

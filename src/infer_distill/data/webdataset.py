@@ -206,6 +206,11 @@ class _Prefix:
             yield io.BufferedReader(_S3Body(client, self.bucket, self.art._key(name)), 1024 * 1024)
 
 
+# Bytes per read of an S3 body: a read cut off loses what it had read, so a broken connection costs at most this much
+# again, and a connection that breaks again and again still moves forward by it
+_S3_READ = 64 * 1024
+
+
 class _S3Body(io.RawIOBase):
     """The body of one S3 object as a stream: a GET, and where it breaks off (a cut or stalled connection), a GET of
     the rest from the byte reached (a Range request), as often as the store's retries allow."""
@@ -226,7 +231,7 @@ class _S3Body(io.RawIOBase):
                 if self.body is None:
                     extra = {"Range": f"bytes={self.pos}-"} if self.pos else {}
                     self.body = _retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=self.key, **extra)["Body"])
-                data = self.body.read(len(buffer))
+                data = self.body.read(min(len(buffer), _S3_READ))
             except Exception as e:
                 if attempt >= _max_attempts() or not _transient(e):
                     raise
