@@ -292,7 +292,7 @@ class FolderSource(Source):
                 self._size = (self.image_size, self.image_size)
             else:
                 file = self._items["train"][0][0]
-                self._size = first_size(_decode(str(file), functools.partial(self.tree.read, file), None), file)
+                self._size = first_size(_decode(file, functools.partial(self.tree.read, file), None), file)
         return self._size
 
 
@@ -315,7 +315,7 @@ class FolderSplit(SourceSplit):
         def jobs() -> Iterator[tuple[list[Job], list[int]]]:
             for start in range(0, len(items), batch_size):
                 part = items[start:start + batch_size]
-                yield [(str(f), functools.partial(tree.read, f)) for f, _ in part], [label for _, label in part]
+                yield [(f, functools.partial(tree.read, f)) for f, _ in part], [label for _, label in part]
 
         return decoded_batches(jobs(), self.source.image_size, self.source.image_hw(), self.name, batch_size,
                                total=len(items), progress=progress)
@@ -334,7 +334,7 @@ def first_size(image: np.ndarray, where: object) -> tuple[int, int]:
 # Decoding: image files -> uint8 batches, on a thread pool
 # ----------------------------------------------------------------------------------------
 
-Job = tuple[str, Callable[[], bytes]]  # (the image's name in messages, what reads its bytes)
+Job = tuple[object, Callable[[], bytes]]  # (the image, named in messages by its str(), what reads its bytes)
 
 # Batches submitted ahead of the one the consumer holds: the pool decodes the next while the consumer
 # uses this one, and memory holds at most AHEAD + 2 batches (those in flight, the one being read, the one held).
@@ -412,7 +412,7 @@ class _Counted:
 _WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
-def _decode(file: str, read: Callable[[], bytes], image_size: int | None) -> np.ndarray:
+def _decode(file: object, read: Callable[[], bytes], image_size: int | None) -> np.ndarray:
     """The image `read()` gives (`file` names it) as uint8 RGB [H, W, 3]; with `image_size`, shorter side resized
     to it, then center-cropped."""
     try:
