@@ -23,7 +23,7 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -337,8 +337,8 @@ class WebDatasetSource(Source):
             if self.cfg.image_size is not None:
                 self._size = (self.cfg.image_size, self.cfg.image_size)
             else:
-                split = self.split("train")
-                where, data, _ = next(iter(split.samples()), (None, None, None))
+                with closing(self.split("train").samples()) as samples:  # the shard is closed once its first is read
+                    where, data, _ = next(samples, (None, None, None))
                 if where is None:
                     raise DataError(f"the train shards {self.cfg.train_shards!r} under {self.cfg.root} hold no samples")
                 self._size = first_size(_decode(where, lambda: data, None), where)
