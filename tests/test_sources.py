@@ -293,6 +293,7 @@ def _broken(tmp_path: Path, digits, members: list[tuple[str, bytes]] | bytes) ->
     ([("a/1.png", None), ("a/1.cls", b"-1")], "member 'a/1.cls' holds the label -1, outside 0..9"),
     ([("a/1.png", None), ("a/1.cls", b"three")], "member 'a/1.cls' holds 'three', not a class index"),
     ([("a/1.png", None), ("a/1.jpg", None), ("a/1.cls", b"1")], "sample 'a/1' has two images, 'a/1.png' and 'a/1.jpg'"),
+    ([("a/1.png", None), ("a/1.cls", b"1"), ("a/1.CLS", b"2")], "sample 'a/1' has two labels; member 'a/1.CLS'"),
     ([("a/1.png", b"not an image"), ("a/1.cls", b"1")], "cannot decode image"),
 ])
 def test_webdataset_refuses_bad_samples_naming_shard_and_member(tmp_path, digits, members, says):

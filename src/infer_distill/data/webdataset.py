@@ -424,6 +424,9 @@ def _shard_samples(location: _Folder | _Prefix, shard: str, num_classes: int) ->
                     if not member.isfile():
                         raise DataError(f"shard {path}: member {member.name!r} is a link or special file, not the "
                                         "file itself: rebuild the shard with the files")
+                    if ext == "cls" and label is not None:
+                        raise DataError(f"shard {path}: sample {key!r} has two labels; member {member.name!r} is the "
+                                        "second: keep one .cls member per sample")
                     if ext == "cls":
                         label = _label(path, member, _member_bytes(tar, member, LABEL_MAX_BYTES, path), num_classes)
                     elif image is not None:
