@@ -219,6 +219,36 @@ def tiny_imagenet(annotations: Callable[[Path], None]) -> Callable[[Path], Path]
     return make
 
 
+def shards(members: list[tuple[str, bytes]], classes: bytes | None = b"sky\nleaf\n") -> Callable[[Path], Path]:
+    """A WebDataset root: train-{0..1}.tar of valid samples (12x12 PNGs, 4 a class) with `members` appended to the
+    second, test-0.tar of 2 a class, and classes.txt holding `classes` (None: none)."""
+    import io
+    import tarfile
+
+    def tar(path: Path, items: list[tuple[str, bytes]]) -> None:
+        with tarfile.open(path, "w") as t:
+            for name, data in items:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+
+    def samples(prefix: str, per_class: int) -> list[tuple[str, bytes]]:
+        return [m for c in range(2) for i in range(per_class) for m in ((f"{prefix}{c}-{i}.png", solid()),
+                                                                         (f"{prefix}{c}-{i}.cls", str(c).encode()))]
+
+    def make(given: Path) -> Path:
+        root = given / "wds"
+        root.mkdir()
+        train = samples("s", 4)
+        tar(root / "train-0.tar", train[:8])
+        tar(root / "train-1.tar", train[8:] + members)
+        tar(root / "test-0.tar", samples("t", 2))
+        if classes is not None:
+            (root / "classes.txt").write_bytes(classes)
+        return root
+    return make
+
+
 def raw_file(name: str, data: bytes) -> Callable[[Path], Path]:
     def make(given: Path) -> Path:
         (given / name).write_bytes(data)
@@ -229,6 +259,8 @@ def raw_file(name: str, data: bytes) -> Callable[[Path], Path]:
 # ----------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------
+
+WDS = ("dataset.train_shards=train-{0..1}.tar", "dataset.test_shards=test-0.tar")  # the shards `shards` writes
 
 ROWS = [
     # ---- config: non-finite and out-of-range numbers, types, unknown keys ---------------------
@@ -446,6 +478,27 @@ ROWS = [
     dataset("dataset.root /dev/null", lambda given: "/dev/null", "dataset.root /dev/null is a character device"),
     dataset("dataset.root a symlink loop", link("data", "data"), "dataset.root", "cannot be read (Too many levels of symbolic links)"),
     dataset("a FIFO named .zip in the root", lambda given: (os.mkfifo(given / "x.zip"), given)[1], "has no 'train' split", "x.zip"),
+    # ---- datasets: WebDataset shards -----------------------------------------------------------
+    config("webdataset without shards", ["dataset.name=webdataset", "dataset.root=x"],
+           "dataset.train_shards must be set for dataset.name=webdataset"),
+    dataset("webdataset pattern unbalanced", shards([]), "dataset.train_shards='train-{0..1.tar'", "a '{' without its '}'",
+            name="webdataset", sets=("dataset.train_shards=train-{0..1.tar", "dataset.test_shards=test-0.tar")),
+    dataset("webdataset shard missing", shards([]), "train-2.tar does not exist", "fix dataset.train_shards",
+            name="webdataset", sets=("dataset.train_shards=train-{0..2}.tar", "dataset.test_shards=test-0.tar")),
+    dataset("webdataset label out of range", shards([("x.png", solid()), ("x.cls", b"2")]), "train-1.tar: member 'x.cls'",
+            "holds the label 2, outside 0..1", name="webdataset", sets=WDS),
+    dataset("webdataset label not a number", shards([("x.png", solid()), ("x.cls", b"sky")]), "train-1.tar: member 'x.cls'",
+            "holds 'sky', not a class index", name="webdataset", sets=WDS),
+    dataset("webdataset sample without label", shards([("x.png", solid())]), "train-1.tar: sample 'x' lacks a .cls label",
+            name="webdataset", sets=WDS),
+    dataset("webdataset sample without image", shards([("x.cls", b"1")]), "train-1.tar: sample 'x' lacks an image",
+            name="webdataset", sets=WDS),
+    dataset("webdataset shard not a tar", lambda given: (shards([])(given) / "train-1.tar").write_bytes(b"no tar" * 200)
+            and given / "wds", "train-1.tar is not a readable tar archive", name="webdataset", sets=WDS),
+    dataset("webdataset without classes", shards([], classes=None), "has no classes.txt", "set dataset.num_classes",
+            name="webdataset", sets=WDS),
+    dataset("webdataset classes.txt disagrees", shards([]), "dataset.num_classes=3 but", "names 2 classes",
+            name="webdataset", sets=(*WDS, "dataset.num_classes=3")),
     dataset("tiny-imagenet annotations not UTF-8", tiny_imagenet(lambda p: p.write_bytes(b"0.JPEG\tn\xe91\n")),
             "val/val_annotations.txt is not UTF-8 text", name="tiny-imagenet"),
     dataset("tiny-imagenet annotations a FIFO", tiny_imagenet(os.mkfifo), "cannot read val/val_annotations.txt",

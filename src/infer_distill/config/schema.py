@@ -68,12 +68,17 @@ SplitName = Annotated[str, AfterValidator(_folder_name)]
 # Sections
 # ----------------------------------------------------------------------------------------
 
-DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tiny-imagenet", "imagenet"]
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tiny-imagenet", "imagenet", "webdataset"]
+
+# The fields of one source alone: left out of the other sources' settings, so their fingerprints stay what they were
+# before the source existed.
+_SOURCE_FIELDS = {"hf": ("image_column", "label_column"), "webdataset": ("train_shards", "test_shards", "num_classes")}
 
 
 class DatasetConfig(_Strict):
     name: DatasetName = "digits"
-    root: str | None = Field(None, description="data directory or .zip (not used by digits)")
+    root: str | None = Field(None, description="data directory or .zip (not used by digits); webdataset: the folder or "
+                                               "s3://bucket/prefix holding the shards (and classes.txt)")
     download: bool = Field(False, description="cifar10/cifar100: let torchvision download")
     train_split: SplitName = "train"
     test_split: SplitName = "test"
@@ -84,18 +89,37 @@ class DatasetConfig(_Strict):
     crop_padding: int | None = Field(None, ge=0, le=128, description="random-crop padding; None: the dataset's default")
     image_column: str = Field("image", min_length=1, description="dataset.name=hf: the column of images")
     label_column: str = Field("label", min_length=1, description="dataset.name=hf: the column of class labels")
+    train_shards: str | None = Field(
+        None, min_length=1,
+        description="dataset.name=webdataset: the training tar shards under dataset.root, a brace pattern such as "
+                    "'train-{000000..000146}.tar' ({a,b} lists, {0..9} ranges zero-padded as written; several groups "
+                    "multiply); read in the expanded order, members in tar order. Each sample is the members sharing a "
+                    "key (the name up to the first dot of its file name): one image (.jpg .jpeg .png .webp .bmp) and "
+                    "its label (.cls: the class index as text); other members are skipped")
+    test_shards: str | None = Field(None, min_length=1,
+                                    description="dataset.name=webdataset: the test shards under dataset.root, as train_shards")
+    num_classes: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="dataset.name=webdataset: the number of classes where dataset.root holds no classes.txt (one class "
+                    "name per line, line i naming label i); the classes are then named '0', '1', ...")
 
     @model_serializer(mode="wrap")
-    def _hf_columns_only_for_hf(self, handler: Any) -> dict:
-        # The column names mean something for dataset.name=hf alone; leaving them out elsewhere keeps the
-        # settings (and fingerprints) of every other dataset what they were before the hf reader existed.
+    def _source_fields_only_for_their_source(self, handler: Any) -> dict:
         data = handler(self)
-        if self.name != "hf":
-            data = {k: v for k, v in data.items() if k not in ("image_column", "label_column")}
-        return data
+        foreign = {f for name, fields in _SOURCE_FIELDS.items() if name != self.name for f in fields}
+        return {k: v for k, v in data.items() if k not in foreign}
 
     @model_validator(mode="after")
     def _two_splits(self) -> "DatasetConfig":
+        if self.name == "webdataset":
+            for field in ("train_shards", "test_shards"):
+                if getattr(self, field) is None:
+                    raise ValueError(f"dataset.{field} must be set for dataset.name=webdataset: the tar shards under "
+                                     "dataset.root, e.g. 'train-{000000..000146}.tar'")
+            if self.train_shards == self.test_shards:
+                raise ValueError("train_shards and test_shards name the same shards: students would be tested on their "
+                                 "training images; give the test shards' own pattern")
+            return self
         train, test = self.split_folders()
         if train == test:
             raise ValueError(f"train_split and test_split both read the folder {train!r}: students would be tested on "

@@ -11,7 +11,8 @@ from infer_distill.errors import DataError
 # The size each dataset comes in. Default crop padding is an eighth of the image side (1 px for
 # 8x8 digits, 4 for CIFAR, 8 for Tiny-ImageNet, 28 for ImageNet); an imagefolder's size is only
 # known once loaded, so `dataset_defaults` assumes CIFAR-sized images unless told the size.
-_NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagefolder": 32, "hf": 32, "tiny-imagenet": 64, "imagenet": 224}
+_NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagefolder": 32, "hf": 32, "webdataset": 32, "tiny-imagenet": 64,
+                "imagenet": 224}
 _NO_HFLIP = {"digits"}  # mirrored digits are other glyphs (or none)
 def dataset_defaults(name: str, image_size: int | None = None) -> dict:
     """{"hflip": bool, "crop_padding": int} for a dataset; padding scales with `image_size` (default: native)."""

@@ -1,15 +1,19 @@
-"""Image files: one view over directories, zips and directories of zips; the folder datasets
-(imagefolder, tiny-imagenet, imagenet) and their decoding.
+"""Image files: one view over directories, zips and directories of zips; the folder sources
+(imagefolder, tiny-imagenet, imagenet), listed when opened; and the decoding of image files into
+batches on a thread pool, which the WebDataset source shares.
 """
 from __future__ import annotations
 
+import collections
 import errno
+import functools
 import io
 import os
 import stat
 import threading
 import zipfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +21,14 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from tqdm import tqdm
 
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data.augment import _NATIVE_SIZE
-from infer_distill.data.tensors import IMAGE_EXTENSIONS, IMAGENET_STATS, ImageData, Stats, _channel_stats
+from infer_distill.data.stream import Batch, Source, SourceSplit, Stats
+from infer_distill.data.tensors import IMAGE_EXTENSIONS, IMAGENET_STATS
 from infer_distill.errors import DataError
+from infer_distill.runtime.progress import progress_bar
+from infer_distill.runtime.threads import usable_cpus
 from infer_distill.storage.local import file_kind, read_regular
 
 # ----------------------------------------------------------------------------------------
@@ -69,12 +75,10 @@ class _Tree:
         self._zips: dict[Path, zipfile.ZipFile] = {}
         self._lock = threading.Lock()
 
-    def __enter__(self) -> _Tree:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         for zf in self._zips.values():
             zf.close()
+        self._zips.clear()
 
     def split(self, name: str) -> dict[str, _File]:
         """Everything below `<root>/<name>/`: a folder of the directory, else the first zip holding it."""
@@ -171,16 +175,17 @@ def _is_image(path: str) -> bool:
 Items = list[tuple[_File, int]]  # (image file, label)
 
 
-def _load_imagefolder(cfg: DatasetConfig) -> ImageData:
-    return _folder_dataset(cfg, cfg.test_split, cfg.image_size, stats=None)
+def _open_imagefolder(cfg: DatasetConfig) -> FolderSource:
+    return _folder_source(cfg, cfg.test_split, cfg.image_size, stats=None)
 
 
-def _load_imagenet(cfg: DatasetConfig) -> ImageData:
-    return _folder_dataset(cfg, cfg.split_folders()[1], cfg.image_size or _NATIVE_SIZE["imagenet"], IMAGENET_STATS)
+def _open_imagenet(cfg: DatasetConfig) -> FolderSource:
+    return _folder_source(cfg, cfg.split_folders()[1], cfg.image_size or _NATIVE_SIZE["imagenet"], IMAGENET_STATS)
 
 
-def _folder_dataset(cfg: DatasetConfig, test_split: str, image_size: int | None, stats: Stats | None) -> ImageData:
-    with _Tree(cfg.root) as tree:
+def _folder_source(cfg: DatasetConfig, test_split: str, image_size: int | None, stats: Stats | None) -> FolderSource:
+    tree = _Tree(cfg.root)
+    try:
         train = _class_folders(tree, cfg.train_split, cfg.train_per_class)
         test = _class_folders(tree, test_split, cfg.test_per_class)
         if set(train) != set(test):
@@ -190,46 +195,56 @@ def _folder_dataset(cfg: DatasetConfig, test_split: str, image_size: int | None,
                 f"only in {cfg.train_split!r}: {only_train[:10]}, only in {test_split!r}: {only_test[:10]}"
             )
         classes = sorted(train)
-        return _decoded_dataset(tree, classes, _items(train, classes), _items(test, classes), image_size, stats)
+        return FolderSource(tree, classes, _items(train, classes), _items(test, classes), image_size, stats)
+    except BaseException:
+        tree.close()
+        raise
 
 
-def _load_tiny_imagenet(cfg: DatasetConfig) -> ImageData:
+def _open_tiny_imagenet(cfg: DatasetConfig) -> FolderSource:
+    tree = _Tree(cfg.root)
+    try:
+        return _tiny_imagenet(cfg, tree)
+    except BaseException:
+        tree.close()
+        raise
+
+
+def _tiny_imagenet(cfg: DatasetConfig, tree: _Tree) -> FolderSource:
     val = cfg.split_folders()[1]
-    with _Tree(cfg.root) as tree:
-        train = _class_folders(tree, cfg.train_split, cfg.train_per_class)  # <wnid>/images/*.JPEG
-        classes = sorted(train)
-        entries = tree.split(val)
-        if "val_annotations.txt" not in entries:
-            raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is missing; tiny-imagenet expects "
-                            f"{val}/images/<file> labelled by {val}/val_annotations.txt (file<TAB>wnid<TAB>...)")
-        test: dict[str, list[_File]] = {c: [] for c in classes}
-        try:
-            annotations = tree.read(entries["val_annotations.txt"]).decode("utf-8")
-        except OSError as e:
-            raise DataError(f"dataset.root {tree.root}: cannot read {val}/val_annotations.txt ({e.strerror}); "
-                            "replace it with the text file of the official layout") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is not UTF-8 text (offset {e.start}); "
-                            "replace it with the text file of the official layout") from None
-        for line_no, line in enumerate(annotations.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{val}/val_annotations.txt line {line_no}"
-            fields = line.split("\t")
-            if len(fields) < 2:
-                raise DataError(f"dataset.root {tree.root}: {where} is not <file><TAB><wnid>...: {line!r}")
-            file, wnid = fields[:2]
-            if wnid not in test:
-                raise DataError(f"dataset.root {tree.root}: {where} names class {wnid!r}, "
-                                f"which has no folder in {cfg.train_split}/")
-            if f"images/{file}" not in entries:
-                raise DataError(f"dataset.root {tree.root}: {where} names {val}/images/{file}, which does not exist")
-            test[wnid].append(entries[f"images/{file}"])
-        if not any(test.values()):
-            raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt lists no images")
-        test = {c: sorted(files, key=lambda f: f.name)[: cfg.test_per_class] for c, files in test.items()}
-        return _decoded_dataset(tree, classes, _items(train, classes), _items(test, classes), cfg.image_size,
-                                IMAGENET_STATS)
+    train = _class_folders(tree, cfg.train_split, cfg.train_per_class)  # <wnid>/images/*.JPEG
+    classes = sorted(train)
+    entries = tree.split(val)
+    if "val_annotations.txt" not in entries:
+        raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is missing; tiny-imagenet expects "
+                        f"{val}/images/<file> labelled by {val}/val_annotations.txt (file<TAB>wnid<TAB>...)")
+    test: dict[str, list[_File]] = {c: [] for c in classes}
+    try:
+        annotations = tree.read(entries["val_annotations.txt"]).decode("utf-8")
+    except OSError as e:
+        raise DataError(f"dataset.root {tree.root}: cannot read {val}/val_annotations.txt ({e.strerror}); "
+                        "replace it with the text file of the official layout") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is not UTF-8 text (offset {e.start}); "
+                        "replace it with the text file of the official layout") from None
+    for line_no, line in enumerate(annotations.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{val}/val_annotations.txt line {line_no}"
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DataError(f"dataset.root {tree.root}: {where} is not <file><TAB><wnid>...: {line!r}")
+        file, wnid = fields[:2]
+        if wnid not in test:
+            raise DataError(f"dataset.root {tree.root}: {where} names class {wnid!r}, "
+                            f"which has no folder in {cfg.train_split}/")
+        if f"images/{file}" not in entries:
+            raise DataError(f"dataset.root {tree.root}: {where} names {val}/images/{file}, which does not exist")
+        test[wnid].append(entries[f"images/{file}"])
+    if not any(test.values()):
+        raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt lists no images")
+    test = {c: sorted(files, key=lambda f: f.name)[: cfg.test_per_class] for c, files in test.items()}
+    return FolderSource(tree, classes, _items(train, classes), _items(test, classes), cfg.image_size, IMAGENET_STATS)
 
 
 def _class_folders(tree: _Tree, split: str, limit: int | None) -> dict[str, list[_File]]:
@@ -255,67 +270,153 @@ def _items(per_class: dict[str, list[_File]], classes: list[str]) -> Items:
     return [(file, label) for label, c in enumerate(classes) for file in per_class[c]]
 
 
-def _decoded_dataset(tree: _Tree, classes: list[str], train: Items, test: Items, image_size: int | None,
-                     stats: Stats | None) -> ImageData:
-    train_x, train_y = _decode_images(tree, train, image_size, size=None, desc="train")
-    test_x, test_y = _decode_images(tree, test, image_size, size=tuple(train_x.shape[2:]), desc="test")
-    mean, std = stats or _channel_stats(train_x)
-    return ImageData(train_x, train_y, test_x, test_y, classes, mean, std)
+class FolderSource(Source):
+    """Image files listed when opened (so counts are known), decoded when a split's batches are read."""
+
+    def __init__(self, tree: _Tree, classes: list[str], train: Items, test: Items, image_size: int | None,
+                 stats: Stats | None) -> None:
+        self.tree, self.classes, self.image_size, self.stats = tree, classes, image_size, stats
+        self._items = {"train": train, "test": test}
+        self._size: tuple[int, int] | None = None
+
+    def split(self, name: str) -> FolderSplit:
+        return FolderSplit(self, name, self._items[name])
+
+    def close(self) -> None:
+        self.tree.close()
+
+    def image_hw(self) -> tuple[int, int]:
+        """(H, W) of every image: dataset.image_size squared where set, else the first training image's size."""
+        if self._size is None:
+            if self.image_size is not None:
+                self._size = (self.image_size, self.image_size)
+            else:
+                file = self._items["train"][0][0]
+                self._size = first_size(_decode(file, functools.partial(self.tree.read, file), None), file)
+        return self._size
 
 
-# ----------------------------------------------------------------------------------------
-# Decoding: image files -> uint8 tensors, on a thread pool
-# ----------------------------------------------------------------------------------------
+class FolderSplit(SourceSplit):
+    def __init__(self, source: FolderSource, name: str, items: Items) -> None:
+        self.source, self.name, self.items = source, name, items
 
-def _decode_images(tree: _Tree, items: Items, image_size: int | None, size: tuple[int, int] | None,
-                   desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(file, label) pairs -> uint8 RGB images [N, 3, H, W] and int64 labels [N].
+    @property
+    def count(self) -> int:
+        return len(self.items)
 
-    Every image must come out H x W = `size` (None: the first image's size) unless `image_size`
-    resizes them all. Threads decode in parallel because PIL releases the GIL while decoding; that
-    pays off for large images (ImageNet), while for 32x32 ones PIL's per-file Python work dominates.
-    """
-    first = _decode(tree, items[0][0], image_size)
-    size = size or first.shape[:2]
-    if size[0] != size[1]:
-        raise DataError(f"{desc} image {items[0][0]} is {size[1]}x{size[0]}, not square; "
+    @property
+    def class_counts(self) -> torch.Tensor:
+        labels = torch.tensor([label for _, label in self.items], dtype=torch.int64)
+        return torch.bincount(labels, minlength=len(self.source.classes))
+
+    def batches(self, batch_size: int, progress: bool = True) -> Iterator[Batch]:
+        tree, items = self.source.tree, self.items
+
+        def jobs() -> Iterator[tuple[list[Job], list[int]]]:
+            for start in range(0, len(items), batch_size):
+                part = items[start:start + batch_size]
+                yield [(f, functools.partial(tree.read, f)) for f, _ in part], [label for _, label in part]
+
+        return decoded_batches(jobs(), self.source.image_size, self.source.image_hw(), self.name, batch_size,
+                               total=len(items), progress=progress)
+
+
+def first_size(image: np.ndarray, where: object) -> tuple[int, int]:
+    """(H, W) of the first training image, which every other image must match: refused unless square."""
+    h, w = image.shape[:2]
+    if h != w:
+        raise DataError(f"train image {where} is {w}x{h}, not square; "
                         "set dataset.image_size to resize and center-crop every image to one square size")
-    out = torch.empty((len(items), 3, *size), dtype=torch.uint8)
-    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return h, w
 
-    def decode_range(start: int, stop: int) -> int:
+
+# ----------------------------------------------------------------------------------------
+# Decoding: image files -> uint8 batches, on a thread pool
+# ----------------------------------------------------------------------------------------
+
+Job = tuple[object, Callable[[], bytes]]  # (the image, named in messages by its str(), what reads its bytes)
+
+# Batches submitted ahead of the one the consumer holds: the pool decodes the next while the consumer
+# uses this one, and memory holds at most AHEAD + 2 batches (those in flight, the one being read, the one held).
+AHEAD = 2
+
+
+def decoded_batches(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int | None, size: tuple[int, int],
+                    desc: str, batch_size: int, total: int | None = None, progress: bool = True) -> Iterator[Batch]:
+    """Batches of (jobs, labels) -> (uint8 RGB images [n, 3, H, W], int64 labels [n]), in the order given.
+
+    Every image must come out H x W = `size` unless `image_size` resizes them all. Threads, as many
+    as the cores this process may use, decode in parallel because PIL releases the GIL while
+    decoding; each batch is split into one task per thread. `jobs` is iterated in this thread (a
+    tar stream is read while the pool decodes the batches before it). A bad image raises its
+    DataError when its batch is reached, the first in order; the batches after it are cancelled.
+    """
+    workers = usable_cpus()
+
+    def decode_into(out: torch.Tensor, batch: list[Job], start: int, stop: int) -> None:
         for i in range(start, stop):
-            image = first if i == 0 else _decode(tree, items[i][0], image_size)
-            if image.shape[:2] != tuple(size):
+            where, read = batch[i]
+            image = _decode(where, read, image_size)
+            if image.shape[:2] != size:
                 (h, w), (eh, ew) = image.shape[:2], size
-                raise DataError(f"image {items[i][0]} is {w}x{h} but {desc} images are expected to be {ew}x{eh}; "
+                raise DataError(f"image {where} is {w}x{h} but {desc} images are expected to be {ew}x{eh}; "
                                 "set dataset.image_size to resize every image to one square size")
             out[i] = torch.from_numpy(image).permute(2, 0, 1)
-        return stop - start
 
-    chunk = 256  # images per task: big enough to amortise scheduling, small enough for a smooth progress bar
-    workers = min(16, os.cpu_count() or 1)  # more threads than cores only contend for the GIL
-    bar = tqdm(total=len(items), desc=f"decoding {desc}", unit="img", leave=False, disable=None)  # silent unless a TTY
-    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
-        futures = [pool.submit(decode_range, s, min(s + chunk, len(items))) for s in range(0, len(items), chunk)]
-        try:
-            for future in as_completed(futures):
-                bar.update(future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()  # a bad image (or Ctrl-C) ends the load now, not after decoding the rest
-            raise
-    return out, labels
+    def run() -> Iterator[Batch]:
+        pending: collections.deque = collections.deque()
+        source = iter(jobs)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            def submit() -> None:
+                batch, labels = next(source, ([], []))
+                if not batch:
+                    return
+                out = torch.empty((len(batch), 3, *size), dtype=torch.uint8)
+                step = -(-len(batch) // workers)
+                futures = [pool.submit(decode_into, out, batch, s, min(s + step, len(batch)))
+                           for s in range(0, len(batch), step)]
+                pending.append((out, torch.tensor(labels, dtype=torch.int64), futures))
+
+            try:
+                for _ in range(AHEAD):
+                    submit()
+                while pending:
+                    out, labels, futures = pending.popleft()
+                    submit()  # read the next batch while the pool decodes this one
+                    for future in futures:
+                        future.result()
+                    yield out, labels
+            finally:  # a bad image, Ctrl-C or a consumer that stops early: nothing more is decoded
+                for _out, _labels, futures in pending:
+                    for future in futures:
+                        future.cancel()
+
+    batches = run() if total is None else _Counted(run(), -(-total // batch_size))
+    return iter(progress_bar(batches, f"decoding {desc} ({batch_size} images a step)", disable=not progress))
+
+
+class _Counted:
+    """An iterator with the number of items it will give, for a progress bar's total."""
+
+    def __init__(self, iterator: Iterator, count: int) -> None:
+        self.iterator, self.count = iterator, count
+
+    def __iter__(self) -> Iterator:
+        return self.iterator
+
+    def __len__(self) -> int:
+        return self.count
 
 
 # PIL modes with more than 8 bits per sample: converting them to RGB clips every value above 255
 _WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
-def _decode(tree: _Tree, file: _File, image_size: int | None) -> np.ndarray:
-    """One image as uint8 RGB [H, W, 3]; with `image_size`, shorter side resized to it, then center-cropped."""
+def _decode(file: object, read: Callable[[], bytes], image_size: int | None) -> np.ndarray:
+    """The image `read()` gives (`file` names it) as uint8 RGB [H, W, 3]; with `image_size`, shorter side resized
+    to it, then center-cropped."""
     try:
-        with Image.open(io.BytesIO(tree.read(file))) as img:
+        with Image.open(io.BytesIO(read())) as img:
             if img.mode in _WIDE_MODES:
                 raise DataError(f"image {file} has {_WIDE_MODES[img.mode]}-bit samples (PIL mode {img.mode}); the pipeline "
                                 "stores 8-bit images and does not reduce them silently: convert the dataset to 8 bits per "

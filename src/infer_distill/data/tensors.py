@@ -1,9 +1,10 @@
 """A dataset as uint8 tensors in memory, and the sources that come as tensors: digits, CIFAR,
-Hugging Face datasets.
+Hugging Face datasets (loaded whole when opened, then served as slices).
 """
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from infer_distill.config.schema import DatasetConfig
+from infer_distill.data.stream import Batch, Source, SourceSplit, Stats
 from infer_distill.errors import DataError
 
 
@@ -42,8 +44,6 @@ class ImageData:
         return self.train_x.shape[2]  # images are square
 
 
-Stats = tuple[tuple[float, ...], tuple[float, ...]]
-
 CIFAR10_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -54,7 +54,7 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 # Tensor datasets: digits, CIFAR
 # ----------------------------------------------------------------------------------------
 
-def _load_digits(cfg: DatasetConfig) -> ImageData:
+def _load_digits(cfg: DatasetConfig) -> TensorSource:
     from sklearn.datasets import load_digits  # scikit-learn is slow to import; only digits needs it
 
     digits = load_digits()
@@ -66,14 +66,14 @@ def _load_digits(cfg: DatasetConfig) -> ImageData:
     for label in range(10):
         idx = torch.nonzero(y == label).flatten()
         train_mask[idx[: int(0.8 * len(idx))]] = True
-    return _tensor_dataset(cfg, x[train_mask], y[train_mask], x[~train_mask], y[~train_mask],
-                           [str(d) for d in range(10)], stats=None)
+    return TensorSource(cfg, {"train": (x[train_mask], y[train_mask]), "test": (x[~train_mask], y[~train_mask])},
+                        [str(d) for d in range(10)], stats=None)
 
 
 _CIFAR = {"cifar10": ("CIFAR-10", "CIFAR10", CIFAR10_STATS), "cifar100": ("CIFAR-100", "CIFAR100", CIFAR100_STATS)}
 
 
-def _load_cifar(cfg: DatasetConfig) -> ImageData:
+def _load_cifar(cfg: DatasetConfig) -> TensorSource:
     title, class_name, stats = _CIFAR[cfg.name]
     dataset_cls = getattr(torchvision.datasets, class_name)
     if cfg.root is None:
@@ -97,7 +97,7 @@ def _load_cifar(cfg: DatasetConfig) -> ImageData:
     def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
 
-    return _tensor_dataset(cfg, *tensors(train), *tensors(test), list(train.classes), stats)
+    return TensorSource(cfg, {"train": tensors(train), "test": tensors(test)}, list(train.classes), stats)
 
 
 def _missing_folders(root: Path) -> list[Path]:
@@ -147,7 +147,7 @@ def require_datasets(feature: str):
     return datasets
 
 
-def _load_hf(cfg: DatasetConfig) -> ImageData:
+def _load_hf(cfg: DatasetConfig) -> TensorSource:
     """A folder written by `save_to_disk` (a DatasetDict), an `imagefolder`-builder folder, or a Hub id."""
     datasets = require_datasets("dataset.name=hf")
     if cfg.root is None:
@@ -172,9 +172,8 @@ def _load_hf(cfg: DatasetConfig) -> ImageData:
             raise DataError(f"{field}={split!r}: dataset.root={cfg.root} has the splits {sorted(dd)}; set {field}")
         splits.append(dd[split])
     classes = _hf_classes(cfg, splits[0])
-    (train_x, train_y), (test_x, test_y) = (_hf_tensors(cfg, split, name) for split, name in
-                                            zip(splits, (cfg.train_split, cfg.test_split)))
-    return _tensor_dataset(cfg, train_x, train_y, test_x, test_y, classes, stats=None)
+    train, test = (_hf_tensors(cfg, split, name) for split, name in zip(splits, (cfg.train_split, cfg.test_split)))
+    return TensorSource(cfg, {"train": train, "test": test}, classes, stats=None)
 
 
 def _hf_classes(cfg: DatasetConfig, split) -> list[str]:
@@ -213,15 +212,38 @@ def _hf_tensors(cfg: DatasetConfig, split, name: str) -> tuple[torch.Tensor, tor
     return x, torch.tensor(split[cfg.label_column], dtype=torch.int64)
 
 
-def _tensor_dataset(cfg: DatasetConfig, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                    test_y: torch.Tensor, classes: list[str], stats: Stats | None) -> ImageData:
-    """Apply the per-class limits and resize of `cfg` to in-memory square images."""
-    train_x, train_y = _first_per_class(train_x, train_y, cfg.train_per_class)
-    test_x, test_y = _first_per_class(test_x, test_y, cfg.test_per_class)
-    if cfg.image_size is not None and cfg.image_size != train_x.shape[-1]:
-        train_x, test_x = (TF.resize(t, [cfg.image_size, cfg.image_size], antialias=True) for t in (train_x, test_x))
-    mean, std = stats or _channel_stats(train_x)
-    return ImageData(train_x, train_y, test_x, test_y, classes, mean, std)
+class TensorSource(Source):
+    """A source already in memory as uint8 [N, C, H, W] tensors per split: `split` applies the per-class limits and
+    the resize of the config, and its batches are slices."""
+
+    def __init__(self, cfg: DatasetConfig, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: list[str],
+                 stats: Stats | None) -> None:
+        self.cfg, self._splits, self.classes, self.stats = cfg, splits, classes, stats
+
+    def split(self, name: str) -> TensorSplit:
+        x, y = self._splits[name]
+        x, y = _first_per_class(x, y, self.cfg.train_per_class if name == "train" else self.cfg.test_per_class)
+        size = self.cfg.image_size
+        if size is not None and size != x.shape[-1]:
+            x = TF.resize(x, [size, size], antialias=True)
+        return TensorSplit(name, x, y, len(self.classes))
+
+
+class TensorSplit(SourceSplit):
+    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+        self.name, self.x, self.y, self.num_classes = name, x, y, num_classes
+
+    @property
+    def count(self) -> int:
+        return len(self.y)
+
+    @property
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.y, minlength=self.num_classes)
+
+    def batches(self, batch_size: int, progress: bool = True) -> Iterator[Batch]:
+        for start in range(0, len(self.y), batch_size):
+            yield self.x[start:start + batch_size], self.y[start:start + batch_size]
 
 
 def _first_per_class(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,21 +254,3 @@ def _first_per_class(x: torch.Tensor, y: torch.Tensor, limit: int | None) -> tup
     for label in y.unique():
         keep[torch.nonzero(y == label).flatten()[:limit]] = True
     return x[keep], y[keep]
-
-
-def _channel_stats(x: torch.Tensor) -> Stats:
-    """Per-channel mean and std of uint8 images at pixel scale [0, 1].
-
-    Sums of pixel values and of their squares are accumulated as int64, exactly (no float rounding
-    over millions of pixels), chunk by chunk so no wide copy of the whole set is made.
-    """
-    total = torch.zeros(x.shape[1], dtype=torch.int64)
-    squares = torch.zeros(x.shape[1], dtype=torch.int64)
-    for chunk in x.split(1024):
-        wide = chunk.to(torch.int32)
-        total += wide.sum(dim=(0, 2, 3), dtype=torch.int64)
-        squares += wide.square().sum(dim=(0, 2, 3), dtype=torch.int64)
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total.double() / count
-    var = squares.double() / count - mean.square()
-    return tuple((mean / 255).tolist()), tuple((var.clamp_min(0).sqrt() / 255).tolist())
