@@ -18,8 +18,9 @@ from infer_distill.dag.metrics import (
     UfcShardMetrics,
 )
 from infer_distill.data.augment import augmentation
-from infer_distill.data.sources import load_dataset
+from infer_distill.data.sources import open_source
 from infer_distill.data.splits import SplitWriter
+from infer_distill.data.stream import ChannelStats
 from infer_distill.errors import DataError, StageError
 from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
 from infer_distill.method.training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
@@ -37,32 +38,53 @@ from infer_distill.storage import open_artifact
 # ----------------------------------------------------------------------------------------
 
 
-def prepare_data(cfg: Config, out: str) -> dict:
-    """Materialise the train/test split once, as uint8 rows (data.splits), so later stages never touch the source."""
+def prepare_data(cfg: Config, out: str, progress: bool = True) -> dict:
+    """Materialise the train/test split once, as uint8 rows (data.splits), so later stages never touch the source.
+
+    The source is listed first (folders and zips: every file, nothing decoded), so a budget the classes cannot
+    fill is refused before any decoding; then each split streams through: decoded a batch at a time on the
+    usable cores, its channel statistics accumulated, its rows written as they come. Memory is a few batches,
+    whatever the dataset's size.
+    """
     output = _begin(out, {})
     read = sources(cfg, "prepare-data")  # before loading: a source changed while it is read is remade next time
-    data = load_dataset(cfg.dataset)
-    if cfg.dataset.download:
-        read = sources(cfg, "prepare-data")  # the files the download has just fetched
-    k = cfg.check_budget(data.num_classes)
-    counts = torch.bincount(data.train_y, minlength=data.num_classes)
-    if int(counts.min()) < k:  # select-subsets would fail only after the teachers trained
+    with open_source(cfg.dataset) as source:
+        if cfg.dataset.download:
+            read = sources(cfg, "prepare-data")  # the files the download has just fetched
+        classes = source.classes
+        k = cfg.check_budget(len(classes))
+        train_split, test_split = source.split("train"), source.split("test")
+        if train_split.class_counts is not None:  # known from the listing: refused before a pixel is decoded
+            _check_per_class(train_split.class_counts, k, classes)
+        stats = ChannelStats() if source.stats is None else None
+        train = SplitWriter("train", train_split.batches(PREPARE_BATCH, progress=progress), len(classes),
+                            on_batch=(lambda x, _y: stats.add(x)) if stats is not None else None)
+        test = SplitWriter("test", test_split.batches(PREPARE_BATCH, progress=progress), len(classes))
+
+        def metrics() -> DataMetrics:  # what the splits' writers counted as the rows streamed by
+            _check_per_class(train.class_counts, k, classes)  # a source without a listing (WebDataset): once read
+            mean, std = source.stats or stats.result()
+            in_chans, image_size = train.shape[0], train.shape[-1]
+            padding, hflip = augmentation(cfg.dataset, image_size)
+            return DataMetrics(
+                num_classes=len(classes), classes=classes, in_chans=in_chans, image_size=image_size,
+                mean=list(mean), std=list(std), num_train=train.count, num_test=test.count,
+                min_train_per_class=int(train.class_counts.min()), crop_padding=padding, hflip=hflip,
+                splits={"train": train.description(), "test": test.description()},
+            )
+
+        return _write(output, cfg, {**train.files(), **test.files()}, metrics, read, stage=DataMetrics.kind)
+
+
+PREPARE_BATCH = 256  # images decoded and written at a time: 38 MB at 224 px, a few of them in flight
+
+
+def _check_per_class(counts: torch.Tensor, k: int, classes: list[str]) -> None:
+    """K disjoint subsets need K training images of every class: refused here, not after the teachers trained."""
+    if int(counts.min()) < k:
         c = int(counts.argmin())
-        raise DataError(f"class {data.classes[c]!r} has {int(counts[c])} training images, but K={k} disjoint subsets need {k} "
+        raise DataError(f"class {classes[c]!r} has {int(counts[c])} training images, but K={k} disjoint subsets need {k} "
                         "per class; lower budget.ipc or raise dataset.train_per_class")
-    padding, hflip = augmentation(cfg.dataset, data.image_size)
-    train = SplitWriter("train", [(data.train_x, data.train_y)], data.num_classes)
-    test = SplitWriter("test", [(data.test_x, data.test_y)], data.num_classes)
-
-    def metrics() -> DataMetrics:  # what the splits' writers counted as the rows streamed by
-        return DataMetrics(
-            num_classes=data.num_classes, classes=data.classes, in_chans=data.in_chans, image_size=data.image_size,
-            mean=list(data.mean), std=list(data.std), num_train=train.count, num_test=test.count,
-            min_train_per_class=int(train.class_counts.min()), crop_padding=padding, hflip=hflip,
-            splits={"train": train.description(), "test": test.description()},
-        )
-
-    return _write(output, cfg, {**train.files(), **test.files()}, metrics, read, stage=DataMetrics.kind)
 
 
 def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = True) -> dict:
