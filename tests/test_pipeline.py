@@ -14,6 +14,7 @@ from infer_distill.cli import main
 from infer_distill.cli.show import print_step
 from infer_distill.config.loading import load_config
 from infer_distill.dag.layout import Layout
+from infer_distill.data.splits import open_split
 from infer_distill.engines.runner import plan_ufc_shards
 from infer_distill.engines.walk import run_in_process
 from infer_distill.method.training import evaluate
@@ -57,8 +58,7 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
     dm = open_artifact(Layout(out).data).read_manifest()
     model = build_model(student["arch"], dm)
     model.load_state_dict(open_artifact(Layout(out).student(student["arch"], 0, "static")).read_tensors("weights.safetensors"))
-    test = open_artifact(Layout(out).data).read_tensors("test.safetensors")
-    assert evaluate(model, test["x"], test["y"], "cpu") == student["final_acc"] == student["curve"][-1][1]
+    assert evaluate(model, open_split(open_artifact(Layout(out).data), "test"), "cpu") == student["final_acc"] == student["curve"][-1][1]
     assert [student["best_epoch"], student["best_acc"]] in student["curve"]
     assert [t["arch"] for t in report["teachers"]] == cfg.teachers.archs
     assert set(report["timings_s"]) >= {"prepare-data", "train-teacher", "synthesize-ufc", "soft-label", "evaluate-student"}

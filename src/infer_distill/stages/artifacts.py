@@ -206,9 +206,3 @@ def safetensors_header_ok(data: bytes) -> bool:
 
 def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    art, manifest = load_input(uri, cfg, "prepare-data")
-    t = art.read_tensors(f"{split}.safetensors")
-    return t["x"], t["y"], manifest
