@@ -112,6 +112,24 @@ def test_the_budget_is_the_environments_or_half_the_memory_left(monkeypatch):
     assert 0 < data_memory_budget("cpu") <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def test_a_cgroup_limit_counts_what_it_leaves(tmp_path):
+    from infer_distill.runtime.memory import _cgroup_left
+
+    assert _cgroup_left(tmp_path) is None
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert _cgroup_left(tmp_path) is None
+    (tmp_path / "memory.max").write_text("5000\n")
+    assert _cgroup_left(tmp_path) == 4000
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")  # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("1000\n")
+    assert _cgroup_left(v1) is None
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("3000\n")
+    assert _cgroup_left(v1) == 2000
+
+
 @pytest.mark.slow
 def test_select_subsets_reads_labels_and_no_image(run, reads, tmp_path):
     cfg, layout = run

@@ -8,7 +8,7 @@ operations on them), only the memory and the bytes read differ.
 
 INFER_DATA_MEMORY_BYTES sets the budget in bytes (0: stream every split). Unset, it is half of the
 memory this process may still take: the machine's available memory (MemAvailable in /proc/meminfo)
-or, when less, what the cgroup's memory limit leaves; and on CUDA, where the loops keep data on the
+or, when less, what its cgroup's memory limit leaves (a container's, a pod's); and on CUDA, where the loops keep data on the
 GPU, at most half of the GPU's free memory. The other half is for the models, their activations,
 the batches being read and whatever else the process holds.
 """
@@ -35,17 +35,20 @@ def _meminfo_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 
 def _cgroup_left(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """What the cgroup (v2) memory limit leaves this process's cgroup, None where there is no limit."""
-    try:
-        limit, used = (root / "memory.max").read_text().strip(), (root / "memory.current").read_text().strip()
-    except OSError:
-        return None
-    if limit == "max":
-        return None
-    try:
-        return max(0, int(limit) - int(used))
-    except ValueError:
-        return None
+    """What the cgroup memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) leaves this process's cgroup,
+    None where there is no limit."""
+    for limit_file, used_file in (("memory.max", "memory.current"),
+                                  ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit, used = (root / limit_file).read_text().strip(), (root / used_file).read_text().strip()
+        except OSError:
+            continue
+        try:
+            # "max" (v2) or a number near 2^63 (v1): no limit
+            return max(0, int(limit) - int(used)) if limit != "max" and int(limit) < 1 << 60 else None
+        except ValueError:
+            return None
+    return None
 
 
 def host_memory_left() -> int | None:
