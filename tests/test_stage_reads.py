@@ -269,3 +269,21 @@ def test_full_data_over_the_budget_streams_both_splits_with_the_held_result(run,
     assert streamed["metrics"]["curve"] == held["metrics"]["curve"]
     weights = [open_artifact(str(tmp_path / w)).read_bytes("weights.safetensors") for w in ("held", "streamed")]
     assert weights[0] == weights[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["random", "herding", "rded", "sre2l"])
+def test_a_peer_method_reads_its_candidates_only(run, reads, tmp_path, method):
+    cfg, layout = run
+    cfg = cfg.model_copy(update={"rded": cfg.rded.model_copy(update={"candidates": 20}),
+                                 "sre2l": cfg.sre2l.model_copy(update={"iterations": 2})})
+    stages.distill_method(cfg, method, layout.data, layout.teachers(cfg), str(tmp_path / method), progress=False)
+    labels = _split(layout, "train").labels
+    classes = open_artifact(layout.data).read_manifest()["metrics"]["classes"]
+    expected = {
+        "random": lambda: infer.draw_per_class(labels, cfg.method_per_class(10, 64), cfg.seed, classes).flatten(),
+        "herding": lambda: torch.cat([(labels == c).nonzero().flatten() for c in range(10)]),   # every class, one at a time
+        "rded": lambda: infer.draw_per_class(labels, 20, cfg.seed, classes).T.flatten(),        # its candidates, class by class
+        "sre2l": lambda: torch.zeros(0, dtype=torch.int64),                                     # from noise: no image
+    }[method]()
+    assert _whole(reads) == [] and torch.equal(_rows(reads, "train"), expected)

@@ -32,6 +32,7 @@ from infer_distill.dag.artifact_settings import fingerprint
 from infer_distill.dag.layout import Layout
 from infer_distill.dag.metrics import ImageDescription, is_distilled_set
 from infer_distill.dag.metrics import read as read_metrics
+from infer_distill.data.splits import open_split
 from infer_distill.errors import ArtifactError
 from infer_distill.outputs.instances import DISTILLED_DESCRIPTION, distilled_instances, instance_origins, read_distilled
 from infer_distill.storage import open_artifact
@@ -135,8 +136,8 @@ class DistilledSet(Dataset):
         if found is None:
             raise ArtifactError(f"no prepare-data artifact with the dataset settings of {self.uri} ({'; '.join(misses)}): "
                                 "give the data artifact the set was distilled from")
-        t = found[0].read_tensors("test.safetensors")
-        return t["x"], t["y"]
+        test = open_split(found[0], "test")
+        return test.read_all(), test.labels
 
     def student_recipe(self) -> StudentConfig:
         """The run's student settings (its config's `students`), as the report of the run beside the set records them.
