@@ -43,7 +43,7 @@ def test_instances_composed_per_batch_are_the_whole_sets_and_give_the_same_label
     from sklearn.datasets import load_digits
 
     from infer_distill.config.schema import StudentConfig
-    from infer_distill.method.training import Ensemble, train_student_model
+    from infer_distill.method.training import Ensemble, Held, train_student_model
     from infer_distill.models.networks import create_model
     from infer_distill.outputs.instances import DistilledInstances, distilled_instances
 
@@ -70,7 +70,7 @@ def test_instances_composed_per_batch_are_the_whole_sets_and_give_the_same_label
     for images in (whole, composed):
         torch.manual_seed(0)
         student = create_model("convnet_d2_w32", num_classes=C, in_chans=1, image_size=8)
-        train_student_model(student, images, labels, None, x[:20], y[:20], cfg, cfg.epochs, 30.0, (1, True), "cpu", seed=0,
+        train_student_model(student, images, labels, None, Held(x[:20], y[:20]), cfg, cfg.epochs, 30.0, (1, True), "cpu", seed=0,
                             progress=False)
         students.append(student.state_dict())
     assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])

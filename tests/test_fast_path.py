@@ -25,6 +25,7 @@ from infer_distill.method import synthesis
 from infer_distill.method.synthesis import group_bn_loss, recorded_bn_inputs, synthesize_ufcs
 from infer_distill.method.training import (
     Ensemble,
+    Held,
     cross_entropy_step,
     evaluate,
     kd_loss,
@@ -340,9 +341,9 @@ class Digits:
         torch.manual_seed(self.cfg.seed)
         d = self.data
         model = create_model(arch, d.num_classes, d.in_chans, d.image_size, d.mean, d.std)
-        train_teacher_model(model, d.train_x, d.train_y, self.cfg.teachers, self.augment, "cpu", self.cfg.seed, progress=False,
+        train_teacher_model(model, Held(d.train_x, d.train_y), self.cfg.teachers, self.augment, "cpu", self.cfg.seed, progress=False,
                             fast_path=fast)
-        return model.eval().requires_grad_(False), evaluate(model, d.test_x, d.test_y, "cpu")
+        return model.eval().requires_grad_(False), evaluate(model, Held(d.test_x, d.test_y), "cpu")
 
     def synthesize(self, teachers: list[torch.nn.Module]) -> torch.Tensor:
         return synthesize_ufcs(teachers, self.natural, [0, 1], self.cfg.synthesis, self.cfg.seed, "cpu", False,
@@ -355,9 +356,9 @@ class Digits:
         model = create_model("convnet_d3_w32", d.num_classes, d.in_chans, d.image_size, d.mean, d.std)
         static = label_mode == "static"
         ensemble = None if static else Ensemble([fast.place(copy.deepcopy(t), "cpu") for t in self.teachers])
-        result = train_student_model(model, self.instances, self.soft_labels if static else None, ensemble, d.test_x, d.test_y,
-                                     self.cfg.students, self.cfg.students.epochs_for(label_mode), self.cfg.labels.temperature,
-                                     self.augment, "cpu", seed, progress=False, fast_path=fast)
+        result = train_student_model(model, self.instances, self.soft_labels if static else None, ensemble,
+                                     Held(d.test_x, d.test_y), self.cfg.students, self.cfg.students.epochs_for(label_mode),
+                                     self.cfg.labels.temperature, self.augment, "cpu", seed, progress=False, fast_path=fast)
         return result.final_acc
 
 
@@ -459,8 +460,7 @@ def test_a_run_on_the_cpu_fast_path_records_what_each_stage_computed_in(tmp_path
     dm = open_artifact(layout.data).read_manifest()
     model = BF16_CL.place(build_model("convnet_d3_w32", dm), "cpu")
     model.load_state_dict(open_artifact(student).read_tensors("weights.safetensors"))
-    test = open_split(open_artifact(layout.data), "test")
-    assert evaluate(model, test.read_all(), test.labels, "cpu") == open_artifact(student).read_manifest()["metrics"]["final_acc"]
+    assert evaluate(model, open_split(open_artifact(layout.data), "test"), "cpu") == open_artifact(student).read_manifest()["metrics"]["final_acc"]
 
 
 @pytest.mark.slow

@@ -114,9 +114,9 @@ def test_each_method_stores_no_more_than_its_budget_and_trains_a_student(tiny_ru
     stored = ds.manifest["metrics"]["budget"]["stored_bytes_by_tensor"]
     assert stored["natural"] == len(ds) * 64 and stored["soft_labels"] == len(ds) * 10 * 2 and stored["ufc"] == 0
     if method == "random":  # the random-real baseline's seeded draw
-        train = artifacts._data(cfg, layout.data, "train")
-        drawn = infer.draw_per_class(train[1], per_class, cfg.seed, ds.classes)
-        assert torch.equal((ds.images * 255).round().to(torch.uint8), train[0][drawn.flatten()].float().div(255).mul(255).round().to(torch.uint8))
+        _, (train,) = inputs.data_splits(cfg, layout.data, "train")
+        drawn = infer.draw_per_class(train.labels, per_class, cfg.seed, ds.classes)
+        assert torch.equal((ds.images * 255).round().to(torch.uint8), train.read_all()[drawn.flatten()])
     run = stages.evaluate_method(cfg, method, "hard", "epochs", "convnet_d3_w32", 0, layout.data, layout.distilled,
                                  layout.method_score(method, "hard", "epochs", "convnet_d3_w32", 0),
                                  methods=[layout.method_set(method)], progress=False)
@@ -130,7 +130,7 @@ def test_rded_with_more_candidates_than_a_class_has_takes_them_all_and_a_bad_fac
     cfg, layout = tiny_run
     many = cfg.model_copy(update={"rded": cfg.rded.model_copy(update={"candidates": 10_000})})
     m = stages.distill_method(many, "rded", layout.data, layout.teachers(many), str(tmp_path / "rded"), progress=False)
-    train_y = artifacts._data(cfg, layout.data, "train")[1]
+    train_y = inputs.data_splits(cfg, layout.data, "train")[1][0].labels
     assert m["metrics"]["rded_candidates"] == int(torch.bincount(train_y).min()) < 10_000
     with pytest.raises(ConfigError, match="rded.factor=3 does not divide the image side 8"):
         preflight.preflight(load_config(None, TINY + ["methods=[infer, rded]", "rded.factor=3"]), [str(tmp_path / "x")])
@@ -142,7 +142,8 @@ def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_r
     uri = layout.method_set("herding")
     if not artifacts.is_current(uri, cfg, "distill-method", method="herding"):
         stages.distill_method(cfg, "herding", layout.data, layout.teachers(cfg), uri, progress=False)
-    train_x, train_y, dm = artifacts._data(cfg, layout.data, "train")
+    dm, (train,) = inputs.data_splits(cfg, layout.data, "train")
+    train_x, train_y = train.read_all(), train.labels
     teacher = inputs.load_teachers(cfg, layout.teachers(cfg), dm, "cpu")[0]
     pool = (train_y == 3).nonzero().flatten()
     picks = peers.herding(peers.penultimate_features(teacher, train_x[pool], "cpu"), cfg.method_per_class(10, 64))

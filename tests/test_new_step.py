@@ -15,6 +15,7 @@ from infer_distill import dag
 from infer_distill.cli import commands
 from infer_distill.config.loading import load_config
 from infer_distill.dag import artifact_settings, metrics
+from infer_distill.data.splits import open_split
 from infer_distill.engines import argo, compose
 from infer_distill.engines.executor import Walk, run_walks
 from infer_distill.stages import artifacts
@@ -29,7 +30,8 @@ class CountsMetrics(metrics.StageMetrics):
 def count_images(cfg, data: str, out: str) -> dict:
     """The toy stage: how many training images each class has."""
     output = artifacts._begin(out, {"data": data})
-    y = artifacts._data(cfg, data, "train")[1]
+    art, _ = artifacts.load_input(data, cfg, "prepare-data")
+    y = open_split(art, "train").labels
     counts = {str(c): int((y == c).sum()) for c in y.unique()}
     return artifacts._write(output, cfg, {"counts.json": json.dumps(counts).encode()}, CountsMetrics(counts=counts))
 

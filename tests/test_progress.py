@@ -4,7 +4,7 @@ import re
 import torch
 
 from infer_distill.config.schema import TeacherConfig
-from infer_distill.method.training import train_teacher_model
+from infer_distill.method.training import Held, train_teacher_model
 from infer_distill.runtime.progress import LogLines, progress_bar
 
 LINE = re.compile(r"^(?P<desc>.+): step (?P<step>\d+)/(?P<total>\d+) \(\d+%\), loss=[\d.]+, [\d.]+ step/s, ETA \w+$")
@@ -28,7 +28,7 @@ def test_a_long_interval_prints_only_the_end(capsys, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(3))
     x = torch.randint(0, 255, (12, 1, 8, 8), dtype=torch.uint8)
     y = torch.arange(12) % 3
-    train_teacher_model(model, x, y, TeacherConfig(epochs=4, batch_size=6), (1, False), "cpu", 0, desc="teacher tiny")
+    train_teacher_model(model, Held(x, y), TeacherConfig(epochs=4, batch_size=6), (1, False), "cpu", 0, desc="teacher tiny")
     (line,) = capsys.readouterr().err.splitlines()
     assert LINE.match(line) and line.startswith("teacher tiny: step 4/4 (100%), loss=")
 

@@ -6,6 +6,7 @@ import torch
 from infer_distill.config.schema import StudentConfig, TeacherConfig
 from infer_distill.method.training import (
     Ensemble,
+    Held,
     cross_entropy_step,
     kd_loss,
     mixup,
@@ -90,7 +91,7 @@ def test_hard_label_student_learns_with_plain_cross_entropy_and_is_reproducible(
     def run():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
-        return train_student_hard(model, x, y, test_x, test_y, cfg, cfg.epochs, (0, False), "cpu", seed=3, progress=False)
+        return train_student_hard(model, x, y, Held(test_x, test_y), cfg, cfg.epochs, (0, False), "cpu", seed=3, progress=False)
 
     a, b = run(), run()
     assert [e for e, _ in a.curve] == [10, 20, 30]
@@ -124,7 +125,7 @@ def test_a_loop_of_student_steps_is_the_librarys_student_training():
     for mode in ("static", "dynamic"):
         labels = {"soft_logits": logits} if mode == "static" else {"ensemble": Ensemble([teacher])}
         library = _net()
-        train_student_model(library, images, labels.get("soft_logits"), labels.get("ensemble"), test_x, test_y, cfg, 3, 4.0,
+        train_student_model(library, images, labels.get("soft_logits"), labels.get("ensemble"), Held(test_x, test_y), cfg, 3, 4.0,
                             (1, True), "cpu", seed=7, progress=False)
         mine = _net()
         opt, sched = student_optimizer(mine, cfg, total_steps=3 * 3)
@@ -146,7 +147,7 @@ def test_a_loop_of_cross_entropy_steps_is_the_librarys_teacher_training():
     y = torch.arange(len(x)) % 3
     cfg = TeacherConfig(epochs=2, batch_size=10)
     library = _net()
-    train_teacher_model(library, x, y, cfg, (1, True), "cpu", seed=5, progress=False)
+    train_teacher_model(library, Held(x, y), cfg, (1, True), "cpu", seed=5, progress=False)
     mine = _net()
     opt, sched = teacher_optimizer(mine, cfg, total_steps=2 * 3)
     gen = torch.Generator().manual_seed(5)

@@ -28,7 +28,7 @@ from infer_distill import DistilledSet
 from infer_distill.config.loading import load_config
 from infer_distill.config.schema import StudentConfig
 from infer_distill.errors import ArtifactError, ConfigError
-from infer_distill.method.training import train_student_hard, train_student_model
+from infer_distill.method.training import Held, train_student_hard, train_student_model
 from infer_distill.models.networks import Normalize
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ds = DistilledSet.open(args.distilled)
         recipe, source = student_recipe(ds, args.config)
-        test_x, test_y = ds.read_test_split(args.test_data)
+        test = Held(*ds.read_test_split(args.test_data))
     except (ArtifactError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     model = nn.Sequential(Normalize(ds.mean, ds.std), net)
     augment = (ds.crop_padding, ds.hflip)
     if args.labels == "soft":
-        result = train_student_model(model, images, soft_labels, None, test_x, test_y, recipe, epochs, ds.temperature,
+        result = train_student_model(model, images, soft_labels, None, test, recipe, epochs, ds.temperature,
                                      augment, args.device, args.seed, desc=args.model)
     else:
-        result = train_student_hard(model, images, labels, test_x, test_y, recipe, epochs, augment, args.device, args.seed,
+        result = train_student_hard(model, images, labels, test, recipe, epochs, augment, args.device, args.seed,
                                     desc=f"{args.model} (hard labels)")
     best_epoch, best_acc = result.best
     print(f"{args.model} ({sum(p.numel() for p in net.parameters()):,} parameters) trained on {len(ds)} distilled instances "

@@ -1,7 +1,8 @@
 """Training loops: teachers on the real data, students on the distilled set (docs/method.md, sections 3 and 6).
 
-Data lives on the device as tensors; augmentation is batched torch (no per-image PIL calls).
-Every random draw comes from an explicit generator seeded by the caller. A `FastPath`
+Data lives on the device as tensors, or, when a split is too large for that, is read from its data artifact
+batch by batch (`Rows`: the same batches and results either way); augmentation is batched torch (no
+per-image PIL calls). Every random draw comes from an explicit generator seeded by the caller. A `FastPath`
 (runtime/fast_path.py) says how training computes: the default, PLAIN, is fp32, NCHW and eager; on CUDA the
 stages pass bf16 autocast and channels_last. Evaluation is always IEEE fp32.
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -22,22 +25,89 @@ from infer_distill.runtime.fast_path import PLAIN, FastPath
 from infer_distill.runtime.progress import progress_bar
 
 # ----------------------------------------------------------------------------------------
+# Images read by row: a data artifact's split (data.splits.Split), or tensors held whole
+# ----------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Rows(Protocol):
+    """uint8 images [N, ch, H, W] and their int64 labels, read by row: `data.splits.Split` (from the data artifact,
+    a batch at a time) or `Held` (tensors held whole). The loops below read both the same way, so a split that does
+    not fit in memory gives the same results as one that does."""
+
+    @property
+    def labels(self) -> torch.Tensor: ...
+
+    def __len__(self) -> int: ...
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class Held:
+    """`Rows` held whole as tensors (uint8 images, int64 labels), where the loops compute on them: on the device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: str | torch.device) -> Held:
+        return Held(self.images.to(device), self.labels.to(device))
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.images[rows.to(self.images.device)]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self), batch_size):
+            yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
+
+
+T = TypeVar("T")
+_END = object()
+
+
+def _ahead(items: Iterable[T]) -> Iterator[T]:
+    """`items` in order, each made in a background thread while the caller works on the one before: a batch read from
+    storage arrives while the previous one computes. The items do not depend on when they are made (no random draw)."""
+    it = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="infer-read") as pool:
+        pending = pool.submit(next, it, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, it, _END)
+            yield item
+
+
+def _read_ahead(rows: Rows, items: Iterable[T]) -> Iterable[T]:
+    """`items` made from `rows`: read ahead in a thread unless `rows` is held in memory, where a read is an index."""
+    return items if isinstance(rows, Held) else _ahead(items)
+
+
+def _labels(rows: Rows, idx: torch.Tensor, device: str) -> torch.Tensor:
+    return rows.labels[idx.to(rows.labels.device)].to(device)
+
+
+# ----------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction of 1) of `model` on uint8 images, in fp32: the reported number never runs under autocast.
+def evaluate(model: nn.Module, test: Rows, device: str, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction of 1) of `model` on the uint8 images of `test`, in fp32: the reported number never runs
+    under autocast. Batches of `batch_size` consecutive rows, whether `test` is held or read from its artifact.
 
     The count stays on the device until the end, so evaluation does not wait for the device once per batch.
     """
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device, torch.float32) / 255.0
-        correct += (model(x).argmax(1) == labels[i : i + batch_size].to(device)).sum()
-    return correct.item() / max(1, len(images))
+    for images, labels in _read_ahead(test, test.batches(batch_size)):
+        x = images.to(device, torch.float32) / 255.0
+        correct += (model(x).argmax(1) == labels.to(device)).sum()
+    return correct.item() / max(1, len(test))
 
 
 # ----------------------------------------------------------------------------------------
@@ -153,8 +223,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 def train_teacher_model(
     model: nn.Module,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
+    train: Rows,
     cfg: TeacherConfig,
     augment: tuple[int, bool],
     device: str,
@@ -163,25 +232,24 @@ def train_teacher_model(
     progress: bool = True,
     fast_path: FastPath = PLAIN,
 ) -> list[float]:
-    """Train in place on uint8 images held on the device; returns the mean training loss of every epoch."""
+    """Train in place on the uint8 images of `train` (`Held` on the device, or a split read a batch at a time, the
+    next batch read while one trains: the same batches either way); returns the mean training loss of every epoch."""
     gen = torch.Generator().manual_seed(seed)
     net = fast_path.for_training(model, device)
-    x_all = train_x.to(device)
-    y_all = train_y.to(device)
-    n = len(x_all)
+    n = len(train)
     opt, sched = teacher_optimizer(model, cfg, cfg.epochs * math.ceil(n / cfg.batch_size))
     losses = []
     bar = progress_bar(range(cfg.epochs), desc, disable=not progress)
     for _ in bar:
         model.train()
-        order = torch.randperm(n, generator=gen).to(device)
+        order = torch.randperm(n, generator=gen).to(train.labels.device)  # where `train` is indexed: no copy per batch
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            loss = cross_entropy_step(net, opt, x_all[idx].float() / 255.0, y_all[idx], augment=augment, generator=gen,
+        batches = ((train.read(idx), _labels(train, idx, device)) for idx in order.split(cfg.batch_size))
+        for images, labels in _read_ahead(train, batches):
+            loss = cross_entropy_step(net, opt, images.to(device).float() / 255.0, labels, augment=augment, generator=gen,
                                       label_smoothing=cfg.label_smoothing, fast_path=fast_path)
             sched.step()
-            total += loss.double() * len(idx)
+            total += loss.double() * len(labels)
         losses.append(total.item() / n)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
@@ -207,45 +275,51 @@ class StudentResult:
         return max(self.curve, key=lambda p: p[1])
 
 
-# One step on the batch of the given indices: (optimizer, indices, generator, rng) -> detached loss.
-BatchStep = Callable[[torch.optim.Optimizer, torch.Tensor, torch.Generator, random.Random], torch.Tensor]
+# One step on a batch: (optimizer, batch, generator, rng) -> detached loss; the batch is what a loop's `fetch`
+# made of the batch's indices (its first tensor has one row per image).
+Batch = tuple[torch.Tensor, ...]
+BatchStep = Callable[[torch.optim.Optimizer, Batch, torch.Generator, random.Random], torch.Tensor]
 
 
 def _fit_student(
     model: nn.Module,
     num_images: int,
+    fetch: Callable[[torch.Tensor], Batch],
     step: BatchStep,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
+    test: Rows,
     cfg: StudentConfig,
     epochs: int,
     device: str,
     seed: int,
     desc: str,
     progress: bool,
+    streamed: bool = False,
 ) -> StudentResult:
     """The student recipe shared by every label kind: AdamW, cosine schedule, seeded batches, test curve.
 
-    `model` is the student itself (its optimiser, its evaluation); `step` may call a compiled wrapper of it.
+    `model` is the student itself (its optimiser, its evaluation); `step` may call a compiled wrapper of it. `fetch`
+    makes the batch of given indices (on the device where the images are unless `streamed`: read from storage, each
+    batch read in a background thread while the one before trains).
     """
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    test_x, test_y = test_x.to(device), test_y.to(device)
+    if isinstance(test, Held):
+        test = test.to(device)
     opt, sched = student_optimizer(model, cfg, epochs * math.ceil(num_images / cfg.batch_size))
     result = StudentResult()
     bar = progress_bar(range(1, epochs + 1), desc, disable=not progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(num_images, generator=gen).to(device)
+        order = torch.randperm(num_images, generator=gen)
+        batches = (fetch(idx) for idx in (order if streamed else order.to(device)).split(cfg.batch_size))
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
-        for i in range(0, num_images, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            loss = step(opt, idx, gen, rng)
+        for batch in _ahead(batches) if streamed else batches:
+            loss = step(opt, batch, gen, rng)
             sched.step()
-            total += loss.double() * len(idx)
+            total += loss.double() * len(batch[0])
         result.losses.append(total.item() / num_images)
         if epoch % cfg.eval_every == 0 or epoch == epochs:
-            result.curve.append((epoch, evaluate(model, test_x, test_y, device)))
+            result.curve.append((epoch, evaluate(model, test, device)))
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", acc=f"{result.curve[-1][1]:.3f}")
     return result
 
@@ -255,8 +329,7 @@ def train_student_model(
     images: torch.Tensor,
     soft_logits: torch.Tensor | None,
     ensemble: Callable[[torch.Tensor], torch.Tensor] | None,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
+    test: Rows,
     cfg: StudentConfig,
     epochs: int,
     temperature: float,
@@ -267,7 +340,8 @@ def train_student_model(
     progress: bool = True,
     fast_path: FastPath = PLAIN,
 ) -> StudentResult:
-    """Train on float images [N, ch, H, W] in [0,1] with MixUp + KL(T) (`student_step`).
+    """Train on float images [N, ch, H, W] in [0,1] with MixUp + KL(T) (`student_step`); test on `test` (`Held`
+    tensors, e.g. `Held(test_x, test_y)`, or a data artifact's split, read a batch at a time).
 
     `images` is a tensor, or anything read like one: `len`, `.to(device)` and a batch by an int64
     index tensor (evaluate-student's `outputs.instances.DistilledInstances`, which composes each batch).
@@ -280,12 +354,15 @@ def train_student_model(
     x_all = images.to(device)
     z_all = soft_logits.to(device) if soft_logits is not None else None
 
-    def step(opt: torch.optim.Optimizer, idx: torch.Tensor, gen: torch.Generator, rng: random.Random) -> torch.Tensor:
-        return student_step(net, opt, x_all[idx], soft_logits=None if z_all is None else z_all[idx], ensemble=ensemble,
+    def fetch(idx: torch.Tensor) -> Batch:
+        return (x_all[idx],) if z_all is None else (x_all[idx], z_all[idx])
+
+    def step(opt: torch.optim.Optimizer, batch: Batch, gen: torch.Generator, rng: random.Random) -> torch.Tensor:
+        return student_step(net, opt, batch[0], soft_logits=None if z_all is None else batch[1], ensemble=ensemble,
                             temperature=temperature, mixup_alpha=cfg.mixup_alpha, augment=augment, generator=gen, rng=rng,
                             fast_path=fast_path)
 
-    return _fit_student(model, len(x_all), step, test_x, test_y, cfg, epochs, device, seed, desc, progress)
+    return _fit_student(model, len(x_all), fetch, step, test, cfg, epochs, device, seed, desc, progress)
 
 
 class Ensemble(nn.Module):
@@ -305,10 +382,9 @@ class Ensemble(nn.Module):
 
 def train_student_hard(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Rows,
     labels: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
+    test: Rows,
     cfg: StudentConfig,
     epochs: int,
     augment: tuple[int, bool],
@@ -321,12 +397,25 @@ def train_student_hard(
     """The hard-label baseline: plain cross-entropy on class indices, no MixUp, no teacher.
 
     Everything else is the student recipe of `train_student_model` (crop/flip, AdamW, cosine
-    schedule, batch size, evaluation schedule), so only the labels and the loss differ.
+    schedule, batch size, evaluation schedule), so only the labels and the loss differ. `images`
+    are float images in [0, 1] as `train_student_model` takes them, or uint8 `Rows` (the full-data
+    reference: a training split, held on the device or read a batch at a time), each batch scaled
+    to [0, 1] as it is used: the same values as scaling the whole split first.
     """
     net = fast_path.for_training(model, device)
-    x_all, y_all = images.to(device), labels.to(device)
+    rows = images if isinstance(images, Rows) else None
+    y_all = labels.to(device)
+    if rows is None:
+        x_all = images.to(device)
 
-    def step(opt: torch.optim.Optimizer, idx: torch.Tensor, gen: torch.Generator, _rng: random.Random) -> torch.Tensor:
-        return cross_entropy_step(net, opt, x_all[idx], y_all[idx], augment=augment, generator=gen, fast_path=fast_path)
+        def fetch(idx: torch.Tensor) -> Batch:
+            return x_all[idx], y_all[idx]
+    else:
+        def fetch(idx: torch.Tensor) -> Batch:
+            return rows.read(idx).to(device).float() / 255.0, y_all[idx.to(device)]
 
-    return _fit_student(model, len(x_all), step, test_x, test_y, cfg, epochs, device, seed, desc, progress)
+    def step(opt: torch.optim.Optimizer, batch: Batch, gen: torch.Generator, _rng: random.Random) -> torch.Tensor:
+        return cross_entropy_step(net, opt, *batch, augment=augment, generator=gen, fast_path=fast_path)
+
+    return _fit_student(model, len(labels), fetch, step, test, cfg, epochs, device, seed, desc, progress,
+                        streamed=rows is not None and not isinstance(rows, Held))

@@ -303,13 +303,13 @@ _RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "mixup_alpha", "ev
 _LIBRARY = (
     "from infer_distill import DistilledSet\n"
     "from infer_distill.config import StudentConfig\n"
-    "from infer_distill.method.training import train_student_model\n"
+    "from infer_distill.method.training import Held, train_student_model\n"
     "\n"
     "ds = DistilledSet.open({uri!r})      # or this export's source artifact, wherever it is now\n"
     "recipe = StudentConfig({settings})   # ds.student_recipe() reads them from the run's report\n"
     "images, soft_labels, _ = ds.tensors()\n"
-    "test_x, test_y = ds.read_test_split()\n"
-    "result = train_student_model(model, images, soft_labels, None, test_x, test_y, recipe, recipe.epochs, ds.temperature,\n"
+    "test = Held(*ds.read_test_split())   # the real test split: images, labels\n"
+    "result = train_student_model(model, images, soft_labels, None, test, recipe, recipe.epochs, ds.temperature,\n"
     "                             (ds.crop_padding, ds.hflip), \"cpu\", seed=0)   # model: yours, normalising its input\n"
     "print(result.final_acc, result.best)"
 )

@@ -21,7 +21,6 @@ from infer_distill.dag.artifact_settings import diff_settings, fingerprint
 from infer_distill.dag.metrics import StageMetrics
 from infer_distill.dag.metrics import read as read_metrics
 from infer_distill.data.sources import source_digest
-from infer_distill.data.splits import open_split
 from infer_distill.errors import ArtifactError
 from infer_distill.models import architectures
 from infer_distill.storage import open_artifact, read_file
@@ -224,9 +223,3 @@ def safetensors_header_ok(data: bytes) -> bool:
 
 def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def _data(cfg: Config, uri: str, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    art, manifest = load_input(uri, cfg, "prepare-data")
-    rows = open_split(art, split)
-    return rows.read_all(), rows.labels, manifest

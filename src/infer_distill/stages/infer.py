@@ -28,8 +28,16 @@ from infer_distill.models.architectures import has_small_stem
 from infer_distill.models.networks import MODEL_REGISTRY, SMALL_IMAGE_MAX, check_architecture, describe_architecture
 from infer_distill.outputs.instances import DistilledInstances, read_distilled
 from infer_distill.runtime.fast_path import CompileTime
-from infer_distill.stages.artifacts import _begin, _data, _write, load_input, sources, tensor_bytes
-from infer_distill.stages.inputs import _import_weights, build_model, compute_setup, cpu_weights, load_teachers
+from infer_distill.stages.artifacts import _begin, _write, load_input, sources, tensor_bytes
+from infer_distill.stages.inputs import (
+    _import_weights,
+    build_model,
+    compute_setup,
+    cpu_weights,
+    data_splits,
+    held_or_streamed,
+    load_teachers,
+)
 from infer_distill.stages.preflight import STEMS, _require_teacher, check_pretrained
 from infer_distill.storage import open_artifact
 
@@ -94,8 +102,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
     check_pretrained(cfg, arch)
     output = _begin(out, {"data": data})
     device, fast = compute_setup(cfg, trains=True)
-    train_x, train_y, dm = _data(cfg, data, "train")
-    test_x, test_y, _ = _data(cfg, data, "test")
+    dm, (test,) = data_splits(cfg, data, "test")  # evaluated once, batch by batch: never held whole
     torch.manual_seed(cfg.seed)
     small_stem = cfg.teachers.small_image_stem(arch)
     model = build_model(arch, dm, small_stem)
@@ -111,11 +118,13 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
             norm = cfg.teachers.normalization.get(arch)
             read = _import_weights(model, arch, source, norm.model_dump() if norm else None)
         else:
-            losses = train_teacher_model(model, train_x, train_y, cfg.teachers, (d.crop_padding, d.hflip), device, cfg.seed,
+            _, (train,) = data_splits(cfg, data, "train")  # imported weights read no training image
+            rows = held_or_streamed(train, "train", device, f"teacher {arch}")
+            losses = train_teacher_model(model, rows, cfg.teachers, (d.crop_padding, d.hflip), device, cfg.seed,
                                          desc=f"teacher {arch}", progress=progress, fast_path=fast)
             trained = {"training": fast.training_precision}
     fast.place(model, device)
-    acc = evaluate(model, test_x, test_y, device)
+    acc = evaluate(model, test, device)
     _check_teacher_accuracy(cfg, arch, acc, d)
     metrics = TeacherMetrics(arch=arch, test_acc=acc, train_losses=losses, imported_from=source,
                              architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size, small_stem),
@@ -165,11 +174,11 @@ def draw_per_class(train_y: torch.Tensor, per_class: int, seed: int, class_names
 def select_subsets(cfg: Config, data: str, out: str) -> dict:
     """K disjoint seeded subsets, each one real training image per class: indices [K, C]."""
     output = _begin(out, {"data": data})
-    _, train_y, dm = _data(cfg, data, "train")
+    dm, (train,) = data_splits(cfg, data, "train")
     d = DataMetrics.from_manifest(dm)
     C = d.num_classes
     K = cfg.check_budget(C)
-    indices = draw_per_class(train_y, K, cfg.seed, d.classes)
+    indices = draw_per_class(train.labels, K, cfg.seed, d.classes)   # the labels alone: no image is read
     metrics = SubsetsMetrics(num_subsets=K, num_classes=C, num_teachers=len(cfg.teachers.archs),
                              class_batches=cfg.class_batches(C), shards=cfg.shard_plan(C))
     return _write(output, cfg, {"subsets.safetensors": {"indices": indices}}, metrics)
@@ -182,7 +191,7 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     if not subset_ids or len(set(subset_ids)) != len(subset_ids) or subset_ids[0] < 0:
         raise StageError(f"subset ids {subset_ids} must be distinct numbers from 0, e.g. --subset-ids 0,1,2")
     output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
-    train_x, _, dm = _data(cfg, data, "train")
+    dm, (train,) = data_splits(cfg, data, "train")
     sub_art, sub_manifest = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
     K = len(indices)
@@ -191,7 +200,8 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
     check_forward_budget(indices.shape[1], cfg.synthesis)  # before the teachers load
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
-    natural = train_x[indices[subset_ids]]                                   # [S, C, ch, H, W] uint8
+    # its subsets' rows alone: uint8 [S, C, ch, H, W]
+    natural = train.read(indices[subset_ids].flatten()).reshape(len(subset_ids), indices.shape[1], *train.shape)
     result = synthesize_ufcs(models, natural, subset_ids, cfg.synthesis, cfg.seed, device, progress,
                              pixel_std=DataMetrics.from_manifest(dm).std)
     ufc_iters = result.ufc.shape[0] * result.ufc.shape[1] * result.ufc.shape[2] * cfg.synthesis.iterations
@@ -216,7 +226,7 @@ def ensemble_logits(ensemble: Ensemble, images: torch.Tensor | DistilledInstance
 def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: list[str], out: str) -> dict:
     """Collect every UFC shard; static labels = the teachers' mean logits on every (un-augmented) instance."""
     output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers, "ufc": ufc})
-    train_x, _, dm = _data(cfg, data, "train")
+    dm, (train,) = data_splits(cfg, data, "train")
     sub_art, _ = load_input(subsets, cfg, "select-subsets")
     indices = sub_art.read_tensors("subsets.safetensors")["indices"]
     K, C = indices.shape
@@ -235,7 +245,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     # The set stores the UFCs at synthesis.ufc_dtype, and the labels are computed on exactly
     # what a student will see: the stored (rounded) UFCs, composed and clipped.
     stored_ufc = encode_ufc(torch.stack([shards[k] for k in range(K)]), cfg.synthesis.ufc_dtype)   # [K, M, B, ch, H, W]
-    natural = train_x[indices]                                               # [K, C, ch, H, W]
+    natural = train.read(indices.flatten()).reshape(K, C, *train.shape)     # [K, C, ch, H, W]: the K*C subset rows
     device, fast = compute_setup(cfg, trains=False)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     instances = DistilledInstances(natural, decode_ufc(stored_ufc), cfg.synthesis.classes_per_ufc)  # composed per batch
@@ -248,8 +258,8 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
         "ipc": cfg.budget.ipc, "num_subsets": K, "num_teachers": M, "num_classes": C, "class_batches": B,
         "num_natural": K * C, "num_ufcs": K * M * B, "num_instances": len(instances),
         "ufc_dtype": cfg.synthesis.ufc_dtype, "label_dtype": cfg.labels.dtype,
-        "stored_bytes": sum(stored.values()), "stored_bytes_by_tensor": stored, "train_bytes": tensor_bytes(train_x),
-        "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
+        "stored_bytes": sum(stored.values()), "stored_bytes_by_tensor": stored, "train_bytes": train.nbytes,
+        "compression_ratio": sum(stored.values()) / train.nbytes,
         "images_per_class_equivalent": K * (1 + M * B / C),
     }
     metrics = DistilledMetrics(
@@ -267,7 +277,7 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     _check_student_arch(arch)
     # Static labels come with the distilled set; only dynamic ones ask the teachers.
     output = _begin(out, {"data": data, "distilled": distilled, **({"teachers": teachers} if label_mode == "dynamic" else {})})
-    test_x, test_y, dm = _data(cfg, data, "test")
+    dm, (test_split,) = data_splits(cfg, data, "test")
     d = DataMetrics.from_manifest(dm)
     art, _ = load_input(distilled, cfg, "soft-label")
     t = read_distilled(art)
@@ -275,13 +285,15 @@ def evaluate_student(cfg: Config, arch: str, seed: int, label_mode: str, data: s
     device, fast = compute_setup(cfg, trains=True)
     # dynamic labels: the teachers label every batch inside the training step, so they run as the student does
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device, fast)) if label_mode == "dynamic" else None
+    desc = f"student {arch} {label_mode} seed {seed}"
+    test = held_or_streamed(test_split, "test", device, desc)
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
     with CompileTime(fast.compile) as compile_time:
         result: StudentResult = train_student_model(
-            student, images, t["soft_labels"] if ensemble is None else None, ensemble, test_x, test_y, cfg.students,
+            student, images, t["soft_labels"] if ensemble is None else None, ensemble, test, cfg.students,
             cfg.students.epochs_for(label_mode), cfg.labels.temperature, (d.crop_padding, d.hflip),
-            device, seed, desc=f"student {arch} {label_mode} seed {seed}", progress=progress, fast_path=fast)
+            device, seed, desc=desc, progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = StudentMetrics(
         arch=arch, seed=seed, label_mode=label_mode, final_acc=result.final_acc, best_acc=best_acc,
@@ -313,16 +325,15 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
         raise StageError(f"baseline {baseline!r}: use one of {', '.join(BASELINES)}")
     _check_student_arch(arch)
     output = _begin(out, {"data": data, "subsets": subsets, "teachers": teachers})
-    train_x, train_y, dm = _data(cfg, data, "train")
-    test_x, test_y, _ = _data(cfg, data, "test")
+    dm, (train, test_split) = data_splits(cfg, data, "train", "test")
     sub_art, _ = load_input(subsets, cfg, "select-subsets")
     subset_indices = sub_art.read_tensors("subsets.safetensors")["indices"]
     d = DataMetrics.from_manifest(dm)
     per_class = cfg.baseline_per_class(d.num_classes, d.in_chans * d.image_size ** 2)
-    drawn = draw_per_class(train_y, per_class, cfg.seed, d.classes)             # [per_class, C]
+    drawn = draw_per_class(train.labels, per_class, cfg.seed, d.classes)        # [per_class, C]
     if not torch.equal(drawn[: len(subset_indices)], subset_indices):
         raise StageError(f"{subsets} holds subsets that are not the first rows of this config's draw: rerun select-subsets")
-    natural = train_x[drawn.flatten()]                                           # row-major: INFER's instance order
+    natural = train.read(drawn.flatten())                 # the drawn rows alone, row-major: INFER's instance order
     images = natural.float() / 255.0
     # labelled as soft-label labels (fp32 teachers), trained as evaluate-student trains (the fast path on CUDA)
     device, fast = compute_setup(cfg, trains=True)
@@ -332,13 +343,14 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     infer_steps = cfg.infer_static_steps(d.num_classes)
     steps_per_epoch = math.ceil(len(images) / cfg.students.batch_size)
     epochs = cfg.baseline_epochs(baseline, len(images), d.num_classes)
+    desc = f"baseline {baseline} {arch} seed {seed}"
+    test = held_or_streamed(test_split, "test", device, desc)
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
     with CompileTime(fast.compile) as compile_time:
         result = train_student_model(
-            student, images, labels.float(), None, test_x, test_y, cfg.students, epochs, cfg.labels.temperature,
-            (d.crop_padding, d.hflip), device, seed, desc=f"baseline {baseline} {arch} seed {seed}",
-            progress=progress, fast_path=fast)
+            student, images, labels.float(), None, test, cfg.students, epochs, cfg.labels.temperature,
+            (d.crop_padding, d.hflip), device, seed, desc=desc, progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = BaselineMetrics(
         arch=arch, seed=seed, baseline=baseline, description=BASELINES[baseline].format(per_class=per_class),

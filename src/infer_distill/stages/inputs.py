@@ -1,9 +1,10 @@
-"""Models as the stages build and load them: from a data artifact's description, teachers from
-their artifacts, imported weights, the device and fast path a stage computes with.
+"""What the stages read and compute with: a data artifact's splits (held whole or read a batch at a time), models
+built from its description, teachers from their artifacts, imported weights, the device and fast path.
 """
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -11,11 +12,34 @@ from torch import nn
 
 from infer_distill.config.schema import Config
 from infer_distill.dag.metrics import DataMetrics
+from infer_distill.data.splits import Split, open_split
 from infer_distill.errors import ConfigError, StageError
+from infer_distill.method.training import Held, Rows
 from infer_distill.models.networks import Normalize, create_model, download_library_weights, library_weights
 from infer_distill.runtime.fast_path import PLAIN, FastPath, resolve_fast_path
+from infer_distill.runtime.memory import data_memory_budget
 from infer_distill.stages.artifacts import load_input
 from infer_distill.stages.preflight import _check_fits, _network, read_weights
+
+
+def data_splits(cfg: Config, uri: str, *names: str) -> tuple[dict, list[Split]]:
+    """The prepare-data artifact at `uri`, checked against `cfg`: its manifest and the named splits, each read by
+    rows (`data.splits.Split`: a stage reads the labels, rows or batches it uses, not the whole file)."""
+    art, manifest = load_input(uri, cfg, "prepare-data")
+    return manifest, [open_split(art, name) for name in names]
+
+
+def held_or_streamed(split: Split, name: str, device: str, use: str, held: int = 0) -> Rows:
+    """`split` for a loop that reads it again and again (`use`, e.g. "student evaluation"): held whole on `device`
+    when its images fit the data memory budget (runtime.memory) beside the `held` bytes of splits the stage
+    already holds, else the split itself, read a batch at a time each time (the same results; the log says so)."""
+    budget = data_memory_budget(device)
+    if held + split.nbytes <= budget:
+        return Held(split.read_all(), split.labels).to(device)
+    print(f"{use}: the {name} split's {split.nbytes:,} bytes of images exceed the data memory budget "
+          f"({max(0, budget - held):,} bytes left, INFER_DATA_MEMORY_BYTES): read from the data artifact a batch at a time",
+          file=sys.stderr, flush=True)
+    return split
 
 
 def build_model(arch: str, data_manifest: dict, small_stem: bool = True) -> nn.Module:

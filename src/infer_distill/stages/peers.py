@@ -11,14 +11,15 @@ from torch import nn
 from infer_distill.config.schema import METHODS, Config
 from infer_distill.dag.metrics import DataMetrics, FullDataMetrics, MethodScoreMetrics, MethodSetMetrics
 from infer_distill.dag.metrics import read as read_metrics
+from infer_distill.data.splits import Split
 from infer_distill.errors import ConfigError, StageError
 from infer_distill.method import peers
-from infer_distill.method.training import Ensemble, train_student_hard, train_student_model
+from infer_distill.method.training import Ensemble, Held, train_student_hard, train_student_model
 from infer_distill.outputs.instances import distilled_instances, instance_origins, read_distilled
 from infer_distill.runtime.fast_path import CompileTime
-from infer_distill.stages.artifacts import _begin, _data, _write, load_input, tensor_bytes
+from infer_distill.stages.artifacts import _begin, _write, load_input, tensor_bytes
 from infer_distill.stages.infer import _check_student_arch, draw_per_class, ensemble_logits
-from infer_distill.stages.inputs import build_model, compute_setup, cpu_weights, load_teachers
+from infer_distill.stages.inputs import build_model, compute_setup, cpu_weights, data_splits, held_or_streamed, load_teachers
 from infer_distill.storage import open_artifact
 from infer_distill.storage.artifact import Artifact
 
@@ -28,22 +29,26 @@ from infer_distill.storage.artifact import Artifact
 # ----------------------------------------------------------------------------------------
 
 
-def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor, train_y: torch.Tensor, dm: dict,
+def _peer_images(cfg: Config, method: str, per_class: int, train: Split, dm: dict,
                  models: list[nn.Module], device: str, progress: bool) -> tuple[torch.Tensor, dict]:
-    """uint8 [per_class, C, ch, H, W] images of `method`, and what the method records about them."""
+    """uint8 [per_class, C, ch, H, W] images of `method`, and what the method records about them; each method reads
+    the training rows it looks at: random its drawn rows, herding every row of one class at a time (it weighs every
+    image of a class), rded its candidate rows, sre2l none."""
     d = DataMetrics.from_manifest(dm)
     classes = d.classes
+    train_y = train.labels
     if method == "random":
-        return train_x[draw_per_class(train_y, per_class, cfg.seed, classes)], {}
+        drawn = draw_per_class(train_y, per_class, cfg.seed, classes)
+        return train.read(drawn.flatten()).reshape(per_class, len(classes), *train.shape), {}
     if method == "herding":
         columns = []
         for c in range(len(classes)):
             pool = (train_y == c).nonzero().flatten()
             if len(pool) < per_class:
                 raise StageError(f"herding: class {classes[c]!r} has {len(pool)} training images, {per_class} needed")
-            feats = peers.penultimate_features(models[0], train_x[pool], device)
-            columns.append(pool[peers.herding(feats, per_class)])
-        return train_x[torch.stack(columns, 1)], {"features": f"penultimate, teacher {cfg.teachers.archs[0]}"}
+            images = train.read(pool)
+            columns.append(images[peers.herding(peers.penultimate_features(models[0], images, device), per_class)])
+        return torch.stack(columns, 1), {"features": f"penultimate, teacher {cfg.teachers.archs[0]}"}
     if method == "rded":
         r = cfg.rded
         # RDED draws mipc candidates per class; a class with fewer images offers all it has
@@ -53,14 +58,14 @@ def _peer_images(cfg: Config, method: str, per_class: int, train_x: torch.Tensor
         picked = []
         try:
             for c in range(len(classes)):
-                images, _, _ = peers.rded_select(models, train_x[drawn[:, c]], c, per_class, r.crops, r.factor, gen, device)
+                images, _, _ = peers.rded_select(models, train.read(drawn[:, c]), c, per_class, r.crops, r.factor, gen, device)
                 picked.append(images)
         except ValueError as e:
             raise ConfigError(f"rded: {e}: lower budget.ipc or rded.factor, or raise rded.candidates") from None
         return torch.stack(picked, 1), {"rded_candidates": candidates}
     if method == "sre2l":
         s = cfg.sre2l
-        result = peers.sre2l_recover(models, per_class, len(classes), tuple(train_x.shape[1:]), d.mean, d.std,
+        result = peers.sre2l_recover(models, per_class, len(classes), train.shape, d.mean, d.std,
                                        iterations=s.iterations, lr=s.lr, betas=s.betas, r_bn=s.r_bn,
                                        first_bn_multiplier=s.first_bn_multiplier, jitter=s.jitter, flip=s.flip,
                                        seed=cfg.seed, device=device, progress=progress)
@@ -78,13 +83,13 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     if method not in METHODS[1:]:
         raise StageError(f"method {method!r}: use one of {', '.join(METHODS[1:])}")
     output = _begin(out, {"data": data, "teachers": teachers})
-    train_x, train_y, dm = _data(cfg, data, "train")
+    dm, (train,) = data_splits(cfg, data, "train")
     d = DataMetrics.from_manifest(dm)
     C, numel = d.num_classes, d.in_chans * d.image_size ** 2
     per_class = cfg.method_per_class(C, numel)
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
-    natural, recorded = _peer_images(cfg, method, per_class, train_x, train_y, dm, models, device, progress)
+    natural, recorded = _peer_images(cfg, method, per_class, train, dm, models, device, progress)
     labels = ensemble_logits(Ensemble(models), natural.flatten(0, 1).float() / 255.0, device).to(getattr(torch, cfg.labels.dtype))
     similarity = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
     ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
@@ -95,7 +100,7 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
         "class_batches": 1, "num_natural": per_class * C, "num_ufcs": 0, "num_instances": per_class * C,
         "ufc_dtype": None, "label_dtype": cfg.labels.dtype, "stored_bytes": sum(stored.values()),
         "stored_bytes_by_tensor": stored, "budget_bytes": cfg.method_budget_bytes(C, numel),
-        "train_bytes": tensor_bytes(train_x), "compression_ratio": sum(stored.values()) / tensor_bytes(train_x),
+        "train_bytes": train.nbytes, "compression_ratio": sum(stored.values()) / train.nbytes,
         "images_per_class_equivalent": per_class,
     }
     metrics = MethodSetMetrics(budget=budget, **d.description(), **recorded, feature_similarity=similarity,
@@ -132,7 +137,7 @@ def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: s
     sets = methods or []
     # INFER's set, or the peers' (all of them: the plan passes them as one list)
     output = _begin(out, {"data": data, **({"distilled": distilled} if method == "infer" else {"methods": sets})})
-    test_x, test_y, dm = _data(cfg, data, "test")
+    dm, (test_split,) = data_splits(cfg, data, "test")
     art, manifest = _set_for(cfg, method, sets, distilled)
     t = read_distilled(art)
     images = distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc)
@@ -148,12 +153,13 @@ def evaluate_method(cfg: Config, method: str, score: str, protocol: str, arch: s
     torch.manual_seed(seed)
     student = build_model(arch, dm).to(device)
     desc = f"{method} {score} {protocol} {arch} seed {seed}"
+    test = held_or_streamed(test_split, "test", device, desc)
     with CompileTime(fast.compile) as compile_time:
         if score == "soft":
-            result = train_student_model(student, images, t["soft_labels"], None, test_x, test_y, cfg.students, epochs,
+            result = train_student_model(student, images, t["soft_labels"], None, test, cfg.students, epochs,
                                          cfg.labels.temperature, augment, device, seed, desc=desc, progress=progress, fast_path=fast)
         else:
-            result = train_student_hard(student, images, hard, test_x, test_y, cfg.students, epochs, augment, device, seed,
+            result = train_student_hard(student, images, hard, test, cfg.students, epochs, augment, device, seed,
                                         desc=desc, progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = MethodScoreMetrics(
@@ -171,20 +177,22 @@ def evaluate_full_data(cfg: Config, arch: str, data: str, out: str, progress: bo
     with the students' recipe for students.full_data_epochs (default: their epochs), once per architecture (seed: the config's)."""
     _check_student_arch(arch)
     output = _begin(out, {"data": data})
-    train_x, train_y, dm = _data(cfg, data, "train")
-    test_x, test_y, _ = _data(cfg, data, "test")
+    dm, (train_split, test_split) = data_splits(cfg, data, "train", "test")
     device, fast = compute_setup(cfg, trains=True)
+    desc = f"full data {arch}"
+    train = held_or_streamed(train_split, "train", device, desc)
+    # the test split held beside the training split only where both fit
+    test = held_or_streamed(test_split, "test", device, desc, held=train_split.nbytes if isinstance(train, Held) else 0)
     epochs = cfg.students.full_data_epochs or cfg.students.epochs
     torch.manual_seed(cfg.seed)
     student = build_model(arch, dm).to(device)
     d = DataMetrics.from_manifest(dm)
     with CompileTime(fast.compile) as compile_time:
-        result = train_student_hard(student, train_x.float() / 255.0, train_y, test_x, test_y, cfg.students, epochs,
-                                    (d.crop_padding, d.hflip), device, cfg.seed,
-                                    desc=f"full data {arch}", progress=progress, fast_path=fast)
+        result = train_student_hard(student, train, train.labels, test, cfg.students, epochs, (d.crop_padding, d.hflip),
+                                    device, cfg.seed, desc=desc, progress=progress, fast_path=fast)
     best_epoch, best_acc = result.best
     metrics = FullDataMetrics(
         arch=arch, seed=cfg.seed, final_acc=result.final_acc, best_acc=best_acc, best_epoch=best_epoch,
-        epochs=epochs, num_instances=len(train_x), curve=result.curve,
+        epochs=epochs, num_instances=len(train), curve=result.curve,
         compute=fast.describe(device, compile_time.seconds, training=fast.training_precision, evaluation="fp32"))
     return _write(output, cfg, {"weights.safetensors": cpu_weights(student)}, metrics, arch=arch)
