@@ -454,7 +454,7 @@ ROWS = [
     dataset("too few images per class", lambda given: images(given, train=2), "has 2 training images, but K=6",
             "lower budget.ipc or raise dataset.train_per_class", sets=("budget.ipc=10",)),
     dataset("images not square", folder({"train/a/0.png": solid(12, 9), "test/a/0.png": solid(12, 9)}), "is 12x9, not square",
-            "set dataset.image_size"),
+            "set dataset.image_size", sets=("budget.ipc=3",)),  # one class: K = 1 needs ipc 3 (checked before decoding)
     dataset("images of two sizes", with_file("999-big.png", lambda: solid(16, 16)), "999-big.png is 16x16",
             "set dataset.image_size to resize"),
     dataset("cifar10 files missing", lambda given: given, "cannot read CIFAR-10", "set dataset.download=true", name="cifar10"),
@@ -472,7 +472,7 @@ ROWS = [
     dataset("image over 256 MiB", with_entry("999-huge.png", lambda p: (p.touch(), os.truncate(p, 300 * 1024 * 1024))),
             "999-huge.png", "314,572,800 bytes, over the limit of 268,435,456"),
     dataset("zip member over 256 MiB", zipped_large("train/a/1.png", 257 * 1024 * 1024), "train/a/1.png",
-            "269,484,032 bytes, over the limit of 268,435,456"),
+            "269,484,032 bytes, over the limit of 268,435,456", sets=("budget.ipc=3",)),
     dataset("dataset.root a FIFO", fifo("data"), "dataset.root", "data is a FIFO (named pipe): point it at the data directory or .zip"),
     dataset("dataset.root a FIFO named .zip", fifo("data.zip"), "data.zip is a FIFO (named pipe)"),
     dataset("dataset.root /dev/null", lambda given: "/dev/null", "dataset.root /dev/null is a character device"),

@@ -15,6 +15,7 @@ from infer_distill.dag.artifact_settings import teacher_settings
 from infer_distill.errors import ConfigError
 from infer_distill.models.networks import create_model
 from infer_distill.stages import preflight
+from infer_distill.data.splits import open_split
 from infer_distill.storage import open_artifact
 
 TV = "torchvision:resnet18"
@@ -30,8 +31,8 @@ def data(tmp_path_factory):
 def _digits(data: str, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images in [0, 1], labels, and the dataset's mean and std, as the data artifact holds them."""
     art = open_artifact(data)
-    t, m = art.read_tensors(f"{split}.safetensors"), art.read_manifest()["metrics"]
-    return t["x"].float() / 255, t["y"], torch.tensor(m["mean"]).view(1, -1, 1, 1), torch.tensor(m["std"]).view(1, -1, 1, 1)
+    rows, m = open_split(art, split), art.read_manifest()["metrics"]
+    return rows.read_all().float() / 255, rows.labels, torch.tensor(m["mean"]).view(1, -1, 1, 1), torch.tensor(m["std"]).view(1, -1, 1, 1)
 
 
 @pytest.fixture(scope="module")

@@ -264,7 +264,7 @@ def test_a_streamed_s3_file_is_sent_in_parts_while_it_is_produced(s3_bucket, mon
     assert manifest["files"]["rows.bin"]["bytes"] == 12 * MiB
 
 
-@pytest.mark.parametrize("store", ["local", "s3"])
+@pytest.mark.parametrize("store", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_an_interrupted_streaming_write_leaves_no_artifact_and_no_upload(tmp_path, request, monkeypatch, store):
     if store == "s3":
         monkeypatch.setenv("INFER_S3_MULTIPART_THRESHOLD", str(5 * MiB))

@@ -66,6 +66,28 @@ class Held:
             yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
 
 
+class PixelImages:
+    """uint8 images read as float pixels in [0, 1] a batch at a time: real images a student trains on (a
+    baseline's, a peer method's) held at a quarter of float32's memory, on the host and on the device. Each
+    batch is exactly the float tensor the whole set divided by 255 would give."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
+    def to(self, device: str | torch.device) -> PixelImages:
+        return PixelImages(self.images.to(device))
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return self.images[index].float() / 255.0
+
+
 T = TypeVar("T")
 _END = object()
 

@@ -23,7 +23,7 @@ from infer_distill.data.splits import SplitWriter
 from infer_distill.data.stream import ChannelStats
 from infer_distill.errors import DataError, StageError
 from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
-from infer_distill.method.training import Ensemble, StudentResult, evaluate, train_student_model, train_teacher_model
+from infer_distill.method.training import Ensemble, PixelImages, StudentResult, evaluate, train_student_model, train_teacher_model
 from infer_distill.models.architectures import has_small_stem
 from infer_distill.models.networks import MODEL_REGISTRY, SMALL_IMAGE_MAX, check_architecture, describe_architecture
 from infer_distill.outputs.instances import DistilledInstances, read_distilled
@@ -334,7 +334,7 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     if not torch.equal(drawn[: len(subset_indices)], subset_indices):
         raise StageError(f"{subsets} holds subsets that are not the first rows of this config's draw: rerun select-subsets")
     natural = train.read(drawn.flatten())                 # the drawn rows alone, row-major: INFER's instance order
-    images = natural.float() / 255.0
+    images = PixelImages(natural)                         # float pixels a batch at a time: uint8 held, not float32
     # labelled as soft-label labels (fp32 teachers), trained as evaluate-student trains (the fast path on CUDA)
     device, fast = compute_setup(cfg, trains=True)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))

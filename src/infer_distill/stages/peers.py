@@ -14,7 +14,7 @@ from infer_distill.dag.metrics import read as read_metrics
 from infer_distill.data.splits import Split
 from infer_distill.errors import ConfigError, StageError
 from infer_distill.method import peers
-from infer_distill.method.training import Ensemble, Held, train_student_hard, train_student_model
+from infer_distill.method.training import Ensemble, Held, PixelImages, train_student_hard, train_student_model
 from infer_distill.outputs.instances import distilled_instances, instance_origins, read_distilled
 from infer_distill.runtime.fast_path import CompileTime
 from infer_distill.stages.artifacts import _begin, _write, load_input, tensor_bytes
@@ -90,7 +90,7 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural, recorded = _peer_images(cfg, method, per_class, train, dm, models, device, progress)
-    labels = ensemble_logits(Ensemble(models), natural.flatten(0, 1).float() / 255.0, device).to(getattr(torch, cfg.labels.dtype))
+    labels = ensemble_logits(Ensemble(models), PixelImages(natural.flatten(0, 1)), device).to(getattr(torch, cfg.labels.dtype))
     similarity = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
     ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
     files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
