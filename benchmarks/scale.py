@@ -33,6 +33,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,12 +86,13 @@ class Point:
         return self.ipc * self.classes
 
 
-# Growth in each direction: at 32 px, C = 10, 100, 1000 at 5 and 50 images per class (and ipc 10 once, so the
-# budget's images are not the classes); at 224 px the same at C = 10 and 100 where a 2-core CPU allows.
+# Growth in each direction: at 224 px (the size of the sets the fits are extrapolated to), C = 10 and 100, 5 and 50
+# images per class, ipc 2 and 10 (so the budget's images are not the classes); at 32 px the same up to C = 1000. In
+# the order that makes an interrupted grid most useful: 224 px first, the largest point last.
 DEFAULT_POINTS = (
-    Point(10, 5, 32), Point(10, 50, 32), Point(100, 5, 32), Point(100, 50, 32), Point(1000, 5, 32), Point(1000, 50, 32),
-    Point(100, 50, 32, ipc=10),
     Point(10, 5, 224), Point(10, 50, 224), Point(100, 5, 224), Point(10, 50, 224, ipc=10),
+    Point(10, 5, 32), Point(100, 5, 32), Point(100, 50, 32), Point(1000, 5, 32), Point(100, 50, 32, ipc=10),
+    Point(10, 50, 32), Point(1000, 50, 32),
 )
 QUICK_POINTS = (Point(4, 5, 16), Point(8, 5, 16))
 
@@ -410,6 +412,127 @@ def growth(points: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
+# BENCHMARKS.md's section (benchmarks.report renders every results file of this schema)
+# ----------------------------------------------------------------------------------------
+
+
+def size(n: float) -> str:
+    """Bytes, decimal units, signed where negative."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def formula(f: dict) -> str:
+    """A fit as a + b N + c C + d B, in bytes."""
+    terms = [size(f["intercept"])] + [f"{size(b)} x {REGRESSOR_TITLES[r]}" for r, b in f["slopes"].items()]
+    return " + ".join(terms).replace("+ -", "- ")
+
+
+def _stage_table(points: list[dict], stages: list[str], cell) -> list[str]:
+    lines = ["| stage | " + " | ".join(p["name"] for p in points) + " |", "|---|" + "---|" * len(points)]
+    for stage in stages:
+        lines.append(f"| {stage} | " + " | ".join(cell(p["stages"][stage]) if stage in p["stages"] else "-" for p in points) + " |")
+    return lines
+
+
+def _files_read(point: dict) -> list[str]:
+    """Per stage, the bytes it read of each file (the run root's keys), beside the bytes its producer wrote."""
+    sizes: dict[str, int] = {}
+    for it in point["items"]:
+        for key, n in it["s3_written"].items():
+            sizes[key] = n
+    lines = ["| stage | file | bytes read | of the file's bytes |", "|---|---|---|---|"]
+    for stage, s in point["stages"].items():
+        manifests = sum(n for k, n in s["read_by_file"].items() if k.rsplit("/", 1)[-1] == "manifest.json")
+        for key, n in sorted(s["read_by_file"].items(), key=lambda kv: -kv[1]):
+            if key.rsplit("/", 1)[-1] != "manifest.json":
+                share = f"{n / sizes[key]:.2f}x" if sizes.get(key) else "-"
+                lines.append(f"| {stage} | `{key}` | {n:,} | {share} |")
+        if manifests:
+            lines.append(f"| {stage} | manifests (`*/manifest.json`) | {manifests:,} | - |")
+    return lines
+
+
+def section(result: dict, rel: str) -> list[str]:
+    """The "Scale" section of BENCHMARKS.md from one results file."""
+    points, growth_ = result["points"], result["growth"]
+    stages = list(dict.fromkeys(st for p in points for st in p["stages"]))
+    m = result["machine"]
+    src = result.get("source") or {}
+    code = f" Code: commit {src['commit'][:10]}{' with uncommitted changes' if src.get('dirty') else ''}." if src.get("commit") else ""
+    cfg = result["config"]
+    lines = [f"## Scale: each stage's memory, CPU time and S3 bytes against the dataset ({result['name']})", "",
+             f"`{rel}/{result['name']}.json`, written {result['created_at']}; ran on {m.get('cpu')}, {m.get('cpu_count')} cores, "
+             f"torch {m.get('torch')}, {result['jobs']} stage processes at once; wall time of the invocation "
+             f"{result['wall_s'] / 60:.1f} min. Command: `{result['command']}`.{code}", ""]
+    if result.get("unfinished"):
+        lines += [f"Not measured (the invocation stopped first): {', '.join(result['unfinished'])}.", ""]
+    lines += [
+        "Protocol:", "",
+        f"- Each point is a generated ImageFolder: C classes, n training images per class (JPEG) and "
+        f"{result['test_per_class']} test images per class (PNG), square images of the point's size (each class a seeded "
+        "colour and rectangle, each image its own noise and offset). N: the dataset's images (train and test); "
+        "B = budget.ipc x C: the budget's images.",
+        f"- Config (the same at every point but the budget): teachers {cfg['teachers']['archs']}, "
+        f"{cfg['teachers']['epochs']} epoch; {cfg['synthesis']['iterations']} synthesis iterations, "
+        f"`classes_per_ufc` {cfg['synthesis']['classes_per_ufc']}, one subset per shard; students {cfg['students']['archs']} "
+        f"seed {cfg['students']['seeds']}, {cfg['students']['epochs']} epoch; baselines {cfg['students']['baselines']}; "
+        f"methods {cfg['methods']}; the full-data reference; device {cfg['device']}.",
+        "- Every item of every step the config runs is its own process, as a pod runs it: `infer-distill stage <step> "
+        "--config <point>.yaml --root s3://... <item flags>` against a local S3 server (moto), measured from inside by "
+        "`benchmarks/scale_meter.py`: peak resident memory (`ru_maxrss`: the interpreter, torch and the stage), CPU "
+        "seconds (user + system), and the bytes of every S3 object body received (GET, whole or ranged) and sent "
+        "(PUT, multipart parts). prepare-data reads the ImageFolder from local disk (not counted).",
+        "- Per stage and point: the largest peak RSS of one of its items (one pod's memory) and the sums over its items of "
+        "CPU seconds and bytes (the run's).", ""]
+    lines += ["| point | classes C | train images | test images | N | size (px) | budget ipc | B | generating the images (s) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['name']} | {p['classes']:,} | {p['train_images']:,} | {p['test_images']:,} | {p['images']:,} | {p['size']} | "
+              f"{p['ipc']} | {p['budget_images']:,} | {p['generate_s']:.1f} |" for p in points]
+    for title, cell in (("Peak RSS of one item (MB)", lambda s: f"{s['peak_rss_bytes'] / 1e6:,.0f}"),
+                        ("CPU seconds, all items", lambda s: f"{s['cpu_s']:,.1f}"),
+                        ("S3 bytes read, all items", lambda s: size(s["read_bytes"])),
+                        ("S3 bytes written, all items", lambda s: size(s["written_bytes"]))):
+        lines += ["", f"### {title}", ""] + _stage_table(points, stages, cell)
+    for size_px in sorted({p["size"] for p in points}):
+        at = [p for p in points if p["size"] == size_px]
+        biggest = max(at, key=lambda p: (p["images"], p["budget_images"]))
+        lines += ["", f"### Files each stage read at {biggest['name']} (the largest {size_px} px point)", "",
+                  "Bytes of each file's body received, against the bytes its producer wrote (1.00x: the whole file once).",
+                  ""] + _files_read(biggest)
+    for size_px, per_stage in growth_.items():
+        lines += ["", f"### Growth at {size_px} px: least squares over the points of that size", "",
+                  "Fitted in bytes against N (the dataset's images), C (classes) and B (the budget's images) where the points "
+                  "vary them independently; dof: points minus parameters (0: the fit passes through every point).", "",
+                  "| stage | points | peak RSS of one item | largest residual | dof | S3 bytes read | largest residual | dof |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for stage, e in per_stage.items():
+            r, b = e["peak_rss_bytes"], e["read_bytes"]
+            lines.append(f"| {stage} | {e['points']} | {formula(r)} | {size(r['max_abs_residual'])} | {r['dof']} | "
+                         f"{formula(b)} | {size(b['max_abs_residual'])} | {b['dof']} |")
+    for target in result["targets"]:
+        per_stage = growth_.get(str(target["size"]))
+        if not per_stage:
+            continue
+        values = {t: {stage: next(x for x in e[metric]["extrapolated"] if x["target"] == target["name"])
+                      for stage, e in per_stage.items()} for t, metric in (("rss", "peak_rss_bytes"), ("read", "read_bytes"))}
+        largest = max(values["rss"].items(), key=lambda kv: kv[1]["value"])
+        total = sum(v["value"] for v in values["read"].values())
+        lines += ["", f"### Extrapolated (not measured): {target['name']}", "",
+                  f"N = {target['images']:,}, C = {target['classes']:,}, B = {target['ipc'] * target['classes']:,}, "
+                  f"{target['size']} px; the {target['size']} px fits above at this benchmark's config (not a shipped config's "
+                  "teachers, iterations or epochs).", "",
+                  "| stage | memory per pod | = | S3 reads per run | = |", "|---|---|---|---|---|"]
+        lines += [f"| {stage} | {size(values['rss'][stage]['value'])} | {values['rss'][stage]['arithmetic']} | "
+                  f"{size(values['read'][stage]['value'])} | {values['read'][stage]['arithmetic']} |" for stage in per_stage]
+        lines += ["", f"Largest pod: {largest[0]}, {size(largest[1]['value'])}. S3 reads of the whole run: {size(total)} "
+                      f"(the sum of the stages')."]
+    return lines + [""]
+
+
+# ----------------------------------------------------------------------------------------
 # The invocation
 # ----------------------------------------------------------------------------------------
 
@@ -429,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or ("scale-quick" if args.quick else "scale-points" if args.points else "scale")
     command = "python -m benchmarks.scale " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     started = time.perf_counter()
+    # SIGTERM as an exit, so the S3 server stops and the generated images go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = args.work or Path(tempfile.mkdtemp(prefix="infer-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
