@@ -500,7 +500,8 @@ def section(result: dict, rel: str) -> list[str]:
         at = [p for p in points if p["size"] == size_px]
         biggest = max(at, key=lambda p: (p["images"], p["budget_images"]))
         lines += ["", f"### Files each stage read at {biggest['name']} (the largest {size_px} px point)", "",
-                  "Bytes of each file's body received, against the bytes its producer wrote (1.00x: the whole file once).",
+                  "Bytes of each file's body received by all the stage's items, against the bytes its producer wrote (1.00x: "
+                  "the whole file once).",
                   ""] + _files_read(biggest)
     for size_px, per_stage in growth_.items():
         lines += ["", f"### Growth at {size_px} px: least squares over the points of that size", "",
