@@ -513,6 +513,14 @@ def section(result: dict, rel: str) -> list[str]:
             r, b = e["peak_rss_bytes"], e["read_bytes"]
             lines.append(f"| {stage} | {e['points']} | {formula(r)} | {size(r['max_abs_residual'])} | {r['dof']} | "
                          f"{formula(b)} | {size(b['max_abs_residual'])} | {b['dof']} |")
+    batch = min(cfg["teachers"]["batch_size"], cfg["students"]["batch_size"])
+    partial = [p["name"] for p in points if p["train_images"] < batch]
+    if partial:
+        lines += ["", f"Read the memory fits with care: a training stage holds one batch at its peak, of min(batch size, "
+                      f"images) images; at {', '.join(partial)} the training set is smaller than a batch ({batch}), so "
+                      "between those points and the others the peak grows with N up to a full batch and no further, which "
+                      "a straight line cannot express, and a fit with dof 0 passes through every point, noise included. "
+                      "The bytes read are exact counts and fit to within bytes."]
     for target in result["targets"]:
         per_stage = growth_.get(str(target["size"]))
         if not per_stage:
@@ -524,7 +532,8 @@ def section(result: dict, rel: str) -> list[str]:
         lines += ["", f"### Extrapolated (not measured): {target['name']}", "",
                   f"N = {target['images']:,}, C = {target['classes']:,}, B = {target['ipc'] * target['classes']:,}, "
                   f"{target['size']} px; the {target['size']} px fits above at this benchmark's config (not a shipped config's "
-                  "teachers, iterations or epochs).", "",
+                  "teachers, iterations or epochs), far outside the points they were fitted on: a negative or huge value "
+                  "says the fit does not carry that far, not what a pod would need.", "",
                   "| stage | memory per pod | = | S3 reads per run | = |", "|---|---|---|---|---|"]
         lines += [f"| {stage} | {size(values['rss'][stage]['value'])} | {values['rss'][stage]['arithmetic']} | "
                   f"{size(values['read'][stage]['value'])} | {values['read'][stage]['arithmetic']} |" for stage in per_stage]
