@@ -4,6 +4,7 @@
     python -m benchmarks.report                       # BENCHMARKS.md's tables and plots from benchmarks/results/*.json
     python -m benchmarks.run --profile cifar10-paper --device cuda --jobs 8   # the paper's protocol on a GPU
     python -m benchmarks.speed --profile cifar10-paper --variant ipc50        # grouped against one-at-a-time synthesis
+    python -m benchmarks.scale                        # each stage's memory, CPU time and S3 bytes against the dataset's size
 
 See BENCHMARKS.md for the protocols and the numbers.
 """

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks import scale  # noqa: E402
 from benchmarks.run import ESTIMATE_SCHEMA, RESULTS, SCHEMA, load_profile  # noqa: E402
 from infer_distill.outputs.plots import figure_png, similarity_png  # noqa: E402
 from infer_distill.outputs.report import METHOD_ORDER, mean_std, pct, score_cell
@@ -393,6 +394,10 @@ def render(results_dir: Path, rel: str = "benchmarks/results") -> str:
         est = json.loads(path.read_text())
         if est.get("schema") == ESTIMATE_SCHEMA and portable(est["command"]) not in ran:
             lines += pending_section(est, rel)
+    for path in sorted(results_dir.glob("scale*.json")):  # benchmarks.scale: each stage's memory and bytes against the dataset
+        result = json.loads(path.read_text())
+        if result.get("schema") == scale.SCHEMA:
+            lines += scale.section(result, rel)
     return "\n".join(lines)
 
 
