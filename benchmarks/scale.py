@@ -148,10 +148,11 @@ def point_config(point: Point, dataset: Path, peers: tuple[str, ...] = PEERS) ->
     return {
         "dataset": {"name": "imagefolder", "root": str(dataset)},
         "budget": {"ipc": point.ipc},
-        "teachers": {"archs": ["convnet_d2_w32"], "epochs": 1, "batch_size": 256, "min_accuracy_over_chance": None},
+        # batches of 32: every point's splits fill whole batches, so memory that follows a batch is flat across points
+        "teachers": {"archs": ["convnet_d2_w32"], "epochs": 1, "batch_size": 32, "min_accuracy_over_chance": None},
         "synthesis": {"iterations": 2, "classes_per_ufc": 100, "subsets_per_shard": 1, "max_images_per_forward": 100},
         "labels": {"modes": ["static"]},
-        "students": {"archs": ["convnet_d2_w32"], "seeds": [0], "epochs": 1, "batch_size": 256, "eval_every": 1,
+        "students": {"archs": ["convnet_d2_w32"], "seeds": [0], "epochs": 1, "batch_size": 32, "eval_every": 1,
                      "baselines": ["random_soft"], "scores": ["soft"], "protocols": ["epochs"],
                      "full_data_reference": True, "full_data_epochs": 1},
         "methods": ["infer", *peers],
