@@ -54,6 +54,7 @@ def write_split(art: Artifact, x: torch.Tensor, y: torch.Tensor, batch: int, **k
 def blockwise(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read by blocks whatever the file's size (the digits' 5.5 MB would be read whole), 4 blocks a read at most."""
     monkeypatch.setattr(splits, "WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(splits, "SMALL_FILE_BYTES", 0)
     monkeypatch.setattr(splits, "READ_BYTES", 4 * 22 * 3072)
 
 
@@ -70,6 +71,7 @@ ROWS = [1796, 0, 5, 5, 500, 21, 22, 1796, 44, 23, 1000, 0]  # any order, repeats
 def test_round_trip_on_disk(tmp_path, digits, monkeypatch, batch, by_blocks):
     if by_blocks:
         monkeypatch.setattr(splits, "WHOLE_FILE_BYTES", 0)
+        monkeypatch.setattr(splits, "SMALL_FILE_BYTES", 0)
     x, y = digits
     seen = []
     writer = write_split(open_artifact(tmp_path / "data"), x, y, batch, on_batch=lambda bx, by: seen.append(len(bx)))
@@ -191,14 +193,42 @@ def test_a_flipped_byte_is_refused_when_its_block_is_read(tmp_path, digits, monk
     assert not is_current(str(tmp_path / "data"), cfg, "prepare-data")
 
     monkeypatch.setattr(splits, "WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(splits, "SMALL_FILE_BYTES", 0)
     split = open_split(open_artifact(tmp_path / "data"), "train")
     assert torch.equal(split.read([0, 21, 44, 1796]), x[[0, 21, 44, 1796]])  # blocks 0, 2, 81: intact
     with pytest.raises(ArtifactError, match=r"'train.images', block 1 \(rows 22-43\), does not match its sha256 in "
                                             r"'train.images.sha256' \(corrupted\): re-run stage prepare-data"):
         split.read([40])
-    monkeypatch.setattr(splits, "WHOLE_FILE_BYTES", 64 * MiB)  # read whole: the file's own sha256 refuses it
+    monkeypatch.setattr(splits, "SMALL_FILE_BYTES", 64 * MiB)  # read whole: the file's own sha256 refuses it
     with pytest.raises(ArtifactError, match="'train.images' does not match its sha256 in manifest.json"):
         open_split(open_artifact(tmp_path / "data"), "train").read([0])
+
+
+def test_a_few_rows_are_read_by_their_blocks_and_half_the_file_or_more_whole(tmp_path, digits, monkeypatch):
+    """The digits' 5.5 MB rows: over SMALL_FILE_BYTES, within WHOLE_FILE_BYTES."""
+    x, y = digits
+    write_split(open_artifact(tmp_path / "data"), x, y, 1797)
+    fetched: list[int] = []
+    read_range, read_bytes = Artifact.read_range, Artifact.read_bytes
+
+    def ranged(self, name, start, length):
+        fetched.append(length)
+        return read_range(self, name, start, length)
+
+    def whole(self, name):
+        if name.endswith(".images"):
+            fetched.append(-1)
+        return read_bytes(self, name)
+
+    monkeypatch.setattr(Artifact, "read_range", ranged)
+    monkeypatch.setattr(Artifact, "read_bytes", whole)
+    split = open_split(open_artifact(tmp_path / "data"), "train")
+    assert torch.equal(split.read([3, 1000]), x[[3, 1000]])
+    assert fetched == [22 * 3072, 22 * 3072]            # two blocks of 22 rows, nothing else of the images
+    fetched.clear()
+    half = torch.arange(0, 1797, 2)                      # every block: the file whole, once, then kept
+    assert torch.equal(split.read(half), x[half]) and torch.equal(split.read([5]), x[[5]])
+    assert fetched == [-1]
 
 
 def test_a_flipped_byte_on_s3_is_refused_when_its_block_is_read(s3_bucket, digits, blockwise):
@@ -217,6 +247,7 @@ def test_a_truncated_images_file_and_a_fifo_in_its_place_are_refused(tmp_path, d
     x, y = digits
     write_split(open_artifact(tmp_path / "data"), x, y, 1797)
     monkeypatch.setattr(splits, "WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(splits, "SMALL_FILE_BYTES", 0)
     path = tmp_path / "data" / "train.images"
     path.write_bytes(path.read_bytes()[:1000 * 3072])
     split = open_split(open_artifact(tmp_path / "data"), "train")

@@ -16,8 +16,8 @@ image, one row of a 224 px one. Every file's size and sha256 are in the manifest
 
 Reading rows fetches only the blocks that hold them, adjacent blocks in one ranged read of at most
 READ_BYTES, and checks each block against its sha256 (read verified whole) before a byte of it is
-used; a file of at most WHOLE_FILE_BYTES is read whole once, checked against its manifest sha256, and
-kept. Memory grows with what is asked (plus a read), the labels (8 bytes a row) and the block digests
+used; a file of at most SMALL_FILE_BYTES, or of at most WHOLE_FILE_BYTES when a read asks for half of its
+blocks or more, is read whole once, checked against its manifest sha256, and kept. Memory grows with what is asked (plus a read), the labels (8 bytes a row) and the block digests
 (32 bytes a block), never with the images of the split.
 
 Written by `SplitWriter`, streaming: rows arrive batch by batch, memory is bounded by a batch, and
@@ -37,7 +37,8 @@ from infer_distill.errors import ArtifactError, DataError
 from infer_distill.storage.artifact import Artifact
 
 BLOCK_BYTES = 64 * 1024               # a block: the fewest whole rows totalling at least this
-WHOLE_FILE_BYTES = 64 * 1024 * 1024   # an images file up to this is read whole (one request, one digest) and kept
+SMALL_FILE_BYTES = 1024 * 1024        # an images file up to this is read whole (one request, one digest) and kept
+WHOLE_FILE_BYTES = 64 * 1024 * 1024   # ... and up to this, when a read asks for half of its blocks or more
 READ_BYTES = 16 * 1024 * 1024         # the most one ranged read fetches (unless one block is larger)
 _DIGEST = 32                          # bytes of a sha256
 _REMAKE = "re-run stage prepare-data to remake it"
@@ -99,12 +100,15 @@ class Split:
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= self._rows):
             bad = int(index[(index < 0) | (index >= self._rows)][0])
             raise IndexError(f"row {bad} of the {self.name} split of {self.art.uri}, which has {self._rows} rows")
-        if self._file_bytes <= WHOLE_FILE_BYTES:
+        if self._whole is not None or self._file_bytes <= SMALL_FILE_BYTES:
             return self._all()[index]
-        out = np.empty((len(index), *self._shape), dtype=np.uint8)  # numpy: a copy per read, no torch op per read
         order = np.argsort(index.numpy(), kind="stable")
         ordered = index.numpy()[order]
-        for first, end in self._reads(np.unique(ordered // self.block_rows)):
+        blocks = np.unique(ordered // self.block_rows)
+        if self._file_bytes <= WHOLE_FILE_BYTES and 2 * len(blocks) * self.block_rows * self._row_bytes >= self._file_bytes:
+            return self._all()[index]  # half the file or more: one read of all of it, kept for the next
+        out = np.empty((len(index), *self._shape), dtype=np.uint8)  # numpy: a copy per read, no torch op per read
+        for first, end in self._reads(blocks):
             begin_row, end_row = first * self.block_rows, min(end * self.block_rows, self._rows)
             data = self.art.read_range(self.images, begin_row * self._row_bytes, (end_row - begin_row) * self._row_bytes)
             self._check(first, end, data)
