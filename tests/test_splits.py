@@ -257,7 +257,7 @@ def test_a_truncated_images_file_and_a_fifo_in_its_place_are_refused(tmp_path, d
     path.unlink()
     os.mkfifo(path)  # never opened for a read that would wait on a writer
     with pytest.raises(ArtifactError, match=r"cannot read 'train.images' \(.*FIFO"):
-        split.read([5])
+        split.read([100])  # a block not kept from the read before
 
 
 # ----------------------------------------------------------------------------------------
@@ -371,3 +371,28 @@ def test_a_data_artifact_of_the_earlier_format_is_not_current_and_is_remade(tmp_
     assert main(["stage", "prepare-data", "--root", str(root), *sets]) == 0
     assert is_current(str(root / "data"), cfg, "prepare-data")
     assert torch.equal(open_split(open_artifact(root / "data"), "train").read_all(), new["train"].read_all())
+
+
+def test_reads_class_after_class_fetch_each_block_once(tmp_path, digits, monkeypatch):
+    """A stage reading the rows of one class, then the next (herding, RDED), asks twice for the block where one class
+    ends and the next begins: the last read is kept, and that block is not fetched again."""
+    x, y = digits
+    write_split(open_artifact(tmp_path / "data"), x, y, 1797)
+    monkeypatch.setattr(splits, "SMALL_FILE_BYTES", 0)
+    monkeypatch.setattr(splits, "WHOLE_FILE_BYTES", 0)
+    fetched: list[tuple[int, int]] = []
+    read_range = Artifact.read_range
+
+    def ranged(self, name, start, length):
+        fetched.append((start, length))
+        return read_range(self, name, start, length)
+
+    monkeypatch.setattr(Artifact, "read_range", ranged)
+    split = open_split(open_artifact(tmp_path / "data"), "train")
+    for first in range(0, 1797, 5):                       # 5 rows at a time: blocks of 22 rows are asked for 4-5 times
+        rows = torch.arange(first, min(first + 5, 1797))
+        assert torch.equal(split.read(rows), x[rows])
+    spans = sorted(fetched)
+    assert sum(length for _, length in spans) == 1797 * 3072                          # the file once
+    assert all(a + la <= b for (a, la), (b, _) in zip(spans, spans[1:]))              # no byte twice
+

@@ -73,6 +73,7 @@ class Split:
         self._labels: torch.Tensor | None = None
         self._digests: bytes | None = None
         self._whole: torch.Tensor | None = None
+        self._kept: tuple[int, int, bytes] = (0, 0, b"")  # the blocks [first, end) of the last ranged read
 
     @property
     def labels(self) -> torch.Tensor:
@@ -110,8 +111,7 @@ class Split:
         out = np.empty((len(index), *self._shape), dtype=np.uint8)  # numpy: a copy per read, no torch op per read
         for first, end in self._reads(blocks):
             begin_row, end_row = first * self.block_rows, min(end * self.block_rows, self._rows)
-            data = self.art.read_range(self.images, begin_row * self._row_bytes, (end_row - begin_row) * self._row_bytes)
-            self._check(first, end, data)
+            data = self._blocks(first, end)
             a, b = np.searchsorted(ordered, [begin_row, end_row])
             block = np.frombuffer(data, dtype=np.uint8).reshape(-1, *self._shape)
             out[order[a:b]] = block[ordered[a:b] - begin_row]
@@ -136,6 +136,22 @@ class Split:
             data = self.art.read_bytes(self.images)
             self._whole = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).reshape(self._rows, *self._shape)
         return self._whole
+
+    def _blocks(self, first: int, end: int) -> bytes | memoryview:
+        """Blocks [first, end) of the images, verified. The last read is kept: a stage that reads class after class
+        (or batch after batch) asks again for the block where one ends and the next begins, and gets it from here."""
+        block_bytes = self.block_rows * self._row_bytes
+        kept_first, kept_end, kept = self._kept
+        if kept_first <= first and end <= kept_end:
+            return memoryview(kept)[(first - kept_first) * block_bytes:(end - kept_first) * block_bytes]
+        start = kept_end if kept_first <= first < kept_end else first  # the blocks already here are not read again
+        end_byte = min(end * block_bytes, self._file_bytes)
+        data = self.art.read_range(self.images, start * block_bytes, end_byte - start * block_bytes)
+        self._check(start, end, data)
+        if start > first:
+            data = bytes(memoryview(kept)[(first - kept_first) * block_bytes:]) + data
+        self._kept = (first, end, data)
+        return data
 
     def _reads(self, blocks: np.ndarray) -> Iterator[tuple[int, int]]:
         """The ranged reads [first, end) of blocks covering `blocks` (sorted, distinct): runs of adjacent blocks,

@@ -93,8 +93,8 @@ def configure_cpu_threads() -> tuple[int, str]:
 # one worker whose torch threads span the cores finishes the quickstart first (fewer processes to start, and
 # the steps that run alone use every core). When other processes keep the cores busy, the kernel shares each
 # core between them and our threads: every parallel torch operation then waits at its end for whichever of its
-# threads was paused, and a walk with two threads per worker ran 3.4 times slower than two single-threaded
-# workers on the same loaded 2-core machine (README, "Threads and workers"). So: idle cores, threads; busy
+# threads was paused: on a 2-core machine whose cores two other processes kept busy, the quickstart took 156.7 s
+# with one two-threaded worker and 61.9 s with two single-threaded ones (README, "Threads and workers"). So: idle cores, threads; busy
 # cores, single-threaded workers, as many as the plan has items to run side by side.
 
 LOADED = 0.2  # busy fraction of our cores, from other processes, above which each worker gets one thread
