@@ -50,6 +50,21 @@ def write_split(art: Artifact, x: torch.Tensor, y: torch.Tensor, batch: int, **k
     return writer
 
 
+DEFAULT_BLOCK_BYTES = splits.BLOCK_BYTES
+
+
+@pytest.fixture(autouse=True)
+def blocks_of_22_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arithmetic below is written for blocks of 64 KiB: 22 of the digits' 3,072-byte rows (BLOCK_BYTES is
+    recorded per split when it is written, as block_rows)."""
+    monkeypatch.setattr(splits, "BLOCK_BYTES", 64 * 1024)
+
+
+def test_the_default_block_is_a_few_rows_of_small_images_and_one_of_large_ones(monkeypatch):
+    monkeypatch.setattr(splits, "BLOCK_BYTES", DEFAULT_BLOCK_BYTES)
+    assert [splits.block_rows((3, side, side)) for side in (8, 32, 64, 224)] == [22, 2, 1, 1]
+
+
 @pytest.fixture
 def blockwise(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read by blocks whatever the file's size (the digits' 5.5 MB would be read whole), 4 blocks a read at most."""
