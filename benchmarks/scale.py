@@ -562,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     points = QUICK_POINTS if args.quick else args.points or DEFAULT_POINTS
     name = args.name or ("scale-quick" if args.quick else "scale-points" if args.points else "scale")
     command = "python -m benchmarks.scale " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    budget = os.environ.get("INFER_DATA_MEMORY_BYTES")  # which splits the stages hold whole: part of what was run
+    command = f"INFER_DATA_MEMORY_BYTES={shlex.quote(budget)} {command}" if budget is not None else command
     started = time.perf_counter()
     # SIGTERM as an exit, so the S3 server stops and the generated images go
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
