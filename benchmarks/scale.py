@@ -51,6 +51,7 @@ import yaml
 
 from benchmarks.common import REPO, machine_info, source_info
 from benchmarks.run import RESULTS, atomic_write, log
+from infer_distill.stages.infer import PREPARE_BATCH  # prepare-data decodes and writes a batch of this many images at a time
 
 SCHEMA = "infer-distill-scale/1"
 BUCKET = "scale"
@@ -386,6 +387,17 @@ def extrapolate(f: dict, target: dict) -> tuple[float, str]:
     return value, " + ".join(terms).replace("+ -", "- ")
 
 
+def memory_fit_unfit(f: dict, points: list[dict], batch: int) -> str | None:
+    """Why the memory fit `f` over `points` must not be extrapolated, or None where it may be. The points must be able
+    to test it (residual degrees of freedom left), and every one must hold a full training batch: below one, the peak
+    grows with N up to a batch and then stops, which a straight line through such points would carry on forever."""
+    if f["dof"] < 1:
+        return "dof 0"
+    if any(p["train_images"] < batch for p in points):
+        return "points below a full batch"
+    return None
+
+
 def target_values(target: dict) -> dict:
     return {"images": target["images"], "classes": target["classes"], "budget_images": target["ipc"] * target["classes"]}
 
@@ -528,7 +540,12 @@ def section(result: dict, rel: str) -> list[str]:
             continue
         values = {t: {stage: next(x for x in e[metric]["extrapolated"] if x["target"] == target["name"])
                       for stage, e in per_stage.items()} for t, metric in (("rss", "peak_rss_bytes"), ("read", "read_bytes"))}
-        largest = max(values["rss"].items(), key=lambda kv: kv[1]["value"])
+        sized = [p for p in points if p["size"] == target["size"]]
+        unfit = {stage: memory_fit_unfit(e["peak_rss_bytes"], [p for p in sized if stage in p["stages"]],
+                                         PREPARE_BATCH if stage == "prepare-data" else batch)
+                 for stage, e in per_stage.items()}
+        shown = {stage: v for stage, v in values["rss"].items() if unfit[stage] is None}
+        largest = max(shown.items(), key=lambda kv: kv[1]["value"]) if shown else None
         total = sum(v["value"] for v in values["read"].values())
         lines += ["", f"### Extrapolated (not measured): {target['name']}", "",
                   f"N = {target['images']:,}, C = {target['classes']:,}, B = {target['ipc'] * target['classes']:,}, "
@@ -536,10 +553,12 @@ def section(result: dict, rel: str) -> list[str]:
                   "teachers, iterations or epochs), far outside the points they were fitted on: a negative or huge value "
                   "says the fit does not carry that far, not what a pod would need.", "",
                   "| stage | memory per pod | = | S3 reads per run | = |", "|---|---|---|---|---|"]
-        lines += [f"| {stage} | {size(values['rss'][stage]['value'])} | {values['rss'][stage]['arithmetic']} | "
+        lines += [(f"| {stage} | {size(values['rss'][stage]['value'])} | {values['rss'][stage]['arithmetic']} | "
+                   if unfit[stage] is None else f"| {stage} | not extrapolated | {unfit[stage]} | ") +
                   f"{size(values['read'][stage]['value'])} | {values['read'][stage]['arithmetic']} |" for stage in per_stage]
-        lines += ["", f"Largest pod: {largest[0]}, {size(largest[1]['value'])}. S3 reads of the whole run: {size(total)} "
-                      f"(the sum of the stages')."]
+        pod = (f"Largest pod of the stages extrapolated: {largest[0]}, {size(largest[1]['value'])}. " if largest else
+               "No memory fit at this size can be extrapolated (see the growth table's dof). ")
+        lines += ["", pod + f"S3 reads of the whole run: {size(total)} (the sum of the stages')."]
     return lines + [""]
 
 

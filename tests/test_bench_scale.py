@@ -58,6 +58,14 @@ def test_growth_fits_each_size_apart_and_extrapolates_at_the_targets_size():
     assert scale.formula({"intercept": 8e8, "slopes": {"images": -3000.0, "classes": 2e4}}) == "800.00 MB - 3.00 kB x N + 20.00 kB x C"
 
 
+def test_a_memory_fit_is_extrapolated_only_where_the_points_can_test_it():
+    fitted, exact = {"dof": 2}, {"dof": 0}
+    full = [{"train_images": 500}, {"train_images": 1000}]
+    assert scale.memory_fit_unfit(fitted, full, batch=32) is None
+    assert scale.memory_fit_unfit(exact, full, batch=32) == "dof 0"
+    assert scale.memory_fit_unfit(fitted, [*full, {"train_images": 20}], batch=32) == "points below a full batch"
+
+
 def test_points_parse_and_a_bad_one_is_refused():
     assert scale.parse_points("10:5:32,100:50:224:10") == (scale.Point(10, 5, 32), scale.Point(100, 50, 224, 10))
     assert scale.Point(100, 50, 224, 10).name == "c100-n50-224px-ipc10" and scale.Point(10, 5, 32).images == 100
