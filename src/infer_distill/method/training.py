@@ -92,20 +92,30 @@ T = TypeVar("T")
 _END = object()
 
 
-def _ahead(items: Iterable[T]) -> Iterator[T]:
+def _ahead(items: Iterable[T], pin: bool = False) -> Iterator[T]:
     """`items` in order, each made in a background thread while the caller works on the one before: a batch read from
-    storage arrives while the previous one computes. The items do not depend on when they are made (no random draw)."""
+    storage arrives while the previous one computes. The items do not depend on when they are made (no random draw).
+    With `pin` (a CUDA device), the tensors of each item are copied to pinned host memory in that thread too, so their
+    copy to the device can overlap the step before (`.to(device, non_blocking=True)`)."""
     it = iter(items)
+
+    def make() -> object:
+        item = next(it, _END)
+        if pin and item is not _END:
+            item = tuple(t.pin_memory() if isinstance(t, torch.Tensor) else t for t in item)  # type: ignore[union-attr]
+        return item
+
     with ThreadPoolExecutor(1, thread_name_prefix="infer-read") as pool:
-        pending = pool.submit(next, it, _END)
+        pending = pool.submit(make)
         while (item := pending.result()) is not _END:
-            pending = pool.submit(next, it, _END)
-            yield item
+            pending = pool.submit(make)
+            yield item  # type: ignore[misc]
 
 
-def _read_ahead(rows: Rows, items: Iterable[T]) -> Iterable[T]:
-    """`items` made from `rows`: read ahead in a thread unless `rows` is held in memory, where a read is an index."""
-    return items if isinstance(rows, Held) else _ahead(items)
+def _read_ahead(rows: Rows, items: Iterable[T], device: str) -> Iterable[T]:
+    """`items` made from `rows`: read ahead in a thread (into pinned memory for a CUDA device) unless `rows` is held
+    in memory, where a read is an index."""
+    return items if isinstance(rows, Held) else _ahead(items, pin=torch.device(device).type == "cuda")
 
 
 def _labels(rows: Rows, idx: torch.Tensor, device: str) -> torch.Tensor:
@@ -126,8 +136,8 @@ def evaluate(model: nn.Module, test: Rows, device: str, batch_size: int = 1000) 
     """
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for images, labels in _read_ahead(test, test.batches(batch_size)):
-        x = images.to(device, torch.float32) / 255.0
+    for images, labels in _read_ahead(test, test.batches(batch_size), device):
+        x = images.to(device, non_blocking=True).float() / 255.0
         correct += (model(x).argmax(1) == labels.to(device)).sum()
     return correct.item() / max(1, len(test))
 
@@ -267,8 +277,8 @@ def train_teacher_model(
         order = torch.randperm(n, generator=gen).to(train.labels.device)  # where `train` is indexed: no copy per batch
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
         batches = ((train.read(idx), _labels(train, idx, device)) for idx in order.split(cfg.batch_size))
-        for images, labels in _read_ahead(train, batches):
-            loss = cross_entropy_step(net, opt, images.to(device).float() / 255.0, labels, augment=augment, generator=gen,
+        for images, labels in _read_ahead(train, batches, device):
+            loss = cross_entropy_step(net, opt, images.to(device, non_blocking=True).float() / 255.0, labels, augment=augment, generator=gen,
                                       label_smoothing=cfg.label_smoothing, fast_path=fast_path)
             sched.step()
             total += loss.double() * len(labels)
