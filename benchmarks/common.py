@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -145,3 +152,45 @@ class GpuSampler:
             if inside:
                 out[stage] = round(sum(inside) / len(inside), 1)
         return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_s3_server(log_path: Path) -> Iterator[dict[str, str]]:
+    """A moto S3 server (server mode: real HTTP) on a free port of 127.0.0.1 for as long as the block runs, its output in
+    `log_path`: the environment its clients need. The benchmarks and the test suite's S3 fixtures share it."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                direct.open(endpoint, timeout=10).close()
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer: it is up
+            # (moto loads its backends on the first request: seconds, more on a busy machine; a direct opener, as
+            # urlopen's global one keeps the proxies of the environment it was first built in)
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto S3 server did not start at {endpoint}:\n{log_path.read_text(errors='replace')}") from None
+                time.sleep(0.1)
+        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -34,22 +34,17 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO, machine_info, source_info
+from benchmarks.common import REPO, machine_info, moto_s3_server, source_info
 from benchmarks.run import RESULTS, atomic_write, log
 from infer_distill.stages.infer import PREPARE_BATCH  # prepare-data decodes and writes a batch of this many images at a time
 
@@ -167,44 +162,6 @@ def point_config(point: Point, dataset: Path, peers: tuple[str, ...] = PEERS) ->
 # ----------------------------------------------------------------------------------------
 # A local S3 server
 # ----------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def s3_server(log_path: Path) -> Iterator[dict[str, str]]:
-    """A moto S3 server on a free port for as long as the block runs: the environment its clients need."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                direct.open(endpoint, timeout=10).close()
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer: it is up
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto S3 server did not start at {endpoint}:\n{log_path.read_text(errors='replace')}") from None
-                time.sleep(0.1)
-        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _client(env: dict[str, str]):
@@ -605,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(path, json.dumps(result, indent=1) + "\n")
 
     try:
-        with s3_server(work / "moto.log") as s3:
+        with moto_s3_server(work / "moto.log") as s3:
             env.update(s3)
             _client(s3).create_bucket(Bucket=BUCKET)
             for i, point in enumerate(points, 1):

@@ -14,10 +14,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +22,8 @@ import pytest
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from benchmarks.common import moto_s3_server
 
 NOT_FAST = ("slow", "s3", "datasets", "processes", "containers")
 
@@ -72,48 +70,10 @@ def _hermetic(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(socket.socket, "connect", no_network)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        # moto loads its backends on the first request: seconds, more on a busy machine. A direct
-        # opener: urlopen's global one keeps the proxies of the environment it was first built in.
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                direct.open(endpoint, timeout=10).close()
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer means the server is up
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"moto S3 server did not start at {endpoint} (exit code {proc.poll()}):\n"
-                        + log_path.read_text(errors="replace")
-                    ) from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with moto_s3_server(tmp_path_factory.mktemp("moto") / "server.log") as env:
+        yield env["AWS_ENDPOINT_URL"]
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from benchmarks.common import free_port
 from infer_distill import dag
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
@@ -48,12 +48,6 @@ def _unavailable(reason: str) -> None:
 
 def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- session fixtures ---------------------------------------------------------------------
@@ -145,7 +139,7 @@ def project(compose_cli, images, tmp_path):
     made: list[Project] = []
 
     def make(**env: str) -> Project:
-        port = str(_free_port())
+        port = str(free_port())
         values = {
             "INFER_IMAGE": images["cpu"], "S3_TEST_IMAGE": images["moto"], "S3_PORT": port,
             "INFER_BUCKET": BUCKET, "INFER_RUN": f"run-{uuid.uuid4().hex[:8]}",
