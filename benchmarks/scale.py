@@ -3,6 +3,7 @@
     python -m benchmarks.scale                         # the default grid: benchmarks/results/scale.json
     python -m benchmarks.scale --quick                 # two tiny points: benchmarks/results/scale-quick.json
     python -m benchmarks.scale --points 10:5:32,100:50:32:10
+    python -m benchmarks.scale --imported --points ...  # the shipped ImageNet configs' shape: imported teacher, INFER alone
 
 A point is a generated ImageFolder: C classes, n training images per class (JPEG) and a fixed
 number of test images per class (PNG), all `size` px squares (each class a seeded colour and
@@ -42,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from benchmarks.common import REPO, machine_info, moto_s3_server, source_info
@@ -135,17 +137,26 @@ def make_dataset(root: Path, point: Point, seed: int = 0) -> Path:
 
 
 PEERS = ("random", "herding", "rded", "sre2l")
+TEACHER = "convnet_d2_w32"
 QUICK_PEERS = ("random",)  # every step still runs, with one item per fan-out
 
 
-def point_config(point: Point, dataset: Path, peers: tuple[str, ...] = PEERS) -> dict:
+def point_config(point: Point, dataset: Path, peers: tuple[str, ...] = PEERS, imported: Path | None = None) -> dict:
     """Every step present, each as small as it runs: one tiny teacher for one epoch, two synthesis iterations, one
-    student seed for one epoch, a baseline, the peer methods, the full-data reference."""
+    student seed for one epoch, a baseline, the peer methods, the full-data reference.
+
+    With `imported` (a weights file of the teacher), the shape of the shipped ImageNet configs instead: the teacher's
+    weights imported, not trained (so no stage reads the training split whole), INFER alone, no full-data reference."""
+    if imported is not None:
+        cfg = point_config(point, dataset, ())
+        cfg["teachers"]["pretrained"] = {TEACHER: str(imported)}
+        cfg["students"]["full_data_reference"] = False
+        return cfg
     return {
         "dataset": {"name": "imagefolder", "root": str(dataset)},
         "budget": {"ipc": point.ipc},
         # batches of 32: every point's splits fill whole batches, so memory that follows a batch is flat across points
-        "teachers": {"archs": ["convnet_d2_w32"], "epochs": 1, "batch_size": 32, "min_accuracy_over_chance": None},
+        "teachers": {"archs": [TEACHER], "epochs": 1, "batch_size": 32, "min_accuracy_over_chance": None},
         "synthesis": {"iterations": 2, "classes_per_ufc": 100, "subsets_per_shard": 1, "max_images_per_forward": 100},
         "labels": {"modes": ["static"]},
         "students": {"archs": ["convnet_d2_w32"], "seeds": [0], "epochs": 1, "batch_size": 32, "eval_every": 1,
@@ -215,7 +226,20 @@ def measure(args: list[str], env: dict[str, str], out: Path) -> dict:
     return {**json.loads(out.read_text()), "process_wall_s": round(time.perf_counter() - started, 3)}
 
 
-def run_point(point: Point, work: Path, env: dict[str, str], jobs: int = 1, peers: tuple[str, ...] = PEERS) -> dict:
+def teacher_weights(path: Path, point: Point) -> Path:
+    """The teacher's weights for the point's classes and size, freshly initialised (seed 0), as a file to import: what
+    each stage reads does not depend on what the weights have learnt."""
+    from safetensors.torch import save_file
+
+    from infer_distill.models.networks import create_model
+
+    torch.manual_seed(0)
+    save_file(create_model(TEACHER, num_classes=point.classes, in_chans=3, image_size=point.size).state_dict(), path)
+    return path
+
+
+def run_point(point: Point, work: Path, env: dict[str, str], jobs: int = 1, peers: tuple[str, ...] = PEERS,
+              imported: bool = False) -> dict:
     """Generate the point's dataset and run every item of every step it runs, each in its own measured process: up to
     `jobs` at once, a step's items once every step making its inputs has finished (as a workflow engine would)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -229,7 +253,8 @@ def run_point(point: Point, work: Path, env: dict[str, str], jobs: int = 1, peer
     dataset = make_dataset(here / "dataset", point)
     generate_s = time.perf_counter() - t0
     cfg_path = here / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(point_config(point, dataset, peers), sort_keys=False))
+    weights = teacher_weights(here / "teacher.safetensors", point) if imported else None
+    cfg_path.write_text(yaml.safe_dump(point_config(point, dataset, peers, weights), sort_keys=False))
     items_dir = here / "items"
     plan_items(cfg_path, items_dir, env)
     prefix = f"{point.name}/"
@@ -445,11 +470,13 @@ def section(result: dict, rel: str) -> list[str]:
         f"{result['test_per_class']} test images per class (PNG), square images of the point's size (each class a seeded "
         "colour and rectangle, each image its own noise and offset). N: the dataset's images (train and test); "
         "B = budget.ipc x C: the budget's images.",
-        f"- Config (the same at every point but the budget): teachers {cfg['teachers']['archs']}, "
-        f"{cfg['teachers']['epochs']} epoch; {cfg['synthesis']['iterations']} synthesis iterations, "
+        f"- Config (the same at every point but the budget): teachers {cfg['teachers']['archs']}, " +
+        ("weights imported (freshly initialised, saved as a file: no training); " if cfg["teachers"].get("pretrained")
+         else f"{cfg['teachers']['epochs']} epoch; ") + f"{cfg['synthesis']['iterations']} synthesis iterations, "
         f"`classes_per_ufc` {cfg['synthesis']['classes_per_ufc']}, one subset per shard; students {cfg['students']['archs']} "
         f"seed {cfg['students']['seeds']}, {cfg['students']['epochs']} epoch; baselines {cfg['students']['baselines']}; "
-        f"methods {cfg['methods']}; the full-data reference; device {cfg['device']}.",
+        f"methods {cfg['methods']}; " + ("the full-data reference; " if cfg["students"]["full_data_reference"] else "") +
+        f"device {cfg['device']}.",
         "- Every item of every step the config runs is its own process, as a pod runs it: `infer-distill stage <step> "
         "--config <point>.yaml --root s3://... <item flags>` against a local S3 server (moto), measured from inside by "
         "`benchmarks/scale_meter.py`: peak resident memory (`ru_maxrss`: the interpreter, torch and the stage), CPU "
@@ -530,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--quick", action="store_true", help=f"the test grid: {', '.join(x.name for x in QUICK_POINTS)}")
     grid.add_argument("--points", type=parse_points, help="CLASSES:PER_CLASS:SIZE[:IPC],... instead of the default grid")
     p.add_argument("--name", help="the results file's name (default: scale, scale-quick with --quick, scale-points with --points)")
+    p.add_argument("--imported", action="store_true", help="the shipped ImageNet configs' shape: the teacher's weights "
+                   "imported (not trained), INFER alone, no full-data reference")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--jobs", type=int, default=2, help="stage processes at once (default 2); each one's memory, CPU "
                    "seconds and bytes are its own, its wall time grows when they share cores")
@@ -548,11 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     for unset in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
         env.pop(unset, None)
-    peers = QUICK_PEERS if args.quick else PEERS
+    peers = () if args.imported else QUICK_PEERS if args.quick else PEERS
     path = args.results / f"{name}.json"
     measured: list[dict] = []
     result = {"schema": SCHEMA, "name": name, "command": command.strip(), "jobs": args.jobs, "test_per_class": TEST_PER_CLASS,
-              "config": {**point_config(Point(0, 0, 0), Path("<generated ImageFolder>"), peers), "budget": {"ipc": "per point"}},
+              "config": {**point_config(Point(0, 0, 0), Path("<generated ImageFolder>"), peers,
+                                        Path("<generated weights>") if args.imported else None), "budget": {"ipc": "per point"}},
               "targets": TARGETS, "machine": machine_info("cpu"), "source": source_info()}
 
     def save() -> None:  # after every point: an interrupted grid keeps what it measured
@@ -568,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, point in enumerate(points, 1):
                 log(f"point {i}/{len(points)}: {point.name} ({point.images:,} images, {point.classes} classes, "
                     f"{point.size} px, ipc {point.ipc})")
-                measured.append(run_point(point, work, env, args.jobs, peers))
+                measured.append(run_point(point, work, env, args.jobs, peers, args.imported))
                 save()
     finally:
         if args.work is None:

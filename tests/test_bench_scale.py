@@ -66,6 +66,19 @@ def test_a_memory_fit_is_extrapolated_only_where_the_points_can_test_it():
     assert scale.memory_fit_unfit(fitted, [*full, {"train_images": 20}], batch=32) == "points below a full batch"
 
 
+def test_the_imported_shape_imports_the_teacher_and_runs_infer_alone(tmp_path):
+    point = scale.Point(4, 5, 16)
+    weights = scale.teacher_weights(tmp_path / "t.safetensors", point)
+    cfg = scale.point_config(point, tmp_path, imported=weights)
+    assert cfg["teachers"]["pretrained"] == {scale.TEACHER: str(weights)} and cfg["methods"] == ["infer"]
+    assert cfg["students"]["full_data_reference"] is False
+    trained = scale.point_config(point, tmp_path)
+    assert "pretrained" not in trained["teachers"] and trained["methods"] == ["infer", *scale.PEERS]
+    from infer_distill.config.schema import Config
+
+    Config.model_validate(cfg)  # a config the product takes
+
+
 def test_points_parse_and_a_bad_one_is_refused():
     assert scale.parse_points("10:5:32,100:50:224:10") == (scale.Point(10, 5, 32), scale.Point(100, 50, 224, 10))
     assert scale.Point(100, 50, 224, 10).name == "c100-n50-224px-ipc10" and scale.Point(10, 5, 32).images == 100
