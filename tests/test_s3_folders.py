@@ -216,3 +216,43 @@ def test_no_bucket_no_credentials_and_no_server_are_one_line_naming_dataset_root
         open_source(DatasetConfig(name="imagefolder", root="s3://some-bucket/x"))
     assert str(e.value).startswith("cannot list dataset.root s3://some-bucket/x: S3 endpoint http://127.0.0.1:9 is "
                                    "unreachable") and "check AWS_ENDPOINT_URL" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_run_from_an_imagefolder_on_s3_and_its_resume(tmp_path, s3_bucket):
+    """`infer-distill run` with dataset.root=s3://...: the data artifact holds the rows of the same folder on disk, its
+    manifest the digest of the objects; a resume skips every step, and an object replaced remakes them all."""
+    from conftest import TINY
+    from test_resume import _remade, _walk
+
+    from infer_distill.cli import main
+    from infer_distill.dag.layout import Layout
+    from infer_distill.data.splits import open_split
+    from infer_distill.storage import open_artifact
+
+    data = load_dataset(DatasetConfig(name="digits", train_per_class=14, test_per_class=4), progress=False)
+    folder = write_folder(tmp_path / "folder", ((data.train_x, data.train_y), (data.test_x, data.test_y)))
+    upload(folder, s3_bucket, "digits")
+    overrides = ["budget.ipc=2", "dataset.image_size=8", "teachers.min_accuracy_over_chance=null",
+                 "dataset.name=imagefolder", f"dataset.root=s3://{s3_bucket}/digits"]
+    root = tmp_path / "run"
+    sets = [*TINY, "students.baselines=[]", "students.epochs=1", *overrides]  # test_resume's walks: the same config
+    assert main(["run", "--out", str(root), "--no-progress", *sum((["--set", s] for s in sets), [])]) == 0
+
+    art = open_artifact(Layout(str(root)).data)
+    manifest = art.read_manifest()
+    assert manifest["metrics"]["num_train"] == 140 and manifest["sources"]["dataset"]["files"] == 180
+    local = load_dataset(DatasetConfig(name="imagefolder", root=str(folder), image_size=8), progress=False)
+    for split, (x, y) in (("train", (local.train_x, local.train_y)), ("test", (local.test_x, local.test_y))):
+        rows = open_split(art, split)
+        assert torch.equal(rows.read_all(), x) and torch.equal(rows.labels, y), split
+
+    steps = _walk(root, overrides)
+    assert not _remade(steps)  # the objects unchanged: every step the CLI ran is skipped
+    everything = set(steps) - {"report"}
+    assert "prepare-data" in everything
+    first, second = sorted((folder / "train" / "7").iterdir())[:2]
+    boto3.session.Session().client("s3").put_object(Bucket=s3_bucket, Key=f"digits/train/7/{first.name}",
+                                                    Body=second.read_bytes())
+    assert _remade(_walk(root, overrides)) == everything
+    assert not _remade(_walk(root, overrides))
