@@ -167,7 +167,7 @@ def test_refusals_name_dataset_root_and_the_fix(tmp_path, digits, s3_bucket, mon
     client.put_object(Bucket=s3_bucket, Key="zips/test.zip", Body=b"PK")
     client.put_object(Bucket=s3_bucket, Key="one/data.zip", Body=b"PK")
     for root, names in ((f"{uri}/zips", "test.zip, train.zip"), (f"{uri}/one/data.zip", f"{uri}/one/data.zip")):
-        with pytest.raises(DataError, match=f"dataset.root {root} has no 'train' folder, only zip archives \\({names}\\), "
+        with pytest.raises(DataError, match=f"dataset.root {root} has no 'train' folder but zip archives \\({names}\\), "
                                             "and zips are not read from S3: unzip them to the prefix"):
             open_source(DatasetConfig(name="imagefolder", root=root))
     with pytest.raises(DataError, match=f"dataset.root {uri}/half/README.txt is an object, not a prefix"):

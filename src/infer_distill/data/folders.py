@@ -146,12 +146,11 @@ class _Tree:
 
 @dataclass(frozen=True)
 class _S3File:
-    name: str  # the object's name relative to dataset.root
-    uri: str  # s3://bucket/key, as messages name it
+    name: str  # s3://bucket/key: one string per image (ImageNet lists 1.28 M), what messages name
     size: int  # as the listing says: checked before the GET
 
     def __str__(self) -> str:
-        return self.uri
+        return self.name
 
 
 class _S3Tree:
@@ -177,7 +176,7 @@ class _S3Tree:
             if any(part in ("", ".", "..") for part in below.removesuffix("/").split("/")):
                 raise DataError(f"dataset.root {self.root}: the key {self.prefix.where(rel)!r} has an empty, '.' or '..' "
                                 f"path segment, which names no file of a folder layout: rename it to {name}/<class>/<file>")
-            entries[below] = _S3File(rel, self.prefix.where(rel), size)
+            entries[below] = _S3File(self.prefix.where(rel), size)
         if entries:
             return entries
         top = self.prefix.top_level()
@@ -189,8 +188,8 @@ class _S3Tree:
                                 f"{name}/<class>/<file>")
         if zips:
             raise DataError(
-                f"dataset.root {self.root} has no {name!r} folder, only zip archives ({', '.join(zips[:5])}), and zips "
-                f"are not read from S3: unzip them to the prefix (so that it holds {name}/<class>/<file>), or pack the "
+                f"dataset.root {self.root} has no {name!r} folder but zip archives ({', '.join(zips[:5])}), and zips are "
+                f"not read from S3: unzip them to the prefix (so that it holds {name}/<class>/<file>), or pack the "
                 "images as WebDataset tar shards (dataset.name=webdataset)")
         shown = ", ".join(top[:20]) + (f", ... ({len(top)} in all)" if len(top) > 20 else "")
         raise DataError(f"dataset.root {self.root} has no {name!r} split; expected the layout {name}/<class>/<file> under "
@@ -199,7 +198,7 @@ class _S3Tree:
     def read(self, file: _S3File) -> bytes:
         if file.size > IMAGE_MAX_BYTES:  # as the listing says: refused before the GET
             raise OSError(errno.EFBIG, f"{file.size:,} bytes, over the limit of {IMAGE_MAX_BYTES:,}", str(file))
-        return self.prefix.get(file.name, IMAGE_MAX_BYTES)
+        return self.prefix.get(file.name[len(self.root) + 1:], IMAGE_MAX_BYTES)  # where(rel) is root + "/" + rel
 
 
 def _tree(root: str | None) -> _Tree | _S3Tree:
