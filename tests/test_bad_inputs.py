@@ -390,6 +390,9 @@ ROWS = [
     config("dataset.test_split equal to train_split", ["dataset.test_split=train"], "both read the folder 'train'"),
     config("imagenet train_split val", ["dataset.name=imagenet", "dataset.root=x", "dataset.train_split=val"], "both read the folder 'val'"),
     config("tiny-imagenet train_split val", ["dataset.name=tiny-imagenet", "dataset.root=x", "dataset.train_split=val"], "both read the folder 'val'"),
+    config("cifar10 from an S3 prefix", ["dataset.name=cifar10", "dataset.root=s3://bucket/cifar"],
+           "dataset.name=cifar10 reads local files, not an S3 prefix", "imagefolder, tiny-imagenet, imagenet, webdataset"),
+    config("hf from an S3 prefix", ["dataset.name=hf", "dataset.root=s3://bucket/hf"], "dataset.name=hf reads local files"),
     config("--set a mapping with a key twice", ["teachers.pretrained={resnet_tiny: a.pth, resnet_tiny: b.pth}"],
            "--set value", "the key 'resnet_tiny' is given twice"),
     # ---- config files: encodings, keys twice, what is not a file ---------------------------------------

@@ -74,11 +74,16 @@ DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tin
 # before the source existed.
 _SOURCE_FIELDS = {"hf": ("image_column", "label_column"), "webdataset": ("train_shards", "test_shards", "num_classes")}
 
+# The sources that read dataset.root from an S3 prefix (s3://bucket/prefix); the others read local files.
+S3_SOURCES = ("imagefolder", "tiny-imagenet", "imagenet", "webdataset")
+
 
 class DatasetConfig(_Strict):
     name: DatasetName = "digits"
-    root: str | None = Field(None, description="data directory or .zip (not used by digits); webdataset: the folder or "
-                                               "s3://bucket/prefix holding the shards (and classes.txt)")
+    root: str | None = Field(None, description="data directory or .zip (not used by digits); imagefolder, tiny-imagenet, "
+                                               "imagenet: also s3://bucket/prefix holding the same layout, unzipped; "
+                                               "webdataset: the folder or s3://bucket/prefix holding the shards (and "
+                                               "classes.txt). S3 is read with the environment's credentials")
     download: bool = Field(False, description="cifar10/cifar100: let torchvision download")
     train_split: SplitName = "train"
     test_split: SplitName = "test"
@@ -108,6 +113,13 @@ class DatasetConfig(_Strict):
         data = handler(self)
         foreign = {f for name, fields in _SOURCE_FIELDS.items() if name != self.name for f in fields}
         return {k: v for k, v in data.items() if k not in foreign}
+
+    @model_validator(mode="after")
+    def _s3_root_for_its_sources(self) -> "DatasetConfig":
+        if self.root is not None and self.root.startswith("s3://") and self.name not in S3_SOURCES:
+            raise ValueError(f"dataset.root={self.root!r}: dataset.name={self.name} reads local files, not an S3 prefix; "
+                             f"copy the data to a local folder, or use a source that reads S3 ({', '.join(S3_SOURCES)})")
+        return self
 
     @model_validator(mode="after")
     def _two_splits(self) -> "DatasetConfig":

@@ -1,6 +1,6 @@
-"""Image files: one view over directories, zips and directories of zips; the folder sources
-(imagefolder, tiny-imagenet, imagenet), listed when opened; and the decoding of image files into
-batches on a thread pool, which the WebDataset source shares.
+"""Image files: one view over directories, zips and directories of zips, and another over an S3 prefix; the folder
+sources (imagefolder, tiny-imagenet, imagenet), listed when opened; and the decoding of image files into batches on a
+thread pool, which the WebDataset source shares.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from PIL import Image
 
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data.augment import _NATIVE_SIZE
+from infer_distill.data.s3prefix import S3Prefix
 from infer_distill.data.stream import Batch, Source, SourceSplit, Stats
 from infer_distill.data.tensors import IMAGE_EXTENSIONS, IMAGENET_STATS
 from infer_distill.errors import DataError
@@ -143,6 +144,77 @@ class _Tree:
         return shown or "(none: it is empty)"
 
 
+@dataclass(frozen=True)
+class _S3File:
+    name: str  # s3://bucket/key: one string per image (ImageNet lists 1.28 M), what messages name
+    size: int  # as the listing says: checked before the GET
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class _S3Tree:
+    """A dataset root under an S3 prefix, read as `_Tree` reads a directory: `<prefix>/<split>/<class>/<file>`,
+    listed a split at a time (ListObjectsV2, 1,000 keys a page); each image fetched with one GET when it is decoded,
+    on the decoding threads. S3 has no folders: a class folder is the keys below it (a "folder/" marker object,
+    as consoles create, shows an empty one). Zips are not read from S3."""
+
+    def __init__(self, root: str) -> None:
+        self.prefix = S3Prefix(root)
+        self.root = self.prefix.uri
+
+    def close(self) -> None:
+        pass  # nothing is held open between requests
+
+    def split(self, name: str) -> dict[str, _S3File]:
+        """Every object below `<root>/<name>/`, as `_Tree.split` lists a folder: {path relative to it: file}."""
+        entries: dict[str, _S3File] = {}
+        for rel, size, _etag in self.prefix.objects(name + "/"):
+            below = rel[len(name) + 1:]
+            if not below:
+                continue  # the marker object of the split folder itself
+            if any(part in ("", ".", "..") for part in below.removesuffix("/").split("/")):
+                raise DataError(f"dataset.root {self.root}: the key {self.prefix.where(rel)!r} has an empty, '.' or '..' "
+                                f"path segment, which names no file of a folder layout: rename it to {name}/<class>/<file>")
+            entries[below] = _S3File(self.prefix.where(rel), size)
+        if entries:
+            return entries
+        top = self.prefix.top_level()
+        zips = [t for t in top if t.lower().endswith(".zip")]
+        if not top and self.prefix.is_object():
+            zips = [self.root] if self.root.lower().endswith(".zip") else []
+            if not zips:
+                raise DataError(f"dataset.root {self.root} is an object, not a prefix: point it at the prefix holding "
+                                f"{name}/<class>/<file>")
+        if zips:
+            raise DataError(
+                f"dataset.root {self.root} has no {name!r} folder but zip archives ({', '.join(zips[:5])}), and zips are "
+                f"not read from S3: unzip them to the prefix (so that it holds {name}/<class>/<file>), or pack the "
+                "images as WebDataset tar shards (dataset.name=webdataset)")
+        shown = ", ".join(top[:20]) + (f", ... ({len(top)} in all)" if len(top) > 20 else "")
+        raise DataError(f"dataset.root {self.root} has no {name!r} split; expected the layout {name}/<class>/<file> under "
+                        f"the prefix; found top-level entries: {shown or '(none: no object is under the prefix)'}")
+
+    def read(self, file: _S3File) -> bytes:
+        if file.size > IMAGE_MAX_BYTES:  # as the listing says: refused before the GET
+            raise OSError(errno.EFBIG, f"{file.size:,} bytes, over the limit of {IMAGE_MAX_BYTES:,}", str(file))
+        return self.prefix.get(file.name[len(self.root) + 1:], IMAGE_MAX_BYTES)  # where(rel) is root + "/" + rel
+
+
+def _tree(root: str | None) -> _Tree | _S3Tree:
+    """dataset.root as a view of its files, by its scheme: an S3 prefix, else a directory, a zip or a directory of
+    zips."""
+    return _S3Tree(root) if root is not None and root.startswith("s3://") else _Tree(root)
+
+
+def s3_listing_lines(cfg: DatasetConfig) -> list[str]:
+    """One line per object under the split folders of an S3 dataset.root (name, size, ETag), from the listing alone:
+    what a load reads, for `sources.source_digest`."""
+    prefix = S3Prefix(cfg.root)
+    return [f"{rel}\t{size}\t{etag}\n" for split in dict.fromkeys(cfg.split_folders())
+            for rel, size, etag in prefix.objects(split + "/")]
+
+
 # One image file is read whole before PIL's pixel limit applies: ImageNet's largest JPEGs are a few MB, so a file far
 # larger is no image (or a zip bomb's member), and is refused before it is read
 IMAGE_MAX_BYTES = 256 * 1024 * 1024
@@ -172,7 +244,7 @@ def _is_image(path: str) -> bool:
 # Folder datasets: imagefolder, tiny-imagenet, imagenet
 # ----------------------------------------------------------------------------------------
 
-Items = list[tuple[_File, int]]  # (image file, label)
+Items = list[tuple[_File | _S3File, int]]  # (image file, label)
 
 
 def _open_imagefolder(cfg: DatasetConfig) -> FolderSource:
@@ -184,7 +256,7 @@ def _open_imagenet(cfg: DatasetConfig) -> FolderSource:
 
 
 def _folder_source(cfg: DatasetConfig, test_split: str, image_size: int | None, stats: Stats | None) -> FolderSource:
-    tree = _Tree(cfg.root)
+    tree = _tree(cfg.root)
     try:
         train = _class_folders(tree, cfg.train_split, cfg.train_per_class)
         test = _class_folders(tree, test_split, cfg.test_per_class)
@@ -202,7 +274,7 @@ def _folder_source(cfg: DatasetConfig, test_split: str, image_size: int | None, 
 
 
 def _open_tiny_imagenet(cfg: DatasetConfig) -> FolderSource:
-    tree = _Tree(cfg.root)
+    tree = _tree(cfg.root)
     try:
         return _tiny_imagenet(cfg, tree)
     except BaseException:
@@ -210,7 +282,7 @@ def _open_tiny_imagenet(cfg: DatasetConfig) -> FolderSource:
         raise
 
 
-def _tiny_imagenet(cfg: DatasetConfig, tree: _Tree) -> FolderSource:
+def _tiny_imagenet(cfg: DatasetConfig, tree: _Tree | _S3Tree) -> FolderSource:
     val = cfg.split_folders()[1]
     train = _class_folders(tree, cfg.train_split, cfg.train_per_class)  # <wnid>/images/*.JPEG
     classes = sorted(train)
@@ -218,7 +290,7 @@ def _tiny_imagenet(cfg: DatasetConfig, tree: _Tree) -> FolderSource:
     if "val_annotations.txt" not in entries:
         raise DataError(f"dataset.root {tree.root}: {val}/val_annotations.txt is missing; tiny-imagenet expects "
                         f"{val}/images/<file> labelled by {val}/val_annotations.txt (file<TAB>wnid<TAB>...)")
-    test: dict[str, list[_File]] = {c: [] for c in classes}
+    test: dict[str, list[_File | _S3File]] = {c: [] for c in classes}
     try:
         annotations = tree.read(entries["val_annotations.txt"]).decode("utf-8")
     except OSError as e:
@@ -247,9 +319,9 @@ def _tiny_imagenet(cfg: DatasetConfig, tree: _Tree) -> FolderSource:
     return FolderSource(tree, classes, _items(train, classes), _items(test, classes), cfg.image_size, IMAGENET_STATS)
 
 
-def _class_folders(tree: _Tree, split: str, limit: int | None) -> dict[str, list[_File]]:
+def _class_folders(tree: _Tree | _S3Tree, split: str, limit: int | None) -> dict[str, list[_File | _S3File]]:
     """{class: its first `limit` images by name} from `<split>/<class>/...` (class folders may nest images deeper)."""
-    classes: dict[str, list[_File]] = {}
+    classes: dict[str, list[_File | _S3File]] = {}
     for rel, file in sorted(tree.split(split).items()):
         name, sep, below = rel.partition("/")
         if not sep:
@@ -266,14 +338,14 @@ def _class_folders(tree: _Tree, split: str, limit: int | None) -> dict[str, list
     return {c: files[:limit] for c, files in classes.items()}
 
 
-def _items(per_class: dict[str, list[_File]], classes: list[str]) -> Items:
+def _items(per_class: dict[str, list[_File | _S3File]], classes: list[str]) -> Items:
     return [(file, label) for label, c in enumerate(classes) for file in per_class[c]]
 
 
 class FolderSource(Source):
     """Image files listed when opened (so counts are known), decoded when a split's batches are read."""
 
-    def __init__(self, tree: _Tree, classes: list[str], train: Items, test: Items, image_size: int | None,
+    def __init__(self, tree: _Tree | _S3Tree, classes: list[str], train: Items, test: Items, image_size: int | None,
                  stats: Stats | None) -> None:
         self.tree, self.classes, self.image_size, self.stats = tree, classes, image_size, stats
         self._items = {"train": train, "test": test}

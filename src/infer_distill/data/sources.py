@@ -11,8 +11,9 @@ computed exactly with `ChannelStats` where none is published). Sources, by `data
 - cifar10 / cifar100: torchvision's datasets under `dataset.root` (`dataset.download=true` fetches them).
 - hf: a Hugging Face dataset (save_to_disk folder, imagefolder-builder folder, or Hub id).
 - imagefolder: `<split>/<class>/<file>` under `dataset.root`, which is a directory, a zip (optionally
-  with one top-level folder wrapping the splits), or a directory holding zips whose members start
-  with `<split>/` (e.g. one zip per split, such as `cifar10-train-jpeg.zip` and `cifar10-test-png.zip`).
+  with one top-level folder wrapping the splits), a directory holding zips whose members start
+  with `<split>/` (e.g. one zip per split, such as `cifar10-train-jpeg.zip` and `cifar10-test-png.zip`),
+  or an S3 prefix `s3://bucket/prefix` holding the same layout (unzipped; as tiny-imagenet and imagenet).
 - tiny-imagenet: the official layout (`train/<wnid>/images/*.JPEG`, `val/images/*.JPEG` labelled by
   `val/val_annotations.txt`); its val split is the test split.
 - imagenet: the prepared ImageFolder layout (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), resized to
@@ -44,7 +45,7 @@ import torchvision
 
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data import webdataset
-from infer_distill.data.folders import _open_imagefolder, _open_imagenet, _open_tiny_imagenet, walk
+from infer_distill.data.folders import _open_imagefolder, _open_imagenet, _open_tiny_imagenet, s3_listing_lines, walk
 from infer_distill.data.stream import SPLITS, ChannelStats, Source
 from infer_distill.data.tensors import _CIFAR, ImageData, _load_cifar, _load_digits, _load_hf
 from infer_distill.errors import DataError
@@ -105,17 +106,21 @@ def load_dataset(cfg: DatasetConfig, progress: bool = True) -> ImageData:
 
 
 def source_digest(cfg: DatasetConfig) -> dict | None:
-    """What loading `cfg` reads, by name, size and modification time: {"files": n, "sha256": ...}, or None
-    where the source is a package's constant data (digits). One stat per file, nothing decoded.
+    """What loading `cfg` reads, by name, size and modification time (S3: ETag): {"files": n, "sha256": ...}, or
+    None where the source is a package's constant data (digits). One stat per file, or the S3 listing; nothing
+    decoded.
 
-    The files are those the loader opens: the split folders (walked as the loader walks them) and
-    the zips at the top of dataset.root, the zip dataset.root names, or torchvision's CIFAR files;
-    a file that is missing counts as missing, so its appearing later changes the digest too.
+    The files are those the loader opens: the split folders (walked as the loader walks them, or the
+    objects listed under them on S3) and the zips at the top of dataset.root, the zip dataset.root
+    names, torchvision's CIFAR files, or a WebDataset's shards and classes.txt; a file that is
+    missing counts as missing, so its appearing later changes the digest too.
     """
     if cfg.name == "digits" or cfg.root is None:
         return None  # digits: scikit-learn's data; no root: loading refuses the config
     if cfg.name == "webdataset":  # the shards and classes.txt, local or on S3 (ETags there)
         return _digest_lines(webdataset.listing_lines(cfg))
+    if cfg.root.startswith("s3://"):  # a folder source's splits under an S3 prefix (the config allows no other source)
+        return _digest_lines(s3_listing_lines(cfg))
     root = Path(cfg.root).expanduser()
     if cfg.name == "hf":  # every file of a saved dataset or imagefolder-builder folder
         return _digest((p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()) if root.is_dir() else None

@@ -16,7 +16,6 @@ theirs (the same resize and crop, the same refusals).
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import re
 import stat
@@ -25,10 +24,11 @@ import zlib
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data.folders import IMAGE_MAX_BYTES, Job, _decode, decoded_batches, first_size
+from infer_distill.data.s3prefix import S3Prefix
 from infer_distill.data.stream import Batch, Source, SourceSplit
 from infer_distill.data.tensors import IMAGE_EXTENSIONS
 from infer_distill.errors import ConfigError, DataError
@@ -145,113 +145,8 @@ class _Folder:
             os.close(fd)
 
 
-class _Prefix:
-    """An S3 prefix, read with the run's S3 client (credentials and endpoint from the environment), its retries, and
-    its errors: an outage is StoreUnavailable, a refusal names what to fix."""
-
-    def __init__(self, root: str) -> None:
-        from infer_distill.storage import _s3_artifact
-
-        self.art = _s3_artifact(root.rstrip("/"))
-        self.bucket, self.prefix = self.art.bucket, self.art.prefix
-
-    def where(self, name: str) -> str:
-        return f"s3://{self.bucket}/{self.art._key(name)}"
-
-    @contextmanager
-    def _client(self, doing: str) -> Iterator[Any]:
-        from infer_distill.storage.s3 import _error_code
-
-        with self.art._errors(doing) as client:
-            try:
-                yield client
-            except Exception as e:
-                if _error_code(e) == "NoSuchBucket":
-                    raise DataError(f"dataset.root {self.art.uri}: bucket {self.bucket!r} does not exist at "
-                                    f"{client.meta.endpoint_url}: fix dataset.root (or AWS_ENDPOINT_URL)") from None
-                raise
-
-    def listing(self, names: list[str]) -> dict[str, tuple[int, str]]:
-        """{name: (size, ETag)} of those of `names` that exist: one listing of the keys they share a prefix with."""
-        from infer_distill.storage.s3 import _retrying
-
-        keys = {self.art._key(n): n for n in names}
-        common = os.path.commonprefix(list(keys))
-
-        def listed() -> dict[str, tuple[int, str]]:
-            found = {}
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=common):
-                for obj in page.get("Contents", []):
-                    if obj["Key"] in keys:
-                        found[keys[obj["Key"]]] = (obj["Size"], obj.get("ETag", ""))
-            return found
-
-        with self._client("list") as client:
-            return _retrying(listed)
-
-    def read_small(self, name: str, limit: int) -> bytes | None:
-        try:
-            return self.art._get(name, limit)
-        except Exception as e:
-            from infer_distill.storage.s3 import _error_code
-
-            if _error_code(e.__cause__ or e) == "NoSuchBucket":
-                raise DataError(f"dataset.root {self.art.uri}: bucket {self.bucket!r} does not exist: fix "
-                                "dataset.root (or AWS_ENDPOINT_URL)") from None
-            raise
-
-    @contextmanager
-    def open(self, name: str) -> Iterator[IO[bytes]]:
-        with self._client("read") as client:
-            yield io.BufferedReader(_S3Body(client, self.bucket, self.art._key(name)), 1024 * 1024)
-
-
-# Bytes per read of an S3 body: a read cut off loses what it had read, so a broken connection costs at most this much
-# again, and a connection that breaks again and again still moves forward by it
-_S3_READ = 64 * 1024
-
-
-class _S3Body(io.RawIOBase):
-    """The body of one S3 object as a stream: a GET, and where it breaks off (a cut or stalled connection), a GET of
-    the rest from the byte reached (a Range request), as often as the store's retries allow."""
-
-    def __init__(self, client: Any, bucket: str, key: str) -> None:
-        self.client, self.bucket, self.key = client, bucket, key
-        self.pos, self.body = 0, None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        from infer_distill.storage.s3 import _backoff, _max_attempts, _retrying, _transient
-
-        attempt = 1
-        while True:
-            try:
-                if self.body is None:
-                    extra = {"Range": f"bytes={self.pos}-"} if self.pos else {}
-                    self.body = _retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=self.key, **extra)["Body"])
-                data = self.body.read(min(len(buffer), _S3_READ))
-            except Exception as e:
-                if attempt >= _max_attempts() or not _transient(e):
-                    raise
-                self.body = None
-                _backoff(attempt)
-                attempt += 1
-                continue
-            buffer[:len(data)] = data
-            self.pos += len(data)
-            return len(data)
-
-    def close(self) -> None:
-        if self.body is not None:
-            self.body.close()
-            self.body = None
-        super().close()
-
-
-def _location(root: str) -> _Folder | _Prefix:
-    return _Prefix(root) if root.startswith("s3://") else _Folder(root)
+def _location(root: str) -> _Folder | S3Prefix:
+    return S3Prefix(root) if root.startswith("s3://") else _Folder(root)
 
 
 # ----------------------------------------------------------------------------------------
@@ -388,7 +283,7 @@ class WebDatasetSplit(SourceSplit):
 # ----------------------------------------------------------------------------------------
 
 
-def _shard_samples(location: _Folder | _Prefix, shard: str, num_classes: int) -> Iterator[tuple[str, bytes, int]]:
+def _shard_samples(location: _Folder | S3Prefix, shard: str, num_classes: int) -> Iterator[tuple[str, bytes, int]]:
     """(where, image bytes, label) of each sample of `shard`, in tar order, reading it as a stream."""
     path = location.where(shard)
     key: str | None = None

@@ -55,7 +55,7 @@ def preflight(cfg: Config, out_uris: list[str]) -> None:
     elif cfg.dataset.root is None:
         raise DataError(f"dataset.root must be set for dataset.name={cfg.dataset.name!r} (a directory or .zip)")
     # lexists: a symlink loop or a FIFO at the root is there, and the loader says what it is
-    # hf: a root that is no path is a Hub id; an s3:// root (WebDataset shards) is listed when the source opens
+    # hf: a root that is no path is a Hub id; an s3:// root (folders, WebDataset shards) is listed when the source opens
     elif not os.path.lexists(Path(cfg.dataset.root).expanduser()) and cfg.dataset.name != "hf" and "://" not in cfg.dataset.root:
         raise DataError(f"dataset.root {cfg.dataset.root} does not exist; point it at the data directory or .zip")
     if "rded" in cfg.methods and cfg.dataset.name in KNOWN_IMAGES:

@@ -114,6 +114,10 @@ def _endpoint_url(raw: str | None) -> str | None:
     return raw
 
 
+# Connections the client keeps open, at least
+_POOL_CONNECTIONS = 64
+
+
 def _s3_client() -> Any:
     return _cached_client(tuple(os.environ.get(k) for k in _CLIENT_ENV))
 
@@ -128,6 +132,9 @@ def _cached_client(env: tuple[str | None, ...]) -> Any:
         retries={"total_max_attempts": _max_attempts(), "mode": "standard"},
         connect_timeout=_timeout("INFER_S3_CONNECT_TIMEOUT", 10),
         read_timeout=_timeout("INFER_S3_READ_TIMEOUT", 60),
+        # A connection for each thread that may send a request at once: a folder source on S3 GETs its images on the
+        # decoding threads, one per usable core (botocore keeps 10 by default, and discards and warns beyond them)
+        max_pool_connections=max(_POOL_CONNECTIONS, os.cpu_count() or 1),
     )
     # A session per client: boto3's default session is not thread-safe and would cache credentials.
     return boto3.session.Session().client(
