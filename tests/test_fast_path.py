@@ -343,7 +343,7 @@ class Digits:
         model = create_model(arch, d.num_classes, d.in_chans, d.image_size, d.mean, d.std)
         train_teacher_model(model, Held(d.train_x, d.train_y), self.cfg.teachers, self.augment, "cpu", self.cfg.seed, progress=False,
                             fast_path=fast)
-        return model.eval().requires_grad_(False), evaluate(model, Held(d.test_x, d.test_y), "cpu")
+        return model.eval().requires_grad_(False), evaluate(model, Held(d.test_x, d.test_y), "cpu", self.cfg.teachers.batch_size)
 
     def synthesize(self, teachers: list[torch.nn.Module]) -> torch.Tensor:
         return synthesize_ufcs(teachers, self.natural, [0, 1], self.cfg.synthesis, self.cfg.seed, "cpu", False,
@@ -460,7 +460,7 @@ def test_a_run_on_the_cpu_fast_path_records_what_each_stage_computed_in(tmp_path
     dm = open_artifact(layout.data).read_manifest()
     model = BF16_CL.place(build_model("convnet_d3_w32", dm), "cpu")
     model.load_state_dict(open_artifact(student).read_tensors("weights.safetensors"))
-    assert evaluate(model, open_split(open_artifact(layout.data), "test"), "cpu") == open_artifact(student).read_manifest()["metrics"]["final_acc"]
+    assert evaluate(model, open_split(open_artifact(layout.data), "test"), "cpu", cfg.students.batch_size) == open_artifact(student).read_manifest()["metrics"]["final_acc"]
 
 
 @pytest.mark.slow

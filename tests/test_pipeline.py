@@ -58,7 +58,7 @@ def test_quickstart_end_to_end_resume_and_reproducibility(tmp_path, capsys):
     dm = open_artifact(Layout(out).data).read_manifest()
     model = build_model(student["arch"], dm)
     model.load_state_dict(open_artifact(Layout(out).student(student["arch"], 0, "static")).read_tensors("weights.safetensors"))
-    assert evaluate(model, open_split(open_artifact(Layout(out).data), "test"), "cpu") == student["final_acc"] == student["curve"][-1][1]
+    assert evaluate(model, open_split(open_artifact(Layout(out).data), "test"), "cpu", cfg.students.batch_size) == student["final_acc"] == student["curve"][-1][1]
     assert [student["best_epoch"], student["best_acc"]] in student["curve"]
     assert [t["arch"] for t in report["teachers"]] == cfg.teachers.archs
     assert set(report["timings_s"]) >= {"prepare-data", "train-teacher", "synthesize-ufc", "soft-label", "evaluate-student"}

@@ -124,7 +124,7 @@ def train_teacher(cfg: Config, arch: str, data: str, out: str, progress: bool = 
                                          desc=f"teacher {arch}", progress=progress, fast_path=fast)
             trained = {"training": fast.training_precision}
     fast.place(model, device)
-    acc = evaluate(model, test, device)
+    acc = evaluate(model, test, device, cfg.teachers.batch_size)
     _check_teacher_accuracy(cfg, arch, acc, d)
     metrics = TeacherMetrics(arch=arch, test_acc=acc, train_losses=losses, imported_from=source,
                              architecture=describe_architecture(arch, d.num_classes, d.in_chans, d.image_size, small_stem),
