@@ -335,7 +335,7 @@ class Digits:
         self.teacher_acc = {arch: acc for arch, (_, acc) in trained.items()}
         self.ufc = self.synthesize(self.teachers)
         self.instances = distilled_instances(self.natural, self.ufc, None)
-        self.soft_labels = ensemble_logits(Ensemble(self.teachers), self.instances, "cpu")
+        self.soft_labels = ensemble_logits(Ensemble(self.teachers), self.instances, "cpu", self.cfg.teachers.batch_size)
 
     def train_teacher(self, arch: str, fast: FastPath) -> tuple[torch.nn.Module, float]:
         torch.manual_seed(self.cfg.seed)

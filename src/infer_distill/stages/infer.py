@@ -218,7 +218,9 @@ def synthesize_ufc(cfg: Config, subset_ids: list[int], data: str, subsets: str, 
 
 
 @torch.no_grad()
-def ensemble_logits(ensemble: Ensemble, images: torch.Tensor | DistilledInstances, device: str, batch_size: int = 500) -> torch.Tensor:
+def ensemble_logits(ensemble: Ensemble, images: torch.Tensor | DistilledInstances, device: str, batch_size: int) -> torch.Tensor:
+    """The ensemble's averaged logits of `images`, `batch_size` at a time (callers give teachers.batch_size: no more
+    memory than a teacher's training step)."""
     return torch.cat([ensemble(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
 
 
@@ -249,7 +251,7 @@ def soft_label(cfg: Config, data: str, subsets: str, teachers: list[str], ufc: l
     device, fast = compute_setup(cfg, trains=False)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
     instances = DistilledInstances(natural, decode_ufc(stored_ufc), cfg.synthesis.classes_per_ufc)  # composed per batch
-    labels = ensemble_logits(ensemble, instances, device).to(getattr(torch, cfg.labels.dtype))
+    labels = ensemble_logits(ensemble, instances, device, cfg.teachers.batch_size).to(getattr(torch, cfg.labels.dtype))
 
     M, B = stored_ufc["ufc"].shape[1], stored_ufc["ufc"].shape[2]
     files = {"distilled.safetensors": {"natural": natural, **stored_ufc, "soft_labels": labels}}
@@ -338,7 +340,7 @@ def evaluate_baseline(cfg: Config, arch: str, seed: int, baseline: str, data: st
     # labelled as soft-label labels (fp32 teachers), trained as evaluate-student trains (the fast path on CUDA)
     device, fast = compute_setup(cfg, trains=True)
     ensemble = Ensemble(load_teachers(cfg, teachers, dm, device))
-    labels = ensemble_logits(ensemble, images, device).to(getattr(torch, cfg.labels.dtype))
+    labels = ensemble_logits(ensemble, images, device, cfg.teachers.batch_size).to(getattr(torch, cfg.labels.dtype))
 
     infer_steps = cfg.infer_static_steps(d.num_classes)
     steps_per_epoch = math.ceil(len(images) / cfg.students.batch_size)

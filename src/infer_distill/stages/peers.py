@@ -90,7 +90,7 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     device, fast = compute_setup(cfg, trains=False)
     models = load_teachers(cfg, teachers, dm, device)
     natural, recorded = _peer_images(cfg, method, per_class, train, dm, models, device, progress)
-    labels = ensemble_logits(Ensemble(models), PixelImages(natural.flatten(0, 1)), device).to(getattr(torch, cfg.labels.dtype))
+    labels = ensemble_logits(Ensemble(models), PixelImages(natural.flatten(0, 1)), device, cfg.teachers.batch_size).to(getattr(torch, cfg.labels.dtype))
     similarity = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
     ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
     files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
