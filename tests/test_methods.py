@@ -146,7 +146,7 @@ def test_herding_set_is_what_herding_picks_on_the_first_teachers_features(tiny_r
     train_x, train_y = train.read_all(), train.labels
     teacher = inputs.load_teachers(cfg, layout.teachers(cfg), dm, "cpu")[0]
     pool = (train_y == 3).nonzero().flatten()
-    picks = peers.herding(peers.penultimate_features(teacher, train_x[pool], "cpu"), cfg.method_per_class(10, 64))
+    picks = peers.herding(peers.penultimate_features(teacher, train_x[pool], "cpu", 500), cfg.method_per_class(10, 64))
     got = DistilledSet.open(uri, dtype=torch.uint8)
     assert torch.equal(got.images[got.labels == 3], train_x[pool[picks]])
 

@@ -48,7 +48,7 @@ DESCRIPTIONS = {
 
 
 @torch.no_grad()
-def penultimate_features(model: nn.Module, images: torch.Tensor, device: str, batch_size: int = 500) -> torch.Tensor:
+def penultimate_features(model: nn.Module, images: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
     """The input of the model's last Linear layer (its penultimate features), float32 [N, D], for uint8 images or
     float ones in [0, 1]."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]

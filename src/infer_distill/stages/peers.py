@@ -47,7 +47,7 @@ def _peer_images(cfg: Config, method: str, per_class: int, train: Split, dm: dic
             if len(pool) < per_class:
                 raise StageError(f"herding: class {classes[c]!r} has {len(pool)} training images, {per_class} needed")
             images = train.read(pool)
-            columns.append(images[peers.herding(peers.penultimate_features(models[0], images, device), per_class)])
+            columns.append(images[peers.herding(peers.penultimate_features(models[0], images, device, cfg.teachers.batch_size), per_class)])
         return torch.stack(columns, 1), {"features": f"penultimate, teacher {cfg.teachers.archs[0]}"}
     if method == "rded":
         r = cfg.rded
@@ -91,7 +91,8 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     models = load_teachers(cfg, teachers, dm, device)
     natural, recorded = _peer_images(cfg, method, per_class, train, dm, models, device, progress)
     labels = ensemble_logits(Ensemble(models), PixelImages(natural.flatten(0, 1)), device, cfg.teachers.batch_size).to(getattr(torch, cfg.labels.dtype))
-    similarity = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device)
+    similarity = set_similarity(models[0], natural.flatten(0, 1), torch.arange(C).repeat(per_class), device,
+                                cfg.teachers.batch_size)
     ufc = torch.zeros(per_class, 0, 1, *natural.shape[2:])
     files = {"distilled.safetensors": {"natural": natural, "ufc": ufc, "soft_labels": labels}}
     stored = {name: tensor_bytes(t) for name, t in files["distilled.safetensors"].items()}
@@ -109,9 +110,9 @@ def distill_method(cfg: Config, method: str, data: str, teachers: list[str], out
     return _write(output, cfg, files, metrics, method=method)
 
 
-def set_similarity(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str) -> dict:
-    """`peers.feature_similarity` of a set's instances on `teacher`'s penultimate features."""
-    return peers.feature_similarity(peers.penultimate_features(teacher, images, device), labels)
+def set_similarity(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: str, batch_size: int) -> dict:
+    """`peers.feature_similarity` of a set's instances on `teacher`'s penultimate features, `batch_size` images a pass."""
+    return peers.feature_similarity(peers.penultimate_features(teacher, images, device, batch_size), labels)
 
 
 def _set_for(cfg: Config, method: str, sets: list[str], distilled: str | None) -> tuple[Artifact, dict]:

@@ -111,7 +111,7 @@ def _similarities(cfg: Config, teachers: list[str], dm: dict, dist_art: Artifact
         K, C, M = t["natural"].shape[0], t["natural"].shape[1], t["ufc"].shape[1]
         teacher = load_teachers(cfg, teachers, dm, "cpu")[0]
         out["infer"] = set_similarity(teacher, distilled_instances(t["natural"], t["ufc"], cfg.synthesis.classes_per_ufc),
-                                      instance_origins(K, M, C)["label"], "cpu")
+                                      instance_origins(K, M, C)["label"], "cpu", cfg.teachers.batch_size)
     for uri in methods:
         method = open_artifact(uri).read_manifest().get("settings", {}).get("method")
         out[method] = MethodSetMetrics.from_manifest(load_input(uri, cfg, "distill-method", method=method)[1], uri).feature_similarity
