@@ -47,8 +47,9 @@ from infer_distill.storage import open_artifact
 
 
 def prepare_data(cfg: Config, out: str, progress: bool = True) -> dict:
-    """Materialise the train/test split once (data.splits), so later stages never touch the source: as uint8 rows,
-    or as the source's image files with how they decode to those rows (dataset.storage).
+    """Materialise the train/test split once (data.splits), so later stages never touch the source.
+
+    As uint8 rows, or as the source's image files with how they decode to those rows (dataset.storage).
 
     The source is listed first (folders and zips: every file, nothing decoded), so a budget the classes cannot
     fill is refused before any decoding; then each split streams through: decoded a batch at a time on the
