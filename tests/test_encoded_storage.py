@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY
 from PIL import Image
-from test_sources import write_folder
+from test_sources import wds_config, write_folder, write_shards
 
 from infer_distill import stages
 from infer_distill.cli import main
@@ -268,3 +268,25 @@ def test_concurrent_ranged_reads_on_s3_return_what_sequential_ones_do(s3_bucket,
     for a, b in zip(got[8], got[1]):
         assert torch.equal(a, b)
     assert torch.equal(got[1][0], got[1][1])  # the image files decode to the rows decoded storage holds
+
+
+@pytest.mark.parametrize("image_size", [None, 12])
+@pytest.mark.parametrize("source", ["imagefolder", "webdataset"])
+def test_each_image_file_source_stores_files_that_read_as_its_decoded_rows(tmp_path, digits, source, image_size):
+    cfg = (DatasetConfig(name="imagefolder", root=str(write_folder(tmp_path / "folder", digits)), image_size=image_size)
+           if source == "imagefolder" else wds_config(tmp_path / "shards", image_size=image_size))
+    if source == "webdataset":
+        write_shards(tmp_path / "shards", digits)
+    for split in ("train", "test"):
+        with open_source(cfg) as opened:
+            settings = opened.decode_settings()
+            raw = SplitWriter(split, opened.split(split).batches(5, progress=False), 10)
+            files = EncodedSplitWriter(split, opened.split(split).encoded(5, progress=False), settings, 10)
+            for name, writer in (("raw", raw), ("files", files)):
+                open_artifact(tmp_path / name).write(writer.files(), {"stage": "prepare-data"},
+                                                     finish=lambda w=writer: {"metrics": {"splits": {split: w.description()}}})
+        a, b = (open_split(open_artifact(tmp_path / name), split) for name in ("raw", "files"))
+        assert b.encoding == "source" and a.encoding == "raw"
+        assert torch.equal(a.read_all(), b.read_all()) and torch.equal(a.labels, b.labels)
+        rows = [len(a) - 1, 0, 3, 3]
+        assert torch.equal(a.read(rows), b.read(rows))
