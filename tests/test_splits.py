@@ -93,7 +93,8 @@ def test_round_trip_on_disk(tmp_path, digits, monkeypatch, batch, by_blocks):
     assert (writer.count, writer.shape, seen) == (1797, (3, 32, 32), [len(b) for b, _ in batched(x, y, batch)])
     assert torch.equal(writer.class_counts, torch.bincount(y, minlength=10))
     manifest = open_artifact(tmp_path / "data").read_manifest()
-    assert manifest["metrics"]["splits"]["train"] == {"rows": 1797, "shape": [3, 32, 32], "dtype": "uint8", "block_rows": 22}
+    assert manifest["metrics"]["splits"]["train"] == {"rows": 1797, "shape": [3, 32, 32], "dtype": "uint8", "block_rows": 22,
+                                                     "encoding": "raw"}
     assert sorted(manifest["files"]) == ["train.images", "train.images.sha256", "train.labels.safetensors"]
     assert (tmp_path / "data" / "train.images").read_bytes() == x.numpy().tobytes()  # raw rows, no header
     digests = (tmp_path / "data" / "train.images.sha256").read_bytes()
@@ -164,11 +165,12 @@ def test_a_read_fetches_only_the_blocks_of_its_rows_from_s3(s3_bucket, digits, b
     requests: list[list] = []
     client = _s3_client()  # the client the store uses (one per environment)
 
-    def asked(params, **_):
-        requests.append([params["Key"], params.get("Range")])
+    def asked(params, context, **_):  # a request's context follows it: the reads run concurrently
+        context["logged"] = [params["Key"], params.get("Range")]
+        requests.append(context["logged"])
 
-    def answered(parsed, **_):
-        requests[-1].append(parsed.get("ContentLength"))
+    def answered(parsed, context, **_):
+        context["logged"].append(parsed.get("ContentLength"))
 
     client.meta.events.register("before-parameter-build.s3.GetObject", asked)
     client.meta.events.register("after-call.s3.GetObject", answered)

@@ -76,6 +76,8 @@ _SOURCE_FIELDS = {"hf": ("image_column", "label_column"), "webdataset": ("train_
 
 # The sources that read dataset.root from an S3 prefix (s3://bucket/prefix); the others read local files.
 S3_SOURCES = ("imagefolder", "tiny-imagenet", "imagenet", "webdataset")
+# The sources whose images are image files (JPEG, PNG, ...), which a data artifact can store as they are (dataset.storage)
+ENCODED_SOURCES = ("imagefolder", "tiny-imagenet", "imagenet", "webdataset")
 
 
 class DatasetConfig(_Strict):
@@ -107,6 +109,13 @@ class DatasetConfig(_Strict):
         None, ge=1, le=1_000_000,
         description="dataset.name=webdataset: the number of classes where dataset.root holds no classes.txt (one class "
                     "name per line, line i naming label i); the classes are then named '0', '1', ...")
+    storage: Literal["auto", "decoded", "encoded"] = Field(
+        "auto",
+        description="how the data artifact stores the images: 'decoded' as uint8 rows (C x H x W bytes each, read as "
+                    "they are), 'encoded' as the source's image files verbatim (JPEG, PNG, ...: a fraction of the bytes, "
+                    "decoded, resized and cropped where a stage reads them, to the same rows); 'auto': encoded for "
+                    f"image-file sources ({', '.join(ENCODED_SOURCES)}) with images of at least 96 px a side, "
+                    "decoded otherwise (small images, and digits, cifar and hf, which give no image files)")
 
     @model_serializer(mode="wrap")
     def _source_fields_only_for_their_source(self, handler: Any) -> dict:
@@ -123,6 +132,9 @@ class DatasetConfig(_Strict):
 
     @model_validator(mode="after")
     def _two_splits(self) -> "DatasetConfig":
+        if self.storage == "encoded" and self.name not in ENCODED_SOURCES:
+            raise ValueError(f"dataset.storage='encoded' but dataset.name={self.name} gives no image files to store: set "
+                             f"dataset.storage to 'decoded' or 'auto' (encoded storage needs one of {', '.join(ENCODED_SOURCES)})")
         if self.name == "webdataset":
             for field in ("train_shards", "test_shards"):
                 if getattr(self, field) is None:

@@ -122,9 +122,10 @@ class DataMetrics(StageMetrics, ImageDescription):
     num_train: int
     num_test: int
     min_train_per_class: int      # the smallest class's training images: K subsets need K of each class
-    # How each split's images are stored, by split ("train", "test"): {"rows", "shape" [C, H, W], "dtype", "block_rows"}
-    # (data.splits, which reads it). A data artifact without it stores a split in one safetensors file, as earlier
-    # versions did: it is not current, and prepare-data remakes it.
+    # How each split's images are stored, by split ("train", "test"): {"rows", "shape" [C, H, W], "dtype", "block_rows",
+    # "encoding" ("raw" rows, or "source": the image files, with the "image_size" they decode to)} (data.splits, which
+    # reads it). A data artifact without it stores a split in one safetensors file, as earlier versions did, and one
+    # without "encoding" is of the version before: neither is current, and prepare-data remakes it.
     splits: dict[str, dict[str, Any]]
 
 

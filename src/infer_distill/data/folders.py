@@ -5,6 +5,7 @@ thread pool, which the WebDataset source shares.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import functools
 import io
@@ -25,7 +26,7 @@ from PIL import Image
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data.augment import _NATIVE_SIZE
 from infer_distill.data.s3prefix import S3Prefix
-from infer_distill.data.stream import Batch, Source, SourceSplit, Stats
+from infer_distill.data.stream import Batch, DecodeSettings, EncodedBatch, Source, SourceSplit, Stats
 from infer_distill.data.tensors import IMAGE_EXTENSIONS, IMAGENET_STATS
 from infer_distill.errors import DataError
 from infer_distill.runtime.progress import progress_bar
@@ -357,6 +358,9 @@ class FolderSource(Source):
     def close(self) -> None:
         self.tree.close()
 
+    def decode_settings(self) -> DecodeSettings:
+        return DecodeSettings(self.image_size, self.image_hw())
+
     def image_hw(self) -> tuple[int, int]:
         """(H, W) of every image: dataset.image_size squared where set, else the first training image's size."""
         if self._size is None:
@@ -382,15 +386,18 @@ class FolderSplit(SourceSplit):
         return torch.bincount(labels, minlength=len(self.source.classes))
 
     def batches(self, batch_size: int, progress: bool = True) -> Iterator[Batch]:
+        return decoded_batches(self._jobs(batch_size), self.source.image_size, self.source.image_hw(), self.name,
+                               batch_size, total=len(self.items), progress=progress)
+
+    def encoded(self, batch_size: int, pixels: bool = False, progress: bool = True) -> Iterator[EncodedBatch]:
+        return encoded_batches(self._jobs(batch_size), self.source.image_size, self.source.image_hw(), self.name,
+                               batch_size, total=len(self.items), progress=progress, pixels=pixels)
+
+    def _jobs(self, batch_size: int) -> Iterator[tuple[list[Job], list[int]]]:
         tree, items = self.source.tree, self.items
-
-        def jobs() -> Iterator[tuple[list[Job], list[int]]]:
-            for start in range(0, len(items), batch_size):
-                part = items[start:start + batch_size]
-                yield [(f, functools.partial(tree.read, f)) for f, _ in part], [label for _, label in part]
-
-        return decoded_batches(jobs(), self.source.image_size, self.source.image_hw(), self.name, batch_size,
-                               total=len(items), progress=progress)
+        for start in range(0, len(items), batch_size):
+            part = items[start:start + batch_size]
+            yield [(f, functools.partial(tree.read, f)) for f, _ in part], [label for _, label in part]
 
 
 def first_size(image: np.ndarray, where: object) -> tuple[int, int]:
@@ -417,25 +424,43 @@ def decoded_batches(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int
                     desc: str, batch_size: int, total: int | None = None, progress: bool = True) -> Iterator[Batch]:
     """Batches of (jobs, labels) -> (uint8 RGB images [n, 3, H, W], int64 labels [n]), in the order given.
 
-    Every image must come out H x W = `size` unless `image_size` resizes them all. Threads, as many
+    Every image must come out H x W = `size` unless `image_size` resizes them all (`decode_image`). Threads, as many
     as the cores this process may use, decode in parallel because PIL releases the GIL while
     decoding; each batch is split into one task per thread. `jobs` is iterated in this thread (a
     tar stream is read while the pool decodes the batches before it). A bad image raises its
     DataError when its batch is reached, the first in order; the batches after it are cancelled.
     """
+    batches = _pooled(jobs, image_size, size, desc, batch_size, total, progress, pixels=True, files=False)
+    return ((x, y) for _files, y, x in batches)
+
+
+def encoded_batches(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int | None, size: tuple[int, int],
+                    desc: str, batch_size: int, total: int | None = None, progress: bool = True,
+                    pixels: bool = False) -> Iterator[EncodedBatch]:
+    """Batches of (jobs, labels) -> (the image files' bytes, int64 labels [n], the images decoded as `decoded_batches`
+    gives them where `pixels` asks, else None), in the order given. Without `pixels` no pixel is decoded: each file's
+    header is checked (`check_header`) so a file decoding would refuse is refused here, on the same thread pool."""
+    return _pooled(jobs, image_size, size, desc, batch_size, total, progress, pixels=pixels, files=True)
+
+
+def _pooled(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int | None, size: tuple[int, int], desc: str,
+            batch_size: int, total: int | None, progress: bool, pixels: bool, files: bool) -> Iterator[EncodedBatch]:
+    """(files or None, labels, images or None) of each batch of jobs: what `decoded_batches` and `encoded_batches` give."""
     workers = usable_cpus()
 
-    def decode_into(out: torch.Tensor, batch: list[Job], start: int, stop: int) -> None:
+    def work(out: torch.Tensor | None, kept: list[bytes] | None, batch: list[Job], start: int, stop: int) -> None:
         for i in range(start, stop):
             where, read = batch[i]
-            image = _decode(where, read, image_size)
-            if image.shape[:2] != size:
-                (h, w), (eh, ew) = image.shape[:2], size
-                raise DataError(f"image {where} is {w}x{h} but {desc} images are expected to be {ew}x{eh}; "
-                                "set dataset.image_size to resize every image to one square size")
-            out[i] = torch.from_numpy(image).permute(2, 0, 1)
+            with _refused(where):
+                data = read()
+            if kept is not None:
+                kept[i] = data
+            if out is not None:
+                out[i] = torch.from_numpy(decode_image(where, data, image_size, size, desc)).permute(2, 0, 1)
+            else:
+                check_header(where, data, image_size, size, desc)
 
-    def run() -> Iterator[Batch]:
+    def run() -> Iterator[EncodedBatch]:
         pending: collections.deque = collections.deque()
         source = iter(jobs)
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -443,28 +468,30 @@ def decoded_batches(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int
                 batch, labels = next(source, ([], []))
                 if not batch:
                     return
-                out = torch.empty((len(batch), 3, *size), dtype=torch.uint8)
+                out = torch.empty((len(batch), 3, *size), dtype=torch.uint8) if pixels else None
+                kept: list[bytes] | None = [b""] * len(batch) if files else None
                 step = -(-len(batch) // workers)
-                futures = [pool.submit(decode_into, out, batch, s, min(s + step, len(batch)))
+                futures = [pool.submit(work, out, kept, batch, s, min(s + step, len(batch)))
                            for s in range(0, len(batch), step)]
-                pending.append((out, torch.tensor(labels, dtype=torch.int64), futures))
+                pending.append((kept, torch.tensor(labels, dtype=torch.int64), out, futures))
 
             try:
                 for _ in range(AHEAD):
                     submit()
                 while pending:
-                    out, labels, futures = pending.popleft()
+                    kept, labels, out, futures = pending.popleft()
                     submit()  # read the next batch while the pool decodes this one
                     for future in futures:
                         future.result()
-                    yield out, labels
+                    yield kept, labels, out
             finally:  # a bad image, Ctrl-C or a consumer that stops early: nothing more is decoded
-                for _out, _labels, futures in pending:
+                for *_, futures in pending:
                     for future in futures:
                         future.cancel()
 
     batches = run() if total is None else _Counted(run(), -(-total // batch_size))
-    return iter(progress_bar(batches, f"decoding {desc} ({batch_size} images a step)", disable=not progress))
+    verb = "decoding" if pixels else "reading"
+    return iter(progress_bar(batches, f"{verb} {desc} ({batch_size} images a step)", disable=not progress))
 
 
 class _Counted:
@@ -487,16 +514,55 @@ _WIDE_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 
 def _decode(file: object, read: Callable[[], bytes], image_size: int | None) -> np.ndarray:
     """The image `read()` gives (`file` names it) as uint8 RGB [H, W, 3]; with `image_size`, shorter side resized
     to it, then center-cropped."""
-    try:
+    with _opened(file, read) as img:
+        rgb = img if img.mode == "RGB" else img.convert("RGB")  # most files are RGB: skip convert's copy
+        if image_size is not None and rgb.size != (image_size, image_size):
+            rgb = TF.center_crop(TF.resize(rgb, image_size), [image_size, image_size])
+        return np.array(rgb)  # a copy: np.asarray of a PIL image is read-only, which torch warns about
+
+
+def decode_image(file: object, data: bytes, image_size: int | None, size: tuple[int, int], desc: str) -> np.ndarray:
+    """The image file `data` as prepare-data stores a decoded row: uint8 RGB [H, W, 3] (`_decode`), which must come
+    out H x W = `size` (the split's images are `desc`)."""
+    image = _decode(file, lambda: data, image_size)
+    _check_size(file, image.shape[:2], size, desc)
+    return image
+
+
+def check_header(file: object, data: bytes, image_size: int | None, size: tuple[int, int], desc: str) -> None:
+    """What `decode_image` would refuse, found from the file's header alone (no pixel is decoded): no image, samples
+    of more than 8 bits, a decompression bomb, and, without `image_size` (which gives every image its size), a size
+    other than `size`."""
+    with _opened(file, lambda: data) as img:
+        w, h = img.size
+    _check_size(file, (h, w) if image_size is None else (image_size, image_size), size, desc)
+
+
+def _check_size(file: object, hw: tuple[int, int], size: tuple[int, int], desc: str) -> None:
+    if tuple(hw) != tuple(size):
+        (h, w), (eh, ew) = hw, size
+        raise DataError(f"image {file} is {w}x{h} but {desc} images are expected to be {ew}x{eh}; "
+                        "set dataset.image_size to resize every image to one square size")
+
+
+@contextlib.contextmanager
+def _opened(file: object, read: Callable[[], bytes]) -> Iterator[Image.Image]:
+    """The image `read()` gives, opened (its header read, no pixel decoded yet), refused if its samples are wider than
+    8 bits; a file that cannot be read or decoded, here or in the caller's block, is a DataError naming it."""
+    with _refused(file):
         with Image.open(io.BytesIO(read())) as img:
             if img.mode in _WIDE_MODES:
                 raise DataError(f"image {file} has {_WIDE_MODES[img.mode]}-bit samples (PIL mode {img.mode}); the pipeline "
                                 "stores 8-bit images and does not reduce them silently: convert the dataset to 8 bits per "
                                 "sample first (e.g. the top byte of each 16-bit value)")
-            rgb = img if img.mode == "RGB" else img.convert("RGB")  # most files are RGB: skip convert's copy
-            if image_size is not None and rgb.size != (image_size, image_size):
-                rgb = TF.center_crop(TF.resize(rgb, image_size), [image_size, image_size])
-            return np.array(rgb)  # a copy: np.asarray of a PIL image is read-only, which torch warns about
+            yield img
+
+
+@contextlib.contextmanager
+def _refused(file: object) -> Iterator[None]:
+    """Reading or decoding the image `file` in this block: what fails is a DataError naming the file and the fix."""
+    try:
+        yield
     except Image.DecompressionBombError as e:  # raised when the header is read, before any pixel is decoded
         raise DataError(f"image {file} is refused as a possible decompression bomb ({e}); remove the file, or store it "
                         f"at fewer than {Image.MAX_IMAGE_PIXELS} pixels") from None

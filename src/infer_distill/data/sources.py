@@ -46,9 +46,9 @@ import torchvision
 from infer_distill.config.schema import DatasetConfig
 from infer_distill.data import webdataset
 from infer_distill.data.folders import _open_imagefolder, _open_imagenet, _open_tiny_imagenet, s3_listing_lines, walk
-from infer_distill.data.stream import SPLITS, ChannelStats, Source
+from infer_distill.data.stream import SPLITS, ChannelStats, DecodeSettings, Source
 from infer_distill.data.tensors import _CIFAR, ImageData, _load_cifar, _load_digits, _load_hf
-from infer_distill.errors import DataError
+from infer_distill.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------------------
 # Public API
@@ -76,6 +76,28 @@ def open_source(cfg: DatasetConfig) -> Source:
     if cfg.name not in OPENERS:
         raise DataError(f"dataset.name: unknown dataset {cfg.name!r}; known: {', '.join(OPENERS)}")
     return OPENERS[cfg.name](cfg)
+
+
+# dataset.storage=auto stores image files as they are from this side up: a 224 px JPEG is some 0.7x its decoded row, so a
+# stage reading its rows fetches less; below it rows are small, and a loop reading them epoch after epoch should not
+# decode them each time
+ENCODED_MIN_SIDE = 96
+
+
+def encoded_storage(cfg: DatasetConfig, source: Source) -> DecodeSettings | None:
+    """How prepare-data stores `source`'s images, as dataset.storage says: its image files as they are (how they decode
+    to rows), or None: decoded rows."""
+    if cfg.storage == "decoded":
+        return None
+    settings = source.decode_settings()
+    if settings is None:
+        if cfg.storage == "encoded":
+            raise ConfigError(f"dataset.storage='encoded' but dataset.name={cfg.name} gives no image files to store: set "
+                              "dataset.storage to 'decoded' or 'auto'")
+        return None
+    if cfg.storage == "auto" and min(settings.size) < ENCODED_MIN_SIDE:
+        return None
+    return settings
 
 
 def load_dataset(cfg: DatasetConfig, progress: bool = True) -> ImageData:

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]  # per-channel (mean, std), pixel scale [0, 1]
 Batch = tuple[torch.Tensor, torch.Tensor]  # (uint8 [n, C, H, W], int64 [n])
+# (the image files' bytes, labels int64 [n], the images decoded as `batches` gives them, or None where not asked for)
+EncodedBatch = tuple[list[bytes], torch.Tensor, "torch.Tensor | None"]
+
+
+class DecodeSettings(NamedTuple):
+    """How a source's image files become its rows (data.folders.decode_image): the side every image is resized and
+    center-cropped to (None: kept as it is), and the (H, W) every row has."""
+
+    image_size: int | None
+    size: tuple[int, int]
 
 SPLITS = ("train", "test")
 CHUNK_VALUES = 1 << 20
@@ -40,6 +51,13 @@ class SourceSplit(ABC):
         The same config gives the same bytes in the same order on every call and machine; `progress` shows a bar
         in a terminal or a line in a log every so often while it decodes."""
 
+    def encoded(self, batch_size: int, pixels: bool = False, progress: bool = True) -> Iterator[EncodedBatch]:
+        """The split's image files as they are, in `batches`' order and batching, for a source whose
+        `decode_settings()` is not None: (files' bytes, labels, images decoded where `pixels` asks, else None). Each
+        file is checked as decoding it would check it (from its header alone without `pixels`): a file `batches`
+        would refuse is refused here."""
+        raise NotImplementedError(f"{type(self).__name__} gives no image files: its rows are decoded by `batches`")
+
 
 class Source(ABC):
     """A dataset opened for reading: its classes, its known normalisation, and its two splits."""
@@ -50,6 +68,12 @@ class Source(ABC):
     @abstractmethod
     def split(self, name: str) -> SourceSplit:
         """The split `name`, "train" or "test" (the test split is read from dataset.test_split's folder or shards)."""
+
+    def decode_settings(self) -> DecodeSettings | None:
+        """How the image files its splits' `encoded` gives become rows, where the source's images are image files
+        (folders, WebDataset shards); None where they are not (digits, CIFAR, Hugging Face datasets), which may only
+        be read by `batches`. Settles the rows' size (it may decode the first training image)."""
+        return None
 
     def close(self) -> None:
         """Release what the source holds open (zip archives); a source is also a context manager."""

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import IO
 
 from infer_distill.config.schema import DatasetConfig
-from infer_distill.data.folders import IMAGE_MAX_BYTES, Job, _decode, decoded_batches, first_size
+from infer_distill.data.folders import IMAGE_MAX_BYTES, Job, _decode, decoded_batches, encoded_batches, first_size
 from infer_distill.data.s3prefix import S3Prefix
-from infer_distill.data.stream import Batch, Source, SourceSplit
+from infer_distill.data.stream import Batch, DecodeSettings, EncodedBatch, Source, SourceSplit
 from infer_distill.data.tensors import IMAGE_EXTENSIONS
 from infer_distill.errors import ConfigError, DataError
 from infer_distill.storage.local import file_kind, read_regular
@@ -226,6 +226,9 @@ class WebDatasetSource(Source):
         limit = self.cfg.train_per_class if name == "train" else self.cfg.test_per_class
         return WebDatasetSplit(self, name, shards, limit)
 
+    def decode_settings(self) -> DecodeSettings:
+        return DecodeSettings(self.cfg.image_size, self.image_hw())
+
     def image_hw(self) -> tuple[int, int]:
         """(H, W) of every image: dataset.image_size squared where set, else the first training image's size."""
         if self._size is None:
@@ -262,20 +265,24 @@ class WebDatasetSplit(SourceSplit):
                     return
 
     def batches(self, batch_size: int, progress: bool = True) -> Iterator[Batch]:
-        def jobs() -> Iterator[tuple[list[Job], list[int]]]:
-            batch: list[Job] = []
-            labels: list[int] = []
-            for where, data, label in self.samples():
-                batch.append((where, lambda data=data: data))
-                labels.append(label)
-                if len(batch) == batch_size:
-                    yield batch, labels
-                    batch, labels = [], []
-            if batch:
-                yield batch, labels
+        return decoded_batches(self._jobs(batch_size), self.source.cfg.image_size, self.source.image_hw(), self.name,
+                               batch_size, progress=progress)
 
-        return decoded_batches(jobs(), self.source.cfg.image_size, self.source.image_hw(), self.name, batch_size,
-                               progress=progress)
+    def encoded(self, batch_size: int, pixels: bool = False, progress: bool = True) -> Iterator[EncodedBatch]:
+        return encoded_batches(self._jobs(batch_size), self.source.cfg.image_size, self.source.image_hw(), self.name,
+                               batch_size, progress=progress, pixels=pixels)
+
+    def _jobs(self, batch_size: int) -> Iterator[tuple[list[Job], list[int]]]:
+        batch: list[Job] = []
+        labels: list[int] = []
+        for where, data, label in self.samples():
+            batch.append((where, lambda data=data: data))
+            labels.append(label)
+            if len(batch) == batch_size:
+                yield batch, labels
+                batch, labels = [], []
+        if batch:
+            yield batch, labels
 
 
 # ----------------------------------------------------------------------------------------

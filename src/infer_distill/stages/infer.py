@@ -18,8 +18,8 @@ from infer_distill.dag.metrics import (
     UfcShardMetrics,
 )
 from infer_distill.data.augment import augmentation
-from infer_distill.data.sources import open_source
-from infer_distill.data.splits import SplitWriter
+from infer_distill.data.sources import encoded_storage, open_source
+from infer_distill.data.splits import EncodedSplitWriter, SplitWriter
 from infer_distill.data.stream import ChannelStats
 from infer_distill.errors import DataError, StageError
 from infer_distill.method.synthesis import check_forward_budget, decode_ufc, encode_ufc, synthesize_ufcs
@@ -47,12 +47,15 @@ from infer_distill.storage import open_artifact
 
 
 def prepare_data(cfg: Config, out: str, progress: bool = True) -> dict:
-    """Materialise the train/test split once, as uint8 rows (data.splits), so later stages never touch the source.
+    """Materialise the train/test split once (data.splits), so later stages never touch the source.
+
+    As uint8 rows, or as the source's image files with how they decode to those rows (dataset.storage).
 
     The source is listed first (folders and zips: every file, nothing decoded), so a budget the classes cannot
     fill is refused before any decoding; then each split streams through: decoded a batch at a time on the
-    usable cores, its channel statistics accumulated, its rows written as they come. Memory is a few batches,
-    whatever the dataset's size.
+    usable cores (image files stored as they are: each one's header checked, pixels decoded only for channel
+    statistics the source does not publish), its channel statistics accumulated, its rows written as they come.
+    Memory is a few batches, whatever the dataset's size.
     """
     output = _begin(out, {})
     read = sources(cfg, "prepare-data")  # before loading: a source changed while it is read is remade next time
@@ -65,9 +68,15 @@ def prepare_data(cfg: Config, out: str, progress: bool = True) -> dict:
         if train_split.class_counts is not None:  # known from the listing: refused before a pixel is decoded
             _check_per_class(train_split.class_counts, k, classes)
         stats = ChannelStats() if source.stats is None else None
-        train = SplitWriter("train", train_split.batches(PREPARE_BATCH, progress=progress), len(classes),
-                            on_batch=(lambda x, _y: stats.add(x)) if stats is not None else None)
-        test = SplitWriter("test", test_split.batches(PREPARE_BATCH, progress=progress), len(classes))
+        on_batch = (lambda x, _y: stats.add(x)) if stats is not None else None
+        encoded = encoded_storage(cfg.dataset, source)
+        if encoded is None:
+            train = SplitWriter("train", train_split.batches(PREPARE_BATCH, progress=progress), len(classes), on_batch)
+            test = SplitWriter("test", test_split.batches(PREPARE_BATCH, progress=progress), len(classes))
+        else:  # the image files as they are: pixels decoded only where the channel statistics need them
+            train = EncodedSplitWriter("train", train_split.encoded(PREPARE_BATCH, stats is not None, progress),
+                                       encoded, len(classes), on_batch)
+            test = EncodedSplitWriter("test", test_split.encoded(PREPARE_BATCH, False, progress), encoded, len(classes))
 
         def metrics() -> DataMetrics:  # what the splits' writers counted as the rows streamed by
             _check_per_class(train.class_counts, k, classes)  # a source without a listing (WebDataset): once read

@@ -7,7 +7,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 
 
 def prepare_data(config: Input[Artifact], data: Output[Dataset], metrics: Output[Metrics]):
-    """Materialise the train/test split once, as uint8 rows (data.splits), so later stages never touch the source."""
+    """Materialise the train/test split once (data.splits), so later stages never touch the source."""
     from infer_distill.engines.kfp.run import run_step
 
     run_step("prepare-data", config.path, {}, {}, {}, data.path, metrics)
