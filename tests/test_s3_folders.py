@@ -256,3 +256,35 @@ def test_a_run_from_an_imagefolder_on_s3_and_its_resume(tmp_path, s3_bucket):
                                                     Body=second.read_bytes())
     assert _remade(_walk(root, overrides)) == everything
     assert not _remade(_walk(root, overrides))
+
+
+def test_gets_in_flight_outnumber_the_cores_so_network_waits_overlap(tmp_path, digits, s3_bucket, monkeypatch):
+    """One usable core, each GET held 20 ms as a distant store would: the reads still overlap, up to S3_THREADS."""
+    import threading
+    import time
+
+    from infer_distill.storage import s3
+
+    folder = write_folder(tmp_path / "folder", digits)
+    upload(folder, s3_bucket, "p")
+    monkeypatch.setattr(folders, "usable_cpus", lambda: 1)
+    client = s3._s3_client()
+    lock, in_flight, most = threading.Lock(), [0], [0]
+    get_object = client.get_object
+
+    def slow_get(**kw):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.02)
+            return get_object(**kw)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(client, "get_object", slow_get)
+    cfg = DatasetConfig(name="imagefolder", root=f"s3://{s3_bucket}/p", image_size=8)
+    assert torch.equal(load_dataset(cfg, progress=False).train_x, load_dataset(DatasetConfig(
+        name="imagefolder", root=str(folder), image_size=8), progress=False).train_x)
+    assert 1 < most[0] <= folders.S3_THREADS

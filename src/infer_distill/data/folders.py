@@ -53,6 +53,8 @@ class _Tree:
     with directories ending in "/" (as zip member names do), so empty class folders show too.
     """
 
+    threads = None  # reading a local file is the cores' work: one decoding thread per core
+
     def __init__(self, root: str | None):
         if root is None:
             raise DataError("dataset.root must be set: a directory or .zip holding <split>/<class>/<file>")
@@ -154,11 +156,20 @@ class _S3File:
         return self.name
 
 
+S3_THREADS = 32
+
+
 class _S3Tree:
     """A dataset root under an S3 prefix, read as `_Tree` reads a directory: `<prefix>/<split>/<class>/<file>`,
     listed a split at a time (ListObjectsV2, 1,000 keys a page); each image fetched with one GET when it is decoded,
     on the decoding threads. S3 has no folders: a class folder is the keys below it (a "folder/" marker object,
     as consoles create, shows an empty one). Zips are not read from S3."""
+
+    @property
+    def threads(self) -> int:
+        """Threads reading and decoding its images: a GET waits tens of milliseconds on the network, so with a thread per
+        core the cores would mostly wait; with this many, the requests in flight cover that wait."""
+        return max(usable_cpus(), S3_THREADS)
 
     def __init__(self, root: str) -> None:
         self.prefix = S3Prefix(root)
@@ -387,11 +398,15 @@ class FolderSplit(SourceSplit):
 
     def batches(self, batch_size: int, progress: bool = True) -> Iterator[Batch]:
         return decoded_batches(self._jobs(batch_size), self.source.image_size, self.source.image_hw(), self.name,
-                               batch_size, total=len(self.items), progress=progress)
+                               batch_size, total=len(self.items), progress=progress, threads=self._threads())
 
     def encoded(self, batch_size: int, pixels: bool = False, progress: bool = True) -> Iterator[EncodedBatch]:
         return encoded_batches(self._jobs(batch_size), self.source.image_size, self.source.image_hw(), self.name,
-                               batch_size, total=len(self.items), progress=progress, pixels=pixels)
+                               batch_size, total=len(self.items), progress=progress, pixels=pixels,
+                               threads=self._threads())
+
+    def _threads(self) -> int | None:
+        return self.source.tree.threads
 
     def _jobs(self, batch_size: int) -> Iterator[tuple[list[Job], list[int]]]:
         tree, items = self.source.tree, self.items
@@ -421,32 +436,35 @@ AHEAD = 2
 
 
 def decoded_batches(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int | None, size: tuple[int, int],
-                    desc: str, batch_size: int, total: int | None = None, progress: bool = True) -> Iterator[Batch]:
+                    desc: str, batch_size: int, total: int | None = None, progress: bool = True,
+                    threads: int | None = None) -> Iterator[Batch]:
     """Batches of (jobs, labels) -> (uint8 RGB images [n, 3, H, W], int64 labels [n]), in the order given.
 
-    Every image must come out H x W = `size` unless `image_size` resizes them all (`decode_image`). Threads, as many
-    as the cores this process may use, decode in parallel because PIL releases the GIL while
+    Every image must come out H x W = `size` unless `image_size` resizes them all (`decode_image`). Threads, `threads`
+    or as many as the cores this process may use, decode in parallel because PIL releases the GIL while
     decoding; each batch is split into one task per thread. `jobs` is iterated in this thread (a
     tar stream is read while the pool decodes the batches before it). A bad image raises its
     DataError when its batch is reached, the first in order; the batches after it are cancelled.
     """
-    batches = _pooled(jobs, image_size, size, desc, batch_size, total, progress, pixels=True, files=False)
+    batches = _pooled(jobs, image_size, size, desc, batch_size, total, progress, pixels=True, files=False, threads=threads)
     return ((x, y) for _files, y, x in batches)
 
 
 def encoded_batches(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int | None, size: tuple[int, int],
                     desc: str, batch_size: int, total: int | None = None, progress: bool = True,
-                    pixels: bool = False) -> Iterator[EncodedBatch]:
+                    pixels: bool = False, threads: int | None = None) -> Iterator[EncodedBatch]:
     """Batches of (jobs, labels) -> (the image files' bytes, int64 labels [n], the images decoded as `decoded_batches`
     gives them where `pixels` asks, else None), in the order given. Without `pixels` no pixel is decoded: each file's
     header is checked (`check_header`) so a file decoding would refuse is refused here, on the same thread pool."""
-    return _pooled(jobs, image_size, size, desc, batch_size, total, progress, pixels=pixels, files=True)
+    return _pooled(jobs, image_size, size, desc, batch_size, total, progress, pixels=pixels, files=True, threads=threads)
 
 
 def _pooled(jobs: Iterable[tuple[list[Job], list[int]]], image_size: int | None, size: tuple[int, int], desc: str,
-            batch_size: int, total: int | None, progress: bool, pixels: bool, files: bool) -> Iterator[EncodedBatch]:
-    """(files or None, labels, images or None) of each batch of jobs: what `decoded_batches` and `encoded_batches` give."""
-    workers = usable_cpus()
+            batch_size: int, total: int | None, progress: bool, pixels: bool, files: bool,
+            threads: int | None = None) -> Iterator[EncodedBatch]:
+    """(files or None, labels, images or None) of each batch of jobs: what `decoded_batches` and `encoded_batches` give,
+    on `threads` threads (default: one per usable core)."""
+    workers = threads or usable_cpus()
 
     def work(out: torch.Tensor | None, kept: list[bytes] | None, batch: list[Job], start: int, stop: int) -> None:
         for i in range(start, stop):
