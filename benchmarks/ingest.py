@@ -338,8 +338,9 @@ def section(result: dict, rel: str) -> list[str]:
                   "of them in the test split (ImageNet-1k's share). Each call in a fresh process, median of "
                   f"{listing['repeats']}: `open_source` of an imagefolder config (the walk and the per-class lists, held "
                   "while a run decodes) and `source_digest` (one stat per file). Memory: growth of the resident set over "
-                  "what the process held before the call (the interpreter, torch), at its peak and after the call. The "
-                  "files were just written: the directory entries are in the kernel's cache.", "",
+                  "what the process held before the call (the interpreter, torch), at its peak and after the call (open: "
+                  "the listing still held; digest: what the allocator kept of the memory the call freed). The files were "
+                  "just written: the directory entries are in the kernel's cache.", "",
                   "| N | C | call | wall (s) | us per file | CPU (s) | peak memory growth | B per file | resident after |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for p in listing["points"]:
