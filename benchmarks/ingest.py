@@ -5,8 +5,9 @@
 
 Listing. A point is a generated ImageFolder tree of N empty files (listing never reads a file)
 in C class folders, named as ImageNet's are (`train/n00000042/n00000042_17.JPEG`,
-`test/n00000042/ILSVRC2012_val_00000017.JPEG`), split between train and test in ImageNet-1k's
-proportion (50,000 of 1,331,167). Each point is listed by two calls, each in a fresh process
+`test/n00000042/ILSVRC2012_val_004200017.JPEG`), split between train and test in ImageNet-1k's
+proportion (50,000 of 1,331,167); the points of one C are one tree, grown from the smaller to the
+larger by adding files (what a listing sees does not depend on the order the files came). Each point is listed by two calls, each in a fresh process
 (benchmarks/ingest_meter.py) so that its peak memory is that of the call alone: `open_source` of
 an imagefolder config (the walk and the per-class lists a run holds while it decodes) and
 `source_digest` (one stat per file: what decides whether a resumed run remakes the data). Per
@@ -95,7 +96,7 @@ class DecodeSet:
 
 
 DEFAULT_LISTING = tuple(ListingPoint(n, c) for c in (100, 1000) for n in (10_000, 50_000, 200_000))
-QUICK_LISTING = (ListingPoint(200, 10), ListingPoint(400, 20), ListingPoint(600, 10))
+QUICK_LISTING = (ListingPoint(200, 10), ListingPoint(600, 10), ListingPoint(400, 20))
 DEFAULT_DECODE = (DecodeSet("ImageNet-like JPEG", "jpeg", 500, 375, 224, 400),
                   DecodeSet("JPEG stored resized", "jpeg", 224, 224, None, 1000),
                   DecodeSet("CIFAR-10 test PNG", "cifar-png", 32, 32, None, 5000))
@@ -107,24 +108,33 @@ QUICK_DECODE = tuple(DecodeSet(d.name, d.kind, d.width, d.height, d.image_size, 
 # ----------------------------------------------------------------------------------------
 
 
-def build_tree(root: Path, point: ListingPoint) -> dict:
-    """<root>/{train,test}/<wnid>/<file>: N empty files in C classes, named as ImageNet's; the split's counts."""
-    per_class = point.files // point.classes
-    test = point.test_per_class
+def _per_class(point: ListingPoint) -> tuple[int, int]:
+    """(train, test) files per class of `point`."""
+    per_class, test = point.files // point.classes, point.test_per_class
     if per_class * point.classes != point.files or per_class <= test:
         raise SystemExit(f"listing point {point.name}: N must be a multiple of C with more than {test} files per class")
-    flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
-    val = 0
+    return per_class - test, test
+
+
+def build_tree(root: Path, point: ListingPoint, grown_from: ListingPoint | None = None) -> dict:
+    """<root>/{train,test}/<wnid>/<file>: N empty files in C classes, named as ImageNet's; the splits' counts.
+
+    `grown_from`: the point whose tree `root` holds already (the same C, no more files in either split): only the
+    files it lacks are made, so the points of one C are one tree written once."""
+    train, test = _per_class(point)
+    have_train, have_test = _per_class(grown_from) if grown_from else (0, 0)
+    if grown_from and (grown_from.classes != point.classes or have_train > train or have_test > test):
+        raise ValueError(f"the tree of {grown_from.name} cannot grow into {point.name}")
+    flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC  # never over a file already there
     for c in range(point.classes):
         wnid = f"n{c:08d}"
-        for split, names in (("train", (f"{wnid}_{i}.JPEG" for i in range(per_class - test))),
-                             ("test", (f"ILSVRC2012_val_{val + i + 1:08d}.JPEG" for i in range(test)))):
+        for split, names in (("train", (f"{wnid}_{i}.JPEG" for i in range(have_train, train))),
+                             ("test", (f"ILSVRC2012_val_{c:04d}{i:05d}.JPEG" for i in range(have_test, test)))):
             folder = root / split / wnid
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=grown_from is not None)
             for name in names:
                 os.close(os.open(folder / name, flags, 0o644))
-        val += test
-    return {"train_files": (per_class - test) * point.classes, "test_files": test * point.classes}
+    return {"train_files": train * point.classes, "test_files": test * point.classes}
 
 
 def measure_listing(what: str, root: Path, out: Path, timeout: float) -> dict:
@@ -138,29 +148,33 @@ def measure_listing(what: str, root: Path, out: Path, timeout: float) -> dict:
     return json.loads(out.read_text())
 
 
-def list_point(point: ListingPoint, work: Path, repeats: int, timeout: float) -> dict:
-    """Build the point's tree, measure each call `repeats` times (the calls alternating), remove the tree."""
-    root = work / point.name
-    shutil.rmtree(root, ignore_errors=True)
+def list_point(point: ListingPoint, root: Path, grown_from: ListingPoint | None, repeats: int, timeout: float) -> dict:
+    """Build (or grow) the point's tree at `root`, then measure each call `repeats` times, the calls alternating."""
     t0 = time.perf_counter()
-    counts = build_tree(root, point)
+    counts = build_tree(root, point, grown_from)
     build_s = time.perf_counter() - t0
     runs: dict[str, list[dict]] = {what: [] for what in CALLS}
-    try:
-        for _ in range(repeats):
-            for what in CALLS:
-                m = measure_listing(what, root, work / f"{what}.json", timeout)
-                if m["files"] != point.files:
-                    raise RuntimeError(f"{what} of {root} counted {m['files']} files, not the {point.files} written")
-                runs[what].append(m)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    for _ in range(repeats):
+        for what in CALLS:
+            m = measure_listing(what, root, root.parent / f"{what}.json", timeout)
+            if m["files"] != point.files:
+                raise RuntimeError(f"{what} of {root} counted {m['files']} files, not the {point.files} written")
+            runs[what].append(m)
     medians = {what: {k: statistics.median(r[k] for r in rs) for k in METRICS} for what, rs in runs.items()}
     for what, m in medians.items():
         log(f"  {point.name} {what}: {m['wall_s']:.2f} s ({1e6 * m['wall_s'] / point.files:.1f} us/file), "
             f"{m['cpu_s']:.2f} CPU s, peak +{size(m['peak_increase_bytes'])} ({m['peak_increase_bytes'] / point.files:.0f} B/file)")
     return {**asdict(point), "name": point.name, **counts, "test_per_class": point.test_per_class,
-            "build_s": round(build_s, 2), "runs": runs, "median": medians}
+            "grown_from": grown_from.name if grown_from else None, "build_s": round(build_s, 2), "runs": runs,
+            "median": medians}
+
+
+def grows(before: ListingPoint | None, point: ListingPoint) -> bool:
+    """Whether the tree of `before` can grow into that of `point` (the same classes, more files in each split)."""
+    if before is None or before.classes != point.classes:
+        return False
+    (train0, test0), (train, test) = _per_class(before), _per_class(point)
+    return train0 <= train and test0 <= test
 
 
 def listing_fits(points: list[dict]) -> dict:
@@ -335,7 +349,7 @@ def section(result: dict, rel: str) -> list[str]:
     if listing["points"]:
         lines += ["### Listing an ImageFolder tree", "",
                   f"Each point: a tree of N empty files in C class folders, named as ImageNet's, {listing['test_share']:.2%} "
-                  "of them in the test split (ImageNet-1k's share). Each call in a fresh process, median of "
+                  "of them in the test split (ImageNet-1k's share); the points of one C are one tree, grown. Each call in a fresh process, median of "
                   f"{listing['repeats']}: `open_source` of an imagefolder config (the walk and the per-class lists, held "
                   "while a run decodes) and `source_digest` (one stat per file). Memory: growth of the resident set over "
                   "what the process held before the call (the interpreter, torch), at its peak and after the call (open: "
@@ -444,10 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(path, json.dumps(result, indent=1) + "\n")
 
     try:
-        for i, point in enumerate(listing_points, 1):
-            log(f"listing {i}/{len(listing_points)}: {point.files:,} files in {point.classes:,} classes")
-            points.append(list_point(point, work, repeats, args.timeout))
-            save(False)
+        before: ListingPoint | None = None
+        tree = work / "tree"  # one tree at a time, grown from point to point of the same C
+        try:
+            for i, point in enumerate(listing_points, 1):
+                log(f"listing {i}/{len(listing_points)}: {point.files:,} files in {point.classes:,} classes")
+                grown_from = before if grows(before, point) else None
+                if grown_from is None:  # other classes (or a tree an interrupted invocation left in --work): afresh
+                    shutil.rmtree(tree, ignore_errors=True)
+                points.append(list_point(point, tree, grown_from, repeats, args.timeout))
+                before = point
+                save(False)
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
         for i, spec in enumerate(decode_sets, 1):
             log(f"decoding {i}/{len(decode_sets)}: {spec.images:,} x {spec.name}")
             sets.append(decode_set(spec, work, repeats, args.seed))

@@ -17,12 +17,21 @@ def test_a_tree_has_the_files_and_classes_asked_for_in_imagenets_proportion(tmp_
     assert point.test_per_class == round(200 * 50_000 / 1_331_167) == 8
     assert counts == {"train_files": 3 * 192, "test_files": 3 * 8}
     assert (tmp_path / "tree/train/n00000002/n00000002_191.JPEG").stat().st_size == 0
-    assert (tmp_path / "tree/test/n00000001/ILSVRC2012_val_00000009.JPEG").is_file()  # numbered across classes
+    assert (tmp_path / "tree/test/n00000001/ILSVRC2012_val_000100007.JPEG").is_file()
     cfg = DatasetConfig(name="imagefolder", root=str(tmp_path / "tree"))
     with open_source(cfg) as source:  # what the meter measures lists every file
         assert source.classes == ["n00000000", "n00000001", "n00000002"]
         assert source.split("train").count + source.split("test").count == 600
     assert source_digest(cfg)["files"] == 600
+    grown = ingest.ListingPoint(1500, 3)  # the same classes, more files in both splits: only the new files are made
+    assert ingest.grows(point, grown) and grown.test_per_class == 19
+    assert ingest.build_tree(tmp_path / "tree", grown, point) == {"train_files": 3 * 481, "test_files": 3 * 19}
+    with open_source(cfg) as source:
+        assert source.split("train").count == 3 * 481 and source.split("test").count == 3 * 19
+    for smaller in (ingest.ListingPoint(300, 3), ingest.ListingPoint(1500, 5)):
+        assert not ingest.grows(grown, smaller)
+        with pytest.raises(ValueError, match="cannot grow"):
+            ingest.build_tree(tmp_path / "tree", smaller, grown)
     assert ingest.ListingPoint(10, 10).test_per_class == 1  # a class must be in both splits
     for bad in (ingest.ListingPoint(601, 3), ingest.ListingPoint(10, 10)):
         with pytest.raises(SystemExit, match="N must be a multiple of C"):
@@ -54,6 +63,7 @@ def test_the_quick_grid_measures_listing_and_decoding_and_renders_them(tmp_path,
 
     listing = result["listing"]
     assert [(p["files"], p["classes"]) for p in listing["points"]] == [(x.files, x.classes) for x in ingest.QUICK_LISTING]
+    assert [p["grown_from"] for p in listing["points"]] == [None, "n200-c10", None]
     for p in listing["points"]:
         assert p["train_files"] + p["test_files"] == p["files"]
         for call in ingest.CALLS:
@@ -68,7 +78,7 @@ def test_the_quick_grid_measures_listing_and_decoding_and_renders_them(tmp_path,
             f = scale.fit(xs, [p["median"][call][metric] for p in listing["points"]], ("files",))
             assert {k: recorded[k] for k in f} == f and recorded["dof"] == 1  # the same arithmetic on the same numbers
             assert recorded["imagenet"]["value"] == pytest.approx(f["intercept"] + f["slopes"]["files"] * 1_331_167)
-    assert not list(work.glob("n*-c*")), "a listing tree was left behind"
+    assert not (work / "tree").exists(), "a listing tree was left behind"
 
     decoding = result["decoding"]
     assert [d["name"] for d in decoding["sets"]] == [d.name for d in ingest.QUICK_DECODE]
