@@ -298,11 +298,14 @@ def decode_set(spec: DecodeSet, work: Path, repeats: int, seed: int) -> dict:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rates = {mode: statistics.median(r["images_per_s"] for r in rs) for mode, rs in runs.items()}
+    # CPU seconds over wall seconds: the cores the decoding got, fewer than it may use where other processes took some
+    used = {mode: round(statistics.median(r["cpu_s"] / r["wall_s"] for r in rs), 2) for mode, rs in runs.items()}
     cores = runs["all cores"][0]["cores"]
     per_core = rates["all cores"] / cores
     entry = {**asdict(spec), **files, "write_s": round(write_s, 2), "runs": runs,
              "one_core_images_per_s": rates["one core"], "all_cores": cores, "all_cores_images_per_s": rates["all cores"],
-             "all_cores_per_core": round(per_core, 2), "parallel_efficiency": round(per_core / rates["one core"], 3)}
+             "all_cores_per_core": round(per_core, 2), "parallel_efficiency": round(per_core / rates["one core"], 3),
+             "cores_used": used}
     log(f"  {spec.name}: {files['mean_file_bytes'] / 1e3:.1f} kB a file; one core {rates['one core']:.0f} images/s, "
         f"{cores} cores {rates['all cores']:.0f} images/s ({per_core:.0f} per core, efficiency {entry['parallel_efficiency']:.2f})")
     return entry
@@ -388,16 +391,19 @@ def section(result: dict, rel: str) -> list[str]:
                   f"`folders._decode` on `decoded_batches`' thread pool, batches of {decoding['batch']}), the process "
                   f"confined to one core and to all {cores} usable cores (torch's threads set to match), the two "
                   f"alternating; median of {decoding['repeats']}. Efficiency: per-core rate with all cores over the "
-                  "one-core rate. Busy: other processes' share of the cores just before the runs (min to max).", "",
+                  "one-core rate. Cores used: CPU seconds over wall seconds, median (one core / all; below the cores given "
+                  "where other processes took some, or where the threads wait for each other). Busy: other processes' "
+                  "share of the cores just before the runs (min to max).", "",
                   "| images | stored | decoded to | files | mean file | one core (images/s) | "
-                  f"{cores} cores (images/s) | per core | efficiency | busy before |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"{cores} cores (images/s) | per core | efficiency | cores used | busy before |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for d in decoding["sets"]:
             busy = [r["busy_before"] for rs in d["runs"].values() for r in rs if r["busy_before"] is not None]
             out = f"{d['image_size']} px (shorter side, center crop)" if d["image_size"] else "as stored"
             lines.append(f"| {d['name']} | {d['width']}x{d['height']} | {out} | {d['images']:,} | {size(d['mean_file_bytes'])} | "
                          f"{d['one_core_images_per_s']:,.0f} | {d['all_cores_images_per_s']:,.0f} | "
                          f"{d['all_cores_per_core']:,.0f} | {d['parallel_efficiency']:.2f} | "
+                         f"{d['cores_used']['one core']:.2f} / {d['cores_used']['all cores']:.2f} | "
                          f"{_busy(min(busy)) if busy else '-'} to {_busy(max(busy)) if busy else '-'} |")
         first = decoding["sets"][0]
         if first["image_size"]:

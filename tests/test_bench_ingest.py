@@ -89,6 +89,8 @@ def test_the_quick_grid_measures_listing_and_decoding_and_renders_them(tmp_path,
                 assert r["images_per_s"] == pytest.approx(r["images"] / r["wall_s"], rel=1e-3)
         assert d["all_cores_per_core"] == pytest.approx(d["all_cores_images_per_s"] / d["all_cores"], abs=0.01)
         assert d["parallel_efficiency"] == pytest.approx(d["all_cores_per_core"] / d["one_core_images_per_s"], abs=1e-3)
+        assert d["cores_used"] == {m: pytest.approx(statistics.median(r["cpu_s"] / r["wall_s"] for r in rs), abs=0.005)
+                                   for m, rs in d["runs"].items()}
     jpeg, _, png = decoding["sets"]
     assert 60_000 < jpeg["mean_file_bytes"] < 150_000  # about ImageNet's mean JPEG
     assert png["mean_file_bytes"] < 4000  # CIFAR-10's 32 px PNGs
