@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks import scale  # noqa: E402
+from benchmarks import ingest, scale  # noqa: E402
 from benchmarks.run import ESTIMATE_SCHEMA, RESULTS, SCHEMA, load_profile  # noqa: E402
 from infer_distill.outputs.plots import figure_png, similarity_png  # noqa: E402
 from infer_distill.outputs.report import METHOD_ORDER, mean_std, pct, score_cell
@@ -398,6 +398,10 @@ def render(results_dir: Path, rel: str = "benchmarks/results") -> str:
         result = json.loads(path.read_text())
         if result.get("schema") == scale.SCHEMA:
             lines += scale.section(result, rel)
+    for path in sorted(results_dir.glob("ingest*.json")):  # benchmarks.ingest: listing and decoding against the files
+        result = json.loads(path.read_text())
+        if result.get("schema") == ingest.SCHEMA:
+            lines += ingest.section(result, rel)
     return "\n".join(lines)
 
 
