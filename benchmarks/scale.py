@@ -22,10 +22,11 @@ Per stage (all its items at a point): the largest peak RSS of one item (what one
 the sums of CPU seconds, wall seconds and bytes (what the run spends). Per stage and image size,
 a least-squares fit of peak RSS and of bytes read against the images in the dataset (N, train
 and test), the classes (C) and the budget's images (B = ipc x C), with the regressors the points
-vary; and the fits extrapolated (labelled as such) to ImageNet-1k and to a 10 M-image,
-10,000-class set: memory per pod and S3 reads per run, at this benchmark's config (one tiny
-teacher, a few iterations and epochs), not at the shipped ImageNet configs. `python -m
-benchmarks.report` renders the results into BENCHMARKS.md's section "Scale".
+vary; the fits of bytes read extrapolated (labelled as such) to ImageNet-1k and to a 10 M-image,
+10,000-class set, at this benchmark's config (one tiny teacher, a few iterations and epochs), not
+at the shipped ImageNet configs. Memory is not extrapolated (it follows batches, which fill and then
+stop growing): each stage's peak is compared between points that differ in one setting alone.
+`python -m benchmarks.report` renders the results into BENCHMARKS.md's section "Scale".
 """
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ import yaml
 
 from benchmarks.common import REPO, machine_info, moto_s3_server, source_info
 from benchmarks.run import RESULTS, atomic_write, log
-from infer_distill.stages.infer import PREPARE_BATCH  # prepare-data decodes and writes a batch of this many images at a time
 
 SCHEMA = "infer-distill-scale/1"
 BUCKET = "scale"
@@ -369,15 +369,19 @@ def extrapolate(f: dict, target: dict) -> tuple[float, str]:
     return value, " + ".join(terms).replace("+ -", "- ")
 
 
-def memory_fit_unfit(f: dict, points: list[dict], batch: int) -> str | None:
-    """Why the memory fit `f` over `points` must not be extrapolated, or None where it may be. The points must be able
-    to test it (residual degrees of freedom left), and every one must hold a full training batch: below one, the peak
-    grows with N up to a batch and then stops, which a straight line through such points would carry on forever."""
-    if f["dof"] < 1:
-        return "dof 0"
-    if any(p["train_images"] < batch for p in points):
-        return "points below a full batch"
-    return None
+def one_direction_pairs(points: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(label, a, b) for each two points that differ in one of classes, images per class or ipc alone, a the smaller."""
+    settings = {"classes": "C", "per_class": "n", "ipc": "ipc"}
+    pairs = []
+    for i, a in enumerate(points):
+        for b in points[i + 1:]:
+            differ = [k for k in settings if a[k] != b[k]]
+            if len(differ) == 1:
+                (k,) = differ
+                a_, b_ = (a, b) if a[k] < b[k] else (b, a)
+                fixed = ", ".join(f"{settings[o]} {a_[o]}" for o in settings if o != k)
+                pairs.append((f"{settings[k]} {a_[k]} to {b_[k]} ({fixed})", a_, b_))
+    return pairs
 
 
 def target_values(target: dict) -> dict:
@@ -385,8 +389,8 @@ def target_values(target: dict) -> dict:
 
 
 def growth(points: list[dict]) -> dict:
-    """Per image size and stage: the fits of one pod's peak RSS and of the run's bytes read, and each target's
-    extrapolation (at the targets' size only)."""
+    """Per image size and stage: the fits of one pod's peak RSS and of the run's bytes read, and the bytes' extrapolation
+    to each target (at the targets' size only)."""
     out: dict[str, dict] = {}
     for size in sorted({p["size"] for p in points}):
         at = [p for p in points if p["size"] == size]
@@ -396,11 +400,12 @@ def growth(points: list[dict]) -> dict:
             have = [p for p in at if stage in p["stages"]]
             xs = [{r: p[r] for r in REGRESSORS} for p in have]
             entry = {"points": len(have)}
-            for metric in ("peak_rss_bytes", "read_bytes"):
-                f = fit(xs, [p["stages"][stage][metric] for p in have])
-                entry[metric] = {**f, "extrapolated": [
-                    {"target": t["name"], "value": round(v), "arithmetic": how}
-                    for t in TARGETS if t["size"] == size for v, how in [extrapolate(f, target_values(t))]]}
+            entry["peak_rss_bytes"] = fit(xs, [p["stages"][stage]["peak_rss_bytes"] for p in have])  # described, never
+            # extrapolated: memory follows batches, which fill and stop growing (section: "along one direction")
+            f = fit(xs, [p["stages"][stage]["read_bytes"] for p in have])
+            entry["read_bytes"] = {**f, "extrapolated": [
+                {"target": t["name"], "value": round(v), "arithmetic": how}
+                for t in TARGETS if t["size"] == size for v, how in [extrapolate(f, target_values(t))]]}
             per_stage[stage] = entry
         out[str(size)] = per_stage
     return out
@@ -510,39 +515,37 @@ def section(result: dict, rel: str) -> list[str]:
             r, b = e["peak_rss_bytes"], e["read_bytes"]
             lines.append(f"| {stage} | {e['points']} | {formula(r)} | {size(r['max_abs_residual'])} | {r['dof']} | "
                          f"{formula(b)} | {size(b['max_abs_residual'])} | {b['dof']} |")
-    batch = min(cfg["teachers"]["batch_size"], cfg["students"]["batch_size"])
-    partial = [p["name"] for p in points if p["train_images"] < batch]
-    if partial:
-        lines += ["", f"Read the memory fits with care: a training stage holds one batch at its peak, of min(batch size, "
-                      f"images) images; at {', '.join(partial)} the training set is smaller than a batch ({batch}), so "
-                      "between those points and the others the peak grows with N up to a full batch and no further, which "
-                      "a straight line cannot express, and a fit with dof 0 passes through every point, noise included. "
-                      "The bytes read are exact counts and fit to within bytes."]
+    for size_px in sorted({p["size"] for p in points}):
+        at = [p for p in points if p["size"] == size_px]
+        pairs = one_direction_pairs(at)
+        top = max(((stage, p) for p in at for stage in p["stages"]), key=lambda sp: sp[1]["stages"][sp[0]]["peak_rss_bytes"])
+        lines += ["", f"### Peak RSS of one item along one direction at {size_px} px", "",
+                  "Memory is not extrapolated. A stage's peak follows its batches (training and evaluation batches, decoding "
+                  "batches in flight, synthesis's images per forward), which grow with the data until they are full and then "
+                  "stop, so a straight line through points on both sides of that describes neither. Instead: between points "
+                  "that differ in one setting alone, the change of each stage's peak. The largest peak measured at this size: "
+                  f"{top[0]} at {top[1]['name']}, {top[1]['stages'][top[0]]['peak_rss_bytes'] / 1e6:,.0f} MB."]
+        if pairs:
+            lines += ["", "| stage | " + " | ".join(label for label, _, _ in pairs) + " |", "|---|" + "---|" * len(pairs)]
+            for stage in dict.fromkeys(st for p in at for st in p["stages"]):
+                cells = [f"{b['stages'][stage]['peak_rss_bytes'] / a['stages'][stage]['peak_rss_bytes'] - 1:+.0%}"
+                         if stage in a["stages"] and stage in b["stages"] else "-" for _, a, b in pairs]
+                lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     for target in result["targets"]:
         per_stage = growth_.get(str(target["size"]))
         if not per_stage:
             continue
-        values = {t: {stage: next(x for x in e[metric]["extrapolated"] if x["target"] == target["name"])
-                      for stage, e in per_stage.items()} for t, metric in (("rss", "peak_rss_bytes"), ("read", "read_bytes"))}
-        sized = [p for p in points if p["size"] == target["size"]]
-        unfit = {stage: memory_fit_unfit(e["peak_rss_bytes"], [p for p in sized if stage in p["stages"]],
-                                         PREPARE_BATCH if stage == "prepare-data" else batch)
+        reads = {stage: next(x for x in e["read_bytes"]["extrapolated"] if x["target"] == target["name"])
                  for stage, e in per_stage.items()}
-        shown = {stage: v for stage, v in values["rss"].items() if unfit[stage] is None}
-        largest = max(shown.items(), key=lambda kv: kv[1]["value"]) if shown else None
-        total = sum(v["value"] for v in values["read"].values())
-        lines += ["", f"### Extrapolated (not measured): {target['name']}", "",
+        total = sum(v["value"] for v in reads.values())
+        lines += ["", f"### Extrapolated (not measured): S3 reads of {target['name']}", "",
                   f"N = {target['images']:,}, C = {target['classes']:,}, B = {target['ipc'] * target['classes']:,}, "
-                  f"{target['size']} px; the {target['size']} px fits above at this benchmark's config (not a shipped config's "
-                  "teachers, iterations or epochs), far outside the points they were fitted on: a negative or huge value "
-                  "says the fit does not carry that far, not what a pod would need.", "",
-                  "| stage | memory per pod | = | S3 reads per run | = |", "|---|---|---|---|---|"]
-        lines += [(f"| {stage} | {size(values['rss'][stage]['value'])} | {values['rss'][stage]['arithmetic']} | "
-                   if unfit[stage] is None else f"| {stage} | not extrapolated | {unfit[stage]} | ") +
-                  f"{size(values['read'][stage]['value'])} | {values['read'][stage]['arithmetic']} |" for stage in per_stage]
-        pod = (f"Largest pod of the stages extrapolated: {largest[0]}, {size(largest[1]['value'])}. " if largest else
-               "No memory fit at this size can be extrapolated (see the growth table's dof). ")
-        lines += ["", pod + f"S3 reads of the whole run: {size(total)} (the sum of the stages')."]
+                  f"{target['size']} px; the {target['size']} px fits of bytes read above (exact counts), at this benchmark's "
+                  "config (its teacher's weights, iterations, epochs and items: not a shipped config's), far outside the "
+                  "points they were fitted on.", "",
+                  "| stage | S3 reads per run | = |", "|---|---|---|"]
+        lines += [f"| {stage} | {size(reads[stage]['value'])} | {reads[stage]['arithmetic']} |" for stage in per_stage]
+        lines += ["", f"S3 reads of the whole run: {size(total)} (the sum of the stages')."]
     return lines + [""]
 
 

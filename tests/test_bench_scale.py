@@ -46,7 +46,8 @@ def test_growth_fits_each_size_apart_and_extrapolates_at_the_targets_size():
     assert set(result) == {"32", "224"}
     rss = result["32"]["soft-label"]["peak_rss_bytes"]
     assert rss["slopes"] == pytest.approx({"images": 3000, "classes": 20_000, "budget_images": 1000}) and rss["dof"] == 1
-    assert rss["extrapolated"] == []  # the targets are 224 px
+    assert "extrapolated" not in rss and result["32"]["soft-label"]["read_bytes"]["extrapolated"] == []  # targets: 224 px
+    assert "extrapolated" not in result["224"]["soft-label"]["peak_rss_bytes"]  # memory is never extrapolated
     at_224 = result["224"]["soft-label"]
     assert list(at_224["read_bytes"]["slopes"]) == ["images"]  # C and B do not vary at 224 px here
     imagenet = {e["target"]: e["value"] for e in at_224["read_bytes"]["extrapolated"]}
@@ -58,12 +59,15 @@ def test_growth_fits_each_size_apart_and_extrapolates_at_the_targets_size():
     assert scale.formula({"intercept": 8e8, "slopes": {"images": -3000.0, "classes": 2e4}}) == "800.00 MB - 3.00 kB x N + 20.00 kB x C"
 
 
-def test_a_memory_fit_is_extrapolated_only_where_the_points_can_test_it():
-    fitted, exact = {"dof": 2}, {"dof": 0}
-    full = [{"train_images": 500}, {"train_images": 1000}]
-    assert scale.memory_fit_unfit(fitted, full, batch=32) is None
-    assert scale.memory_fit_unfit(exact, full, batch=32) == "dof 0"
-    assert scale.memory_fit_unfit(fitted, [*full, {"train_images": 20}], batch=32) == "points below a full batch"
+def test_memory_is_compared_between_points_that_differ_in_one_setting_alone():
+    def point(c, n, ipc):
+        return {"classes": c, "per_class": n, "ipc": ipc}
+    points = [point(10, 50, 2), point(100, 10, 2), point(10, 100, 2), point(10, 100, 10), point(100, 20, 2)]
+    pairs = [(label, (a["classes"], a["per_class"], a["ipc"]), (b["classes"], b["per_class"], b["ipc"]))
+             for label, a, b in scale.one_direction_pairs(points)]
+    assert pairs == [("n 50 to 100 (C 10, ipc 2)", (10, 50, 2), (10, 100, 2)),
+                     ("n 10 to 20 (C 100, ipc 2)", (100, 10, 2), (100, 20, 2)),
+                     ("ipc 2 to 10 (C 10, n 100)", (10, 100, 2), (10, 100, 10))]
 
 
 def test_the_imported_shape_imports_the_teacher_and_runs_infer_alone(tmp_path):
