@@ -285,3 +285,25 @@ def test_open_artifact_uris(tmp_path: Path) -> None:
     for bad in ("gs://bucket/x", "s3://", ""):
         with pytest.raises(ArtifactError):
             open_artifact(bad)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tensor_files_are_written_as_the_bytes_safetensors_saves_without_a_second_copy(seed: int) -> None:
+    """safetensors_chunks: the header, then views of the tensors' own memory, joined equal to safetensors' save()."""
+    import random
+
+    from safetensors.torch import save
+
+    from infer_distill.storage.artifact import safetensors_chunks
+
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    dtypes = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32,
+              torch.float64, torch.bool]
+    tensors = {f"{rng.choice(['y', 'ufc', 'natural', 'x_1', 'Z', 'é'])}{i}":
+               (torch.rand([rng.randint(0, 4) for _ in range(rng.randint(0, 3))], generator=gen) * 100).to(rng.choice(dtypes))
+               for i in range(rng.randint(1, 6))}
+    chunks = safetensors_chunks(tensors)
+    assert b"".join(bytes(c) for c in chunks) == save(tensors)
+    big = {"x": torch.arange(1 << 16, dtype=torch.float32)}
+    (header, view) = safetensors_chunks(big)
+    assert view.obj is not None and torch.from_numpy(view.obj).data_ptr() == big["x"].data_ptr()  # no copy
