@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -194,3 +198,22 @@ def moto_s3_server(log_path: Path) -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def invocation(module: str, argv: list[str] | None) -> str:
+    """The command line a results file records: `python -m <module>` and the arguments given (sys.argv's if None)."""
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+
+@contextmanager
+def scratch_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """Where a benchmark generates its data: `given` (made if missing, kept afterwards), else a temporary folder removed
+    when the block ends. SIGTERM becomes an exit, so the block's cleanup (the folder, a server it started) runs."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    work = given or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if given is None:
+            shutil.rmtree(work, ignore_errors=True)

@@ -41,13 +41,10 @@ import argparse
 import io
 import json
 import os
-import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -55,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, machine_info, source_info
+from benchmarks.common import REPO, invocation, machine_info, scratch_folder, source_info
 from benchmarks.run import RESULTS, atomic_write, log
 from benchmarks.scale import extrapolate, fit, size
 
@@ -437,14 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeats must be at least 1")
     listing_points, decode_sets = (QUICK_LISTING, QUICK_DECODE) if args.quick else (DEFAULT_LISTING, DEFAULT_DECODE)
     name = args.name or ("ingest-quick" if args.quick else "ingest")
-    command = "python -m benchmarks.ingest " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = invocation("benchmarks.ingest", argv)
     from infer_distill.runtime.threads import usable_cpus
     from infer_distill.stages.infer import PREPARE_BATCH
 
     started = time.perf_counter()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # an exit: the generated trees go
-    work = args.work or Path(tempfile.mkdtemp(prefix="infer-ingest-"))
-    work.mkdir(parents=True, exist_ok=True)
     path = args.results / f"{name}.json"
     result = {"schema": SCHEMA, "name": name, "command": command.strip(), "usable_cores": usable_cpus(),
               "load": {"start": load()}, "machine": machine_info("cpu"), "source": source_info()}
@@ -463,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             result["load"]["end"] = load()
         atomic_write(path, json.dumps(result, indent=1) + "\n")
 
-    try:
+    with scratch_folder(args.work, "infer-ingest-") as work:
         before: ListingPoint | None = None
         tree = work / "tree"  # one tree at a time, grown from point to point of the same C
         try:
@@ -481,9 +475,6 @@ def main(argv: list[str] | None = None) -> int:
             log(f"decoding {i}/{len(decode_sets)}: {spec.images:,} x {spec.name}")
             sets.append(decode_set(spec, work, repeats, args.seed))
             save(i == len(decode_sets))
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {path} ({result['wall_s'] / 60:.1f} min)")
     return 0
 

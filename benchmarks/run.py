@@ -35,7 +35,6 @@ import copy
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import estimate as gpu_estimate
-from benchmarks.common import GpuSampler, link_pool, machine_info, source_info, torch_threads
+from benchmarks.common import GpuSampler, invocation, link_pool, machine_info, source_info, torch_threads
 from infer_distill import dag
 from infer_distill.config.loading import apply_overrides, validate_config
 from infer_distill.config.schema import Config
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = cfg0.resolve_device() if not args.estimate else "cuda"
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if device == "cpu" else 4)
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = invocation("benchmarks.run", argv)
     if args.estimate:
         command = re.sub(r"\s--estimate\b", "", command).strip()
         try:

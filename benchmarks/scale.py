@@ -35,10 +35,8 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmarks.common import REPO, machine_info, moto_s3_server, source_info
+from benchmarks.common import REPO, invocation, machine_info, moto_s3_server, scratch_folder, source_info
 from benchmarks.run import RESULTS, atomic_write, log
 
 SCHEMA = "infer-distill-scale/1"
@@ -569,14 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     points = QUICK_POINTS if args.quick else args.points or DEFAULT_POINTS
     name = args.name or ("scale-quick" if args.quick else "scale-points" if args.points else "scale")
-    command = "python -m benchmarks.scale " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = invocation("benchmarks.scale", argv)
     budget = os.environ.get("INFER_DATA_MEMORY_BYTES")  # which splits the stages hold whole: part of what was run
     command = f"INFER_DATA_MEMORY_BYTES={shlex.quote(budget)} {command}" if budget is not None else command
     started = time.perf_counter()
-    # SIGTERM as an exit, so the S3 server stops and the generated images go
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    work = args.work or Path(tempfile.mkdtemp(prefix="infer-scale-"))
-    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     for unset in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
         env.pop(unset, None)
@@ -594,18 +588,14 @@ def main(argv: list[str] | None = None) -> int:
                        "unfinished": [p.name for p in points[len(measured):]]})
         atomic_write(path, json.dumps(result, indent=1) + "\n")
 
-    try:
-        with moto_s3_server(work / "moto.log") as s3:
-            env.update(s3)
-            _client(s3).create_bucket(Bucket=BUCKET)
-            for i, point in enumerate(points, 1):
-                log(f"point {i}/{len(points)}: {point.name} ({point.images:,} images, {point.classes} classes, "
-                    f"{point.size} px, ipc {point.ipc})")
-                measured.append(run_point(point, work, env, args.jobs, peers, args.imported))
-                save()
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with scratch_folder(args.work, "infer-scale-") as work, moto_s3_server(work / "moto.log") as s3:
+        env.update(s3)
+        _client(s3).create_bucket(Bucket=BUCKET)
+        for i, point in enumerate(points, 1):
+            log(f"point {i}/{len(points)}: {point.name} ({point.images:,} images, {point.classes} classes, "
+                f"{point.size} px, ipc {point.ipc})")
+            measured.append(run_point(point, work, env, args.jobs, peers, args.imported))
+            save()
     log(f"wrote {path} ({result['wall_s'] / 60:.1f} min)")
     return 0
 
