@@ -74,10 +74,10 @@ DatasetName = Literal["digits", "cifar10", "cifar100", "imagefolder", "hf", "tin
 # before the source existed.
 _SOURCE_FIELDS = {"hf": ("image_column", "label_column"), "webdataset": ("train_shards", "test_shards", "num_classes")}
 
-# The sources that read dataset.root from an S3 prefix (s3://bucket/prefix); the others read local files.
-S3_SOURCES = ("imagefolder", "tiny-imagenet", "imagenet", "webdataset")
-# The sources whose images are image files (JPEG, PNG, ...), which a data artifact can store as they are (dataset.storage)
-ENCODED_SOURCES = ("imagefolder", "tiny-imagenet", "imagenet", "webdataset")
+# The sources whose images are image files (JPEG, PNG, ...): in folders or tar shards, which dataset.root may also
+# hold under an S3 prefix (s3://bucket/prefix), and which a data artifact can store as they are (dataset.storage). The
+# others (digits, cifar, hf) read tensors from local files.
+FILE_SOURCES = ("imagefolder", "tiny-imagenet", "imagenet", "webdataset")
 
 
 class DatasetConfig(_Strict):
@@ -114,7 +114,7 @@ class DatasetConfig(_Strict):
         description="how the data artifact stores the images: 'decoded' as uint8 rows (C x H x W bytes each, read as "
                     "they are), 'encoded' as the source's image files verbatim (JPEG, PNG, ...: a fraction of the bytes, "
                     "decoded, resized and cropped where a stage reads them, to the same rows); 'auto': encoded for "
-                    f"image-file sources ({', '.join(ENCODED_SOURCES)}) with images of at least 96 px a side, "
+                    f"image-file sources ({', '.join(FILE_SOURCES)}) with images of at least 96 px a side, "
                     "decoded otherwise (small images, and digits, cifar and hf, which give no image files)")
 
     @model_serializer(mode="wrap")
@@ -125,16 +125,16 @@ class DatasetConfig(_Strict):
 
     @model_validator(mode="after")
     def _s3_root_for_its_sources(self) -> "DatasetConfig":
-        if self.root is not None and self.root.startswith("s3://") and self.name not in S3_SOURCES:
+        if self.root is not None and self.root.startswith("s3://") and self.name not in FILE_SOURCES:
             raise ValueError(f"dataset.root={self.root!r}: dataset.name={self.name} reads local files, not an S3 prefix; "
-                             f"copy the data to a local folder, or use a source that reads S3 ({', '.join(S3_SOURCES)})")
+                             f"copy the data to a local folder, or use a source that reads S3 ({', '.join(FILE_SOURCES)})")
         return self
 
     @model_validator(mode="after")
     def _two_splits(self) -> "DatasetConfig":
-        if self.storage == "encoded" and self.name not in ENCODED_SOURCES:
+        if self.storage == "encoded" and self.name not in FILE_SOURCES:
             raise ValueError(f"dataset.storage='encoded' but dataset.name={self.name} gives no image files to store: set "
-                             f"dataset.storage to 'decoded' or 'auto' (encoded storage needs one of {', '.join(ENCODED_SOURCES)})")
+                             f"dataset.storage to 'decoded' or 'auto' (encoded storage needs one of {', '.join(FILE_SOURCES)})")
         if self.name == "webdataset":
             for field in ("train_shards", "test_shards"):
                 if getattr(self, field) is None:

@@ -398,15 +398,12 @@ class FolderSplit(SourceSplit):
 
     def batches(self, batch_size: int, progress: bool = True) -> Iterator[Batch]:
         return decoded_batches(self._jobs(batch_size), self.source.image_size, self.source.image_hw(), self.name,
-                               batch_size, total=len(self.items), progress=progress, threads=self._threads())
+                               batch_size, total=len(self.items), progress=progress, threads=self.source.tree.threads)
 
     def encoded(self, batch_size: int, pixels: bool = False, progress: bool = True) -> Iterator[EncodedBatch]:
         return encoded_batches(self._jobs(batch_size), self.source.image_size, self.source.image_hw(), self.name,
                                batch_size, total=len(self.items), progress=progress, pixels=pixels,
-                               threads=self._threads())
-
-    def _threads(self) -> int | None:
-        return self.source.tree.threads
+                               threads=self.source.tree.threads)
 
     def _jobs(self, batch_size: int) -> Iterator[tuple[list[Job], list[int]]]:
         tree, items = self.source.tree, self.items

@@ -132,8 +132,8 @@ def _cached_client(env: tuple[str | None, ...]) -> Any:
         retries={"total_max_attempts": _max_attempts(), "mode": "standard"},
         connect_timeout=_timeout("INFER_S3_CONNECT_TIMEOUT", 10),
         read_timeout=_timeout("INFER_S3_READ_TIMEOUT", 60),
-        # A connection for each thread that may send a request at once: a folder source on S3 GETs its images on the
-        # decoding threads, one per usable core (botocore keeps 10 by default, and discards and warns beyond them)
+        # A connection for each thread that may send a request at once: a folder source on S3 GETs its images on its
+        # decoding threads, 32 or one per usable core (botocore keeps 10 by default, and discards and warns beyond them)
         max_pool_connections=max(_POOL_CONNECTIONS, os.cpu_count() or 1),
     )
     # A session per client: boto3's default session is not thread-safe and would cache credentials.
